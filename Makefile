@@ -1,0 +1,49 @@
+# convscope: the two commands of the README, and what they need.
+#   make demo   the main job on this machine
+#   make test   install what the tests need and run them
+# torch is pinned in the same pip command as everything that depends on it: an unpinned resolve would pull a
+# newer torch with gigabytes of CUDA packages.
+
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip --disable-pip-version-check
+TORCH := torch==2.13.0
+TORCHVISION := torchvision==0.28.0
+STAMP := .make
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test install install-test data readme-table clean
+
+demo: $(STAMP)/install $(STAMP)/data
+	$(PYTHON) examples/demo.py
+
+test: $(STAMP)/install-test $(STAMP)/data
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --timeout=1200 tests
+
+install: $(STAMP)/install
+install-test: $(STAMP)/install-test
+data: $(STAMP)/data
+
+$(STAMP)/install: pyproject.toml
+	$(PIP) install --quiet "$(TORCH)" numpy -e ".[lab]"
+	@mkdir -p $(STAMP) && touch $@
+
+# timm (for the parity tests) needs torchvision; 0.28.0 is the build that matches torch 2.13.0.
+$(STAMP)/install-test: pyproject.toml
+	$(PIP) install --quiet "$(TORCH)" "$(TORCHVISION)" numpy -e ".[lab,test]"
+	@mkdir -p $(STAMP) && touch $@ $(STAMP)/install
+
+# Fashion-MNIST from Debian (no download at run time): /usr/share/datasets/fashion-mnist/
+$(STAMP)/data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	fi
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+	@mkdir -p $(STAMP) && touch $@
+
+# Regenerate the README's model table from the registry (tests/test_readme.py checks it is current).
+readme-table: $(STAMP)/install
+	$(PYTHON) tools/update_readme.py
+
+clean:
+	rm -rf $(STAMP) .pytest_cache build src/*.egg-info

@@ -1,0 +1,140 @@
+"""Compare convscope models with the official repositories' own model code.
+
+The official code is read at run time from git mirrors of the official repositories (as brought by
+`fetch github:<owner>/<repo>`, under --mirror-root); none of it is part of convscope. For each pair, the
+official model gets random weights, its state dict goes through `load_checkpoint(..., source="official")`, and
+the logits are compared at 224x224 and at a non-square size.
+
+    python benchmarks/official_parity.py [--mirror-root /work/.mirror] [--families convnext,metaformer]
+        [--write-keys tests/data/official_keys] [--out benchmarks/results/official_parity.md]
+
+--write-keys records each checked official state dict's key names and shapes as JSON, the fixtures with which
+tests/models/test_official_keys.py checks the converters without the official code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+# family -> (mirror directory, files to load as modules (first is the model file), {ours: official constructor})
+OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
+    "convnext": ("facebookresearch+ConvNeXt", ["models/convnext.py"], {
+        "convnext_atto": "ConvNeXt(depths=[2, 2, 6, 2], dims=[40, 80, 160, 320])",
+        "convnext_tiny": "convnext_tiny()", "convnext_small": "convnext_small()",
+    }),
+    "convnextv2": ("facebookresearch+ConvNeXt-V2", ["models/convnextv2.py", "models/utils.py"], {
+        "convnextv2_atto": "convnextv2_atto()", "convnextv2_nano": "convnextv2_nano()",
+        "convnextv2_tiny": "convnextv2_tiny()",
+    }),
+    "inception_next": ("sail-sg+inceptionnext", ["models/inceptionnext.py"], {
+        "inception_next_atto": "inceptionnext_atto()", "inception_next_tiny": "inceptionnext_tiny()",
+    }),
+    "poolformer": ("sail-sg+poolformer", ["models/poolformer.py"], {
+        "poolformer_s12": "poolformer_s12()", "poolformer_m36": "poolformer_m36()",
+    }),
+    "metaformer": ("sail-sg+metaformer", ["metaformer_baselines.py"], {
+        f"{fam}_{size}": f"{fam}_{size}()"
+        for fam in ("identityformer", "randformer", "poolformerv2") for size in ("s12", "m36")
+    } | {
+        f"{fam}_{size}": f"{fam}_{size}()" for fam in ("convformer", "caformer") for size in ("s18", "m36")
+    }),
+}
+
+
+def _load_official_module(repo_dir: Path, files: list[str], tmp: Path) -> types.ModuleType:
+    """Materialise the official files from the git mirror and import the first one.
+
+    Only import lines are adapted (a relative import, timm helpers that moved, a sparse-conv dependency the
+    classification models do not use); the model code itself runs unchanged.
+    """
+    for rel in files:
+        src = subprocess.run(["git", "-C", str(repo_dir), "show", f"HEAD:{rel}"], check=True, capture_output=True,
+                             text=True).stdout
+        src = src.replace("from .utils import", "from utils import")
+        src = src.replace("from timm.models.layers.helpers import to_2tuple", "from timm.layers import to_2tuple")
+        src = src.replace("from MinkowskiEngine import SparseTensor", "SparseTensor = None")
+        src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
+        (tmp / Path(rel).name).write_text(src)
+    sys.path.insert(0, str(tmp))
+    name = Path(files[0]).stem
+    spec = importlib.util.spec_from_file_location(f"official_{name}", tmp / Path(files[0]).name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mirror-root", default="/work/.mirror")
+    p.add_argument("--families", default=",".join(OFFICIAL))
+    p.add_argument("--write-keys", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+
+    from tests.conftest import import_timm, randomize_, rel_err
+    import_timm()  # the official files import timm helpers
+    import convscope
+    from convscope.models import load_checkpoint
+
+    rows = []
+    for family in args.families.split(","):
+        mirror, files, pairs = OFFICIAL[family]
+        repo_dir = Path(args.mirror_root) / mirror / "repo"
+        commit = subprocess.run(["git", "-C", str(repo_dir), "rev-parse", "--short", "HEAD"], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        with tempfile.TemporaryDirectory() as tmp:
+            module = _load_official_module(repo_dir, files, Path(tmp))
+            for ours_name, ctor in pairs.items():
+                torch.manual_seed(0)
+                official = randomize_(eval(ctor, vars(module)), seed=3).eval()
+                sd = official.state_dict()
+                if args.write_keys:
+                    out = Path(args.write_keys)
+                    out.mkdir(parents=True, exist_ok=True)
+                    keys = {k: list(v.shape) for k, v in sd.items()}
+                    (out / f"{ours_name}.json").write_text(json.dumps(
+                        dict(repo=mirror.replace("+", "/"), commit=commit, constructor=ctor, keys=keys), indent=0))
+                ours = load_checkpoint(convscope.create_model(ours_name).eval(), sd, source="official")
+                sizes = [(224, 224)] if ours.fixed_input_size else [(224, 224), (160, 288)]
+                for h, w in sizes:
+                    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+                    with torch.no_grad():
+                        err = rel_err(ours(x), official(x))
+                    rows.append((ours_name, f"{mirror.replace('+', '/')}@{commit}", ctor, f"{h}x{w}", err))
+                    print(f"{ours_name:26s} {h}x{w:<4d} max rel err {err:.2e}")
+            sys.path.remove(tmp)
+
+    worst = max(r[-1] for r in rows)
+    print(f"worst {worst:.2e} over {len(rows)} comparisons")
+    if args.out:
+        lines = [
+            "# convscope vs the official model code",
+            "",
+            f"Command: `python benchmarks/official_parity.py --out {args.out}`",
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, fp32.",
+            "Random weights (tests.conftest.randomize_) in the official model, loaded into ours with "
+            "`load_checkpoint(source=\"official\")`; batch 2; error = max|ours - official| / max|official|.",
+            "",
+            "| ours | official repository | official constructor | input | max rel err |",
+            "|---|---|---|---|---|",
+        ] + [f"| {a} | {b} | `{c}` | {d} | {e:.1e} |" for a, b, c, d, e in rows]
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0 if worst < 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The `convscope` command. Thin: it parses arguments, calls the library and prints.
+
+Every subcommand is a `_cmd_<name>(args) -> int` function registered in `_build_parser`. Errors a user can fix
+(unknown model, bad file, bad value) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+from . import __version__
+from .models import create_model, list_models, model_card
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _table(headers: Sequence[str], rows: list[Sequence[str]], align: str) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def model_table_rows(names: Sequence[str]) -> list[list[str]]:
+    rows = []
+    for n in names:
+        c = model_card(n)
+        rows.append([n, c.family, _fmt(c.params_m), _fmt(c.macs_g), f"{c.input_size[1]}x{c.input_size[2]}",
+                     _fmt(c.top1, ".1f"), c.arxiv])
+    return rows
+
+
+MODEL_TABLE_HEADERS = ("model", "family", "params (M)", "MACs (G)", "input", "top-1", "arXiv")
+
+
+def markdown_model_table(names: Sequence[str] | None = None) -> str:
+    """The README's model table: the official figures of every registered variant."""
+    names = list_models() if names is None else names
+    lines = ["| " + " | ".join(MODEL_TABLE_HEADERS) + " |", "|" + "---|" * len(MODEL_TABLE_HEADERS)]
+    for r in model_table_rows(names):
+        r[0] = f"`{r[0]}`"
+        r[-1] = f"[{r[-1]}](https://arxiv.org/abs/{r[-1]})"
+        lines.append("| " + " | ".join(r) + " |")
+    return "\n".join(lines)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern, family=args.family)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}" + (f" in family {args.family!r}" if args.family else ""))
+    if args.format == "markdown":
+        print(markdown_model_table(names))
+    elif args.format == "json":
+        print(json.dumps([model_card(n).to_dict() for n in names], indent=1))
+    else:
+        print(_table(MODEL_TABLE_HEADERS, model_table_rows(names), "llrrlrl"))
+        print(f"\n{len(names)} models; params, MACs (1 multiply-add = 1) and top-1 are the official figures.")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    card = model_card(args.name)
+    with torch.device("meta"):
+        model = create_model(card.name)
+    counted = sum(p.numel() for p in model.parameters())
+    info = card.to_dict() | dict(
+        counted_params_m=round(counted / 1e6, 4),
+        num_features=model.num_features,
+        feature_info=[dict(channels=f["num_chs"], reduction=f["reduction"], module=f["module"])
+                      for f in model.feature_info],
+    )
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        if k == "feature_info":
+            v = ", ".join(f"{f['channels']}@/{f['reduction']}" for f in v)
+        print(f"{k.ljust(width)}  {v}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convscope", description="Modern ConvNets: model zoo, efficiency lab, "
+                                "training and deployment.")
+    p.add_argument("--version", action="version", version=f"convscope {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = add("list", _cmd_list, "list registered models with their official params, MACs and input size")
+    sp.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'convnext*'")
+    sp.add_argument("--family", default=None)
+    sp.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+
+    sp = add("info", _cmd_info, "show a model's card, counted parameters and feature maps")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        print(f"convscope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

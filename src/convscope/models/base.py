@@ -1,0 +1,144 @@
+"""The model contract shared by every registered network (timm-compatible)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..layers import checkpoint_seq
+from .features import feature_take_indices
+
+
+class Stage(nn.Module):
+    """One resolution stage: an optional downsampling layer, then a sequence of blocks."""
+
+    def __init__(self, downsample: nn.Module | None, blocks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_blocks(self.downsample(x))
+
+
+class ConvScopeModel(nn.Module):
+    """Base of the hierarchical models: `stem -> stages -> norm_pre -> head`.
+
+    Subclasses build `stem`, `stages` (an nn.Sequential), optionally `norm_pre`, a `head` with
+    `forward(x, pre_logits)` and `reset(num_classes)`, and fill `feature_info` and `num_features`.
+    This class supplies the rest of the contract: input checking, forward_features / forward_head,
+    forward_intermediates, reset_classifier, gradient checkpointing and layer pruning for feature extraction.
+    """
+
+    #: Smallest (height, width) the network takes; below this a stage would be empty.
+    min_input_size: tuple[int, int] = (32, 32)
+    #: Set when the architecture takes only one input size (e.g. RandFormer's fixed token-mixing matrices).
+    fixed_input_size: tuple[int, int] | None = None
+
+    def __init__(self, in_chans: int, num_classes: int) -> None:
+        super().__init__()
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be a positive channel count; got {in_chans}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 removes the classifier); got {num_classes}")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.feature_info: list[dict] = []
+        self.num_features = 0
+        self.model_name = type(self).__name__
+        self.norm_pre: nn.Module = nn.Identity()
+
+    # -- input checking ------------------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError naming what was expected when `x` cannot go through this network."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{self.model_name} expects a torch.Tensor; got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"{self.model_name} expects a 4-D input (batch, channels, height, width); "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"{self.model_name} expects {self.in_chans} input channels; got {x.shape[1]} "
+                             f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]} to change that")
+        h, w = x.shape[-2:]
+        if self.fixed_input_size is not None and (h, w) != tuple(self.fixed_input_size):
+            fh, fw = self.fixed_input_size
+            raise ValueError(f"{self.model_name} only takes {fh}x{fw} inputs; got {h}x{w}")
+        mh, mw = self.min_input_size
+        if h < mh or w < mw:
+            raise ValueError(f"{self.model_name} needs inputs of at least {mh}x{mw}; got {h}x{w}")
+
+    # -- forward -------------------------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled features of the last stage, (B, num_features, H/32, W/32) for a hierarchical model."""
+        self.check_input(x)
+        return self.norm_pre(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Stage outputs selected by `indices` (timm semantics), and the final features unless
+        `intermediates_only`. `norm=True` applies `norm_pre` to the last stage's map."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW'; got {output_fmt!r}")
+        self.check_input(x)
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages[:max_index + 1] if (stop_early or intermediates_only) else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(self.norm_pre(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == last + 1:
+            x = self.norm_pre(x)
+        return x, intermediates
+
+    # -- head ----------------------------------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc if hasattr(self.head, "fc") else self.head.fc2
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the final classifier with a fresh one for `num_classes` (0 removes it)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"only global_pool='avg' is supported; got {global_pool!r}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0; got {num_classes}")
+        self.num_classes = num_classes
+        self.head.reset(num_classes)
+
+    # -- training / extraction helpers ---------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass instead of storing them."""
+        for m in self.modules():
+            if hasattr(m, "grad_checkpointing"):
+                m.grad_checkpointing = enable
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = None, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop stages after the last wanted index, and the head, for use as a feature backbone."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        if max_index < len(self.stages) - 1 or prune_norm:
+            self.norm_pre = nn.Identity()
+        self.stages = self.stages[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        self.num_features = self.feature_info[-1]["num_chs"]
+        if prune_head:
+            self.head = nn.Identity()
+            self.num_classes = 0
+        return take

@@ -1,0 +1,300 @@
+"""MetaFormer: PoolFormer (Yu et al., "MetaFormer Is Actually What You Need for Vision", arXiv 2111.11418) and the
+MetaFormer baselines (Yu et al., "MetaFormer Baselines for Vision", arXiv 2210.13452): PoolFormerV2,
+IdentityFormer, RandFormer, ConvFormer and CAFormer.
+
+One skeleton, `norm -> token mixer -> residual; norm -> MLP -> residual`, with the token mixer as the only
+thing that changes between the baselines. Any mixer from `convscope.layers.mixers` plugs in by name:
+
+    create_model("poolformerv2_s12", token_mixers="inception_dw")
+    MetaFormer(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512), token_mixers=("sepconv",) * 2 + ("attention",) * 2)
+
+Stages whose mixer works on token sequences (attention) run on (B, N, C) with Linear MLPs; the others on NCHW
+maps with 1x1-conv MLPs. State-dict keys are timm's; `load_checkpoint(..., source="official")` maps the
+sail-sg/poolformer and sail-sg/metaformer keys.
+"""
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..layers import (ClassifierHead, GroupNorm1, LayerNorm, LayerNorm2d, LayerScale, Mlp, MlpHead, SquaredReLU,
+                      RandomMixing, StarReLU, drop_path_or_identity, drop_path_rates, get_mixer,
+                      init_trunc_normal)
+from .base import ConvScopeModel, Stage
+from .registry import ModelCard, register_model, register_official_converter
+
+NormFactory = Callable[[int], nn.Module]
+
+
+_NO_BIAS_GN = partial(GroupNorm1, eps=1e-6, bias=False)
+_NO_BIAS_LN2D = partial(LayerNorm2d, bias=False)
+_NO_BIAS_LN = partial(LayerNorm, bias=False)
+
+
+def _scale_or_identity(dim: int, init_value: float | None, channels_first: bool) -> nn.Module:
+    return nn.Identity() if init_value is None else LayerScale(dim, init_value, channels_first)
+
+
+class MetaFormerBlock(nn.Module):
+    """x = res_scale1(x) + layer_scale1(DropPath(token_mixer(norm1(x))));
+    x = res_scale2(x) + layer_scale2(DropPath(mlp(norm2(x)))).
+
+    Layer scale and residual scale are per-channel learnable vectors, or absent (None)."""
+
+    def __init__(self, dim: int, token_mixer: type[nn.Module], norm_layer: NormFactory, mixer_kwargs: dict,
+                 mlp_act: Callable[[], nn.Module] = StarReLU, mlp_bias: bool = False, mlp_ratio: float = 4,
+                 drop_path: float = 0.0, proj_drop: float = 0.0, layer_scale_init: float | None = None,
+                 res_scale_init: float | None = None) -> None:
+        super().__init__()
+        channels_first = not getattr(token_mixer, "channels_last", False)
+        self.norm1 = norm_layer(dim)
+        self.token_mixer = token_mixer(dim=dim, proj_drop=proj_drop, **mixer_kwargs)
+        self.drop_path1 = drop_path_or_identity(drop_path)
+        self.layer_scale1 = _scale_or_identity(dim, layer_scale_init, channels_first)
+        self.res_scale1 = _scale_or_identity(dim, res_scale_init, channels_first)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim), act_layer=mlp_act, bias=mlp_bias, drop=proj_drop,
+                       use_conv=channels_first)
+        self.drop_path2 = drop_path_or_identity(drop_path)
+        self.layer_scale2 = _scale_or_identity(dim, layer_scale_init, channels_first)
+        self.res_scale2 = _scale_or_identity(dim, res_scale_init, channels_first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
+        return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+
+
+class Downsampling(nn.Module):
+    """norm -> strided conv (the stem has the norm after the conv instead)."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, padding: int,
+                 norm_layer: NormFactory | None, norm_first: bool) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding)
+        self.norm = norm_layer(in_chs if norm_first else out_chs) if norm_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x)) if self.norm_first else self.norm(self.conv(x))
+
+
+class MetaFormerStage(Stage):
+    """A Stage whose blocks may run on (B, N, C) token sequences instead of NCHW maps."""
+
+    def __init__(self, downsample: nn.Module | None, blocks: Sequence[nn.Module], tokens: bool) -> None:
+        super().__init__(downsample, blocks)
+        self.tokens = tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.tokens:
+            return super().forward(x)
+        x = self.downsample(x)
+        B, C, H, W = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        x = super().forward_blocks(x)
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+def _per_stage(value, n: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+class MetaFormer(ConvScopeModel):
+    """The MetaFormer skeleton: stem (7x7/4 conv) -> four stages, stages 2-4 opened by norm + 3x3/2 conv ->
+    global average pool -> norm -> Linear or MLP head.
+
+    token_mixers: per stage (or one for all): a mixer class or a name from `convscope.layers.MIXERS`.
+    mixer_kwargs: per stage (or one for all): extra arguments for the mixer (e.g. `num_tokens` for RandomMixing).
+    norm_layers: per stage (default: the baselines' no-bias GroupNorm1 on maps, no-bias LayerNorm on tokens);
+    downsample_norm: in the stem and downsampling layers (None: no norm).
+    pre_pool_norm: apply the final norm to the map before pooling (PoolFormer v1's official head) instead of to
+        the pooled vector.
+    """
+
+    def __init__(self, depths: Sequence[int] = (2, 2, 6, 2), dims: Sequence[int] = (64, 128, 320, 512), *,
+                 in_chans: int = 3, num_classes: int = 1000, token_mixers="pooling", mixer_kwargs=None,
+                 norm_layers=None,
+                 downsample_norm: NormFactory | None = partial(LayerNorm2d, bias=False),
+                 mlp_act: Callable[[], nn.Module] = StarReLU, mlp_bias: bool = False,
+                 layer_scale_init_values=None, res_scale_init_values=(None, None, 1.0, 1.0),
+                 output_norm: NormFactory = LayerNorm, pre_pool_norm: bool = False,
+                 use_mlp_head: bool = False, drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__(in_chans, num_classes)
+        n = len(depths)
+        mixers = [get_mixer(m) for m in _per_stage(token_mixers, n)]
+        mixer_kwargs = _per_stage(mixer_kwargs or {}, n)
+        tokens = [getattr(m, "channels_last", False) for m in mixers]
+        norm_layers = [norm or (_NO_BIAS_LN if tok else _NO_BIAS_GN) for norm, tok in
+                       zip(_per_stage(norm_layers, n), tokens)]
+        ls_inits = _per_stage(layer_scale_init_values, n)
+        rs_inits = _per_stage(res_scale_init_values, n)
+
+        self.stem = Downsampling(in_chans, dims[0], 7, 4, 2, downsample_norm, norm_first=False)
+        dpr = drop_path_rates(drop_path_rate, depths)
+        stages = []
+        for i in range(n):
+            downsample = None if i == 0 else Downsampling(dims[i - 1], dims[i], 3, 2, 1, downsample_norm,
+                                                          norm_first=True)
+            blocks = [MetaFormerBlock(dims[i], mixers[i], norm_layers[i], mixer_kwargs[i], mlp_act, mlp_bias,
+                                      drop_path=dpr[i][j], proj_drop=proj_drop_rate,
+                                      layer_scale_init=ls_inits[i], res_scale_init=rs_inits[i])
+                      for j in range(depths[i])]
+            stages.append(MetaFormerStage(downsample, blocks, tokens=tokens[i]))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = dims[-1]
+        # The official MLP head normalises with nn.LayerNorm's default eps (1e-5); timm uses 1e-6.
+        fc = partial(MlpHead, mlp_ratio=4, act_layer=SquaredReLU, norm_layer=nn.LayerNorm, drop=drop_rate) \
+            if use_mlp_head else None
+        self.head = ClassifierHead(dims[-1], num_classes, norm_layer=output_norm, norm_first=pre_pool_norm,
+                                   drop_rate=0.0 if use_mlp_head else drop_rate, fc_factory=fc)
+        init_trunc_normal(self)
+        for i, (mixer, kw) in enumerate(zip(mixers, mixer_kwargs)):
+            if issubclass(mixer, RandomMixing):  # a fixed token count fixes the input size
+                side = math.isqrt(kw.get("num_tokens", 196)) * self.feature_info[i]["reduction"]
+                self.fixed_input_size = (side, side)
+                break
+
+
+# -- variants ----------------------------------------------------------------------------------------------------
+_V1_PAPER = dict(paper="MetaFormer Is Actually What You Need for Vision", arxiv="2111.11418",
+                 repo="sail-sg/poolformer")
+_V2_PAPER = dict(paper="MetaFormer Baselines for Vision", arxiv="2210.13452", repo="sail-sg/metaformer")
+
+_S12 = dict(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512))
+_S24 = dict(depths=(4, 4, 12, 4), dims=(64, 128, 320, 512))
+_S36 = dict(depths=(6, 6, 18, 6), dims=(64, 128, 320, 512))
+_M36 = dict(depths=(6, 6, 18, 6), dims=(96, 192, 384, 768))
+_M48 = dict(depths=(8, 8, 24, 8), dims=(96, 192, 384, 768))
+_SIZES = {"s12": _S12, "s24": _S24, "s36": _S36, "m36": _M36, "m48": _M48}
+_CONV_SIZES = {
+    "s18": dict(depths=(3, 3, 9, 3), dims=(64, 128, 320, 512)),
+    "s36": dict(depths=(3, 12, 18, 3), dims=(64, 128, 320, 512)),
+    "m36": dict(depths=(3, 12, 18, 3), dims=(96, 192, 384, 576)),
+    "b36": dict(depths=(3, 12, 18, 3), dims=(128, 256, 512, 768)),
+}
+
+# PoolFormer v1: GroupNorm (with bias), GELU MLP with biases, layer scale, no residual scale, no norm in the stem
+# or downsampling, and the final GroupNorm applied to the whole map before pooling.
+_POOLFORMER_V1 = dict(token_mixers="pooling", norm_layers=GroupNorm1, downsample_norm=None, mlp_act=nn.GELU,
+                      mlp_bias=True, res_scale_init_values=None, output_norm=GroupNorm1, pre_pool_norm=True)
+# Baselines: no-bias "modified LN" (GroupNorm1) in blocks, no-bias LN in stem/downsampling, StarReLU, res scale.
+_BASELINE = dict(norm_layers=_NO_BIAS_GN)
+_CONV_BASELINE = dict(use_mlp_head=True)
+
+_ARCHS: dict[str, tuple[dict, dict]] = {}
+
+
+def _add(family: str, size: str, arch: dict, paper: dict, source: str, timm: bool, **card) -> None:
+    _ARCHS[f"{family}_{size}"] = (arch, dict(family=family, source=source, timm=timm, **paper, **card))
+
+
+_SRC_V1 = ("top-1 and crop: sail-sg/poolformer README @a075575; params and MACs: timm result tables @aa4b585, "
+           "the exact counts the README rounds (s12 12M / 1.8G)")
+for size, ls, p, macs, top1, dpr in [("s12", 1e-5, 11.92, 1.82, 77.2, 0.1), ("s24", 1e-5, 21.39, 3.41, 80.3, 0.1),
+                                     ("s36", 1e-6, 30.86, 5.00, 81.4, 0.2), ("m36", 1e-6, 56.17, 8.80, 82.1, 0.3),
+                                     ("m48", 1e-6, 73.47, 11.59, 82.5, 0.4)]:
+    _add("poolformer", size, dict(_SIZES[size], layer_scale_init_values=ls, **_POOLFORMER_V1), _V1_PAPER, _SRC_V1,
+         True, params_m=p, macs_g=macs, top1=top1, drop_path_rate=dpr, crop_pct=0.9 if size[0] == "s" else 0.95,
+         notes="the final GroupNorm acts on the map before pooling, as in the official code; timm's port pools "
+               "first and normalises with LayerNorm, so its logits differ while its weights load unchanged")
+
+_SRC_V2_TIMM = ("top-1: sail-sg/metaformer README @64c534a (IN-1k, 224); params and MACs: timm result tables "
+                "@aa4b585, the exact counts the README rounds")
+_SRC_V2 = "params, MACs and top-1: sail-sg/metaformer README @64c534a (IN-1k, 224)"
+for size, p, macs, top1, dpr in [("s12", 11.89, 1.83, 78.0, 0.1), ("s24", 21.34, 3.42, 80.7, 0.1),
+                                  ("s36", 30.79, 5.01, 81.6, 0.2), ("m36", 56.08, 8.81, 82.2, 0.3),
+                                  ("m48", 73.35, 11.59, 82.6, 0.4)]:
+    _add("poolformerv2", size, dict(_SIZES[size], token_mixers="pooling", **_BASELINE), _V2_PAPER, _SRC_V2_TIMM,
+         True, params_m=p, macs_g=macs, top1=top1, drop_path_rate=dpr, crop_pct=1.0)
+for size, p, macs, top1, dpr in [("s12", 11.9, 1.8, 74.6, 0.1), ("s24", 21.3, 3.4, 78.2, 0.1),
+                                  ("s36", 30.8, 5.0, 79.3, 0.2), ("m36", 56.1, 8.8, 80.0, 0.3),
+                                  ("m48", 73.3, 11.5, 80.4, 0.4)]:
+    _add("identityformer", size, dict(_SIZES[size], token_mixers="identity", **_BASELINE), _V2_PAPER, _SRC_V2,
+         False, params_m=p, macs_g=macs, top1=top1, drop_path_rate=dpr, crop_pct=1.0)
+for size, p, frozen, macs, top1, dpr in [("s12", 11.9, 0.2, 1.9, 76.6, 0.1), ("s24", 21.3, 0.5, 3.5, 78.2, 0.1),
+                                          ("s36", 30.8, 0.7, 5.2, 79.5, 0.2), ("m36", 56.1, 0.7, 9.0, 81.2, 0.3),
+                                          ("m48", 73.3, 0.9, 11.9, 81.4, 0.3)]:
+    arch = dict(_SIZES[size], token_mixers=("identity", "identity", "random", "random"),
+                mixer_kwargs=({}, {}, dict(num_tokens=196), dict(num_tokens=49)), **_BASELINE)
+    _add("randformer", size, arch, _V2_PAPER, _SRC_V2, False, params_m=p, frozen_params_m=frozen, macs_g=macs,
+         top1=top1, drop_path_rate=dpr, crop_pct=1.0,
+         notes="the frozen random mixing matrices fix the input at 224x224")
+for size, p, macs, top1, dpr in [("s18", 26.77, 3.96, 83.0, 0.2), ("s36", 40.01, 7.67, 84.1, 0.3),
+                                  ("m36", 57.05, 12.89, 84.5, 0.4), ("b36", 99.88, 22.69, 84.8, 0.6)]:
+    arch = dict(_CONV_SIZES[size], token_mixers="sepconv", norm_layers=_NO_BIAS_LN2D, **_CONV_BASELINE)
+    _add("convformer", size, arch, _V2_PAPER, _SRC_V2_TIMM, True, params_m=p, macs_g=macs, top1=top1,
+         drop_path_rate=dpr, crop_pct=1.0)
+for size, p, macs, top1, dpr in [("s18", 26.34, 4.13, 83.6, 0.15), ("s36", 39.30, 8.00, 84.5, 0.3),
+                                  ("m36", 56.20, 13.29, 85.2, 0.4), ("b36", 98.75, 23.22, 85.5, 0.6)]:
+    arch = dict(_CONV_SIZES[size], token_mixers=("sepconv", "sepconv", "attention", "attention"),
+                norm_layers=(_NO_BIAS_LN2D, _NO_BIAS_LN2D, _NO_BIAS_LN, _NO_BIAS_LN), **_CONV_BASELINE)
+    _add("caformer", size, arch, _V2_PAPER, _SRC_V2_TIMM, True, params_m=p, macs_g=macs, top1=top1,
+         drop_path_rate=dpr, crop_pct=1.0)
+
+
+def _register(name: str, arch: dict, card: dict) -> None:
+    timm = card.pop("timm")
+
+    def build(**kwargs) -> MetaFormer:
+        return MetaFormer(**{**arch, **kwargs})
+
+    build.__name__ = build.__qualname__ = name
+    register_model(ModelCard(name=name, timm_name=name if timm else None, **card))(build)
+
+
+for _name, (_arch, _card) in _ARCHS.items():
+    _register(_name, _arch, dict(_card))
+
+
+# -- official checkpoints ----------------------------------------------------------------------------------------
+def _reshape_like(out: dict, own: dict) -> dict:
+    for k, v in out.items():
+        if k in own and v.shape != own[k].shape and v.numel() == own[k].numel():
+            out[k] = v.reshape(own[k].shape)  # Linear <-> 1x1 conv, per-channel scales
+    return out
+
+
+def _convert_poolformer_v1(state_dict: dict, model: nn.Module) -> dict:
+    """sail-sg/poolformer: patch_embed / network.{0..6} (blocks at even indices, downsampling at odd) / norm / head."""
+    out = {}
+    for k, v in state_dict.items():
+        k = k.replace("patch_embed.proj.", "stem.conv.")
+        m = re.match(r"network\.(\d+)\.(.*)", k)
+        if m:
+            idx, rest = int(m.group(1)), m.group(2)
+            if idx % 2:  # a PatchEmbed between stages
+                k = f"stages.{(idx + 1) // 2}.downsample." + rest.replace("proj.", "conv.")
+            else:
+                k = f"stages.{idx // 2}.blocks.{rest}"
+                k = re.sub(r"layer_scale_(\d)$", r"layer_scale\1.scale", k)
+        k = re.sub(r"^norm\.", "head.norm.", k)
+        k = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k)
+        out[k] = v
+    return _reshape_like(out, model.state_dict())
+
+
+def _convert_metaformer(state_dict: dict, model: nn.Module) -> dict:
+    """sail-sg/metaformer: downsample_layers.{i}.{pre_norm,conv,post_norm} / stages.{i}.{j} / norm / head."""
+    out = {}
+    for k, v in state_dict.items():
+        k = re.sub(r"^downsample_layers\.0\.post_norm\.", "stem.norm.", k)
+        k = re.sub(r"^downsample_layers\.0\.conv\.", "stem.conv.", k)
+        k = re.sub(r"^downsample_layers\.(\d+)\.pre_norm\.", r"stages.\1.downsample.norm.", k)
+        k = re.sub(r"^downsample_layers\.(\d+)\.conv\.", r"stages.\1.downsample.conv.", k)
+        k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        k = re.sub(r"^head\.", "head.fc.", k)  # a Linear or an MlpHead
+        k = re.sub(r"^norm\.", "head.norm.", k)
+        out[k] = v
+    return _reshape_like(out, model.state_dict())
+
+
+register_official_converter("poolformer")(_convert_poolformer_v1)
+for _family in ("poolformerv2", "identityformer", "randformer", "convformer", "caformer"):
+    register_official_converter(_family)(_convert_metaformer)
