@@ -246,7 +246,7 @@ def _first_tensor(tree: Any) -> torch.Tensor | None:
     return ts[0] if ts else None
 
 
-# -- formulas: fn(args, kwargs, out) -> (macs, elementwise_flops) -----------------------------------------------
+# -- formulas: fn(args, kwargs, out) -> (macs, elementwise_flops[, activations]) -----------------------------------------------
 Formula = Callable[[tuple, dict, Any], tuple[int, int]]
 FORMULAS: dict[str, Formula] = {}
 
@@ -314,8 +314,10 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> 
     # q (..., Hq, Sq, D), k (..., Hkv, Sk, D), v (..., Hkv, Sk, Dv); grouped-query heads broadcast.
     scores = q.numel() // q.shape[-1] * k.shape[-2]
     macs = scores * q.shape[-1] + scores * v.shape[-1]
-    # scale + softmax (5) per score, plus the mask add
-    return macs, scores * (1 + ELEMENTWISE_COST["aten._softmax"]) + (scores if isinstance(mask, torch.Tensor) else 0)
+    # scale + softmax (5) per score, plus the mask add; activations: the scores and the output, as on the math
+    # path's two bmm
+    ew = scores * (1 + ELEMENTWISE_COST["aten._softmax"]) + (scores if isinstance(mask, torch.Tensor) else 0)
+    return macs, ew, scores + scores // k.shape[-2] * v.shape[-1]
 
 
 @_formula("aten._scaled_dot_product_flash_attention_for_cpu", "aten._scaled_dot_product_flash_attention",
@@ -614,10 +616,10 @@ class _CountingMode(TorchDispatchMode):
             rec.bytes_read = sum(_footprint(t) for t in ins)
             rec.bytes_written = sum(_footprint(t) for t in outs)
         if kind == "formula":
-            macs, ew = formula(args, kwargs, out)
+            macs, ew, *acts = formula(args, kwargs, out)
             rec.macs, rec.flops, rec.elementwise_flops = int(macs), 2 * int(macs), int(ew)
             if macs:
-                rec.activations = sum(t.numel() for t in outs[:1])
+                rec.activations = int(acts[0]) if acts else outs[0].numel()
             rec.fvcore_macs = rec.macs + _fvcore_extra(_base_name(name), args, outs)
         self.records.append(rec)
 

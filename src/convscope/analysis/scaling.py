@@ -19,6 +19,7 @@ exact. The resolution is rounded to a multiple of 4 (pycls). The achieved multip
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -147,6 +148,12 @@ def _architecture(model: nn.Module) -> tuple[list[int], list[int]]:
     return [len(s.blocks) for s in model.stages], [int(f["num_chs"]) for f in model.feature_info]
 
 
+@functools.lru_cache(maxsize=64)
+def _base_count(name: str, input_size: tuple[int, int, int]) -> tuple[int, int, int]:
+    r = count(name, (1, *input_size))
+    return r.params, r.totals.macs, r.totals.activations
+
+
 def scale(model_name: str, flops_multiplier: float, rule: str = "dWr", *, alpha: float = 0.8,
           input_size: tuple[int, int, int] | None = None) -> ScaledConfig:
     """Scale a registered model's FLOPs by `flops_multiplier` with a rule of Dollar et al. (2021).
@@ -182,11 +189,11 @@ def scale(model_name: str, flops_multiplier: float, rule: str = "dWr", *, alpha:
     kwargs = dict(depths=tuple(new_depths), dims=tuple(new_dims))
     with torch.device("meta"):
         scaled = create_model(card.name, **kwargs)
-    base_count = count(base, (1, *base_size))
+    base_params, base_macs, base_acts = _base_count(card.name, base_size)
     scaled_count = count(scaled, (1, *new_size))
     return ScaledConfig(
         model_name=card.name, rule=rule, flops_multiplier=float(flops_multiplier), factors=(d, w, r),
         kwargs=kwargs, input_size=new_size, params=scaled_count.params, macs=scaled_count.totals.macs,
         activations=scaled_count.totals.activations, base_kwargs=dict(depths=tuple(depths), dims=tuple(dims)),
-        base_input_size=base_size, base_params=base_count.params, base_macs=base_count.totals.macs,
-        base_activations=base_count.totals.activations, alpha=alpha, notes=notes)
+        base_input_size=base_size, base_params=base_params, base_macs=base_macs, base_activations=base_acts,
+        alpha=alpha, notes=notes)
