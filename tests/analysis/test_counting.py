@@ -305,3 +305,64 @@ def test_bad_arguments():
         count("convnext_atto").macs_as("thop")
     with pytest.raises(ValueError, match="unknown model"):
         count("convnxt_tiny")
+
+
+class _GlobalLocalFilter(nn.Module):
+    """HorNet's GF layer: half the channels through a 3x3 depthwise conv, half through a learnable global
+    filter in the Fourier domain (rfft2, complex product with a bilinearly resized weight, irfft2)."""
+
+    def __init__(self, dim: int, h: int = 14, w: int = 8) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(dim // 2, dim // 2, 3, padding=1, groups=dim // 2, bias=False)
+        self.complex_weight = nn.Parameter(torch.randn(dim // 2, h, w, 2) * 0.02)
+
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        x1 = self.dw(x1)
+        B, C, a, b = x2.shape
+        x2 = torch.fft.rfft2(x2.to(torch.float32), dim=(2, 3), norm="ortho")
+        weight = self.complex_weight
+        if weight.shape[1:3] != x2.shape[2:4]:
+            weight = F.interpolate(weight.permute(3, 0, 1, 2), size=x2.shape[2:4], mode="bilinear",
+                                   align_corners=True).permute(1, 2, 3, 0)
+        x2 = x2 * torch.view_as_complex(weight.contiguous())
+        x2 = torch.fft.irfft2(x2, s=(a, b), dim=(2, 3), norm="ortho")
+        return torch.cat([x1.unsqueeze(2), x2.unsqueeze(2)], dim=2).reshape(B, 2 * C, a, b)
+
+
+class _LargeKernelSEBlock(nn.Module):
+    """UniRepLKNet-style: dilated re-parameterisable depthwise branches + BN, then squeeze-and-excitation."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lk = nn.Conv2d(dim, dim, 13, padding=6, groups=dim, bias=False)
+        self.branches = nn.ModuleList(nn.Conv2d(dim, dim, k, padding=r * (k - 1) // 2, dilation=r, groups=dim,
+                                                bias=False) for k, r in ((5, 1), (7, 2), (3, 3), (3, 4), (3, 5)))
+        self.bn = nn.BatchNorm2d(dim)
+        self.se = convscope.layers.SqueezeExcite(dim, dim // 4)
+
+    def forward(self, x):
+        y = self.lk(x)
+        for conv in self.branches:
+            y = y + conv(x)
+        return self.se(self.bn(y))
+
+
+def test_ops_of_upcoming_families_are_counted():
+    """HorNet's Fourier global filter and UniRepLKNet's dilated large kernels with SE leave nothing uncounted."""
+    r = count(nn.Sequential(_GlobalLocalFilter(16), _LargeKernelSEBlock(16)), (2, 16, 14, 14))
+    assert r.uncounted == {}
+    fft = r.by_operator["aten._fft_r2c"].macs
+    assert fft == 2 * 8 * 196 * 8  # 2 x 8 signals of 14 x 14 points, ceil(log2 196) = 8
+    assert r.by_operator["aten._fft_c2r"].macs == fft
+    complex_mul = next(x for x in r.records if x.op == "aten.mul" and x.module == "0")
+    assert complex_mul.elementwise_flops == 6 * 2 * 8 * 14 * 8  # (a+bi)(c+di): 4 mul + 2 add
+    dw = 2 * 16 * 196 * (169 + 25 + 49 + 9 + 9 + 9)
+    se = 2 * (16 * 4 + 4 * 16)
+    assert r.by_module_type["Conv2d"].macs == 2 * 8 * 196 * 9 + dw + se
+
+
+def test_training_pass_leaves_running_statistics_alone():
+    bn = nn.BatchNorm2d(4)
+    count(bn, (2, 4, 3, 3), device="cpu", train=True)
+    assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_mean, torch.zeros(4))

@@ -692,8 +692,10 @@ def _state_on(model: nn.Module, device: torch.device, dtype: torch.dtype, train:
         dt = dtype if t.is_floating_point() else t.dtype
         if device.type == "meta":
             new = torch.empty_like(t, device="meta", dtype=dt)
-        else:
+        elif isinstance(t, nn.Parameter):
             new = t.detach().to(device=device, dtype=dt)
+        else:  # buffers are copied so that a training-mode pass leaves the model's running statistics alone
+            new = t.detach().to(device=device, dtype=dt, copy=True)
         if isinstance(t, nn.Parameter):
             new.requires_grad_(train and t.requires_grad and new.is_floating_point())
         state[name] = new

@@ -30,7 +30,8 @@ from torch import nn
 from ..models import create_model, model_card
 from .counting import count
 
-__all__ = ["RULES", "ScaledConfig", "activation_exponent", "scale", "scaling_exponents", "scaling_factors"]
+__all__ = ["RULES", "ScaledConfig", "activation_exponent", "scale", "scaling_exponents", "scaling_factors",
+           "scaling_table"]
 
 #: The named rules and their FLOPs shares (e_d, e_w, e_r); "dWr" takes its width share from `alpha`.
 RULES: dict[str, tuple[float, float, float] | None] = {
@@ -197,3 +198,18 @@ def scale(model_name: str, flops_multiplier: float, rule: str = "dWr", *, alpha:
         activations=scaled_count.totals.activations, base_kwargs=dict(depths=tuple(depths), dims=tuple(dims)),
         base_input_size=base_size, base_params=base_params, base_macs=base_macs, base_activations=base_acts,
         alpha=alpha, notes=notes)
+
+
+def scaling_table(model_name: str, flops_multiplier: float, rules: tuple[str, ...] = ("d", "w", "r", "dwr", "dWr"),
+                  alpha: float = 0.8) -> str:
+    """A markdown table comparing the rules on one model: configs, counted multipliers, paper's asymptotics."""
+    rows = ["| rule | depths | dims | input | MACs x | activations x | asymptotic acts x | params x |",
+            "|---|---|---|---|---|---|---|---|"]
+    for rule in rules:
+        c = scale(model_name, flops_multiplier, rule, alpha=alpha)
+        rows.append(f"| {rule} | {list(c.kwargs['depths'])} | {list(c.kwargs['dims'])} | "
+                    f"{c.input_size[1]}x{c.input_size[2]} | {c.achieved_multiplier:.3f} | "
+                    f"{c.activations_multiplier:.3f} | {flops_multiplier ** activation_exponent(rule, alpha):.3f} | "
+                    f"{c.params_multiplier:.3f} |")
+    return "\n".join(rows)
+
