@@ -1,6 +1,7 @@
 """Compare the scaling rules of "Fast and Accurate Model Scaling" on one model (markdown).
 
-    PYTHONPATH=src python benchmarks/scaling_rules.py convnext_tiny 4 --out benchmarks/results/scaling_convnext_tiny_x4.md
+    PYTHONPATH=src python benchmarks/scaling_rules.py convnext_tiny 4 \
+        --out benchmarks/results/scaling_convnext_tiny_x4.md
 """
 from __future__ import annotations
 

@@ -15,8 +15,12 @@ Conventions (DESIGN.md, "Counting conventions"):
   formulas below (one elementary arithmetic or special function, e.g. `exp`, `erf`, `tanh`, = 1).
 - **FFTs** (`_fft_r2c`, `_fft_c2r`, `_fft_c2c`): `L * ceil(log2 N)` MACs for `L` real elements (the real side
   of the transform) transformed in signals of `N` points, the `N log N` cost HorNet's official `calc_flops.py`
-  charges for `rfft2` / `irfft2` (it applies it to the (B, C, H, W) layout's last three dims, a 0.01%
-  difference on HorNet-GF). Orthonormal scaling adds one element-wise FLOP per output element.
+  charges for `rfft2` / `irfft2` (which reads the (B, C, H, W) shape as (B, H, W, C) and so takes the log of
+  C * H instead of H * W: under 0.1% of HorNet-T-GF's total). Orthonormal scaling adds one element-wise FLOP
+  per output element.
+- **Attention**: the fused kernels (`_scaled_dot_product_*_attention*`) count `Q K^T` and `A V`, a scale and a
+  softmax per score; on the meta device `scaled_dot_product_attention` takes its math path instead (bmm,
+  softmax), with the same MACs and activations and nearly the same element-wise FLOPs.
 - **Bytes**: each distinct input tensor read once and each output written once (broadcast dimensions, stride 0,
   are not counted twice): the traffic an ideal kernel needs, no cache effects.
 - **Activations**: output elements of every op that does MACs (conv, matrix products, attention, FFT), the
@@ -30,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -73,8 +77,8 @@ class Totals:
     bytes_read: int = 0
     bytes_written: int = 0
     activations: int = 0
-    calls: int = 0
-    fvcore_macs: int = 0
+    calls: int = 0          # aten calls, views included
+    fvcore_macs: int = 0    # see MACS_CONVENTIONS
 
     @property
     def bytes(self) -> int:
@@ -212,7 +216,8 @@ MACS_CONVENTIONS: dict[str, str] = {
               "without), adaptive average pooling (1 per input element) and upsampling (nearest 1, bilinear 4 "
               "per output element); activations, element-wise arithmetic, softmax and plain pooling are free. "
               "Attention counts its two matrix products, as fvcore does on the official code's explicit "
-              "`q @ k.T` and `attn @ v` (`Totals.fvcore_macs`)",
+              "`q @ k.T` and `attn @ v`, and FFTs their N log N MACs, as HorNet's calc_flops.py adds them to "
+              "fvcore (`Totals.fvcore_macs`)",
 }
 
 
@@ -246,8 +251,8 @@ def _first_tensor(tree: Any) -> torch.Tensor | None:
     return ts[0] if ts else None
 
 
-# -- formulas: fn(args, kwargs, out) -> (macs, elementwise_flops[, activations]) -----------------------------------------------
-Formula = Callable[[tuple, dict, Any], tuple[int, int]]
+# -- formulas: fn(args, kwargs, out) -> (macs, elementwise_flops[, activations]) ----------------------------------
+Formula = Callable[[tuple, dict, Any], tuple[int, ...]]
 FORMULAS: dict[str, Formula] = {}
 
 

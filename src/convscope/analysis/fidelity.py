@@ -22,6 +22,8 @@ REL_TOL = 0.01
 
 @dataclass(frozen=True)
 class MacsException:
+    """Why a variant's official figure is not reproduced within 1%, and the bound it is held to instead."""
+
     reason: str
     max_rel_err: float  # the bound the variant is held to instead of REL_TOL
 
@@ -46,6 +48,8 @@ MACS_EXCEPTIONS: dict[str, MacsException] = {
 
 @dataclass(frozen=True)
 class MacsFidelity:
+    """One variant's counted MACs (G) next to its official figure."""
+
     name: str
     official_g: float
     convention: str
