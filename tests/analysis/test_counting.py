@@ -279,12 +279,14 @@ def test_model_is_left_unchanged():
 
 
 def test_huge_model_on_meta_is_fast():
-    start = time.perf_counter()
+    count("convnext_atto", (1, 3, 32, 32))  # one-time lazy initialisation of torch's meta kernels
+    # CPU time of this process, so that other jobs on a shared machine do not count (about 0.5 s here)
+    start = time.process_time()
     r = count("convnextv2_huge")
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert r.params > 600e6
     assert r.macs_as("fvcore") / 1e9 == pytest.approx(115.0, abs=0.005)
-    assert elapsed < 3.0, elapsed
+    assert elapsed < 2.5, elapsed
 
 
 def test_default_input_size_follows_the_card():
