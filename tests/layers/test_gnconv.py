@@ -182,8 +182,7 @@ def test_gf_model_runs_on_the_meta_device_at_any_size():
     with torch.device("meta"):
         model = convscope.create_model("hornet_large_gf_img384")  # the official name is an alias
         assert model.model_name == "hornet_large_gf_384"
-        for size in [(384, 384), (224, 320)]:
-            assert model(torch.empty(1, 3, *size)).shape == (1, 1000)
+        assert model(torch.empty(1, 3, 224, 320)).shape == (1, 1000)  # filters built for 384x384
 
 
 def test_gnconv_orders_per_stage_in_the_metaformer_skeleton():

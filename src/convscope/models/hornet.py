@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -28,8 +28,8 @@ class HorNetBlock(nn.Module):
     """x = x + DropPath(gamma1 * gnConv(LN(x))); x = x + DropPath(gamma2 * MLP(LN(x))), the MLP being
     Linear(4C) -> GELU -> Linear(C) on channels-last tokens, as in ConvNeXt."""
 
-    def __init__(self, dim: int, order: int, spatial_mixer=None, scale: float = 1 / 3,
-                 ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, order: int, spatial_mixer: Callable[[int], nn.Module] | None = None,
+                 scale: float = 1 / 3, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = LayerNorm2d(dim)
         self.gnconv = GnConv(dim, order, spatial_mixer=spatial_mixer, scale=scale)
@@ -86,21 +86,26 @@ _PAPER = dict(family="hornet", paper="HorNet: Efficient High-Order Spatial Inter
 _GF_224 = (None, None, (14, 8), (7, 4))  # the spectra of the 14x14 and 7x7 maps of a 224x224 input
 _GF_384 = (None, None, (24, 13), (12, 7))  # of the 24x24 and 12x12 maps of a 384x384 input
 
-_MACS = ("MACs: the official calc_flops.py (fvcore: conv and linear MACs, nn.LayerNorm 5/element, rfft2/irfft2 "
-         "N*C*ceil(log2 N)) run on hornet.py @ac9e210 with a 1000-class head, rounded by the README to {readme}G")
+_MACS = ("MACs: the official calc_flops.py (fvcore: conv and linear MACs, nn.LayerNorm 5/element, "
+         "rfft2/irfft2 N*C*ceil(log2 N)) run on hornet.py @ac9e210 with a 1000-class head, rounded by the README "
+         "to {readme}G")
 _SRC_1K = ("top-1 and drop path: raoyongming/HorNet README and TRAINING.md @ac9e210 (IN-1k, 224); params: "
-           "mmpretrain configs/hornet/README.md @00e2564, the exact count the README rounds ({readme_p}M) and that "
-           "hornet.py gives; " + _MACS)
+           "mmpretrain configs/hornet/README.md @00e2564, the exact count the README rounds ({readme_p}M) and "
+           "that hornet.py gives; " + _MACS)
 _SRC_22K = ("drop path: raoyongming/HorNet TRAINING.md @ac9e210 ({stage}); params: mmpretrain "
-            "configs/hornet/README.md @00e2564, the count that hornet.py gives with a 1000-class head (the README's "
-            "{readme_p}M includes the larger ImageNet-22k head); no IN-1k top-1 in the README; " + _MACS)
+            "configs/hornet/README.md @00e2564, the count that hornet.py gives with a 1000-class head (the "
+            "README's {readme_p}M includes the larger ImageNet-22k head); no IN-1k top-1 in the README; " + _MACS)
 _SRC_L384 = ("drop path: raoyongming/HorNet TRAINING.md @ac9e210 (its 384 fine-tuning command, which names "
-             "ImageNet-1k data while the README says these weights were fine-tuned on ImageNet-22k); params: hornet.py "
-             "@ac9e210 counted with a 1000-class head (the README's 216M includes the ImageNet-22k head; "
-             "mmpretrain's 201.23M comes from its filter sizes (24, 12) / (13, 7), not the official (24, 13) / "
-             "(12, 7)); no IN-1k top-1 in the README; " + _MACS)
-_22K = dict(pretrain="ImageNet-22k", notes="released as ImageNet-22k pre-trained weights (with a 22k head); "
-            "built here with a 1000-class head, whose count the card gives")
+             "ImageNet-1k data while the README says these weights were fine-tuned on ImageNet-22k); params: "
+             "hornet.py @ac9e210 counted with a 1000-class head (the README's 216M includes the ImageNet-22k "
+             "head; mmpretrain's 201.23M comes from its filter sizes (24, 12) / (13, 7), not the official "
+             "(24, 13) / (12, 7)); no IN-1k top-1 in the README; " + _MACS)
+_GF_NOTE = ("the global filters' frequency-domain weights are sized for {side}x{side} inputs (spectra {s3} and "
+            "{s4} in stages 3 and 4) and resized bilinearly for other sizes")
+_GF_NOTE_224 = _GF_NOTE.format(side=224, s3=_GF_224[2], s4=_GF_224[3])
+_22K = dict(pretrain="ImageNet-22k")
+_22K_NOTE = ("released as ImageNet-22k pre-trained weights (with a 22k head); built here with a 1000-class head, "
+             "whose count the card gives")
 
 _ARCHS: dict[str, tuple[dict, dict]] = {}
 for _size, _base, _dpr, _top1_7, _top1_gf, _p7, _pgf, _m7, _mgf, _readme in [
@@ -112,18 +117,20 @@ for _size, _base, _dpr, _top1_7, _top1_gf, _p7, _pgf, _m7, _mgf, _readme in [
         _PAPER, params_m=_p7, macs_g=_m7, top1=_top1_7, drop_path_rate=_dpr,
         source=_SRC_1K.format(readme_p=_readme[0], readme=_readme[1])))
     _ARCHS[f"hornet_{_size}_gf"] = (dict(_arch, gf_sizes=_GF_224), dict(
-        _PAPER, params_m=_pgf, macs_g=_mgf, top1=_top1_gf, drop_path_rate=_dpr,
+        _PAPER, params_m=_pgf, macs_g=_mgf, top1=_top1_gf, drop_path_rate=_dpr, notes=_GF_NOTE_224,
         source=_SRC_1K.format(readme_p=_readme[2], readme=_readme[3])))
 
 _LARGE = dict(dims=(192, 384, 768, 1536))
 _ARCHS["hornet_large_7x7"] = (_LARGE, dict(
-    _PAPER, **_22K, params_m=194.54, macs_g=34.82, drop_path_rate=0.2,
+    _PAPER, **_22K, params_m=194.54, macs_g=34.82, drop_path_rate=0.2, notes=_22K_NOTE,
     source=_SRC_22K.format(stage="22k pre-training", readme_p="209", readme="34.8")))
 _ARCHS["hornet_large_gf"] = (dict(_LARGE, gf_sizes=_GF_224), dict(
     _PAPER, **_22K, params_m=196.29, macs_g=34.64, drop_path_rate=0.2,
+    notes=f"{_22K_NOTE}; {_GF_NOTE_224}",
     source=_SRC_22K.format(stage="22k pre-training", readme_p="211", readme="34.7 (with its 22k head)")))
 _ARCHS["hornet_large_gf_384"] = (dict(_LARGE, gf_sizes=_GF_384), dict(
     _PAPER, **_22K, params_m=201.81, macs_g=101.81, drop_path_rate=0.4, input_size=(3, 384, 384), crop_pct=1.0,
+    notes=f"{_22K_NOTE}; " + _GF_NOTE.format(side=384, s3=_GF_384[2], s4=_GF_384[3]),
     source=_SRC_L384.format(readme="101.8")))
 
 # Our names that differ from the official constructors'.

@@ -46,5 +46,5 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "Pooling",
-           "RandomMixing", "SepConv", "get_mixer"]
+__all__ = ["Attention", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d", "MIXERS",
+           "Pooling", "RandomMixing", "SepConv", "get_mixer"]
