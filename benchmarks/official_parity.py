@@ -14,7 +14,9 @@ tests/models/test_official_keys.py checks the converters without the official co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
 import platform
 import re
@@ -50,6 +52,10 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         for fam in ("identityformer", "randformer", "poolformerv2") for size in ("s12", "m36")
     } | {
         f"{fam}_{size}": f"{fam}_{size}()" for fam in ("convformer", "caformer") for size in ("s18", "m36")
+    }),
+    "hornet": ("raoyongming+HorNet", ["hornet.py"], {
+        "hornet_tiny_7x7": "hornet_tiny_7x7()", "hornet_tiny_gf": "hornet_tiny_gf()",
+        "hornet_small_gf": "hornet_small_gf()", "hornet_large_gf_384": "hornet_large_gf_img384()",
     }),
 }
 
@@ -99,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             module = _load_official_module(repo_dir, files, Path(tmp))
             for ours_name, ctor in pairs.items():
                 torch.manual_seed(0)
-                official = randomize_(eval(ctor, vars(module)), seed=3).eval()
+                with contextlib.redirect_stdout(io.StringIO()):  # HorNet's gnconv prints its configuration
+                    official = randomize_(eval(ctor, vars(module)), seed=3).eval()
                 sd = official.state_dict()
                 if args.write_keys:
                     out = Path(args.write_keys)
