@@ -127,7 +127,24 @@ def test_rfft2_and_irfft2():
     assert r2c.out_shape == (2, 4, 8, 9)
     assert r2c.elementwise_flops == 2 * 4 * 8 * 9        # orthonormal scaling of each output
     assert r2c.bytes_written == 8 * 2 * 4 * 8 * 9        # complex64
+    # HorNet's calc_flops handler reads (B, C, H, W) as (B, H, W, C): N = C * H, times W, times ceil(log2 N)
+    assert r2c.fvcore_macs == 2 * (4 * 8) * 16 * 5
+    assert c2r.fvcore_macs == 2 * (4 * 8) * 9 * 5       # on irfft2's complex input
     assert r.uncounted == {}
+
+
+def test_resize_to_the_same_size_is_a_copy():
+    x = torch.empty(1, 2, 5, 7)
+    rec = only(run(lambda x: F.interpolate(x, size=(5, 7), mode="bilinear", align_corners=True), x),
+               "aten.upsample_bilinear2d")
+    assert rec.elementwise_flops == rec.fvcore_macs == 0 and rec.bytes_written == 4 * 70
+
+
+def test_channels_first_layer_norm_convention():
+    r = count("hornet_tiny_7x7", (1, 3, 64, 64))
+    ln2d = sum(x.fvcore_macs for x in r.records if x.module_type == "LayerNorm2d")
+    assert ln2d > 0 and r.macs_as("fvcore_manual_cf_ln") == r.macs_as("fvcore") - ln2d
+    assert r.macs_as("fvcore_manual_cf_ln") > r.macs_as("macs")  # the channels-last LayerNorms still count
 
 
 # -- element-wise work ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ Conventions (DESIGN.md, "Counting conventions"):
 - **FFTs** (`_fft_r2c`, `_fft_c2r`, `_fft_c2c`): `L * ceil(log2 N)` MACs for `L` real elements (the real side
   of the transform) transformed in signals of `N` points, the `N log N` cost HorNet's official `calc_flops.py`
   charges for `rfft2` / `irfft2` (which reads the (B, C, H, W) shape as (B, H, W, C) and so takes the log of
-  C * H instead of H * W: under 0.1% of HorNet-T-GF's total). Orthonormal scaling adds one element-wise FLOP
-  per output element.
+  C * H instead of H * W; the "fvcore" convention reproduces that formula exactly). Orthonormal scaling adds
+  one element-wise FLOP per output element.
 - **Attention**: the fused kernels (`_scaled_dot_product_*_attention*`) count `Q K^T` and `A V`, a scale and a
   softmax per score; on the meta device `scaled_dot_product_attention` takes its math path instead (bmm,
   softmax), with the same MACs and activations and nearly the same element-wise FLOPs.
@@ -150,11 +150,13 @@ class CountResult:
         return d
 
     def macs_as(self, convention: str = "macs") -> int:
-        """Total MACs under one of `MACS_CONVENTIONS` ("macs" or "fvcore")."""
+        """Total MACs under one of `MACS_CONVENTIONS` ("macs", "fvcore", "fvcore_manual_cf_ln")."""
         if convention == "macs":
             return self.totals.macs
         if convention == "fvcore":
             return self.totals.fvcore_macs
+        if convention == "fvcore_manual_cf_ln":
+            return self.totals.fvcore_macs - sum(r.fvcore_macs - r.macs for r in self.records if _fvcore_free(r))
         raise ValueError(f"unknown MACs convention {convention!r}; expected one of {sorted(MACS_CONVENTIONS)}")
 
     def summary(self) -> str:
@@ -216,9 +218,19 @@ MACS_CONVENTIONS: dict[str, str] = {
               "without), adaptive average pooling (1 per input element) and upsampling (nearest 1, bilinear 4 "
               "per output element); activations, element-wise arithmetic, softmax and plain pooling are free. "
               "Attention counts its two matrix products, as fvcore does on the official code's explicit "
-              "`q @ k.T` and `attn @ v`, and FFTs their N log N MACs, as HorNet's calc_flops.py adds them to "
-              "fvcore (`Totals.fvcore_macs`)",
+              "`q @ k.T` and `attn @ v`; FFTs count what HorNet's calc_flops.py handler adds to fvcore for "
+              "rfft2 / irfft2, N * C * ceil(log2 N) with (B, C, H, W) read as (B, H, W, C) "
+              "(`Totals.fvcore_macs`)",
+    "fvcore_manual_cf_ln": "'fvcore' run on official code that writes its channels-first LayerNorm out element "
+                           "by element (HorNet's and ConvNeXt's `LayerNorm(data_format='channels_first')`: "
+                           "mean, pow, sqrt), which fvcore does not price: as 'fvcore' without the norm charge "
+                           "of convscope's channels-first `LayerNorm2d` modules",
 }
+
+
+def _fvcore_free(rec: "OpRecord") -> bool:
+    """Under 'fvcore_manual_cf_ln': a channels-first LayerNorm, written out element-wise in the official code."""
+    return rec.op == "aten.native_layer_norm" and rec.module_type == "LayerNorm2d"
 
 
 # -- tensor helpers ----------------------------------------------------------------------------------------------
@@ -497,8 +509,18 @@ _INTERP_COST = {"upsample_nearest1d": 0, "upsample_nearest2d": 0, "upsample_near
                 "upsample_linear1d": 3, "upsample_bilinear2d": 7, "_upsample_bilinear2d_aa": 7,
                 "upsample_trilinear3d": 15, "upsample_bicubic2d": 31, "_upsample_bicubic2d_aa": 31,
                 "grid_sampler_2d": 7, "grid_sampler_3d": 15}
+def _same_size(x: Any, out: Any) -> bool:
+    return isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and x.shape == out.shape
+
+
+def _interpolation(cost: int) -> Formula:
+    def fn(args, kwargs, out):  # resizing to the same size is a copy
+        return 0, 0 if _same_size(args[0], _first_tensor(out)) else cost * _numel(_first_tensor(out))
+    return fn
+
+
 for _name, _cost in _INTERP_COST.items():
-    FORMULAS[f"aten.{_name}"] = _elementwise(_cost)
+    FORMULAS[f"aten.{_name}"] = _interpolation(_cost)
 
 
 @_formula("aten.col2im")
@@ -577,11 +599,23 @@ def _fvcore_extra(name: str, args: tuple, outs: list[torch.Tensor]) -> int:
         return args[0].numel() * ((5 if training else 2) if args[1] is not None else (4 if training else 1))
     if name in ("aten._adaptive_avg_pool2d", "aten.adaptive_avg_pool2d"):
         return args[0].numel()
+    if name in ("aten.upsample_nearest2d", "aten.upsample_bilinear2d") and _same_size(args[0], outs[0]):
+        return 0  # a resize to the same size, which official code skips
     if name == "aten.upsample_nearest2d":
         return outs[0].numel()
     if name in ("aten.upsample_bilinear2d", "aten.grid_sampler_2d"):
         return 4 * outs[0].numel()
     return 0
+
+
+def _fvcore_fft(name: str, args: tuple, macs: int) -> int:
+    """HorNet's calc_flops.py handler for rfft2 / irfft2: `B, H, W, C = input.shape; N = H * W;
+    N * C * ceil(log2 N)` on the real input of rfft2 and the complex input of irfft2, here times the batch."""
+    x = args[0]
+    if name not in ("aten._fft_r2c", "aten._fft_c2r") or x.ndim != 4:
+        return macs
+    b, h, w, c = x.shape
+    return b * h * w * c * max(math.ceil(math.log2(h * w)), 1) if h * w > 1 else 0
 
 
 # -- the dispatch mode -------------------------------------------------------------------------------------------
@@ -625,7 +659,8 @@ class _CountingMode(TorchDispatchMode):
             rec.macs, rec.flops, rec.elementwise_flops = int(macs), 2 * int(macs), int(ew)
             if macs:
                 rec.activations = int(acts[0]) if acts else outs[0].numel()
-            rec.fvcore_macs = rec.macs + _fvcore_extra(_base_name(name), args, outs)
+            base = _base_name(name)
+            rec.fvcore_macs = _fvcore_fft(base, args, rec.macs) + _fvcore_extra(base, args, outs)
         self.records.append(rec)
 
 

@@ -81,7 +81,8 @@ class HorNet(ConvScopeModel):
 
 # -- variants ----------------------------------------------------------------------------------------------------
 _PAPER = dict(family="hornet", paper="HorNet: Efficient High-Order Spatial Interactions with Recursive Gated "
-              "Convolutions", arxiv="2207.14284", repo="raoyongming/HorNet")
+              "Convolutions", arxiv="2207.14284", repo="raoyongming/HorNet",
+              macs_convention="fvcore_manual_cf_ln")  # the official channels-first LayerNorm is written out
 
 _GF_224 = (None, None, (14, 8), (7, 4))  # the spectra of the 14x14 and 7x7 maps of a 224x224 input
 _GF_384 = (None, None, (24, 13), (12, 7))  # of the 24x24 and 12x12 maps of a 384x384 input

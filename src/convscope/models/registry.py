@@ -13,7 +13,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 #: How an official MACs figure may count (described in `convscope.analysis.counting.MACS_CONVENTIONS`).
-MACS_CONVENTION_NAMES = ("fvcore", "macs")
+MACS_CONVENTION_NAMES = ("fvcore", "fvcore_manual_cf_ln", "macs")
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,9 @@ class ModelCard:
     `frozen_params_m` counts non-trainable parameters listed apart (RandFormer's random matrices).
     `macs_convention` says how the official figure counts (`convscope.analysis.counting.MACS_CONVENTIONS`):
     "fvcore" (the default: fvcore's FlopCountAnalysis, which timm's tables and most official READMEs use; it adds
-    small charges for norms, adaptive pooling and upsampling to the conv / matmul MACs) or "macs" (conv / matmul
-    multiply-accumulates only).
+    small charges for norms, adaptive pooling and upsampling to the conv / matmul MACs), "fvcore_manual_cf_ln"
+    (fvcore on official code whose channels-first LayerNorm is written out element-wise, so fvcore skips it:
+    HorNet) or "macs" (conv / matmul multiply-accumulates only).
     """
 
     name: str
