@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 __all__ = ["CountResult", "OpRecord", "Totals", "count", "count_params", "ELEMENTWISE_COST", "ZERO_COST_OPS",
-           "DATA_MOVEMENT_OPS", "FORMULAS"]
+           "DATA_MOVEMENT_OPS", "FORMULAS", "MACS_CONVENTIONS"]
 
 
 # -- results -----------------------------------------------------------------------------------------------------
@@ -57,6 +57,7 @@ class OpRecord:
     bytes_written: int = 0
     activations: int = 0    # output elements of conv / matmul-like ops
     out_shape: tuple = ()
+    fvcore_macs: int = 0    # the call's count under fvcore's default handles (see `MACS_CONVENTIONS`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +74,7 @@ class Totals:
     bytes_written: int = 0
     activations: int = 0
     calls: int = 0
+    fvcore_macs: int = 0
 
     @property
     def bytes(self) -> int:
@@ -90,6 +92,7 @@ class Totals:
         self.bytes_read += r.bytes_read
         self.bytes_written += r.bytes_written
         self.activations += r.activations
+        self.fvcore_macs += r.fvcore_macs
         self.calls += r.calls if isinstance(r, Totals) else 1
         return self
 
@@ -142,6 +145,14 @@ class CountResult:
             d["records"] = [dict(r.to_dict(), out_shape=list(r.out_shape)) for r in self.records]
         return d
 
+    def macs_as(self, convention: str = "macs") -> int:
+        """Total MACs under one of `MACS_CONVENTIONS` ("macs" or "fvcore")."""
+        if convention == "macs":
+            return self.totals.macs
+        if convention == "fvcore":
+            return self.totals.fvcore_macs
+        raise ValueError(f"unknown MACs convention {convention!r}; expected one of {sorted(MACS_CONVENTIONS)}")
+
     def summary(self) -> str:
         """One line: params, MACs, FLOPs, element-wise FLOPs, activations, bytes, uncounted ops."""
         t = self.totals
@@ -190,6 +201,19 @@ class CountResult:
         if self.uncounted:
             out.append("uncounted: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.uncounted.items())))
         return "\n".join(out)
+
+
+#: How official tables count, by the name a ModelCard gives in `macs_convention`.
+MACS_CONVENTIONS: dict[str, str] = {
+    "macs": "multiply-accumulates of convolution, matrix products, attention and FFTs only (`Totals.macs`)",
+    "fvcore": "fvcore's FlopCountAnalysis with its default handles, which timm's tables and most official "
+              "READMEs use: the MACs above (biases excluded) plus its charges for norms (LayerNorm / GroupNorm "
+              "5 per element with a weight, 4 without; BatchNorm in eval 2 per element with a weight, 1 "
+              "without), adaptive average pooling (1 per input element) and upsampling (nearest 1, bilinear 4 "
+              "per output element); activations, element-wise arithmetic, softmax and plain pooling are free. "
+              "Attention counts its two matrix products, as fvcore does on the official code's explicit "
+              "`q @ k.T` and `attn @ v` (`Totals.fvcore_macs`)",
+}
 
 
 # -- tensor helpers ----------------------------------------------------------------------------------------------
@@ -533,6 +557,26 @@ def _known(name: str) -> bool:
     return name in FORMULAS or name in ZERO_COST_OPS or name in DATA_MOVEMENT_OPS
 
 
+def _fvcore_extra(name: str, args: tuple, outs: list[torch.Tensor]) -> int:
+    """fvcore's charge for the non-MAC ops its default handles price (jit_handles.py, fvcore 0.1.5)."""
+    if name == "aten.native_layer_norm":
+        return args[0].numel() * (5 if args[2] is not None else 4)
+    if name == "aten.native_group_norm":
+        return args[0].numel() * (5 if args[1] is not None else 4)
+    if name in ("aten.native_batch_norm", "aten._native_batch_norm_legit", "aten._native_batch_norm_legit_no_training",
+                "aten._native_batch_norm_legit_functional"):
+        training = name != "aten._native_batch_norm_legit_no_training" and \
+            next((a for a in args[3:] if isinstance(a, bool)), True)
+        return args[0].numel() * ((5 if training else 2) if args[1] is not None else (4 if training else 1))
+    if name in ("aten._adaptive_avg_pool2d", "aten.adaptive_avg_pool2d"):
+        return args[0].numel()
+    if name == "aten.upsample_nearest2d":
+        return outs[0].numel()
+    if name in ("aten.upsample_bilinear2d", "aten.grid_sampler_2d"):
+        return 4 * outs[0].numel()
+    return 0
+
+
 # -- the dispatch mode -------------------------------------------------------------------------------------------
 class _CountingMode(TorchDispatchMode):
     def __init__(self, module_stack: list[tuple[str, str]]) -> None:
@@ -574,6 +618,7 @@ class _CountingMode(TorchDispatchMode):
             rec.macs, rec.flops, rec.elementwise_flops = int(macs), 2 * int(macs), int(ew)
             if macs:
                 rec.activations = sum(t.numel() for t in outs[:1])
+            rec.fvcore_macs = rec.macs + _fvcore_extra(_base_name(name), args, outs)
         self.records.append(rec)
 
 
