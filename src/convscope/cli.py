@@ -99,6 +99,8 @@ def _input_size(args: argparse.Namespace, name: str) -> tuple[int, int, int, int
         h, w = int(parts[0]), int(parts[-1])
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1; got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1; got {args.threads}")
     return args.batch, c, h, w
 
 
@@ -109,7 +111,8 @@ def _command(args: argparse.Namespace) -> str:
 
 def _cmd_hw(args: argparse.Namespace) -> int:
     from .analysis.hardware import hardware_peaks
-    peaks = hardware_peaks(args.device, threads=args.threads, refresh=args.refresh)
+    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    peaks = hardware_peaks(args.device, threads=args.threads, refresh=args.refresh, dtypes=dtypes)
     print(peaks.to_json() if args.json else peaks.summary())
     return 0
 
@@ -130,8 +133,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         return 0
     from .analysis.waterline import profile_layers
     prof = profile_layers(model, size, dtype=args.dtype, channels_last=args.channels_last, threads=args.threads,
-                          device=args.device, repeats=args.repeats)
-    print(f"\nper-layer waterline (eager{', torch.compile not applied' if args.compile else ''}):")
+                          device=args.device, repeats=args.repeats, clock=args.clock)
+    print(f"\nper-layer waterline (eager inference forward{', without torch.compile' if args.compile else ''}):")
     print(prof.summary())
     print(f"\n{prof.group_table('kind')}\n\n{prof.table(args.top)}")
     if args.json:
@@ -186,18 +189,22 @@ def _build_parser() -> argparse.ArgumentParser:
     def lab_options(sp: argparse.ArgumentParser, repeats: int) -> None:
         sp.add_argument("--batch", type=int, default=1)
         sp.add_argument("--size", default=None, help="input size, 224 or HxW (default: the model card's)")
-        sp.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+        sp.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="latency: autocast to this dtype; layers: the model cast to it")
         sp.add_argument("--channels-last", action="store_true")
         sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
         sp.add_argument("--device", default="cpu", help="cpu, cuda or auto")
         sp.add_argument("--repeats", type=int, default=repeats, help="timed runs (medians are reported)")
-        sp.add_argument("--html", default=None, metavar="FILE", help="write a self-contained HTML report")
-        sp.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+        sp.add_argument("--html", default=None, metavar="FILE",
+                        help="write a self-contained HTML report (profile: implies --layers)")
+        sp.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON (profile: the "
+                        "layer profile, implies --layers)")
 
     sp = add("hw", _cmd_hw, "measure (or show the cached) compute peaks and memory bandwidth of this machine")
     sp.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
     sp.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when present)")
     sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--dtypes", default="fp32,bf16,fp16", help="compute peaks to measure (comma-separated)")
     sp.add_argument("--json", action="store_true")
 
     sp = add("profile", _cmd_profile, "count and time a model; with --layers, per-layer waterline analysis")
@@ -208,6 +215,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--train", action="store_true", help="time training steps (forward, backward, SGD step)")
     sp.add_argument("--layers", action="store_true", help="per-layer times, bounds and efficiencies")
     sp.add_argument("--top", type=int, default=25, help="slowest layers to list")
+    sp.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="time layers by the wall clock (torch.profiler) or by the thread's CPU time (one CPU "
+                         "thread only; steadier on a busy machine)")
 
     sp = add("compare", _cmd_compare, "count and time several models; efficiency-gap and Pareto charts")
     sp.add_argument("names", nargs="+", metavar="NAME")

@@ -7,6 +7,7 @@ global state.
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,13 +71,24 @@ def roofline_chart(profile: LayerProfile, path: str | os.PathLike | None = None,
     if cache_bw:
         ax.plot(grid, [min(peak, cache_bw * x) for x in grid], color="black", lw=1, ls="--",
                 label=f"last-level cache {cache_bw:.0f} GB/s")
+    for kernel, g in profile.peaks.get("probe_gflops", {}).get(profile.dtype, {}).items():
+        if g < 0.95 * peak:  # a slower dense kernel (e.g. the BLAS behind torch.mm and nn.Linear)
+            ax.plot(grid, [min(g, bw * x) for x in grid], color="grey", lw=1, ls=":",
+                    label=f"{'torch.mm / nn.Linear' if kernel == 'matmul' else kernel} {g:.0f} GFLOP/s")
     extra: dict[str, str] = {}
     for kind in sorted({r.kind for r in rows}):
         sel = [r for r in rows if r.kind == kind]
         ax.scatter([r.intensity for r in sel], [r.attained_flops / 1e9 for r in sel],
                    s=[15 + 600 * r.time_s / total for r in sel], color=_color(kind, extra), alpha=0.7,
                    edgecolors="none", label=f"{kind} ({100 * sum(r.time_s for r in sel) / total:.0f}% of time)")
-    for r in sorted(rows, key=lambda r: r.time_s, reverse=True)[:label_top]:
+    placed: list[tuple[float, float]] = []
+    for r in sorted(rows, key=lambda r: r.time_s, reverse=True):
+        if len(placed) == label_top:
+            break
+        at = (math.log10(r.intensity), math.log10(r.attained_flops / 1e9))
+        if any(abs(at[0] - p[0]) < 0.25 and abs(at[1] - p[1]) < 0.1 for p in placed):
+            continue  # a label would overlap one already drawn
+        placed.append(at)
         ax.annotate(r.name, (r.intensity, r.attained_flops / 1e9), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     ax.set_xscale("log")

@@ -148,8 +148,8 @@ def profile_report(profile: LayerProfile, *, benchmark: BenchmarkResult | None =
         [[r.name, r.type, r.kind, _ms(r.time_s), f"{r.flops / 1e6:.2f}", f"{r.bytes / 1e6:.3f}",
           f"{r.intensity:.1f}", f"{r.attained_flops / 1e9:.1f}", _ms(r.bound_s), r.limiter,
           f"{100 * r.efficiency:.1f}" + ("" if r.physical else " *")] for r in rows]))
-    body.append("<p class='note'>* memory-bound with a working set that fits in the last-level cache: the DRAM "
-                "bound is not a hard limit there, so efficiency can exceed 100%.</p>")
+    body.append("<p class='note'>* memory-bound with traffic under twice the last-level cache: much of it can hit "
+                "in cache, so the DRAM bound is not a hard limit there and efficiency can exceed 100%.</p>")
     if benchmark is not None:
         body += _benchmark_section(benchmark)
     body.append(_machine_section(profile.machine, profile.peaks, profile.dtype))

@@ -4,8 +4,8 @@ Every figure is a median of repeated runs after warm-up (p90, min and max are re
 timings on a shared machine are noisy. With `compile=True` the first call (which compiles) is timed apart and
 reported as `compile_s`; it never enters the latency statistics.
 
-Peak memory is measured by the operating system on CPU and by the caching allocator on CUDA; see
-`MEMORY_METHOD` for exactly what each number includes.
+Peak memory is the transient memory of one step, measured by the operating system on CPU and by the caching
+allocator on CUDA; see `MEMORY_METHOD` for exactly what each number includes.
 """
 from __future__ import annotations
 
@@ -31,11 +31,14 @@ from .hardware import DTYPES, _atomic_write, _timer, dtype_name, machine_info, r
 
 MODES = ("inference", "train")
 MEMORY_METHOD = {
-    "cpu": "peak resident set size of the process during warm-up and timed runs (VmHWM, reset through "
-           "/proc/self/clear_refs) minus the resident size just before them (after gc and malloc_trim): the "
-           "activations, workspaces, gradients and optimizer state the runs create, as the OS sees them",
-    "cuda": "torch.cuda.max_memory_allocated() during warm-up and timed runs minus the memory allocated before "
-            "them: tensors only, not the caching allocator's reserve",
+    "cpu": "peak resident set size of the process during the timed runs and all warm-up runs but the first "
+           "(VmHWM, reset through /proc/self/clear_refs) minus the resident size before them (after gc and "
+           "malloc_trim): the transient memory of one step (activations, workspaces, and in training the "
+           "gradients, freed every step), as the OS sees it; parameters, inputs and optimizer state, which "
+           "persist from the first call, are not included",
+    "cuda": "torch.cuda.max_memory_allocated() during the timed runs and all warm-up runs but the first, minus "
+            "the memory allocated before them: the transient tensors of one step (activations, workspaces, "
+            "gradients); parameters, inputs and optimizer state are not included, nor the allocator's reserve",
 }
 
 
@@ -62,13 +65,36 @@ class LatencyStats:
         return cls(statistics.median(s), p90, s[0], s[-1], statistics.fmean(s), len(s))
 
 
+CLOCKS = ("wall", "thread")
+
+
+def check_clock(clock: str, device: torch.device) -> None:
+    """'thread' (CPU time of the calling thread) measures the work only when all of it runs on that thread."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}; got {clock!r}")
+    if clock == "thread" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("clock='thread' times the calling thread's CPU time, which is the whole work only on "
+                         f"the CPU with one thread; got device {device}, {torch.get_num_threads()} threads")
+
+
+def _thread_timer(fn: Callable[[], Any]) -> float:
+    t0 = time.thread_time()
+    fn()
+    return time.thread_time() - t0
+
+
 def measure(fn: Callable[[], Any], *, device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 20,
-            max_time_s: float = 10.0, min_repeats: int = 3) -> LatencyStats:
+            max_time_s: float = 10.0, min_repeats: int = 3, clock: str = "wall") -> LatencyStats:
     """Time `fn()` `repeats` times after `warmup` calls; stop early once `max_time_s` is spent (but never
-    before `min_repeats` timed runs). CUDA work is timed with events after synchronising."""
+    before `min_repeats` timed runs). CUDA work is timed with events after synchronising.
+
+    clock: 'wall' (elapsed time) or 'thread' (CPU time of the calling thread: on one CPU thread, the time the
+    work itself took, without the time other processes held the core; for shared, busy machines)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
-    timed = _timer(resolve_device(device))
+    dev = resolve_device(device)
+    check_clock(clock, dev)
+    timed = _timer(dev) if clock == "wall" else _thread_timer
     for _ in range(warmup):
         timed(fn)
     times: list[float] = []
@@ -303,15 +329,14 @@ def benchmark(model: nn.Module | str, input_size: Sequence[int] = (3, 224, 224),
                     _loss(out).backward()
                     opt.step()
 
+            # The first call (which compiles, with compile=True) counts as a warm-up run; one-time allocations
+            # it makes (library initialisation, optimizer state) stay out of the memory figure.
+            compile_s = _timer(dev)(step)
             mem = _PeakMemory(dev)
             mem.start()
-            compile_s = None
-            if compile:
-                timed = _timer(dev)
-                compile_s = timed(step)
-            stats = measure(step, device=dev, warmup=warmup, repeats=repeats, max_time_s=max_time_s)
+            stats = measure(step, device=dev, warmup=max(warmup - 1, 0), repeats=repeats, max_time_s=max_time_s)
             result.points.append(BatchPoint(batch=int(b), latency=stats, throughput=int(b) / stats.median_s,
-                                            peak_memory_bytes=mem.stop(), compile_s=compile_s))
+                                            peak_memory_bytes=mem.stop(), compile_s=compile_s if compile else None))
             del x, step
         return result
     finally:

@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -31,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from .counting import CountResult, OpRecord, count
 from .hardware import DTYPES, HardwarePeaks, _atomic_write, dtype_name, hardware_peaks, machine_info, resolve_device
-from .timing import LatencyStats, _resolve_model, benchmark, measure, split_input_size
+from .timing import LatencyStats, _resolve_model, benchmark, check_clock, measure, split_input_size
 
 SCOPE = "convscope::"
 ROOT = "<model>"
@@ -97,8 +98,8 @@ class LayerRow:
 
     `flops` includes element-wise work (2 x MACs + element-wise FLOPs). `bound_s` is the waterline of the
     module's kernels; `limiter` says which ceiling dominates it. `physical` is False for a memory-bound layer
-    whose traffic fits in the last-level cache: such a layer can beat the DRAM bound, so efficiency > 1 is
-    possible there.
+    whose traffic is less than twice the last-level cache: much of it can hit in cache, so such a layer can
+    beat the DRAM bound (efficiency > 1).
     """
 
     name: str
@@ -205,6 +206,7 @@ class LayerProfile:
     repeats: int
     uncounted: dict[str, int] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
+    clock: str = "wall"
 
     @property
     def by_kind(self) -> list[GroupRow]:
@@ -238,7 +240,7 @@ class LayerProfile:
         return dict(model=self.model, input_size=list(self.input_size), dtype=self.dtype,
                     channels_last=self.channels_last, threads=self.threads, device=self.device,
                     machine=self.machine, peaks=self.peaks, totals=self.totals, repeats=self.repeats,
-                    uncounted=self.uncounted, unmatched=self.unmatched,
+                    uncounted=self.uncounted, unmatched=self.unmatched, clock=self.clock,
                     layers=[r.to_dict() for r in self.layers],
                     by_kind=[g.to_dict() for g in self.by_kind], by_type=[g.to_dict() for g in self.by_type])
 
@@ -248,7 +250,7 @@ class LayerProfile:
         return cls(model=d["model"], input_size=tuple(d["input_size"]), dtype=d["dtype"],
                    channels_last=d["channels_last"], threads=d["threads"], device=d["device"],
                    machine=d["machine"], peaks=d["peaks"], totals=d["totals"], repeats=d["repeats"],
-                   uncounted=d.get("uncounted", {}), unmatched=d.get("unmatched", []),
+                   uncounted=d.get("uncounted", {}), unmatched=d.get("unmatched", []), clock=d.get("clock", "wall"),
                    layers=[LayerRow(**{k: v for k, v in r.items() if k in row_fields}) for r in d["layers"]])
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
@@ -268,7 +270,7 @@ class LayerProfile:
     def describe(self) -> str:
         b, c, h, w = self.input_size
         return (f"{self.model} batch {b} {c}x{h}x{w} {self.dtype}{' channels_last' if self.channels_last else ''}, "
-                f"{self.threads} threads, {self.device}")
+                f"{self.threads} threads, {self.device}" + (", thread CPU time" if self.clock == "thread" else ""))
 
     def summary(self) -> str:
         t = self.totals
@@ -298,8 +300,8 @@ class LayerProfile:
             out.append(f"{name:<34} {r.kind[:15]:<15} {r.time_s * 1e3:>7.3f} {100 * r.time_s / total:>5.1f} "
                        f"{r.flops / 1e6:>8.1f} {r.bytes / 1e6:>7.2f} {r.intensity:>6.1f} "
                        f"{r.attained_flops / 1e9:>8.1f} {r.bound_s * 1e3:>8.3f} {r.limiter[:6]:>6} {eff:>6}")
-        out.append("* memory-bound with a working set that fits in the last-level cache: the DRAM bound is not a "
-                   "hard limit")
+        out.append("* memory-bound with traffic under twice the last-level cache: the DRAM bound is not a hard "
+                   "limit there")
         return "\n".join(out)
 
     def group_table(self, by: str = "kind") -> str:
@@ -314,14 +316,18 @@ class LayerProfile:
 
 # -- measurement --------------------------------------------------------------------------------------------------
 class _Scopes:
-    """Forward hooks that open a profiler scope around every module's forward and note input shapes."""
+    """Forward hooks around every module's forward: a profiler scope (clock 'wall'), or the calling thread's
+    CPU time (clock 'thread', self times collected here per pass). Also notes each module's input shape."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.names = {}
+    def __init__(self, model: nn.Module, clock: str = "wall") -> None:
         self.modules = {}
         self.input_shapes: dict[str, tuple] = {}
         self.handles = []
-        self.stack: list[record_function] = []
+        self.clock = clock
+        self.stack: list = []
+        self.passes: list[dict[str, float]] = []
+        self.current: dict[str, float] = {}
+        self.recording = False
         for name, mod in model.named_modules():
             key = name or ROOT
             self.modules[key] = mod
@@ -333,13 +339,32 @@ class _Scopes:
             if key not in self.input_shapes:
                 x = args[0] if args and isinstance(args[0], torch.Tensor) else None
                 self.input_shapes[key] = tuple(x.shape) if x is not None else None
-            rf = record_function(SCOPE + key)
-            rf.__enter__()
-            self.stack.append(rf)
+            if self.clock == "wall":
+                rf = record_function(SCOPE + key)
+                rf.__enter__()
+                self.stack.append(rf)
+            else:
+                self.stack.append([key, 0, time.thread_time_ns()])  # [name, children's ns, start]
         return pre
 
     def _exit(self, mod, args, output):
-        self.stack.pop().__exit__(None, None, None)
+        if self.clock == "wall":
+            self.stack.pop().__exit__(None, None, None)
+            return
+        now = time.thread_time_ns()
+        key, children, start = self.stack.pop()
+        inclusive = now - start
+        if self.stack:
+            self.stack[-1][1] += inclusive
+        if not self.recording:
+            return
+        c = self.current
+        c[key] = c.get(key, 0.0) + (inclusive - children) / 1e9
+        c["__calls__" + key] = c.get("__calls__" + key, 0) + 1
+        if not self.stack:
+            c["__total__"] = inclusive / 1e9
+            self.passes.append(c)
+            self.current = {}
 
     def remove(self) -> None:
         for h in self.handles:
@@ -382,11 +407,68 @@ def _self_times(events, device_type: str) -> list[dict[str, float]]:
     return [passes[i] for _, i in sorted(order)]
 
 
+def _time_modules(model: nn.Module, x: torch.Tensor, dev: torch.device, clock: str, warmup: int,
+                  repeats: int) -> tuple[_Scopes, list[dict[str, float]]]:
+    """Hooks on every module, `warmup` untimed then `repeats` timed forward passes: per pass, module -> self time."""
+    scopes = _Scopes(model, clock)
+    try:
+        for _ in range(warmup):
+            model(x)
+        if clock == "thread":
+            scopes.recording = True
+            for _ in range(repeats):
+                model(x)
+            return scopes, scopes.passes
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(repeats):
+                model(x)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+        return scopes, _self_times(prof.events(), dev.type)
+    finally:
+        scopes.remove()
+
+
+def _layer_rows(scopes: _Scopes, passes: list[dict[str, float]], counts: CountResult, peak_flops: float,
+                bandwidth: float, llc: int | None) -> tuple[list[LayerRow], list[str]]:
+    """One row per module that ran (median self time joined with its counted kernels), and the names of counted
+    modules that no hook saw."""
+    records_by_module: dict[str, list[OpRecord]] = {}
+    for r in counts.records:
+        records_by_module.setdefault(r.module or ROOT, []).append(r)
+    rows = []
+    for key, mod in scopes.modules.items():
+        times = [p[key] for p in passes if key in p]
+        if not times:
+            continue  # never called in forward (e.g. a pruned head)
+        recs = records_by_module.get(key, [])
+        tot_bytes = sum(r.bytes_read + r.bytes_written for r in recs)
+        bound, comp, mem = kernel_bound(recs, peak_flops, bandwidth)
+        leaf = next(iter(mod.children()), None) is None
+        limiter = "compute" if comp >= mem else "memory"
+        rows.append(LayerRow(
+            name=key, type=type(mod).__name__, kind=layer_kind(mod, scopes.input_shapes.get(key), leaf), leaf=leaf,
+            calls=int(passes[0].get("__calls__" + key, 1)), time_s=statistics.median(times),
+            macs=sum(r.macs for r in recs), flops=sum(r.flops + r.elementwise_flops for r in recs), bytes=tot_bytes,
+            activations=sum(r.activations for r in recs), compute_s=comp, memory_s=mem, bound_s=bound,
+            limiter=limiter, physical=limiter == "compute" or llc is None or tot_bytes > 2 * llc))
+    unmatched = sorted(k for k in records_by_module if k not in scopes.modules)
+    return rows, unmatched
+
+
+def _peaks_dict(peaks: HardwarePeaks, llc: int | None) -> dict[str, Any]:
+    """The ceilings a profile or comparison was measured against, as stored with it."""
+    return dict(compute_gflops=peaks.compute_gflops, bandwidth_gbs=peaks.bandwidth_gbs,
+                cache_bandwidth_gbs=peaks.cache_bandwidth_gbs, llc_bytes=llc, measured_at=peaks.measured_at,
+                probe_gflops=peaks.probe_gflops())
+
+
 def profile_layers(model: nn.Module | str, input_size: Sequence[int] = (1, 3, 224, 224), *,
                    dtype: str | torch.dtype = "fp32", channels_last: bool = False, threads: int | None = None,
                    device: str | torch.device = "cpu", warmup: int = 2, repeats: int = 5,
                    model_repeats: int | None = None, max_time_s: float = 20.0, peaks: HardwarePeaks | None = None,
-                   counts: CountResult | None = None) -> LayerProfile:
+                   counts: CountResult | None = None, clock: str = "wall") -> LayerProfile:
     """Measure every module's time in an eager forward pass and join it with `count()` into a waterline profile.
 
     input_size: (B, C, H, W) or (C, H, W) for batch 1. dtype: the model and input are cast to it ('fp32', 'bf16',
@@ -395,6 +477,9 @@ def profile_layers(model: nn.Module | str, input_size: Sequence[int] = (1, 3, 22
     them); model_repeats: unprofiled passes for the whole-model time (default max(repeats, 10)).
     peaks: this machine's ceilings (default `hardware_peaks(device, threads=threads)`, measured once and cached).
     counts: a `count()` result for the same model and input (computed on the meta device when not given).
+    clock: 'wall' (torch.profiler scopes; elapsed time) or 'thread' (the calling thread's CPU time, read in the
+    same hooks; CPU with threads=1 only). On a busy shared machine the wall clock charges a layer for the time
+    other processes held the core, which inflates long layers more than short ones; the thread clock does not.
     The caller's model is not changed (a copy is profiled).
     """
     model, name = _resolve_model(model)
@@ -411,6 +496,7 @@ def profile_layers(model: nn.Module | str, input_size: Sequence[int] = (1, 3, 22
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        check_clock(clock, dev)
         if peaks is None:
             peaks = hardware_peaks(dev, threads=threads, dtypes=("fp32",) if dt == "fp32" else ("fp32", dt))
         peak_flops, bandwidth = peaks.peak_flops(dt), peaks.bandwidth
@@ -425,47 +511,12 @@ def profile_layers(model: nn.Module | str, input_size: Sequence[int] = (1, 3, 22
 
         with torch.inference_mode():
             model_stats = measure(lambda: model(x), device=dev, warmup=warmup,
-                                  repeats=model_repeats or max(repeats, 10), max_time_s=max_time_s)
-            scopes = _Scopes(model)
-            try:
-                for _ in range(warmup):
-                    model(x)
-                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-                with profile(activities=activities) as prof:
-                    for _ in range(repeats):
-                        model(x)
-                        if dev.type == "cuda":
-                            torch.cuda.synchronize(dev)
-                passes = _self_times(prof.events(), dev.type)
-            finally:
-                scopes.remove()
-
+                                  repeats=model_repeats or max(repeats, 10), max_time_s=max_time_s, clock=clock)
+            scopes, passes = _time_modules(model, x, dev, clock, warmup, repeats)
         llc = peaks.llc_bytes
         if dev.type == "cuda":
             llc = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", None)
-        records_by_module: dict[str, list[OpRecord]] = {}
-        for r in counts.records:
-            records_by_module.setdefault(r.module or ROOT, []).append(r)
-
-        rows = []
-        for key, mod in scopes.modules.items():
-            times = [p.get(key) for p in passes if key in p]
-            if not times:
-                continue  # never called in forward (e.g. a pruned head)
-            recs = records_by_module.get(key, [])
-            tot_flops = sum(r.flops + r.elementwise_flops for r in recs)
-            tot_bytes = sum(r.bytes_read + r.bytes_written for r in recs)
-            bound, comp, mem = kernel_bound(recs, peak_flops, bandwidth)
-            leaf = next(iter(mod.children()), None) is None
-            limiter = "compute" if comp >= mem else "memory"
-            physical = limiter == "compute" or llc is None or tot_bytes > llc
-            rows.append(LayerRow(
-                name=key, type=type(mod).__name__, kind=layer_kind(mod, scopes.input_shapes.get(key), leaf),
-                leaf=leaf, calls=int(passes[0].get("__calls__" + key, 1)), time_s=statistics.median(times),
-                macs=sum(r.macs for r in recs), flops=tot_flops, bytes=tot_bytes,
-                activations=sum(r.activations for r in recs), compute_s=comp, memory_s=mem, bound_s=bound,
-                limiter=limiter, physical=physical))
-        unmatched = sorted(k for k in records_by_module if k not in scopes.modules)
+        rows, unmatched = _layer_rows(scopes, passes, counts, peak_flops, bandwidth, llc)
 
         leaf_s = sum(r.time_s for r in rows if r.leaf)
         glue_s = sum(r.time_s for r in rows if not r.leaf)
@@ -483,11 +534,8 @@ def profile_layers(model: nn.Module | str, input_size: Sequence[int] = (1, 3, 22
                       roofline_bound_s=max(flops / peak_flops, tot.bytes / bandwidth))
         return LayerProfile(model=name, input_size=size, dtype=dt, channels_last=channels_last,
                             threads=torch.get_num_threads(), device=str(dev), machine=machine_info(dev),
-                            peaks=dict(compute_gflops=peaks.compute_gflops, bandwidth_gbs=peaks.bandwidth_gbs,
-                                       cache_bandwidth_gbs=peaks.cache_bandwidth_gbs, llc_bytes=llc,
-                                       measured_at=peaks.measured_at),
-                            layers=rows, totals=totals, repeats=len(passes), uncounted=dict(counts.uncounted),
-                            unmatched=unmatched)
+                            peaks=_peaks_dict(peaks, llc), layers=rows, totals=totals, repeats=len(passes),
+                            uncounted=dict(counts.uncounted), unmatched=unmatched, clock=clock)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -616,8 +664,6 @@ def compare_models(models: Sequence[nn.Module | str], input_size: Sequence[int] 
             del module
         return Comparison(rows=rows, input_size=size, dtype=dt, channels_last=channels_last,
                           threads=torch.get_num_threads(), device=str(dev), machine=machine_info(dev),
-                          peaks=dict(compute_gflops=peaks.compute_gflops, bandwidth_gbs=peaks.bandwidth_gbs,
-                                     cache_bandwidth_gbs=peaks.cache_bandwidth_gbs, llc_bytes=peaks.llc_bytes,
-                                     measured_at=peaks.measured_at))
+                          peaks=_peaks_dict(peaks, peaks.llc_bytes))
     finally:
         torch.set_num_threads(old_threads)
