@@ -15,8 +15,12 @@ Conventions (DESIGN.md, "Counting conventions"):
   formulas below (one elementary arithmetic or special function, e.g. `exp`, `erf`, `tanh`, = 1).
 - **FFTs** (`_fft_r2c`, `_fft_c2r`, `_fft_c2c`): `L * ceil(log2 N)` MACs for `L` real elements (the real side
   of the transform) transformed in signals of `N` points, the `N log N` cost HorNet's official `calc_flops.py`
-  charges for `rfft2` / `irfft2` (it applies it to the (B, C, H, W) layout's last three dims, a 0.01%
-  difference on HorNet-GF). Orthonormal scaling adds one element-wise FLOP per output element.
+  charges for `rfft2` / `irfft2` (which reads the (B, C, H, W) shape as (B, H, W, C) and so takes the log of
+  C * H instead of H * W: under 0.1% of HorNet-T-GF's total). Orthonormal scaling adds one element-wise FLOP
+  per output element.
+- **Attention**: the fused kernels (`_scaled_dot_product_*_attention*`) count `Q K^T` and `A V`, a scale and a
+  softmax per score; on the meta device `scaled_dot_product_attention` takes its math path instead (bmm,
+  softmax), with the same MACs and activations and nearly the same element-wise FLOPs.
 - **Bytes**: each distinct input tensor read once and each output written once (broadcast dimensions, stride 0,
   are not counted twice): the traffic an ideal kernel needs, no cache effects.
 - **Activations**: output elements of every op that does MACs (conv, matrix products, attention, FFT), the
@@ -30,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -73,8 +77,8 @@ class Totals:
     bytes_read: int = 0
     bytes_written: int = 0
     activations: int = 0
-    calls: int = 0
-    fvcore_macs: int = 0
+    calls: int = 0          # aten calls, views included
+    fvcore_macs: int = 0    # see MACS_CONVENTIONS
 
     @property
     def bytes(self) -> int:
@@ -212,7 +216,8 @@ MACS_CONVENTIONS: dict[str, str] = {
               "without), adaptive average pooling (1 per input element) and upsampling (nearest 1, bilinear 4 "
               "per output element); activations, element-wise arithmetic, softmax and plain pooling are free. "
               "Attention counts its two matrix products, as fvcore does on the official code's explicit "
-              "`q @ k.T` and `attn @ v` (`Totals.fvcore_macs`)",
+              "`q @ k.T` and `attn @ v`, and FFTs their N log N MACs, as HorNet's calc_flops.py adds them to "
+              "fvcore (`Totals.fvcore_macs`)",
 }
 
 
@@ -246,8 +251,8 @@ def _first_tensor(tree: Any) -> torch.Tensor | None:
     return ts[0] if ts else None
 
 
-# -- formulas: fn(args, kwargs, out) -> (macs, elementwise_flops) -----------------------------------------------
-Formula = Callable[[tuple, dict, Any], tuple[int, int]]
+# -- formulas: fn(args, kwargs, out) -> (macs, elementwise_flops[, activations]) ----------------------------------
+Formula = Callable[[tuple, dict, Any], tuple[int, ...]]
 FORMULAS: dict[str, Formula] = {}
 
 
@@ -314,8 +319,10 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> 
     # q (..., Hq, Sq, D), k (..., Hkv, Sk, D), v (..., Hkv, Sk, Dv); grouped-query heads broadcast.
     scores = q.numel() // q.shape[-1] * k.shape[-2]
     macs = scores * q.shape[-1] + scores * v.shape[-1]
-    # scale + softmax (5) per score, plus the mask add
-    return macs, scores * (1 + ELEMENTWISE_COST["aten._softmax"]) + (scores if isinstance(mask, torch.Tensor) else 0)
+    # scale + softmax (5) per score, plus the mask add; activations: the scores and the output, as on the math
+    # path's two bmm
+    ew = scores * (1 + ELEMENTWISE_COST["aten._softmax"]) + (scores if isinstance(mask, torch.Tensor) else 0)
+    return macs, ew, scores + scores // k.shape[-2] * v.shape[-1]
 
 
 @_formula("aten._scaled_dot_product_flash_attention_for_cpu", "aten._scaled_dot_product_flash_attention",
@@ -614,10 +621,10 @@ class _CountingMode(TorchDispatchMode):
             rec.bytes_read = sum(_footprint(t) for t in ins)
             rec.bytes_written = sum(_footprint(t) for t in outs)
         if kind == "formula":
-            macs, ew = formula(args, kwargs, out)
+            macs, ew, *acts = formula(args, kwargs, out)
             rec.macs, rec.flops, rec.elementwise_flops = int(macs), 2 * int(macs), int(ew)
             if macs:
-                rec.activations = sum(t.numel() for t in outs[:1])
+                rec.activations = int(acts[0]) if acts else outs[0].numel()
             rec.fvcore_macs = rec.macs + _fvcore_extra(_base_name(name), args, outs)
         self.records.append(rec)
 
@@ -690,8 +697,10 @@ def _state_on(model: nn.Module, device: torch.device, dtype: torch.dtype, train:
         dt = dtype if t.is_floating_point() else t.dtype
         if device.type == "meta":
             new = torch.empty_like(t, device="meta", dtype=dt)
-        else:
+        elif isinstance(t, nn.Parameter):
             new = t.detach().to(device=device, dtype=dt)
+        else:  # buffers are copied so that a training-mode pass leaves the model's running statistics alone
+            new = t.detach().to(device=device, dtype=dt, copy=True)
         if isinstance(t, nn.Parameter):
             new.requires_grad_(train and t.requires_grad and new.is_floating_point())
         state[name] = new

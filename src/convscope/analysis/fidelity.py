@@ -7,7 +7,7 @@ sail-sg/metaformer README, e.g. ConvFormer-S18 3.959 -> "3.9") the count to the 
 figure. `MACS_EXCEPTIONS` lists the variants that miss the 1% bound, each with the reason and the error it is
 allowed instead.
 
-    PYTHONPATH=src python -m convscope.analysis.fidelity     # prints the table for every registered variant
+    PYTHONPATH=src python benchmarks/macs_fidelity.py      # the table for every registered variant
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ REL_TOL = 0.01
 
 @dataclass(frozen=True)
 class MacsException:
+    """Why a variant's official figure is not reproduced within 1%, and the bound it is held to instead."""
+
     reason: str
     max_rel_err: float  # the bound the variant is held to instead of REL_TOL
 
@@ -46,6 +48,8 @@ MACS_EXCEPTIONS: dict[str, MacsException] = {
 
 @dataclass(frozen=True)
 class MacsFidelity:
+    """One variant's counted MACs (G) next to its official figure."""
+
     name: str
     official_g: float
     convention: str
@@ -107,6 +111,3 @@ def fidelity_table(names: list[str] | None = None) -> str:
                     f"{f.counted_g:.4f} | {100 * f.rel_err:+.2f}% | {f.pure_macs_g:.4f} | {status} |")
     return "\n".join(rows)
 
-
-if __name__ == "__main__":
-    print(fidelity_table())

@@ -19,6 +19,7 @@ exact. The resolution is rounded to a multiple of 4 (pycls). The achieved multip
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,7 +30,8 @@ from torch import nn
 from ..models import create_model, model_card
 from .counting import count
 
-__all__ = ["RULES", "ScaledConfig", "activation_exponent", "scale", "scaling_exponents", "scaling_factors"]
+__all__ = ["RULES", "ScaledConfig", "activation_exponent", "scale", "scaling_exponents", "scaling_factors",
+           "scaling_table"]
 
 #: The named rules and their FLOPs shares (e_d, e_w, e_r); "dWr" takes its width share from `alpha`.
 RULES: dict[str, tuple[float, float, float] | None] = {
@@ -147,6 +149,12 @@ def _architecture(model: nn.Module) -> tuple[list[int], list[int]]:
     return [len(s.blocks) for s in model.stages], [int(f["num_chs"]) for f in model.feature_info]
 
 
+@functools.lru_cache(maxsize=64)
+def _base_count(name: str, input_size: tuple[int, int, int]) -> tuple[int, int, int]:
+    r = count(name, (1, *input_size))
+    return r.params, r.totals.macs, r.totals.activations
+
+
 def scale(model_name: str, flops_multiplier: float, rule: str = "dWr", *, alpha: float = 0.8,
           input_size: tuple[int, int, int] | None = None) -> ScaledConfig:
     """Scale a registered model's FLOPs by `flops_multiplier` with a rule of Dollar et al. (2021).
@@ -182,11 +190,26 @@ def scale(model_name: str, flops_multiplier: float, rule: str = "dWr", *, alpha:
     kwargs = dict(depths=tuple(new_depths), dims=tuple(new_dims))
     with torch.device("meta"):
         scaled = create_model(card.name, **kwargs)
-    base_count = count(base, (1, *base_size))
+    base_params, base_macs, base_acts = _base_count(card.name, base_size)
     scaled_count = count(scaled, (1, *new_size))
     return ScaledConfig(
         model_name=card.name, rule=rule, flops_multiplier=float(flops_multiplier), factors=(d, w, r),
         kwargs=kwargs, input_size=new_size, params=scaled_count.params, macs=scaled_count.totals.macs,
         activations=scaled_count.totals.activations, base_kwargs=dict(depths=tuple(depths), dims=tuple(dims)),
-        base_input_size=base_size, base_params=base_count.params, base_macs=base_count.totals.macs,
-        base_activations=base_count.totals.activations, alpha=alpha, notes=notes)
+        base_input_size=base_size, base_params=base_params, base_macs=base_macs, base_activations=base_acts,
+        alpha=alpha, notes=notes)
+
+
+def scaling_table(model_name: str, flops_multiplier: float, rules: tuple[str, ...] = ("d", "w", "r", "dwr", "dWr"),
+                  alpha: float = 0.8) -> str:
+    """A markdown table comparing the rules on one model: configs, counted multipliers, paper's asymptotics."""
+    rows = ["| rule | depths | dims | input | MACs x | activations x | asymptotic acts x | params x |",
+            "|---|---|---|---|---|---|---|---|"]
+    for rule in rules:
+        c = scale(model_name, flops_multiplier, rule, alpha=alpha)
+        rows.append(f"| {rule} | {list(c.kwargs['depths'])} | {list(c.kwargs['dims'])} | "
+                    f"{c.input_size[1]}x{c.input_size[2]} | {c.achieved_multiplier:.3f} | "
+                    f"{c.activations_multiplier:.3f} | {flops_multiplier ** activation_exponent(rule, alpha):.3f} | "
+                    f"{c.params_multiplier:.3f} |")
+    return "\n".join(rows)
+
