@@ -311,6 +311,8 @@ class LayerProfile:
             out.append(f"{g.key[:28]:<28} {g.layers:>4} {g.time_s * 1e3:>8.3f} {100 * g.share:>5.1f} "
                        f"{g.flops / 1e9:>8.3f} {g.bytes / 1e6:>8.2f} {g.intensity:>6.1f} "
                        f"{g.attained_flops / 1e9:>8.1f} {100 * g.efficiency:>6.1f}")
+        if any(g.efficiency > 1 for g in self.group(by)):
+            out.append("efficiency over 100%: memory-bound layers whose data stays in cache beat the DRAM bound")
         return "\n".join(out)
 
 
