@@ -12,6 +12,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
+#: How an official MACs figure may count (described in `convscope.analysis.counting.MACS_CONVENTIONS`).
+MACS_CONVENTION_NAMES = ("fvcore", "macs")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,10 @@ class ModelCard:
     `params_m` and `macs_g` are the official figures (millions of parameters, billions of multiply-accumulates:
     most tables call them "FLOPs" but count MACs) at `input_size`. `source` says where each figure was read.
     `frozen_params_m` counts non-trainable parameters listed apart (RandFormer's random matrices).
+    `macs_convention` says how the official figure counts (`convscope.analysis.counting.MACS_CONVENTIONS`):
+    "fvcore" (the default: fvcore's FlopCountAnalysis, which timm's tables and most official READMEs use; it adds
+    small charges for norms, adaptive pooling and upsampling to the conv / matmul MACs) or "macs" (conv / matmul
+    multiply-accumulates only).
     """
 
     name: str
@@ -41,7 +47,13 @@ class ModelCard:
     drop_path_rate: float = 0.0
     timm_name: str | None = None
     frozen_params_m: float = 0.0
+    macs_convention: str = "fvcore"
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.macs_convention not in MACS_CONVENTION_NAMES:
+            raise ValueError(f"{self.name}: macs_convention must be one of {MACS_CONVENTION_NAMES}; "
+                             f"got {self.macs_convention!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
