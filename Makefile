@@ -11,17 +11,19 @@ TORCHVISION := torchvision==0.28.0
 STAMP := .make
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install install-test data readme-table clean
+.PHONY: demo test install install-test data chromium readme-table clean
 
 demo: $(STAMP)/install $(STAMP)/data
 	$(PYTHON) examples/demo.py
+	$(PYTHON) -m convscope profile convnext_atto --layers --html out/demo-report.html
 
-test: $(STAMP)/install-test $(STAMP)/data
+test: $(STAMP)/install-test $(STAMP)/data $(STAMP)/chromium
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --timeout=1200 tests
 
 install: $(STAMP)/install
 install-test: $(STAMP)/install-test
 data: $(STAMP)/data
+chromium: $(STAMP)/chromium
 
 $(STAMP)/install: pyproject.toml
 	$(PIP) install --quiet "$(TORCH)" numpy -e ".[lab]"
@@ -39,6 +41,15 @@ $(STAMP)/data:
 		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
 	fi
 	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+	@mkdir -p $(STAMP) && touch $@
+
+# Headless Chromium renders the efficiency lab's HTML reports in tests/analysis/test_report.py (Debian package).
+$(STAMP)/chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	fi
+	@command -v chromium >/dev/null
 	@mkdir -p $(STAMP) && touch $@
 
 # Regenerate the README's model table from the registry (tests/test_readme.py checks it is current).

@@ -88,6 +88,84 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- efficiency lab ----------------------------------------------------------------------------------------------
+def _input_size(args: argparse.Namespace, name: str) -> tuple[int, int, int, int]:
+    """(batch, C, H, W) from --batch and --size ('224' or 'HxW'; default: the model card's size)."""
+    c, h, w = model_card(name).input_size
+    if args.size:
+        parts = args.size.lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--size must be a positive integer or HxW (e.g. 224 or 224x288); got {args.size!r}")
+        h, w = int(parts[0]), int(parts[-1])
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1; got {args.batch}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1; got {args.threads}")
+    return args.batch, c, h, w
+
+
+def _command(args: argparse.Namespace) -> str:
+    import shlex
+    return shlex.join(["convscope", *args.argv])
+
+
+def _cmd_hw(args: argparse.Namespace) -> int:
+    from .analysis.hardware import hardware_peaks
+    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    peaks = hardware_peaks(args.device, threads=args.threads, refresh=args.refresh, dtypes=dtypes)
+    print(peaks.to_json() if args.json else peaks.summary())
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .analysis.counting import count
+    from .analysis.timing import benchmark
+    name = model_card(args.name).name
+    size = _input_size(args, name)
+    model = create_model(name)
+    counts = count(model, size)
+    print(counts.summary())
+    bench = benchmark(model, size, mode="train" if args.train else "inference", dtype=args.dtype,
+                      channels_last=args.channels_last, compile=args.compile, threads=args.threads,
+                      device=args.device, repeats=args.repeats)
+    print(f"\n{bench.describe()}\n{bench.table()}")
+    if not (args.layers or args.html or args.json):
+        return 0
+    from .analysis.waterline import profile_layers
+    prof = profile_layers(model, size, dtype=args.dtype, channels_last=args.channels_last, threads=args.threads,
+                          device=args.device, repeats=args.repeats, clock=args.clock)
+    print(f"\nper-layer waterline (eager inference forward{', without torch.compile' if args.compile else ''}):")
+    print(prof.summary())
+    print(f"\n{prof.group_table('kind')}\n\n{prof.table(args.top)}")
+    if args.json:
+        prof.to_json(args.json)
+        print(f"\nwrote {args.json}")
+    if args.html:
+        from .analysis.report import profile_report, write_report
+        write_report(profile_report(prof, benchmark=bench, command=_command(args)), args.html)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .analysis.waterline import compare_models
+    names = [model_card(n).name for n in args.names]
+    sizes = {_input_size(args, n) for n in names}
+    if len(sizes) > 1:
+        raise ValueError(f"the models have different default input sizes {sorted(sizes)}; pass --size")
+    cmp = compare_models(names, sizes.pop(), dtype=args.dtype, channels_last=args.channels_last,
+                         threads=args.threads, device=args.device, repeats=args.repeats)
+    print(f"{cmp.describe()}\n{cmp.table()}")
+    if args.json:
+        cmp.to_json(args.json)
+        print(f"\nwrote {args.json}")
+    if args.html:
+        from .analysis.report import compare_report, write_report
+        write_report(compare_report(cmp, command=_command(args)), args.html)
+        print(f"wrote {args.html}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convscope", description="Modern ConvNets: model zoo, efficiency lab, "
                                 "training and deployment.")
@@ -107,11 +185,49 @@ def _build_parser() -> argparse.ArgumentParser:
     sp = add("info", _cmd_info, "show a model's card, counted parameters and feature maps")
     sp.add_argument("name")
     sp.add_argument("--json", action="store_true")
+
+    def lab_options(sp: argparse.ArgumentParser, repeats: int) -> None:
+        sp.add_argument("--batch", type=int, default=1)
+        sp.add_argument("--size", default=None, help="input size, 224 or HxW (default: the model card's)")
+        sp.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="latency: autocast to this dtype; layers: the model cast to it")
+        sp.add_argument("--channels-last", action="store_true")
+        sp.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+        sp.add_argument("--repeats", type=int, default=repeats, help="timed runs (medians are reported)")
+        sp.add_argument("--html", default=None, metavar="FILE",
+                        help="write a self-contained HTML report (profile: implies --layers)")
+        sp.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON (profile: the "
+                        "layer profile, implies --layers)")
+
+    sp = add("hw", _cmd_hw, "measure (or show the cached) compute peaks and memory bandwidth of this machine")
+    sp.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
+    sp.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when present)")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--dtypes", default="fp32,bf16,fp16", help="compute peaks to measure (comma-separated)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("profile", _cmd_profile, "count and time a model; with --layers, per-layer waterline analysis")
+    sp.add_argument("name")
+    lab_options(sp, repeats=10)
+    sp.add_argument("--compile", action="store_true", help="torch.compile for the latency (compile time "
+                    "reported apart); layers are always profiled eagerly")
+    sp.add_argument("--train", action="store_true", help="time training steps (forward, backward, SGD step)")
+    sp.add_argument("--layers", action="store_true", help="per-layer times, bounds and efficiencies")
+    sp.add_argument("--top", type=int, default=25, help="slowest layers to list")
+    sp.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="time layers by the wall clock (torch.profiler) or by the thread's CPU time (one CPU "
+                         "thread only; steadier on a busy machine)")
+
+    sp = add("compare", _cmd_compare, "count and time several models; efficiency-gap and Pareto charts")
+    sp.add_argument("names", nargs="+", metavar="NAME")
+    lab_options(sp, repeats=10)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:

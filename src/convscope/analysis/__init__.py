@@ -8,3 +8,12 @@ from .scaling import (RULES, ScaledConfig, activation_exponent, scale, scaling_e
 __all__ = ["CountResult", "MACS_CONVENTIONS", "MACS_EXCEPTIONS", "MacsFidelity", "OpRecord", "RULES", "ScaledConfig",
            "Totals", "activation_exponent", "count", "count_params", "fidelity_table", "macs_fidelity", "scale",
            "scaling_exponents", "scaling_factors", "scaling_table"]
+
+# efficiency lab: this machine's ceilings, timing and per-layer waterline analysis (charts and HTML reports are in
+# `analysis.plots` and `analysis.report`, which need matplotlib)
+from .hardware import HardwarePeaks, hardware_peaks, machine_info  # noqa: E402
+from .timing import BenchmarkResult, LatencyStats, benchmark  # noqa: E402
+from .waterline import Comparison, LayerProfile, compare_models, profile_layers, waterline_bound  # noqa: E402
+
+__all__ += ["BenchmarkResult", "Comparison", "HardwarePeaks", "LatencyStats", "LayerProfile", "benchmark",
+            "compare_models", "hardware_peaks", "machine_info", "profile_layers", "waterline_bound"]

@@ -1,0 +1,232 @@
+"""Charts of the efficiency lab (matplotlib, Agg, PNG): roofline/waterline, efficiency gap, latency Pareto.
+
+Every function returns the PNG as bytes and also writes it when `path` is given. Figures are built on a
+`matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so nothing depends on a display or on
+global state.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .waterline import LayerProfile
+
+EFFICIENCY_LINES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
+_KIND_COLORS = {"depthwise conv": "#d62728", "pointwise conv": "#1f77b4", "conv": "#2ca02c",
+                "grouped conv": "#9467bd", "linear": "#17becf", "norm": "#ff7f0e", "activation": "#8c564b",
+                "pool": "#e377c2", "glue": "#7f7f7f"}
+
+
+def _png(fig: Figure, path: str | os.PathLike | None) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    return data
+
+
+def _color(kind: str, extra: dict[str, str]) -> str:
+    if kind in _KIND_COLORS:
+        return _KIND_COLORS[kind]
+    palette = ["#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94"]
+    return extra.setdefault(kind, palette[len(extra) % len(palette)])
+
+
+def _fmt_eff(e: float) -> str:
+    return f"{100 * e:g}%"
+
+
+def roofline_chart(profile: LayerProfile, path: str | os.PathLike | None = None, *, title: str | None = None,
+                   label_top: int = 6) -> bytes:
+    """Each layer as a point (arithmetic intensity, attained GFLOP/s) under the measured roofs: the compute
+    peak of the profile's dtype and the DRAM bandwidth slope (and the last-level-cache slope, dashed).
+    Point area is proportional to the layer's share of the time; the `label_top` slowest layers are named.
+    Layers without FLOPs or bytes (pure data movement, glue without work) cannot sit on log axes and are
+    counted in the legend title instead."""
+    peak = profile.peak_flops / 1e9
+    bw = profile.bandwidth / 1e9
+    cache_bw = profile.peaks.get("cache_bandwidth_gbs")
+    rows = [r for r in profile.layers if r.flops > 0 and r.bytes > 0 and r.time_s > 0]
+    hidden = len(profile.layers) - len(rows)
+    total = sum(r.time_s for r in profile.layers) or 1.0
+
+    fig = Figure(figsize=(8.0, 5.6))
+    ax = fig.add_subplot()
+    xs = [r.intensity for r in rows] or [1.0]
+    ys = [r.attained_flops / 1e9 for r in rows] or [1.0]
+    xlo = min(min(xs) / 3, peak / bw / 30)
+    xhi = max(max(xs) * 3, peak / bw * 30)
+    grid = [xlo * (xhi / xlo) ** (i / 200) for i in range(201)]
+    ax.plot(grid, [min(peak, bw * x) for x in grid], color="black", lw=2,
+            label=f"roof: {peak:.0f} GFLOP/s {profile.dtype}, {bw:.1f} GB/s DRAM")
+    if cache_bw:
+        ax.plot(grid, [min(peak, cache_bw * x) for x in grid], color="black", lw=1, ls="--",
+                label=f"last-level cache {cache_bw:.0f} GB/s")
+    for kernel, g in profile.peaks.get("probe_gflops", {}).get(profile.dtype, {}).items():
+        if g < 0.95 * peak:  # a slower dense kernel (e.g. the BLAS behind torch.mm and nn.Linear)
+            ax.plot(grid, [min(g, bw * x) for x in grid], color="grey", lw=1, ls=":",
+                    label=f"{'torch.mm / nn.Linear' if kernel == 'matmul' else kernel} {g:.0f} GFLOP/s")
+    extra: dict[str, str] = {}
+    for kind in sorted({r.kind for r in rows}):
+        sel = [r for r in rows if r.kind == kind]
+        ax.scatter([r.intensity for r in sel], [r.attained_flops / 1e9 for r in sel],
+                   s=[15 + 600 * r.time_s / total for r in sel], color=_color(kind, extra), alpha=0.7,
+                   edgecolors="none", label=f"{kind} ({100 * sum(r.time_s for r in sel) / total:.0f}% of time)")
+    placed: list[tuple[float, float]] = []
+    for r in sorted(rows, key=lambda r: r.time_s, reverse=True):
+        if len(placed) == label_top:
+            break
+        at = (math.log10(r.intensity), math.log10(r.attained_flops / 1e9))
+        if any(abs(at[0] - p[0]) < 0.25 and abs(at[1] - p[1]) < 0.1 for p in placed):
+            continue  # a label would overlap one already drawn
+        placed.append(at)
+        ax.annotate(r.name, (r.intensity, r.attained_flops / 1e9), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(min(min(ys) / 3, peak / 1e3), peak * 3)
+    ax.set_xlabel("arithmetic intensity (FLOP / byte; FLOPs = 2 x MACs + element-wise)")
+    ax.set_ylabel("attained GFLOP/s")
+    ax.set_title(title or f"Waterline: {profile.describe()}", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right",
+              title=f"{hidden} rows without FLOPs or bytes not shown" if hidden else None, title_fontsize=7)
+    return _png(fig, path)
+
+
+def efficiency_gap_chart(points: Sequence[dict[str, Any]], peak_flops: float,
+                         path: str | os.PathLike | None = None, *, title: str = "Efficiency gap",
+                         xlabel: str = "FLOPs (2 x MACs + element-wise)",
+                         efficiencies: Sequence[float] = EFFICIENCY_LINES) -> bytes:
+    """Points (dicts with 'label', 'flops', 'latency_s') on log axes of arithmetic complexity vs measured
+    latency, with the lines latency = FLOPs / (efficiency x peak) for each efficiency (Lavin et al.). A point
+    on the 10% line runs at a tenth of the compute peak; the vertical distance to the 100% line is its
+    efficiency gap."""
+    pts = [p for p in points if p["flops"] > 0 and p["latency_s"] > 0]
+    if not pts:
+        raise ValueError("efficiency_gap_chart needs at least one point with positive flops and latency")
+    fig = Figure(figsize=(7.5, 5.2))
+    ax = fig.add_subplot()
+    fx = [p["flops"] for p in pts]
+    lat = [p["latency_s"] * 1e3 for p in pts]
+    xlo, xhi = min(fx) / 3, max(fx) * 3
+    ylo, yhi = min(min(lat), xlo / peak_flops * 1e3) / 2, max(lat) * 3
+    for e in efficiencies:
+        ax.plot([xlo, xhi], [xlo / (e * peak_flops) * 1e3, xhi / (e * peak_flops) * 1e3], color="grey",
+                lw=0.8, ls="-" if e == 1 else ":")
+        # label where the line leaves the plot: the right edge, or the top edge for steep (inefficient) lines
+        x_top = yhi / 1e3 * e * peak_flops
+        at = (xhi, xhi / (e * peak_flops) * 1e3) if x_top >= xhi else (x_top, yhi)
+        if at[0] > xlo and at[1] > ylo:
+            ax.annotate(_fmt_eff(e), at, fontsize=7, color="grey", xytext=(-2, -2), textcoords="offset points",
+                        ha="right", va="top")
+    for p in pts:
+        ax.scatter([p["flops"]], [p["latency_s"] * 1e3], s=40, zorder=3)
+        eff = p["flops"] / (p["latency_s"] * peak_flops)
+        ax.annotate(f"{p['label']} ({100 * eff:.1f}% eff.)", (p["flops"], p["latency_s"] * 1e3), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("measured latency (ms)")
+    ax.set_title(f"{title}\nlines: latency = FLOPs / (efficiency x {peak_flops / 1e9:.0f} GFLOP/s)", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    return _png(fig, path)
+
+
+def pareto_front(items: Sequence[dict[str, Any]], x: str, y: str, maximize_y: bool = True) -> list[int]:
+    """Indices of the items no other item beats on both: lower `x` and better `y` (higher if maximize_y)."""
+    idx = [i for i, it in enumerate(items) if it.get(x) is not None and it.get(y) is not None]
+    sign = 1 if maximize_y else -1
+    front = []
+    for i in idx:
+        xi, yi = items[i][x], sign * items[i][y]
+        dominated = any(items[j][x] <= xi and sign * items[j][y] >= yi and
+                        (items[j][x] < xi or sign * items[j][y] > yi) for j in idx if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: items[i][x])
+
+
+def pareto_chart(models: Sequence[dict[str, Any]], path: str | os.PathLike | None = None, *,
+                 title: str = "Latency of models") -> bytes:
+    """Models (dicts with 'name', 'params', 'macs', 'latency_s', optional 'top1') as latency vs parameters and
+    latency vs MACs, and, when official top-1 figures are known, top-1 vs latency with its Pareto front (no
+    other model both faster and more accurate). Front members are drawn filled in every panel."""
+    if not models:
+        raise ValueError("pareto_chart needs at least one model")
+    with_top1 = [m for m in models if m.get("top1") is not None]
+    panels = 3 if with_top1 else 2
+    front = set(pareto_front(models, "latency_s", "top1")) if with_top1 else set()
+    fig = Figure(figsize=(5.0 * panels, 4.6))
+    axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+    specs = [("params", 1e6, "parameters (M)"), ("macs", 1e9, "MACs (G)")]
+    for ax, (key, scale, label) in zip(axes, specs):
+        for i, m in enumerate(models):
+            ax.scatter([m[key] / scale], [m["latency_s"] * 1e3], s=40, zorder=3,
+                       facecolors="C0" if i in front or not front else "none", edgecolors="C0")
+            ax.annotate(m["name"], (m[key] / scale, m["latency_s"] * 1e3), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("measured latency (ms)")
+        ax.grid(True, alpha=0.3)
+        _maybe_log(ax, [m[key] / scale for m in models], [m["latency_s"] * 1e3 for m in models])
+    if with_top1:
+        ax = axes[2]
+        for i, m in enumerate(models):
+            if m.get("top1") is None:
+                continue
+            ax.scatter([m["latency_s"] * 1e3], [m["top1"]], s=40, zorder=3,
+                       facecolors="C1" if i in front else "none", edgecolors="C1")
+            ax.annotate(m["name"], (m["latency_s"] * 1e3, m["top1"]), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+        f = sorted(front, key=lambda i: models[i]["latency_s"])
+        ax.step([models[i]["latency_s"] * 1e3 for i in f], [models[i]["top1"] for i in f], where="post",
+                color="C1", lw=1, label="Pareto front")
+        ax.set_xlabel("measured latency (ms)")
+        ax.set_ylabel("official ImageNet top-1 (%)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig, path)
+
+
+def _maybe_log(ax, xs: Sequence[float], ys: Sequence[float]) -> None:
+    """Log axes when the values span more than a factor of 10."""
+    if min(xs) > 0 and max(xs) / min(xs) > 10:
+        ax.set_xscale("log")
+    if min(ys) > 0 and max(ys) / min(ys) > 10:
+        ax.set_yscale("log")
+
+
+def layer_gap_points(profile: LayerProfile, by: str = "kind") -> list[dict[str, Any]]:
+    """Efficiency-gap points for a profile's layer groups ('kind' or 'type'), skipping groups without FLOPs."""
+    return [dict(label=g.key, flops=g.flops, latency_s=g.time_s) for g in profile.group(by)
+            if g.flops > 0 and g.time_s > 0]
+
+
+def is_png(data: bytes) -> bool:
+    return data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    if not is_png(data):
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+__all__ = ["EFFICIENCY_LINES", "efficiency_gap_chart", "is_png", "layer_gap_points", "pareto_chart",
+           "pareto_front", "png_size", "roofline_chart"]

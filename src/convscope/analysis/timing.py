@@ -1,0 +1,343 @@
+"""Latency and throughput of a model on this machine: inference or training steps, over batch sizes.
+
+Every figure is a median of repeated runs after warm-up (p90, min and max are reported beside it), because
+timings on a shared machine are noisy. With `compile=True` the first call (which compiles) is timed apart and
+reported as `compile_s`; it never enters the latency statistics.
+
+Peak memory is the transient memory of one step, measured by the operating system on CPU and by the caching
+allocator on CUDA; see `MEMORY_METHOD` for exactly what each number includes.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import gc
+import json
+import math
+import os
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hardware import DTYPES, _atomic_write, _timer, dtype_name, machine_info, resolve_device
+
+MODES = ("inference", "train")
+MEMORY_METHOD = {
+    "cpu": "peak resident set size of the process during the timed runs and all warm-up runs but the first "
+           "(VmHWM, reset through /proc/self/clear_refs) minus the resident size before them (after gc and "
+           "malloc_trim): the transient memory of one step (activations, workspaces, and in training the "
+           "gradients, freed every step), as the OS sees it; parameters, inputs and optimizer state, which "
+           "persist from the first call, are not included",
+    "cuda": "torch.cuda.max_memory_allocated() during the timed runs and all warm-up runs but the first, minus "
+            "the memory allocated before them: the transient tensors of one step (activations, workspaces, "
+            "gradients); parameters, inputs and optimizer state are not included, nor the allocator's reserve",
+}
+
+
+@dataclass
+class LatencyStats:
+    """Summary of repeated timings, in seconds."""
+
+    median_s: float
+    p90_s: float
+    min_s: float
+    max_s: float
+    mean_s: float
+    n: int
+
+    @classmethod
+    def from_times(cls, times: Sequence[float]) -> "LatencyStats":
+        if not times:
+            raise ValueError("no timings to summarise")
+        s = sorted(times)
+        # p90 by linear interpolation between order statistics (numpy's default)
+        pos = 0.9 * (len(s) - 1)
+        lo = math.floor(pos)
+        p90 = s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (pos - lo)
+        return cls(statistics.median(s), p90, s[0], s[-1], statistics.fmean(s), len(s))
+
+
+CLOCKS = ("wall", "thread")
+
+
+def check_clock(clock: str, device: torch.device) -> None:
+    """'thread' (CPU time of the calling thread) measures the work only when all of it runs on that thread."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}; got {clock!r}")
+    if clock == "thread" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise ValueError("clock='thread' times the calling thread's CPU time, which is the whole work only on "
+                         f"the CPU with one thread; got device {device}, {torch.get_num_threads()} threads")
+
+
+def _thread_timer(fn: Callable[[], Any]) -> float:
+    t0 = time.thread_time()
+    fn()
+    return time.thread_time() - t0
+
+
+def measure(fn: Callable[[], Any], *, device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 20,
+            max_time_s: float = 10.0, min_repeats: int = 3, clock: str = "wall") -> LatencyStats:
+    """Time `fn()` `repeats` times after `warmup` calls; stop early once `max_time_s` is spent (but never
+    before `min_repeats` timed runs). CUDA work is timed with events after synchronising.
+
+    clock: 'wall' (elapsed time) or 'thread' (CPU time of the calling thread: on one CPU thread, the time the
+    work itself took, without the time other processes held the core; for shared, busy machines)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    dev = resolve_device(device)
+    check_clock(clock, dev)
+    timed = _timer(dev) if clock == "wall" else _thread_timer
+    for _ in range(warmup):
+        timed(fn)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        times.append(timed(fn))
+        if len(times) >= min(min_repeats, repeats) and time.perf_counter() - start > max_time_s:
+            break
+    return LatencyStats.from_times(times)
+
+
+# -- peak memory --------------------------------------------------------------------------------------------------
+def _proc_status(field_name: str) -> int | None:
+    try:
+        m = re.search(rf"^{field_name}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) * 1024 if m else None
+
+
+def _trim_heap() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class _PeakMemory:
+    """Peak extra memory of the code run between start() and stop(), in bytes (None where not measurable)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.base = 0
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        _trim_heap()
+        self.base = _proc_status("VmRSS") or 0
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.ok = True
+        except OSError:
+            self.ok = False
+
+    def stop(self) -> int | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        peak = _proc_status("VmHWM")
+        return max(peak - self.base, 0) if self.ok and peak is not None else None
+
+
+# -- results ------------------------------------------------------------------------------------------------------
+@dataclass
+class BatchPoint:
+    """Latency of one step at one batch size; throughput = batch / median latency (items per second)."""
+
+    batch: int
+    latency: LatencyStats
+    throughput: float
+    peak_memory_bytes: int | None = None
+    compile_s: float | None = None
+
+
+@dataclass
+class BenchmarkResult:
+    """Timings of one model in one configuration over batch sizes, with the machine they were measured on."""
+
+    model: str
+    input_size: tuple[int, int, int]
+    mode: str
+    dtype: str
+    channels_last: bool
+    compile: bool
+    threads: int
+    device: str
+    machine: dict[str, Any]
+    points: list[BatchPoint] = field(default_factory=list)
+    memory_method: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def point(self, batch: int) -> BatchPoint:
+        for p in self.points:
+            if p.batch == batch:
+                return p
+        raise ValueError(f"batch {batch} was not measured; measured: {[p.batch for p in self.points]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BenchmarkResult":
+        d = dict(d)
+        d["input_size"] = tuple(d["input_size"])
+        d["points"] = [BatchPoint(**dict(p, latency=LatencyStats(**p["latency"]))) for p in d["points"]]
+        return cls(**d)
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            _atomic_write(Path(path), text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | os.PathLike) -> "BenchmarkResult":
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+    def describe(self) -> str:
+        c, h, w = self.input_size
+        opts = [self.mode, self.dtype + (" autocast" if self.dtype != "fp32" else "")]
+        opts += ["channels_last"] * self.channels_last + ["torch.compile"] * self.compile
+        return f"{self.model} {c}x{h}x{w}, {', '.join(opts)}, {self.threads} threads, {self.device}"
+
+    def table(self) -> str:
+        head = f"{'batch':>5}  {'median ms':>9}  {'p90 ms':>8}  {'min ms':>8}  {'max ms':>8}  {'runs':>4}  " \
+               f"{'items/s':>9}  {'peak MiB':>8}"
+        rows = [head]
+        for p in self.points:
+            lat = p.latency
+            mem = "-" if p.peak_memory_bytes is None else f"{p.peak_memory_bytes / 2 ** 20:.0f}"
+            row = (f"{p.batch:>5}  {lat.median_s * 1e3:>9.2f}  {lat.p90_s * 1e3:>8.2f}  {lat.min_s * 1e3:>8.2f}  "
+                   f"{lat.max_s * 1e3:>8.2f}  {lat.n:>4}  {p.throughput:>9.1f}  {mem:>8}")
+            if p.compile_s is not None:
+                row += f"  (compile {p.compile_s:.1f} s, excluded)"
+            rows.append(row)
+        return "\n".join(rows)
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------------
+def _loss(out: Any) -> torch.Tensor:
+    """Cross-entropy against fixed labels for logits; the mean of every output otherwise."""
+    if isinstance(out, torch.Tensor) and out.ndim == 2:
+        target = torch.arange(out.shape[0], device=out.device) % out.shape[1]
+        return F.cross_entropy(out.float(), target)
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    return sum(o.float().mean() for o in outs)
+
+
+def _optimizer(name: str, params) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-6, momentum=0.9)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-6)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw'; got {name!r}")
+
+
+def _resolve_model(model: nn.Module | str) -> tuple[nn.Module, str]:
+    if isinstance(model, str):
+        from ..models import create_model
+        m = create_model(model)
+        return m, model
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module or a registered model name; got {type(model).__name__}")
+    return model, getattr(model, "model_name", type(model).__name__)
+
+
+def split_input_size(input_size: Sequence[int]) -> tuple[int | None, tuple[int, int, int]]:
+    """(batch or None, (C, H, W)) from a (C, H, W) or (B, C, H, W) size; ValueError for anything else."""
+    size = tuple(int(s) for s in input_size)
+    if len(size) == 4:
+        return size[0], size[1:]
+    if len(size) == 3:
+        return None, size
+    raise ValueError(f"input_size must be (C, H, W) or (batch, C, H, W); got {tuple(input_size)}")
+
+
+def benchmark(model: nn.Module | str, input_size: Sequence[int] = (3, 224, 224), *,
+              batch_sizes: Sequence[int] | None = None, mode: str = "inference", dtype: str | torch.dtype = "fp32",
+              channels_last: bool = False, compile: bool = False, threads: int | None = None,
+              device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 20, max_time_s: float = 10.0,
+              optimizer: str = "sgd") -> BenchmarkResult:
+    """Median latency (with p90/min/max), throughput and peak memory of `model` at each batch size.
+
+    mode: 'inference' (forward under inference_mode, eval mode) or 'train' (forward + backward + optimizer step
+    in train mode, cross-entropy on logits; `optimizer` 'sgd' with momentum or 'adamw'). dtype: 'fp32', or
+    'bf16' / 'fp16' under autocast. channels_last: model and input in NHWC memory format. compile: torch.compile
+    the model; its first call per batch size is reported as `compile_s` and excluded. threads: torch intra-op
+    threads during the measurement. The model is deep-copied, so the caller's model is never changed.
+    input_size: (C, H, W), or (B, C, H, W) when `batch_sizes` is not given.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    dt = dtype_name(dtype)
+    dev = resolve_device(device)
+    batch, chw = split_input_size(input_size)
+    batch_sizes = tuple(batch_sizes) if batch_sizes is not None else (batch or 1,)
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers; got {batch_sizes}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    model, name = _resolve_model(model)
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        model = copy.deepcopy(model).to(dev)
+        model.train(mode == "train")
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        runner = torch.compile(model, dynamic=False) if compile else model
+        opt = _optimizer(optimizer, [p for p in model.parameters() if p.requires_grad]) if mode == "train" else None
+
+        def autocast():
+            return torch.autocast(dev.type, dtype=DTYPES[dt]) if dt != "fp32" else contextlib.nullcontext()
+
+        result = BenchmarkResult(model=name, input_size=chw, mode=mode, dtype=dt, channels_last=channels_last,
+                                 compile=compile, threads=torch.get_num_threads(), device=str(dev),
+                                 machine=machine_info(dev), memory_method=MEMORY_METHOD[dev.type],
+                                 settings=dict(warmup=warmup, repeats=repeats, max_time_s=max_time_s,
+                                               optimizer=optimizer if mode == "train" else None))
+        for b in batch_sizes:
+            x = torch.randn(int(b), *chw, device=dev)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            if mode == "inference":
+                def step(x=x):
+                    with torch.inference_mode(), autocast():
+                        runner(x)
+            else:
+                def step(x=x):
+                    opt.zero_grad(set_to_none=True)
+                    with autocast():
+                        out = runner(x)
+                    _loss(out).backward()
+                    opt.step()
+
+            # The first call (which compiles, with compile=True) counts as a warm-up run; one-time allocations
+            # it makes (library initialisation, optimizer state) stay out of the memory figure.
+            compile_s = _timer(dev)(step)
+            mem = _PeakMemory(dev)
+            mem.start()
+            stats = measure(step, device=dev, warmup=max(warmup - 1, 0), repeats=repeats, max_time_s=max_time_s)
+            result.points.append(BatchPoint(batch=int(b), latency=stats, throughput=int(b) / stats.median_s,
+                                            peak_memory_bytes=mem.stop(), compile_s=compile_s if compile else None))
+            del x, step
+        return result
+    finally:
+        torch.set_num_threads(old_threads)
