@@ -7,9 +7,11 @@ Every mixer is built as `Mixer(dim, **options)` and maps a tensor to one of the 
 from torch import nn
 
 from .attention import Attention
+from .dilated_reparam import DilatedReparamBlock
 from .inception_dw import InceptionDWConv2d
 from .pooling import Pooling
 from .random_mixing import RandomMixing
+from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
 
 
@@ -29,6 +31,8 @@ MIXERS: dict[str, type[nn.Module]] = {
     "sepconv": SepConv,
     "attention": Attention,
     "inception_dw": InceptionDWConv2d,
+    "replk": ReparamLargeKernelConv,
+    "dilated_reparam": DilatedReparamBlock,
 }
 
 
@@ -42,5 +46,5 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "Pooling", "RandomMixing", "SepConv",
-           "get_mixer"]
+__all__ = ["Attention", "DilatedReparamBlock", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "Pooling",
+           "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
