@@ -10,6 +10,11 @@ the logits are compared at 224x224 and at a non-square size.
 
 --write-keys records each checked official state dict's key names and shapes as JSON, the fixtures with which
 tests/models/test_official_keys.py checks the converters without the official code.
+
+For families whose official code has a deploy (re-parameterised) form (OFFICIAL_DEPLOY), each pair is also
+checked after re-parameterisation: `reparameterize_model(ours)` against the official model after its own
+re-parameterisation method(s), and the official deploy-form state dict loaded through
+`create_model(name, deploy=True, pretrained=...)`. Those key layouts go to `<write-keys>_deploy/`.
 """
 from __future__ import annotations
 
@@ -57,7 +62,26 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         "hornet_tiny_7x7": "hornet_tiny_7x7()", "hornet_tiny_gf": "hornet_tiny_gf()",
         "hornet_small_gf": "hornet_small_gf()", "hornet_large_gf_384": "hornet_large_gf_img384()",
     }),
+    # Plain BatchNorm (use_sync_bn=False; the same in eval) so that the official deep_fuse_BN() applies.
+    "replknet": ("DingXiaoH+RepLKNet-pytorch", ["replknet.py"], {
+        "replknet_31b": "RepLKNet(large_kernel_sizes=[31, 29, 27, 13], layers=[2, 2, 18, 2], "
+                        "channels=[128, 256, 512, 1024], drop_path_rate=0, small_kernel=5, use_sync_bn=False)",
+        "replknet_xl": "RepLKNet(large_kernel_sizes=[27, 27, 27, 13], layers=[2, 2, 18, 2], "
+                       "channels=[256, 512, 1024, 2048], drop_path_rate=0, small_kernel=None, dw_ratio=1.5, "
+                       "use_sync_bn=False)",
+    }),
+    "unireplknet": ("AILab-CVC+UniRepLKNet", ["unireplknet.py"], {
+        f"unireplknet_{v}": f"unireplknet_{v}(attempt_use_lk_impl=False)" for v in ("a", "f", "t")
+    }),
 }
+
+# family -> official re-parameterisation steps, each applied on top of the previous ones and checked
+OFFICIAL_DEPLOY: dict[str, list[str]] = {
+    "replknet": ["structural_reparam", "deep_fuse_BN"],
+    "unireplknet": ["reparameterize_unireplknet"],
+}
+# inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW
+SIZES = {"replknet_xl": [(128, 128), (96, 160)]}
 
 
 def _load_official_module(repo_dir: Path, files: list[str], tmp: Path) -> types.ModuleType:
@@ -72,6 +96,8 @@ def _load_official_module(repo_dir: Path, files: list[str], tmp: Path) -> types.
         src = src.replace("from .utils import", "from utils import")
         src = src.replace("from timm.models.layers.helpers import to_2tuple", "from timm.layers import to_2tuple")
         src = src.replace("from MinkowskiEngine import SparseTensor", "SparseTensor = None")
+        src = src.replace("from timm.models.layers import", "from timm.layers import")
+        src = src.replace("from timm.models.registry import register_model", "")
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         (tmp / Path(rel).name).write_text(src)
     sys.path.insert(0, str(tmp))
@@ -80,6 +106,41 @@ def _load_official_module(repo_dir: Path, files: list[str], tmp: Path) -> types.
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _check_deploy(name, ours, official, steps, xs, repo, ctor, write_keys, commit, mirror) -> list[tuple]:
+    """Ours re-parameterised vs the official model after each of its re-parameterisation steps, and the
+    official deploy-form state dict loaded into `create_model(name, deploy=True, pretrained=...)`."""
+    import convscope
+    from convscope.models import save_weights
+    from tests.conftest import rel_err
+
+    rows = []
+    ours_deploy = convscope.reparameterize_model(ours)
+    applied = ""
+    for step in steps:
+        getattr(official, step)()
+        applied += f".{step}()"
+        sd = official.state_dict()
+        if write_keys:
+            out = Path(f"{write_keys.rstrip('/')}_deploy")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}.{step}.json").write_text(json.dumps(dict(
+                repo=mirror.replace("+", "/"), commit=commit, constructor=ctor + applied,
+                keys={k: list(v.shape) for k, v in sd.items()}), indent=0))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_weights(sd, Path(tmp) / "deploy.safetensors")
+            loaded = convscope.create_model(name, deploy=True, pretrained=str(path)).eval()
+        for x in xs:
+            with torch.no_grad():
+                want = official(x)
+                err_ours, err_loaded = rel_err(ours_deploy(x), want), rel_err(loaded(x), want)
+            size = f"{x.shape[2]}x{x.shape[3]}"
+            rows.append((f"{name} reparameterize_model", repo, ctor + applied, size, err_ours))
+            rows.append((f"{name} deploy=True, official deploy weights", repo, ctor + applied, size, err_loaded))
+            print(f"{name:26s} {size} after {step}: reparameterize_model {err_ours:.2e}, "
+                  f"create_model(deploy=True) with the official deploy weights {err_loaded:.2e}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,12 +177,18 @@ def main(argv: list[str] | None = None) -> int:
                         dict(repo=mirror.replace("+", "/"), commit=commit, constructor=ctor, keys=keys), indent=0))
                 ours = load_checkpoint(convscope.create_model(ours_name).eval(), sd, source="official")
                 sizes = [(224, 224)] if ours.fixed_input_size else [(224, 224), (160, 288)]
-                for h, w in sizes:
-                    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+                sizes = SIZES.get(ours_name, sizes)
+                xs = [torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0)) for h, w in sizes]
+                repo = f"{mirror.replace('+', '/')}@{commit}"
+                for x in xs:
                     with torch.no_grad():
                         err = rel_err(ours(x), official(x))
-                    rows.append((ours_name, f"{mirror.replace('+', '/')}@{commit}", ctor, f"{h}x{w}", err))
-                    print(f"{ours_name:26s} {h}x{w:<4d} max rel err {err:.2e}")
+                    rows.append((ours_name, repo, ctor, f"{x.shape[2]}x{x.shape[3]}", err))
+                    print(f"{ours_name:26s} {x.shape[2]}x{x.shape[3]:<4d} max rel err {err:.2e}")
+                if family in OFFICIAL_DEPLOY:
+                    rows += _check_deploy(ours_name, ours, official, OFFICIAL_DEPLOY[family], xs, repo, ctor,
+                                          args.write_keys, commit, mirror)
+                del official, ours
             sys.path.remove(tmp)
 
     worst = max(r[-1] for r in rows)
@@ -135,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             f"torch {torch.__version__}, fp32.",
             "Random weights (tests.conftest.randomize_) in the official model, loaded into ours with "
             "`load_checkpoint(source=\"official\")`; batch 2; error = max|ours - official| / max|official|.",
+            "Rows '<model> reparameterize_model': our re-parameterised model against the official one after the "
+            "re-parameterisation calls shown; '<model> deploy=True, official deploy weights': the official "
+            "deploy-form state dict loaded by `create_model(name, deploy=True, pretrained=...)`.",
             "",
             "| ours | official repository | official constructor | input | max rel err |",
             "|---|---|---|---|---|",

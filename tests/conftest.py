@@ -84,10 +84,16 @@ def count_params(model: torch.nn.Module, trainable: bool | None = None) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+def meta_model(name: str) -> torch.nn.Module:
+    """The default build of `name` on the meta device (no memory, no init), cached: do not modify it."""
+    with torch.device("meta"):
+        return convscope.create_model(name)
+
+
+@functools.lru_cache(maxsize=None)
 def meta_param_count(name: str) -> tuple[int, int]:
     """(trainable, frozen) parameter counts of a variant built on the meta device (no memory, no init)."""
-    with torch.device("meta"):
-        m = convscope.create_model(name)
+    m = meta_model(name)
     return count_params(m, True), count_params(m, False)
 
 
@@ -104,6 +110,19 @@ def contract_models() -> list[str]:
             names.add(n)
     names.update(n for _, n in smallest.values())
     return sorted(names)
+
+
+def reparameterizable_models() -> list[str]:
+    """Registered variants with anything for `reparameterize_model` to merge or fold."""
+    from convscope.layers import is_reparameterizable
+    return [n for n in list_models() if is_reparameterizable(meta_model(n))]
+
+
+def random_model(name: str, seed: int = 1, **kwargs) -> torch.nn.Module:
+    """Our `name` built on the meta device and materialised with `randomize_` values, in eval mode (no init)."""
+    with torch.device("meta"):
+        m = convscope.create_model(name, **kwargs)
+    return randomize_(m.to_empty(device="cpu"), seed).eval()
 
 
 def input_size_for(model: torch.nn.Module, nonsquare: bool = False) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..layers import (ConvMlp, InceptionDWConv2d, LayerNorm, MlpHead, drop_path_or_identity, drop_path_rates,
                       init_trunc_normal)
+from ..layers.reparam import fuse_bn_before_conv_
 from .base import ConvScopeModel, Stage
 from .registry import ModelCard, register_model, register_official_converter
 
@@ -24,7 +25,7 @@ class MetaNeXtBlock(nn.Module):
                  mlp_ratio: float = 4, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
         super().__init__()
         self.token_mixer = token_mixer(dim, **(mixer_kwargs or {}))
-        self.norm = nn.BatchNorm2d(dim)
+        self.norm: nn.Module = nn.BatchNorm2d(dim)
         self.mlp = ConvMlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU)
         self.gamma = nn.Parameter(torch.full((dim,), ls_init_value))
         self.drop_path = drop_path_or_identity(drop_path)
@@ -32,6 +33,14 @@ class MetaNeXtBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.mlp(self.norm(self.token_mixer(x)))
         return x + self.drop_path(y * self.gamma.view(1, -1, 1, 1))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the BatchNorm into the MLP's first 1x1 conv (no padding, so exact); the stem's conv -> BN and
+        the downsampling BN -> 2x2 conv are plain nn.Sequential pairs that `reparameterize_` folds itself."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            fuse_bn_before_conv_(self.norm, self.mlp.fc1)
+            self.norm = nn.Identity()
 
 
 class InceptionNeXt(ConvScopeModel):

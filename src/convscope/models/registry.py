@@ -28,6 +28,7 @@ class ModelCard:
     small charges for norms, adaptive pooling and upsampling to the conv / matmul MACs), "fvcore_manual_cf_ln"
     (fvcore on official code whose channels-first LayerNorm is written out element-wise, so fvcore skips it:
     HorNet) or "macs" (conv / matmul multiply-accumulates only).
+    `deploy_params_m` is the official count of the re-parameterised (deploy) form where the official code has one.
     """
 
     name: str
@@ -49,6 +50,7 @@ class ModelCard:
     timm_name: str | None = None
     frozen_params_m: float = 0.0
     macs_convention: str = "fvcore"
+    deploy_params_m: float | None = None
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -142,15 +144,20 @@ def model_builder(name: str) -> Callable[..., nn.Module]:
 
 def create_model(name: str, *, pretrained: str | None = None, num_classes: int = 1000, in_chans: int = 3,
                  drop_path_rate: float | None = None, features_only: bool = False,
-                 out_indices: tuple[int, ...] | None = None, **kwargs: Any) -> nn.Module:
+                 out_indices: tuple[int, ...] | None = None, deploy: bool = False, **kwargs: Any) -> nn.Module:
     """Build a registered model (timm's signature).
 
     pretrained: path to a local safetensors or weights-only torch file (nothing is downloaded); loaded with
         `load_checkpoint(source="auto")` before any feature extraction wrapping.
     drop_path_rate: stochastic depth for training; None means 0 (the ModelCard has the paper's value).
     features_only: return a backbone whose forward gives the stage maps selected by `out_indices`.
+    deploy: build the re-parameterised inference form (merged kernels, folded BatchNorms). It is built in its
+        train form and re-parameterised in place; `pretrained` may hold the train form, our deploy form or an
+        official (partial) deploy form: the model is first brought to the checkpoint's form, loaded strictly,
+        then fully re-parameterised.
     Other keyword arguments go to the family's constructor.
     """
+    from ..layers.reparam import reparameterize_
     from .features import FeatureExtractor
     from .weights import load_checkpoint
 
@@ -168,7 +175,9 @@ def create_model(name: str, *, pretrained: str | None = None, num_classes: int =
         crop_pct=card.crop_pct, num_classes=num_classes, first_conv=None, classifier=None,
     )
     if pretrained is not None:
-        load_checkpoint(model, pretrained)
+        load_checkpoint(model, pretrained, match_reparam_form=deploy)
+    if deploy:
+        reparameterize_(model)
     if features_only:
         model = FeatureExtractor(model, out_indices)
     return model

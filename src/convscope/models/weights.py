@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..layers.reparam import match_reparam_form_
 from .registry import official_converter
 
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -106,11 +107,13 @@ def _describe_mismatch(model_name: str, sd: Mapping[str, torch.Tensor], own: Map
 
 
 def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
-                    source: str = "auto", strict: bool = True) -> nn.Module:
+                    source: str = "auto", strict: bool = True, match_reparam_form: bool = False) -> nn.Module:
     """Load weights into `model` in place and return it.
 
     source: "timm" (timm's keys, which are ours for the families timm carries), "official" (the official
     repository's keys, mapped by the family's converter) or "auto" (ours/timm's if they fit, else official).
+    match_reparam_form: first re-parameterise the parts of `model` that the checkpoint holds in re-parameterised
+    form (see `layers.reparam.match_reparam_form_`); `create_model(..., deploy=True)` uses this.
     """
     if source not in ("auto", "timm", "official"):
         raise ValueError(f"source must be 'auto', 'timm' or 'official'; got {source!r}")
@@ -136,6 +139,9 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
         sd = converter(dict(sd), target)
     elif converter is not None and not set(own) <= set(sd):
         sd = converter(dict(sd), target)
+    if match_reparam_form:
+        match_reparam_form_(target, sd)
+        own = target.state_dict()
 
     problem = _describe_mismatch(name, sd, own, ignore_unexpected=isinstance(model, FeatureExtractor))
     if problem and strict:

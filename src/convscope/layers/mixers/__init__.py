@@ -7,11 +7,13 @@ Every mixer is built as `Mixer(dim, **options)` and maps a tensor to one of the 
 from torch import nn
 
 from .attention import Attention
+from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
 from .gnconv import GnConv
 from .inception_dw import InceptionDWConv2d
 from .pooling import Pooling
 from .random_mixing import RandomMixing
+from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
 
 
@@ -33,6 +35,8 @@ MIXERS: dict[str, type[nn.Module]] = {
     "inception_dw": InceptionDWConv2d,
     "gnconv": GnConv,
     "global_local_filter": GlobalLocalFilter,
+    "replk": ReparamLargeKernelConv,
+    "dilated_reparam": DilatedReparamBlock,
 }
 
 
@@ -46,5 +50,5 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d", "MIXERS",
-           "Pooling", "RandomMixing", "SepConv", "get_mixer"]
+__all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
+           "MIXERS", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]

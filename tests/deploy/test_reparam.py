@@ -1,0 +1,251 @@
+"""`reparameterize_model` and `create_model(..., deploy=True)` on every registered variant that has anything to
+merge or fold: equal outputs, no BatchNorm beside a conv and no parallel branches left, the parameter count the
+single-kernel design implies, idempotence, and deployed checkpoints that load strictly."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import convscope
+from convscope.layers import ConvBnAct, ParallelConvBn, reparameterize_
+from convscope.models import load_checkpoint, model_card, save_weights
+from convscope.models.inception_next import MetaNeXtBlock
+from convscope.models.replknet import ConvFFN, RepLKBlock
+from convscope.models.unireplknet import UniRepLKNetBlock
+
+from ..conftest import contract_models, meta_model, random_model, rel_err, reparameterizable_models
+
+MODELS = reparameterizable_models()
+# Models up to this size are compared through reparameterize_model (a copy); larger ones are re-parameterised in
+# place after the reference output is taken, to keep memory low.
+COPY_CAP = 60e6
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _x(batch: int = 2, h: int = 32, w: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _well_conditioned(model: nn.Module) -> nn.Module:
+    """randomize_ gives layer scales U(0.5, 1.5), 1e6 times their init; 27 such UniRepLKNet blocks make a chaotic
+    network whose own float32 and float64 outputs differ by up to 90%, which would hide any re-parameterisation
+    error. Scaled by 0.1 (float32 then agrees with float64 to ~1e-6), the comparison means something."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(getattr(m, "gamma", None), nn.Parameter):
+                m.gamma.mul_(0.1)
+    return model
+
+
+def _n(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# -- what the deploy form should look like, traced from a forward pass ---------------------------------------------
+def _key(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t.numel()  # a view (permute) of a tensor has the same key
+
+
+def _unpadded(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or all(p == 0 for p in m.padding)
+
+
+def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """model(x), and what a deploy form must not have: a BatchNorm reading a conv/linear output (through views
+    only) or feeding an unpadded conv/linear, and two conv/linear layers reading the same tensor (parallel
+    branches). Every traced tensor is kept alive, so equal data pointers mean the same memory."""
+    calls: list[tuple[str, nn.Module, tuple, tuple]] = []
+    keep: list[torch.Tensor] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(mod, args, out):
+        calls.append((names[mod], mod, _key(args[0]), _key(out)))
+        keep.extend((args[0], out))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, _BN))]
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    layers = [c for c in calls if not isinstance(c[1], _BN)]
+    produced = {out: name for name, _, _, out in layers}
+    consumers: dict[tuple, list[str]] = {}
+    for name, mod, inp, _ in layers:
+        consumers.setdefault(inp, []).append(name)
+    problems = []
+    for name, mod, inp, out in calls:
+        if isinstance(mod, _BN):
+            if inp in produced:
+                problems.append(f"{produced[inp]} -> {name} (BatchNorm after a conv)")
+            unpadded = [c for c in consumers.get(out, []) if _unpadded(model.get_submodule(c))]
+            if unpadded:
+                problems.append(f"{name} -> {unpadded} (BatchNorm before an unpadded conv)")
+    problems += [f"parallel branches {c}" for c in consumers.values() if len(set(c)) > 1]
+    return y, problems
+
+
+# -- the parameter count of the single-kernel design, from the train form's module shapes ---------------------------
+def _conv_site(convs: list[nn.Conv2d]) -> int:
+    """One conv with a bias replacing parallel `convs`: the widest (dilated) extent over all of them."""
+    c = convs[0]
+    kh = max(m.dilation[0] * (m.kernel_size[0] - 1) + 1 for m in convs)
+    kw = max(m.dilation[1] * (m.kernel_size[1] - 1) + 1 for m in convs)
+    return c.out_channels * (c.in_channels // c.groups) * kh * kw + c.out_channels
+
+
+def _convs(m: nn.Module) -> list[nn.Conv2d]:
+    return [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+
+
+def _bias_gap(layer: nn.Module) -> int:
+    return 0 if layer.bias is not None else layer.weight.shape[0]
+
+
+RULES: list[tuple[type, callable]] = [
+    (ConvBnAct, lambda m: _conv_site([m.conv])),
+    (ParallelConvBn, lambda m: _conv_site(_convs(m))),
+    # prelkb_bn / preffn_bn fold into pw1 (which already gains a bias from its own BN)
+    (RepLKBlock, lambda m: expected_deploy_params(m.pw1) + expected_deploy_params(m.large_kernel)
+     + expected_deploy_params(m.pw2)),
+    (ConvFFN, lambda m: expected_deploy_params(m.pw1) + expected_deploy_params(m.pw2)),
+    # BN -> dwconv site; GRN keeps gamma only; pwconv2 gains a bias (GRN beta, BN, layer scale fold into it)
+    (UniRepLKNetBlock, lambda m: (_conv_site(_convs(m.dwconv)) if _convs(m.dwconv) else 0) + _n(m.se)
+     + _n(m.pwconv1) + m.grn.weight.numel() + m.pwconv2.weight.numel() + m.pwconv2.out_features),
+    # the BatchNorm folds into mlp.fc1
+    (MetaNeXtBlock, lambda m: _n(m.token_mixer) + _n(m.mlp) + _bias_gap(m.mlp.fc1) + m.gamma.numel()),
+]
+
+
+def expected_deploy_params(module: nn.Module) -> int:
+    for cls, rule in RULES:
+        if isinstance(module, cls):
+            return rule(module)
+    assert not callable(getattr(module, "reparameterize", None)), \
+        f"no expected deploy form for {type(module).__name__}: add a rule to RULES"
+    own = sum(p.numel() for p in module.parameters(recurse=False))
+    children = [c for c in module.children() if not isinstance(c, nn.Identity)]
+    if not (isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward):
+        return own + sum(expected_deploy_params(c) for c in children)
+    total = own
+    for i, c in enumerate(children):  # a BatchNorm next to a conv/linear (before it: unpadded) disappears
+        prev, nxt = (children[i - 1] if i else None), (children[i + 1] if i + 1 < len(children) else None)
+        if isinstance(c, _BN) and isinstance(prev, (nn.Conv2d, nn.Linear)):
+            total += _bias_gap(prev)
+        elif isinstance(c, _BN) and isinstance(nxt, (nn.Conv2d, nn.Linear)) and _unpadded(nxt):
+            total += _bias_gap(nxt)
+        else:
+            total += expected_deploy_params(c)
+    return total
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_deploy_param_count_is_the_single_kernel_design(name):
+    train = meta_model(name)
+    with torch.device("meta"):
+        deployed = convscope.create_model(name, deploy=True)
+    got = _n(deployed)
+    assert got == expected_deploy_params(train) < _n(train)
+    card = model_card(name)
+    if card.deploy_params_m is not None:  # the official deploy form, counted from the official code
+        assert got == round(card.deploy_params_m * 1e6), (got, card.deploy_params_m)
+
+
+# -- outputs -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_deploy_form_matches_train_form(name):
+    model = _well_conditioned(random_model(name, seed=1))
+    x = _x()
+    want, train_problems = traced_forward(model, x)
+    assert train_problems, "the trace finds nothing to fold in the train form, so it cannot check the deploy form"
+    if _n(model) <= COPY_CAP:
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        deployed = convscope.reparameterize_model(model)
+        assert not deployed.training and deployed is not model
+        after = model.state_dict()
+        assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    else:
+        deployed = reparameterize_(model)
+    got, problems = traced_forward(deployed, x)
+    err = rel_err(got, want)
+    assert err < 1e-5, err
+    assert not problems, problems
+    assert _n(deployed) == expected_deploy_params(meta_model(name))
+    state = {k: v.clone() for k, v in deployed.state_dict().items()}
+    reparameterize_(deployed)  # idempotent: nothing changes
+    again = deployed.state_dict()
+    assert list(again) == list(state) and all(torch.equal(again[k], v) for k, v in state.items())
+
+
+def test_reparameterize_model_rejects_non_modules():
+    with pytest.raises(ValueError, match="expects an nn.Module"):
+        convscope.reparameterize_model({"weight": torch.zeros(1)})
+
+
+# -- deployed checkpoints ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [n for n in contract_models() if n in MODELS])
+def test_create_model_deploy_loads_deployed_and_train_checkpoints(name, tmp_path):
+    model = _well_conditioned(random_model(name, seed=2))
+    deployed = reparameterize_(copy.deepcopy(model))
+    deploy_path = save_weights(deployed, tmp_path / "deploy.safetensors")
+    train_path = save_weights(model, tmp_path / "train.safetensors")
+    x = _x(batch=1)
+    with torch.no_grad():
+        want = deployed(x)
+        for path in (deploy_path, train_path):  # strict loads; the train form is re-parameterised after loading
+            with torch.device("meta"):
+                loaded = convscope.create_model(name, deploy=True, pretrained=str(path))
+            got = loaded.state_dict()
+            assert list(got) == list(deployed.state_dict())
+            if path == deploy_path:
+                assert all(torch.equal(got[k], v) for k, v in deployed.state_dict().items())
+            # (re-parameterising memory-mapped weights may take other SIMD paths: ~1 ulp)
+            assert rel_err(loaded.eval()(x), want) < 1e-5
+    with pytest.raises(ValueError, match="missing keys"):  # and a deployed checkpoint does not fit the train form
+        convscope.create_model(name, pretrained=str(deploy_path))
+
+
+DEPLOY_FIXTURES = sorted((Path(__file__).parents[1] / "data" / "official_keys_deploy").glob("*.json"))
+
+
+@pytest.mark.parametrize("fixture", DEPLOY_FIXTURES, ids=[f.stem for f in DEPLOY_FIXTURES])
+def test_official_deploy_state_dict_loads_into_deploy_form(fixture):
+    """The official code's deploy forms (recorded by benchmarks/official_parity.py): keys and shapes load
+    strictly, and what results is our deploy form. Meta tensors: the layout is what is checked here."""
+    name = fixture.stem.split(".")[0]
+    spec = json.loads(fixture.read_text())
+    official = {k: torch.empty(shape, device="meta") for k, shape in spec["keys"].items()}
+    with torch.device("meta"):
+        model = convscope.create_model(name)
+    load_checkpoint(model, official, source="official", match_reparam_form=True)  # strict
+    reparameterize_(model)
+    ours = {k: v.shape for k, v in reparameterize_(copy.deepcopy(meta_model(name))).state_dict().items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == ours
+
+
+@pytest.mark.parametrize("family", sorted({model_card(f.stem.split(".")[0]).family for f in DEPLOY_FIXTURES}))
+def test_official_deploy_checkpoint_file_through_create_model(family, tmp_path):
+    """The smallest official deploy fixture of a family, with a distinct value in every tensor, through
+    create_model(deploy=True, pretrained=file)."""
+    fixtures = [f for f in DEPLOY_FIXTURES if model_card(f.stem.split(".")[0]).family == family]
+    size = lambda f: sum(torch.Size(s).numel() for s in json.loads(f.read_text())["keys"].values())  # noqa: E731
+    fixture = min(fixtures, key=size)
+    name = fixture.stem.split(".")[0]
+    keys = json.loads(fixture.read_text())["keys"]
+    official = {k: torch.full(shape, 1.0 + i / len(keys)) for i, (k, shape) in enumerate(keys.items())}
+    path = save_weights(official, tmp_path / "official_deploy.safetensors")
+    with torch.device("meta"):
+        model = convscope.create_model(name, deploy=True, pretrained=str(path))
+    state = model.state_dict()
+    assert not any(t.is_meta for t in state.values())
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    if set(state) == {k for k in convscope.models.registry.official_converter(family)(official, model)}:
+        # the official deploy form is ours (UniRepLKNet): every tensor lands unchanged, in its own place
+        landed = sorted(round(t.flatten()[0].item(), 6) for t in state.values() if t.is_floating_point())
+        assert len(landed) == len(set(landed)) == len(keys)
