@@ -29,6 +29,8 @@ class ModelCard:
     (fvcore on official code whose channels-first LayerNorm is written out element-wise, so fvcore skips it:
     HorNet) or "macs" (conv / matmul multiply-accumulates only).
     `deploy_params_m` is the official count of the re-parameterised (deploy) form where the official code has one.
+    `macs_form` says which form of the network the official MACs figure counts: "train" (the default) or
+    "deploy" (the re-parameterised form: RepLKNet's and UniRepLKNet's READMEs count merged kernels).
     """
 
     name: str
@@ -51,12 +53,15 @@ class ModelCard:
     frozen_params_m: float = 0.0
     macs_convention: str = "fvcore"
     deploy_params_m: float | None = None
+    macs_form: str = "train"
     notes: str = ""
 
     def __post_init__(self) -> None:
         if self.macs_convention not in MACS_CONVENTION_NAMES:
             raise ValueError(f"{self.name}: macs_convention must be one of {MACS_CONVENTION_NAMES}; "
                              f"got {self.macs_convention!r}")
+        if self.macs_form not in ("train", "deploy"):
+            raise ValueError(f"{self.name}: macs_form must be 'train' or 'deploy'; got {self.macs_form!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

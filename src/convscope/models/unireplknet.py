@@ -170,7 +170,7 @@ def _register(name: str, arch: dict, card: dict) -> None:
         return UniRepLKNet(**{**arch, **kwargs})
 
     build.__name__ = build.__qualname__ = name
-    register_model(ModelCard(name=name, source=_SRC, **_PAPER, **card))(build)
+    register_model(ModelCard(name=name, source=_SRC, macs_form="deploy", **_PAPER, **card))(build)
 
 
 for _name, (_arch, _card) in _ARCHS.items():
