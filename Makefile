@@ -11,7 +11,7 @@ TORCHVISION := torchvision==0.28.0
 STAMP := .make
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install install-test data readme-table clean
+.PHONY: demo test install install-test data readme-table bench-train clean
 
 demo: $(STAMP)/install $(STAMP)/data
 	$(PYTHON) examples/demo.py
@@ -40,6 +40,13 @@ $(STAMP)/data:
 	fi
 	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 	@mkdir -p $(STAMP) && touch $@
+
+# Training benchmarks (results with the machine in benchmarks/results/): the engine against a bare PyTorch loop,
+# the data-loader setups, and dtype / layout / threads for the demo model.
+bench-train: $(STAMP)/install $(STAMP)/data
+	$(PYTHON) benchmarks/engine_overhead.py
+	$(PYTHON) benchmarks/data_loading.py
+	$(PYTHON) benchmarks/train_settings.py
 
 # Regenerate the README's model table from the registry (tests/test_readme.py checks it is current).
 readme-table: $(STAMP)/install
