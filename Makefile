@@ -11,11 +11,10 @@ TORCHVISION := torchvision==0.28.0
 STAMP := .make
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install install-test data chromium readme-table clean
+.PHONY: demo test install install-test data chromium readme-table bench-train clean
 
 demo: $(STAMP)/install $(STAMP)/data
 	$(PYTHON) examples/demo.py
-	$(PYTHON) -m convscope profile convnext_atto --layers --html out/demo-report.html
 
 test: $(STAMP)/install-test $(STAMP)/data $(STAMP)/chromium
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --timeout=1200 tests
@@ -51,6 +50,13 @@ $(STAMP)/chromium:
 	fi
 	@command -v chromium >/dev/null
 	@mkdir -p $(STAMP) && touch $@
+
+# Training benchmarks (results with the machine in benchmarks/results/): the engine against a bare PyTorch loop,
+# the data-loader setups, and dtype / layout / threads for the demo model.
+bench-train: $(STAMP)/install $(STAMP)/data
+	$(PYTHON) benchmarks/engine_overhead.py
+	$(PYTHON) benchmarks/data_loading.py
+	$(PYTHON) benchmarks/train_settings.py
 
 # Regenerate the README's model table from the registry (tests/test_readme.py checks it is current).
 readme-table: $(STAMP)/install

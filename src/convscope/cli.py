@@ -166,6 +166,43 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import config_from_args, summarize, train
+
+    result = train(config_from_args(args))
+    if result.rank == 0:
+        print(summarize(result))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+    from .train.engine import dumps_confusion
+
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
+                            args.workers)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['model']} on {args.data} ({args.split}, {r['n']} images): top-1 {r['top1']:.2f}%  "
+          f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    print(dumps_confusion(r["confusion"], r["class_names"]))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .train import predict_images
+
+    results = predict_images(args.checkpoint, args.images, args.topk, args.device)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for r in results:
+        print(f"{r['image']}: " + ", ".join(f"{t['label']} ({t['prob']:.3f})" for t in r["top"]))
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convscope", description="Modern ConvNets: model zoo, efficiency lab, "
                                 "training and deployment.")
@@ -222,6 +259,28 @@ def _build_parser() -> argparse.ArgumentParser:
     sp = add("compare", _cmd_compare, "count and time several models; efficiency-gap and Pareto charts")
     sp.add_argument("names", nargs="+", metavar="NAME")
     lab_options(sp, repeats=10)
+
+    from .train.config import add_train_arguments
+
+    sp = add("train", _cmd_train, "train a model (single process, or DDP under torchrun)")
+    add_train_arguments(sp)
+
+    sp = add("eval", _cmd_eval, "evaluate a trained model: top-1, top-5, loss, confusion matrix")
+    sp.add_argument("--checkpoint", required=True, help="weights file written by train (or its run directory)")
+    sp.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an idx directory or an image folder")
+    sp.add_argument("--split", default="test", help="train/test for Fashion-MNIST; a subdirectory of a folder")
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--limit", type=int, default=None, help="only the first N images")
+    sp.add_argument("--workers", type=int, default=0)
+    sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("predict", _cmd_predict, "classify image files with a trained model")
+    sp.add_argument("--checkpoint", required=True, help="weights file written by train (or its run directory)")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("--topk", type=int, default=3)
+    sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    sp.add_argument("--json", action="store_true")
     return p
 
 

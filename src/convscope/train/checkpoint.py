@@ -1,0 +1,270 @@
+"""Training checkpoints in safetensors and JSON, written atomically, loaded without unpickling anything.
+
+A run directory holds:
+
+    checkpoints/step-00000468/   one directory per checkpoint, the last `keep_last` kept
+        model.safetensors        the weights, with the model description in the safetensors metadata
+        ema.safetensors          the EMA weights (when EMA is on)
+        optimizer.safetensors    the optimizer's tensors (AdamW moments and step counts)
+        rng.safetensors          torch (and CUDA) generator states, one per rank
+        state.json               epoch, step, schedule, data order, metric history, optimizer hyper-parameters,
+                                 numpy and python RNG states
+    best.safetensors             the weights that scored best so far (self-describing, for eval/predict)
+    last.safetensors             the final weights
+
+Every file goes through a temporary file, fsync and rename (weights through `models.weights.save_weights`), and a
+checkpoint directory is itself assembled under a temporary name and renamed into place, so a crash at any moment
+leaves either the previous complete checkpoint or the new complete one, never a partial one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from ..models.weights import save_weights
+
+META_KEY = "convscope"
+WEIGHTS_FORMAT = "convscope-weights/1"
+STATE_FORMAT = "convscope-train-state/1"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+# -- atomic files ------------------------------------------------------------------------------------------------
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same directory, fsync, rename, fsync the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# -- self-describing weights files -------------------------------------------------------------------------------
+def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Weights plus the model description (`meta`: model name, classes, input size, ...) in one safetensors."""
+    return save_weights(state_dict, path, metadata={META_KEY: json.dumps(dict(meta, format=WEIGHTS_FORMAT))})
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The model description stored by `save_model_file`; ValueError if the file has none."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as e:
+        raise ValueError(f"{path} is not a safetensors file ({e})") from None
+    if raw is None:
+        raise ValueError(f"{path} has no convscope metadata: give a weights file written by `convscope train` "
+                         "(best.safetensors, last.safetensors or a checkpoint's model.safetensors)")
+    meta = json.loads(raw)
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r}; expected {WEIGHTS_FORMAT}")
+    return meta
+
+
+def resolve_weights_file(path: str | os.PathLike) -> Path:
+    """A weights file from what a user may pass: the file itself, a run directory (its best, else last,
+    weights) or a checkpoint directory (its EMA weights if present, else the model's)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors", "ema.safetensors", "model.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} holds no best/last/ema/model .safetensors weights")
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    return path
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from its weights file alone: (model in eval mode, its description)."""
+    from ..models import create_model, load_checkpoint
+
+    path = resolve_weights_file(path)
+    meta = read_meta(path)
+    model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
+                         **meta.get("model_kwargs", {}))
+    load_checkpoint(model, path)
+    return model.to(map_location).eval(), meta
+
+
+# -- RNG and optimizer state as tensors + JSON -------------------------------------------------------------------
+def rng_state_json() -> dict[str, Any]:
+    """numpy's and python's global generator states as JSON."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    version, internal, gauss = random.getstate()
+    return {"numpy": np_state, "python": [version, list(internal), gauss]}
+
+
+def set_rng_state_json(state: Mapping[str, Any]) -> None:
+    np_state = json.loads(json.dumps(state["numpy"]))
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def optimizer_to_tensors(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (`state.<param id>.<name>`) and JSON (the rest)."""
+    tensors, scalars = {}, {}
+    for pid, st in state_dict["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{k}"] = v
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(tensors: Mapping[str, torch.Tensor], js: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in js.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = []
+    for g in js["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+# -- checkpoint directories --------------------------------------------------------------------------------------
+@dataclass
+class TrainingCheckpoint:
+    """A checkpoint as loaded: tensors from safetensors, the rest from state.json."""
+
+    path: Path
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    meta: dict[str, Any]
+
+
+class CheckpointManager:
+    """Writes checkpoint directories atomically under `directory`, keeps the newest `keep_last`."""
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 2) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1; got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    def list(self) -> list[Path]:
+        """Complete checkpoints, oldest first (partial ones never carry the final name)."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+        return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+    def latest(self) -> Path | None:
+        found = self.list()
+        return found[-1] if found else None
+
+    def clean_partial(self) -> None:
+        """Remove what a crash mid-save left behind (temporary directories)."""
+        if self.directory.is_dir():
+            for p in self.directory.iterdir():
+                if p.name.startswith(".tmp-") or p.name.startswith(".old-"):
+                    shutil.rmtree(p, ignore_errors=True)
+
+    def save(self, step: int, *, model: Mapping[str, torch.Tensor], optimizer: Mapping[str, Any],
+             state: Mapping[str, Any], meta: Mapping[str, Any], rng: Mapping[str, torch.Tensor],
+             ema: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write checkpoint `step` and prune old ones; returns its directory."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"step-{step:08d}"
+        tmp = self.directory / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            save_model_file(tmp / "model.safetensors", model, dict(meta, weights="model"))
+            if ema is not None:
+                save_model_file(tmp / "ema.safetensors", ema, dict(meta, weights="ema"))
+            opt_tensors, opt_json = optimizer_to_tensors(optimizer)
+            save_weights(opt_tensors, tmp / "optimizer.safetensors")
+            save_weights(dict(rng), tmp / "rng.safetensors")
+            atomic_write_json(tmp / "state.json", dict(state, format=STATE_FORMAT, optimizer=opt_json))
+            fsync_dir(tmp)
+            final = self.directory / name
+            old = None
+            if final.exists():   # the same step saved again: swap the directories
+                old = self.directory / f".old-{name}-{os.getpid()}"
+                os.rename(final, old)
+            os.rename(tmp, final)
+            fsync_dir(self.directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.prune()
+        return final
+
+    def prune(self) -> None:
+        for p in self.list()[:-self.keep_last]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def load(self, path: str | os.PathLike | None = None) -> TrainingCheckpoint:
+        """Load a checkpoint directory (default: the latest)."""
+        path = Path(path) if path is not None else self.latest()
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.directory}")
+        if not (path / "state.json").is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint directory (no state.json)")
+        state = read_json(path / "state.json")
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path}: unsupported state format {state.get('format')!r}; expected {STATE_FORMAT}")
+        opt_json = state.pop("optimizer")
+        ema = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").is_file() else None
+        return TrainingCheckpoint(
+            path=path, model=load_file(str(path / "model.safetensors")), ema=ema,
+            optimizer=optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")), opt_json),
+            rng=load_file(str(path / "rng.safetensors")), state=state, meta=read_meta(path / "model.safetensors"))

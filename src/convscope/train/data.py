@@ -1,0 +1,494 @@
+"""Datasets and the batch loader.
+
+Datasets give uint8 images `(C, H, W)` of one size and integer labels:
+
+- `fashion_mnist()`: Fashion-MNIST (Xiao et al., arXiv 1708.07747) read from its idx files (the `.gz` files
+  of Debian's dataset-fashion-mnist package by default), held in memory as one uint8 tensor.
+- `ImageFolder`: `root/<class>/<image>` directories decoded with PIL and resized to a square `load_size`;
+  unreadable files are reported by path and skipped, or raise, as the caller chooses.
+- `synthetic()`: a small learnable in-memory dataset for tests.
+
+The loader works in whole batches: its sampler yields `BatchRequest(epoch, step, indices)`, and the dataset side
+gathers the images (one indexing operation for in-memory data) and runs the batch transforms with a generator
+seeded from (seed, epoch, step, rank). A batch is therefore a pure function of its position in the run: worker
+count, worker RNG and prefetching cannot change it, and a run resumed at step k sees exactly the batches an
+uninterrupted run sees.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .transforms import center_crop, resize_shorter
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+# -- in-memory datasets ------------------------------------------------------------------------------------------
+@dataclass
+class TensorImageDataset(Dataset):
+    """Images held in memory as one uint8 tensor (N, C, H, W) with int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    name: str = "tensor"
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W); got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must have shape ({self.images.shape[0]},); got {tuple(self.labels.shape)}")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[idx], self.labels[idx], ()
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
+
+    def channel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and standard deviation of the pixels, scaled to [0, 1]."""
+        c = self.in_chans
+        s = torch.zeros(c, dtype=torch.float64)
+        s2 = torch.zeros(c, dtype=torch.float64)
+        for chunk in self.images.split(8192):
+            x = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
+            s += x.sum(1)
+            s2 += (x * x).sum(1)
+        n = self.images.numel() // c
+        mean = s / n
+        std = (s2 / n - mean * mean).clamp_min(0).sqrt()
+        return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+    def subset(self, n: int) -> "TensorImageDataset":
+        """The first n items (a view)."""
+        return TensorImageDataset(self.images[:n], self.labels[:n], self.classes, self.name)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An idx file (the MNIST format: magic, dims, big-endian sizes, raw data), gzip-compressed or not."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an idx file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise ValueError(f"{path}: unknown idx data type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} ({int(np.prod(shape))} values) but the file holds "
+                         f"{arr.size}")
+    return arr.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"no {stem}[.gz] in {root} (Fashion-MNIST idx files: install Debian's "
+                            "dataset-fashion-mnist with `make data`, or pass the directory holding them)")
+
+
+def fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -> TensorImageDataset:
+    """Fashion-MNIST: 60,000 train or 10,000 test 28x28 grayscale images of 10 classes, as (N, 1, 28, 28)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"Fashion-MNIST split must be 'train' or 'test'; got {split!r}")
+    root = Path(root or FASHION_MNIST_DIR)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Fashion-MNIST directory {root} does not exist (install Debian's "
+                                "dataset-fashion-mnist with `make data`, or pass the directory holding the idx files)")
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise ValueError(f"{root}: images {images.shape} and labels {labels.shape} do not match")
+    return TensorImageDataset(torch.from_numpy(images.copy()).unsqueeze(1),
+                              torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES, "fashion-mnist")
+
+
+def is_idx_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory holding Fashion-MNIST (MNIST-format) idx files."""
+    path = Path(path)
+    return path.is_dir() and any((path / f"train-images-idx3-ubyte{ext}").is_file() for ext in (".gz", ""))
+
+
+def repeat_channels(ds: TensorImageDataset, in_chans: int) -> TensorImageDataset:
+    """A grayscale dataset seen with `in_chans` identical channels (a view, no copy)."""
+    if in_chans == ds.in_chans:
+        return ds
+    if ds.in_chans != 1:
+        raise ValueError(f"{ds.name} has {ds.in_chans} channels; cannot feed a model with in_chans={in_chans}")
+    return TensorImageDataset(ds.images.expand(-1, in_chans, -1, -1), ds.labels, ds.classes, ds.name)
+
+
+def synthetic(n: int = 512, num_classes: int = 4, size: int = 32, in_chans: int = 3, seed: int = 0,
+              split: str = "train", noise: float = 0.6) -> TensorImageDataset:
+    """A learnable toy dataset: each class is a fixed smooth random pattern (drawn from `seed`), each image that
+    pattern plus noise (drawn from `seed` and `split`, so train and test share patterns, not images)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(num_classes, in_chans, 4, 4, generator=g)
+    patterns = torch.nn.functional.interpolate(patterns, size=(size, size), mode="bilinear", align_corners=False)
+    g.manual_seed(seed + (1 if split == "train" else 2) * 1_000_003)
+    labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
+    x = patterns[labels] * 1.5 + noise * torch.randn(n, in_chans, size, size, generator=g)
+    images = (torch.sigmoid(x) * 255).round().to(torch.uint8)
+    return TensorImageDataset(images, labels, tuple(f"class{i}" for i in range(num_classes)), "synthetic")
+
+
+# -- image folders -----------------------------------------------------------------------------------------------
+def load_image(path: str | os.PathLike, mode: str, load_size: int) -> torch.Tensor:
+    """Decode an image file with PIL into a uint8 (C, load_size, load_size) tensor: converted to `mode` ('RGB' or
+    'L'), shorter side resized to load_size, centre-cropped square."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.draft(mode, (load_size, load_size))   # JPEG: decode at a reduced scale when that is enough
+        arr = np.asarray(img.convert(mode))
+    t = torch.from_numpy(arr.copy())
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return center_crop(resize_shorter(t, load_size), load_size)
+
+
+class ImageFolder(Dataset):
+    """Images in `root/<class name>/*.{jpg,png,...}`, decoded with PIL to uint8 (C, load_size, load_size).
+
+    check: what to verify up front, reporting every bad file by path: "header" (open and verify each file, fast),
+        "decode" (decode every image fully) or "none".
+    on_error: "skip" drops bad files (those found up front, and any that fail to decode later, which are reported
+        with the batch they were in), "raise" stops with a ValueError naming the first bad file.
+    classes: the class names to expect (e.g. a checkpoint's); by default the sorted subdirectory names.
+    """
+
+    def __init__(self, root: str | os.PathLike, load_size: int, mode: str = "RGB", on_error: str = "skip",
+                 check: str = "header", classes: Sequence[str] | None = None,
+                 report: Callable[[str], None] | None = None) -> None:
+        if mode not in ("RGB", "L"):
+            raise ValueError(f"mode must be 'RGB' or 'L'; got {mode!r}")
+        if on_error not in ("skip", "raise"):
+            raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
+        if check not in ("none", "header", "decode"):
+            raise ValueError(f"check must be 'none', 'header' or 'decode'; got {check!r}")
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist")
+        self.root, self.load_size, self.mode, self.on_error = root, int(load_size), mode, on_error
+        self.report = report or (lambda msg: warnings.warn(msg, stacklevel=2))
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if classes is None:
+            classes = found
+        else:
+            missing = sorted(set(classes) - set(found))
+            if missing:
+                raise ValueError(f"{root} lacks class directories {missing}; expected {list(classes)}")
+        if not classes:
+            raise ValueError(f"{root} has no class subdirectories; expected root/<class name>/<image files>")
+        self.classes = tuple(classes)
+        samples = []
+        for label, name in enumerate(self.classes):
+            for p in sorted((root / name).rglob("*")):
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                    samples.append((str(p), label))
+        if not samples:
+            raise ValueError(f"{root} has no image files ({', '.join(IMAGE_EXTENSIONS)}) under its class "
+                             "directories")
+        self.skipped: list[tuple[str, str]] = []
+        if check != "none":
+            samples = self._verify(samples, full=check == "decode")
+        self.samples = samples
+        self.labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
+
+    def _verify(self, samples: list[tuple[str, int]], full: bool) -> list[tuple[str, int]]:
+        from PIL import Image
+
+        good = []
+        for path, label in samples:
+            try:
+                with Image.open(path) as img:
+                    img.load() if full else img.verify()
+            except Exception as e:  # PIL raises many types for bad files
+                self._bad(path, e)
+                continue
+            good.append((path, label))
+        if self.skipped:
+            self.report(f"{self.root}: skipped {len(self.skipped)} unreadable image(s): "
+                        + "; ".join(f"{p} ({r})" for p, r in self.skipped[:5])
+                        + (f"; ... ({len(self.skipped) - 5} more)" if len(self.skipped) > 5 else ""))
+        if not good:
+            raise ValueError(f"{self.root}: none of the {len(samples)} image files could be read")
+        return good
+
+    def _bad(self, path: str, e: Exception) -> None:
+        reason = f"{type(e).__name__}: {e}"
+        if self.on_error == "raise":
+            raise ValueError(f"cannot read image {path}: {reason}") from None
+        self.skipped.append((path, reason))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.load_size, self.load_size
+
+    @property
+    def in_chans(self) -> int:
+        return 3 if self.mode == "RGB" else 1
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[i]
+        try:
+            return load_image(path, self.mode, self.load_size), label
+        except Exception as e:
+            self._bad(path, e)
+            return None
+
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+        items, bad = [], []
+        for i in indices:
+            item = self[i]
+            if item is None:
+                bad.append(self.samples[i][0])
+            else:
+                items.append(item)
+        c, s = self.in_chans, self.load_size
+        if not items:
+            return torch.empty(0, c, s, s, dtype=torch.uint8), torch.empty(0, dtype=torch.long), tuple(bad)
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]), tuple(bad)
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded random split of range(n) into (train, held-out) with round(n * fraction) held out."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1); got {fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = max(1, round(n * fraction))
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+class IndexSubset(Dataset):
+    """A view of `dataset` restricted to `indices`, keeping `get_batch`."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+        for attr in ("classes", "image_size", "in_chans", "name"):
+            if hasattr(dataset, attr):
+                setattr(self, attr, getattr(dataset, attr))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+    def get_batch(self, indices: Sequence[int]):
+        return fetch_batch(self.dataset, [self.indices[i] for i in indices])
+
+
+def fetch_batch(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """(uint8 images, labels, paths skipped) for `indices`: the dataset's own `get_batch`, else item by item."""
+    if hasattr(dataset, "get_batch"):
+        return dataset.get_batch(indices)
+    items = [dataset[i] for i in indices]
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items]), ()
+
+
+# -- batches as pure functions of (seed, epoch, step, rank) ------------------------------------------------------
+class BatchRequest(NamedTuple):
+    epoch: int
+    step: int
+    indices: tuple[int, ...]
+
+
+def batch_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
+    """A 63-bit seed for one batch's random transforms, from numpy's SeedSequence hash."""
+    state = np.random.SeedSequence([seed, epoch, step, rank]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's DistributedSampler (epoch-seeded permutation `seed + epoch`, rank r taking positions r, r + W, ...)
+    that can start an epoch part-way through. With `num_replicas=1` it is a seeded shuffle."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start:])
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation order: rank r takes items r, r + W, ... in order, with no padding (no item counted twice)."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(rank, n, num_replicas))
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.start = start
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices[self.start:])
+
+
+class BatchRequestSampler(Sampler[BatchRequest]):
+    """Groups an index sampler into `BatchRequest`s; `set_epoch(epoch, start_step)` resumes at a batch."""
+
+    def __init__(self, sampler: ResumableDistributedSampler | ShardSampler, batch_size: int, drop_last: bool) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1; got {batch_size}")
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+        self.sampler.set_epoch(epoch, start_step * self.batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        batch, step = [], self.start_step
+        for i in self.sampler:
+            batch.append(i)
+            if len(batch) == self.batch_size:
+                yield BatchRequest(self.epoch, step, tuple(batch))
+                batch, step = [], step + 1
+        if batch and not self.drop_last:
+            yield BatchRequest(self.epoch, step, tuple(batch))
+
+
+class BatchedDataset(Dataset):
+    """Turns a `BatchRequest` into a ready batch `(images, targets, skipped paths)`: gather the uint8 images,
+    run the batch transform and the optional mixer with generators seeded by `batch_seed`."""
+
+    def __init__(self, dataset: Dataset, transform: Callable, mixer: Callable | None = None, seed: int = 0,
+                 rank: int = 0) -> None:
+        self.dataset, self.transform, self.mixer, self.seed, self.rank = dataset, transform, mixer, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, req: BatchRequest) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+        images, labels, skipped = fetch_batch(self.dataset, req.indices)
+        if self.mixer is not None and images.shape[0] % 2:   # a skipped file left an odd batch: pairs need even
+            images, labels = images[:-1], labels[:-1]
+        s = batch_seed(self.seed, req.epoch, req.step, self.rank)
+        x = self.transform(images, torch.Generator().manual_seed(s))
+        if self.mixer is not None and x.shape[0]:
+            x, labels = self.mixer(x, labels, np.random.default_rng(s))
+        return x, labels, skipped
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give numpy and random in each worker a distinct seed (for user transforms; ours take explicit seeds)."""
+    import random
+
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+@dataclass
+class LoaderStats:
+    skipped: list[str] = field(default_factory=list)
+
+
+class Loader:
+    """Batches of one dataset, epoch by epoch: `set_epoch(epoch, start_step)`, then iterate.
+
+    train=True: shuffled (torch's DistributedSampler order, seeded by seed + epoch), last partial batch dropped.
+    train=False: in order, sharded over ranks without padding, partial last batch kept.
+    workers > 0 run the gather and the batch transforms in worker processes (persistent across epochs); the main
+    process's global RNG is never touched (the DataLoader gets its own generator).
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable, batch_size: int, *, train: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, workers: int = 0, mixer: Callable | None = None,
+                 pin_memory: bool = False, prefetch_factor: int = 2) -> None:
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0; got {workers}")
+        if train:
+            sampler = ResumableDistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=False)
+        else:
+            sampler = ShardSampler(len(dataset), world_size, rank)
+        self.dataset = dataset
+        self.batch_sampler = BatchRequestSampler(sampler, batch_size, drop_last=train)
+        if train and len(self.batch_sampler) == 0:
+            raise ValueError(f"the training set ({len(dataset)} images over {world_size} process(es)) is smaller "
+                             f"than one batch of {batch_size}")
+        self.batched = BatchedDataset(dataset, transform, mixer, seed, rank)
+        self.stats = LoaderStats()
+        extra = dict(persistent_workers=True, prefetch_factor=prefetch_factor,
+                     worker_init_fn=_seed_worker) if workers > 0 else {}
+        self.loader = DataLoader(self.batched, batch_size=None, sampler=self.batch_sampler, num_workers=workers,
+                                 pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **extra)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.batch_sampler.set_epoch(epoch, start_step)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        it = iter(self.loader)
+        while True:
+            try:
+                x, y, skipped = next(it)
+            except StopIteration:
+                return
+            except Exception as e:
+                # A worker's exception arrives with the worker traceback in its message: keep the last line.
+                msg = str(e)
+                if "Original Traceback" in msg:
+                    last = msg.strip().splitlines()[-1].split(": ", 1)[-1]
+                    try:
+                        clean = type(e)(last)
+                    except Exception:
+                        clean = RuntimeError(last)
+                    raise clean from None
+                raise
+            if skipped:
+                self.stats.skipped.extend(skipped)
+            yield x, y

@@ -1,0 +1,164 @@
+"""What a run shows and leaves behind: progress on the console, metrics.jsonl, curves.png, phase timers."""
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .checkpoint import atomic_write_text
+
+
+class PhaseTimer:
+    """Wall time spent per phase (data, forward, backward, optimizer, eval, checkpoint). On CUDA each phase ends
+    with a synchronisation so the time lands in the phase that caused it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.totals[phase] += time.perf_counter() - t0
+
+    def summary(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.totals.items()}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def write_metrics(path: str | Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl: one JSON object per epoch, the whole history rewritten atomically each time (so a resumed
+    run's file holds exactly the epochs of its checkpointed history)."""
+    import json
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "") -> None:
+    """Loss and accuracy per epoch as a PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ev = [r for r in history if "eval_loss" in r]
+    if ev:
+        ax1.plot([r["epoch"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval")
+        ax2.plot([r["epoch"] for r in ev], [r["top1"] for r in ev], "o-", label="top-1")
+        ax2.plot([r["epoch"] for r in ev], [r["top5"] for r in ev], "o-", label="top-5")
+        if any("ema_top1" in r for r in ev):
+            ax2.plot([r["epoch"] for r in ev if "ema_top1" in r], [r["ema_top1"] for r in ev if "ema_top1" in r],
+                     "o--", label="EMA top-1")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+class Console:
+    """Progress output of the main process.
+
+    mode "bar": rich progress bars (run and epoch) with loss, img/s, elapsed time and ETA; "plain": one line
+    per epoch; "none": nothing. "auto" picks bars on a terminal and plain lines otherwise.
+    """
+
+    def __init__(self, mode: str = "auto", enabled: bool = True) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "plain"
+        self.mode = mode if enabled else "none"
+        self.progress = None
+        self._last_refresh = 0.0
+
+    def log(self, msg: str) -> None:
+        if self.mode == "none":
+            return
+        if self.progress is not None:
+            self.progress.console.print(msg, markup=False, highlight=False)
+        else:
+            print(msg, flush=True)
+
+    def warn(self, msg: str) -> None:
+        """Warnings go to stderr whatever the mode."""
+        if self.progress is not None:
+            self.progress.console.print(f"convscope: warning: {msg}", markup=False, highlight=False)
+        else:
+            print(f"convscope: warning: {msg}", file=sys.stderr, flush=True)
+
+    def start(self, total_steps: int, done_steps: int) -> None:
+        if self.mode != "bar":
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn())
+        self.progress.start()
+        self.run_task = self.progress.add_task("run", total=total_steps, completed=done_steps, info="")
+        self.epoch_task = None
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, start_step: int) -> None:
+        self._epoch_t0 = time.perf_counter()
+        self._epoch_images = 0
+        if self.progress is not None:
+            if self.epoch_task is not None:
+                self.progress.remove_task(self.epoch_task)
+            self.epoch_task = self.progress.add_task(f"epoch {epoch + 1}/{epochs}", total=steps,
+                                                     completed=start_step, info="")
+
+    def step(self, images: int, loss: Callable[[], float]) -> None:
+        self._epoch_images += images
+        if self.progress is None:
+            return
+        self.progress.advance(self.run_task)
+        now = time.perf_counter()
+        if now - self._last_refresh < 0.5:
+            self.progress.advance(self.epoch_task)
+            return
+        self._last_refresh = now
+        ips = self._epoch_images / max(now - self._epoch_t0, 1e-9)
+        self.progress.update(self.epoch_task, advance=1, info=f"loss {loss():.4f}  {ips:7.0f} img/s")
+
+    def epoch_end(self, record: dict[str, Any], eta_s: float | None) -> None:
+        parts = [f"epoch {record['epoch']:>3}", f"loss {record['train_loss']:.4f}"]
+        if "top1" in record:
+            parts += [f"top-1 {record['top1']:.2f}%", f"top-5 {record['top5']:.2f}%"]
+        if "ema_top1" in record:
+            parts.append(f"EMA top-1 {record['ema_top1']:.2f}%")
+        parts += [f"lr {record['lr']:.2e}", f"{record['train_img_per_s']:.0f} img/s",
+                  f"{record['epoch_time_s']:.1f} s"]
+        if eta_s is not None:
+            parts.append(f"ETA {format_duration(eta_s)}")
+        self.log("  ".join(parts))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

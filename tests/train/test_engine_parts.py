@@ -1,0 +1,164 @@
+"""Engine pieces: weight-decay groups, the LR schedule, EMA, the multi-sample dropout head, evaluation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import convscope
+from convscope.train.data import Loader, TensorImageDataset
+from convscope.train.engine import (ModelEma, TrainModule, WarmupCosine, choose_input_size, evaluate, loss_fn,
+                                    param_groups)
+from convscope.train.transforms import EvalTransform
+
+TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
+
+
+def _names(model, group):
+    ids = {id(p) for p in group["params"]}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("convnext_atto", TINY_CONVNEXT),                                           # layer scale gamma, LN, biases
+    ("convnextv2_atto", TINY_CONVNEXT),                                         # GRN weight/bias
+    ("caformer_s18", dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 32))),       # res/layer scales, MLP head
+])
+def test_weight_decay_groups(name, kwargs):
+    model = convscope.create_model(name, num_classes=5, **kwargs)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    params = dict(model.named_parameters())
+    assert _names(model, decay) == {n for n, p in params.items() if p.ndim >= 2}
+    assert _names(model, no_decay) == {n for n, p in params.items() if p.ndim <= 1}
+    no_decay_names = _names(model, no_decay)
+    assert any(n.endswith(".bias") for n in no_decay_names)
+    assert any("norm" in n and n.endswith(".weight") for n in no_decay_names)
+    if name == "convnext_atto":
+        assert "stages.0.blocks.0.gamma" in no_decay_names
+    if name == "caformer_s18":
+        assert any("layer_scale" in n or "res_scale" in n for n in no_decay_names)
+
+
+def test_frozen_parameters_are_left_out():
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    model[0].weight.requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["params"] == [] and len(no_decay["params"]) == 3
+
+
+def test_lr_schedule_values():
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = WarmupCosine(opt, lr=1e-3, min_lr=1e-5, warmup_steps=10, total_steps=110)
+    assert s.lr_at(0) == pytest.approx(1e-4)
+    assert s.lr_at(4) == pytest.approx(5e-4)
+    assert s.lr_at(9) == pytest.approx(1e-3)
+    assert s.lr_at(10) == pytest.approx(1e-3)                                   # cosine starts at the peak
+    assert s.lr_at(60) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)             # half way: the mean
+    assert s.lr_at(35) == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi / 4)) / 2)
+    assert s.lr_at(110) == pytest.approx(1e-5) and s.lr_at(500) == pytest.approx(1e-5)
+    assert s.step(60) == opt.param_groups[0]["lr"] == pytest.approx(5.05e-4)
+    no_warmup = WarmupCosine(opt, lr=2e-3, min_lr=0.0, warmup_steps=0, total_steps=4)
+    assert [no_warmup.lr_at(i) for i in range(4)] == pytest.approx([2e-3, 2e-3 * (1 + math.cos(math.pi / 4)) / 2,
+                                                                    1e-3, 2e-3 * (1 - math.cos(math.pi / 4)) / 2])
+
+
+def test_ema_update_formula():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    ema = ModelEma(model, decay=0.9, warmup=False)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model.train()(torch.randn(8, 4))              # moves BN running stats and num_batches_tracked
+    ema.update(model, step=0)
+    cur = model.state_dict()
+    for k, v in ema.module.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.9 * before[k] + 0.1 * cur[k], rtol=0, atol=1e-6), k
+        else:
+            assert torch.equal(v, cur[k]), k
+    assert ModelEma(model, 0.9999, warmup=True).decay_at(0) == pytest.approx(0.1)
+    assert ModelEma(model, 0.9999, warmup=True).decay_at(90) == pytest.approx(91 / 100)
+    assert ModelEma(model, 0.99, warmup=True).decay_at(10 ** 6) == 0.99
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_multi_sample_dropout_head():
+    torch.manual_seed(0)
+    model = convscope.create_model("convnext_atto", num_classes=3, **TINY_CONVNEXT)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    tm = TrainModule(model, msd_samples=5, msd_drop=0.5).train()
+    logits = tm(x)
+    assert logits.shape == (5, 4, 3)
+    assert not torch.allclose(logits[0], logits[1])           # different dropout masks
+    assert loss_fn(logits, y, 0.0).item() == pytest.approx(
+        sum(nn.functional.cross_entropy(lg, y).item() for lg in logits) / 5, rel=1e-6)
+    assert tm.eval()(x).shape == (4, 3)
+    same = TrainModule(model, msd_samples=3, msd_drop=0.0).train()(x)
+    assert torch.allclose(same[0], same[2]) and torch.allclose(same[0], model.train()(x), atol=1e-6)
+
+
+class _LookupModel(nn.Module):
+    """Logits looked up by the image's index, written into its pixels."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, x):
+        return self.table[(x[:, 0, 0, 0] * 255).round().long()]
+
+
+def test_evaluate_top1_top5_and_confusion():
+    n, c = 12, 6
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5])
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(n, c, generator=g)
+    ds = TensorImageDataset(images, labels, tuple("abcdef"))
+    loader = Loader(ds, EvalTransform(4, (0.0,), (1.0,)), batch_size=5, train=False)
+    r = evaluate(_LookupModel(table), loader, c, torch.device("cpu"))
+    pred = table.argmax(1)
+    top5 = table.topk(5, 1).indices
+    assert r["n"] == n
+    assert r["top1"] == pytest.approx(100 * (pred == labels).float().mean().item())
+    assert r["top5"] == pytest.approx(100 * (top5 == labels[:, None]).any(1).float().mean().item())
+    assert r["loss"] == pytest.approx(nn.functional.cross_entropy(table, labels).item(), rel=1e-6)
+    expected = torch.zeros(c, c, dtype=torch.long)
+    for t, p in zip(labels, pred):
+        expected[t, p] += 1
+    assert r["confusion"] == expected.tolist()
+
+
+def test_choose_input_size():
+    with torch.device("meta"):
+        m = convscope.create_model("convnext_atto")
+        rf = convscope.create_model("randformer_s12")
+    assert choose_input_size(m, (28, 28), None) == (32, 32)      # raised to the model's minimum
+    assert choose_input_size(m, (64, 48), None) == (64, 48)
+    assert choose_input_size(m, (28, 28), 40) == (40, 40)
+    assert choose_input_size(rf, (28, 28), None) == (224, 224)   # fixed-size model
+    with pytest.raises(ValueError, match="at least 32x32"):
+        choose_input_size(m, (28, 28), 16)
+    with pytest.raises(ValueError, match="only takes 224x224"):
+        choose_input_size(rf, (28, 28), 64)
+
+
+def test_grayscale_data_for_a_three_channel_model():
+    """Fashion-MNIST is 1-channel: in_chans=1 by default, or the channel repeated (a view) for in_chans=3."""
+    from convscope.train import TrainConfig
+    from convscope.train.engine import build_data
+
+    with torch.device("meta"):
+        probe = convscope.create_model("convnext_atto")
+    gray = build_data(TrainConfig(model="convnext_atto", data="fashion-mnist", data_limit=64, eval_limit=32), probe)
+    rgb = build_data(TrainConfig(model="convnext_atto", data="fashion-mnist", data_limit=64, eval_limit=32,
+                                 in_chans=3), probe)
+    assert gray.in_chans == 1 and gray.train.images.shape == (64, 1, 28, 28) and len(gray.mean) == 1
+    assert rgb.in_chans == 3 and rgb.train.images.shape == (64, 3, 28, 28) and rgb.mean == gray.mean * 3
+    assert torch.equal(rgb.train.images[:, 2], gray.train.images[:, 0])
+    assert rgb.input_size == gray.input_size == (32, 32) and len(rgb.eval) == 32
