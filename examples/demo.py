@@ -2,7 +2,7 @@
 show where the time went: in the training step (the engine's timers) and layer by layer in the trained model's
 forward pass (the efficiency lab's waterline profile, also written as an HTML report).
 
-    make demo            (or: PYTHONPATH=src python examples/demo.py [--threads 2])
+    make demo            (or: PYTHONPATH=src python examples/demo.py [--threads N])
 
 The same run from the command line:
 
@@ -35,9 +35,9 @@ REPORT = "out/demo-report.html"
 
 # Chosen by measurement on this 2-core CPU (README, "Training"): convnext_atto as registered, fed the 28x28
 # grayscale images at 32x32 (its smallest input) with in_chans=1, fp32 in channels-last (bf16 autocast was not
-# faster at these tiny feature maps), one torch thread (two are 1.7x faster on an idle machine but 0.6x as fast,
-# or far worse, as soon as another process wants a core: pass --threads 2 on a machine of your own), the
-# in-memory loader in the main process. Seven epochs of whole images with random flips: random crops cost more
+# faster at these tiny feature maps), every core when the machine is otherwise idle and one torch thread when it is
+# not (two threads are 1.5-1.7x faster on an idle 2-core machine but 0.6x as fast, or far worse, as soon as
+# another process wants a core; see `choose_threads`), the in-memory loader in the main process. Seven epochs of whole images with random flips: random crops cost more
 # accuracy than they give back in so short a schedule.
 CONFIG = TrainConfig(
     model="convnext_atto", data="fashion-mnist", out="runs/demo",
@@ -57,12 +57,49 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many cores other processes kept busy over `seconds` (from /proc/stat; None where it cannot be read)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]   # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = len(os.sched_getaffinity(0))
+    return cores * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def choose_threads() -> tuple[int, str]:
+    """Every core this process may use when nothing else is running, else one thread.
+
+    Measured on the 2-core machine (benchmarks/results/train_settings.md): two threads train 1.5-1.7x faster than
+    one on an idle machine but fall to 0.6x as soon as one other busy process shares it, while one thread keeps
+    0.97x. A process that starts after this check can still slow a multi-threaded run: pass --threads 1 then."""
+    cores = len(os.sched_getaffinity(0))
+    busy = busy_cores()
+    if cores > 1 and busy is not None and busy < 0.25:
+        return cores, f"the machine is idle ({busy:.2f} cores busy)"
+    why = "one core" if cores == 1 else ("load unknown" if busy is None else f"{busy:.2f} cores busy elsewhere")
+    return 1, why
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="train convnext_atto on Fashion-MNIST and show where the time went")
-    ap.add_argument("--threads", type=int, default=CONFIG.threads, help="torch threads (default: 1)")
-    cfg = dataclasses.replace(CONFIG, threads=ap.parse_args().threads)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: every core if the machine is idle, else 1)")
+    threads = ap.parse_args().threads
+    why = "--threads"
+    if threads is None:
+        threads, why = choose_threads()
+    elif threads < 1:
+        ap.error(f"--threads must be >= 1; got {threads}")
+    cfg = dataclasses.replace(CONFIG, threads=threads)
     print(f"convscope {convscope.__version__}, torch {torch.__version__}, {cpu_name()} ({os.cpu_count()} cores), "
-          f"{cfg.threads} torch thread(s)\n")
+          f"{cfg.threads} torch thread(s): {why}\n")
     shutil.rmtree(cfg.out, ignore_errors=True)   # the demo starts afresh each time
     result = train(cfg)
     wall = time.perf_counter() - T0
