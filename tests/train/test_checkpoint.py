@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 import convscope
+import convscope.files
 from convscope.train import checkpoint as ck
-from convscope.train.checkpoint import (CheckpointManager, atomic_write_json, load_model, optimizer_from_tensors,
-                                        optimizer_to_tensors, read_json, read_meta, rng_state_json,
-                                        save_model_file, set_rng_state_json)
+from convscope.files import atomic_write_json, read_json
+from convscope.train.checkpoint import (CheckpointManager, load_model, optimizer_from_tensors, optimizer_to_tensors,
+                                        read_meta, rng_state_json, save_model_file, set_rng_state_json)
 
 META = dict(model="convnext_atto", model_kwargs=dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]), num_classes=3,
             in_chans=1, input_size=[32, 32], load_size=[28, 28], crop_pct=1.0, mean=[0.5], std=[0.25],
@@ -35,7 +36,7 @@ def test_atomic_json_failure_mid_write_keeps_the_old_file(tmp_path, monkeypatch)
     def crash(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck.os, "fsync", crash)   # the new content is written, then the sync fails
+    monkeypatch.setattr(convscope.files.os, "fsync", crash)   # the new content is written, then the sync fails
     with pytest.raises(OSError, match="disk full"):
         atomic_write_json(path, {"v": 2, "pad": "x" * 100000})
     assert read_json(path) == {"v": 1}

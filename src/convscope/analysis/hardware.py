@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..files import atomic_write_text
+
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _FORMAT = 2  # bump when the cached JSON layout changes
@@ -284,7 +286,7 @@ class HardwarePeaks:
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(dict(self.to_dict(), format=_FORMAT), indent=1)
         if path is not None:
-            _atomic_write(Path(path), text)
+            atomic_write_text(path, text)
         return text
 
     def summary(self) -> str:
@@ -304,13 +306,6 @@ class HardwarePeaks:
         when = "cached from " + self.measured_at if self.cached else f"measured in {self.duration_s:.1f} s"
         lines.append(f"  ({when})")
         return "\n".join(lines)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def cache_dir() -> Path:

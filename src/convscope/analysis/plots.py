@@ -9,12 +9,12 @@ from __future__ import annotations
 import io
 import math
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..files import atomic_write_bytes
 from .waterline import LayerProfile
 
 EFFICIENCY_LINES = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003)
@@ -29,8 +29,7 @@ def _png(fig: Figure, path: str | os.PathLike | None) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     data = buf.getvalue()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_bytes(data)
+        atomic_write_bytes(path, data)
     return data
 
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..files import atomic_write_text
 from . import plots
 from .hardware import describe_machine
 from .timing import BenchmarkResult
@@ -197,9 +198,4 @@ def compare_report(comparison: Comparison, *, command: str | None = None) -> str
 
 def write_report(html_text: str, path: str | os.PathLike) -> Path:
     """Write the report atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(html_text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, html_text)

@@ -13,9 +13,7 @@ import contextlib
 import copy
 import ctypes
 import gc
-import json
 import math
-import os
 import re
 import statistics
 import time
@@ -27,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hardware import DTYPES, _atomic_write, _timer, dtype_name, machine_info, resolve_device
+from ..files import JsonRecord
+from .hardware import DTYPES, _timer, dtype_name, machine_info, resolve_device
 
 MODES = ("inference", "train")
 MEMORY_METHOD = {
@@ -163,7 +162,7 @@ class BatchPoint:
 
 
 @dataclass
-class BenchmarkResult:
+class BenchmarkResult(JsonRecord):
     """Timings of one model in one configuration over batch sizes, with the machine they were measured on."""
 
     model: str
@@ -194,19 +193,6 @@ class BenchmarkResult:
         d["input_size"] = tuple(d["input_size"])
         d["points"] = [BatchPoint(**dict(p, latency=LatencyStats(**p["latency"]))) for p in d["points"]]
         return cls(**d)
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            _atomic_write(Path(path), text)
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike) -> "BenchmarkResult":
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
 
     def describe(self) -> str:
         c, h, w = self.input_size

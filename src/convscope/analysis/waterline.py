@@ -18,20 +18,18 @@ the time no layer accounts for.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from ..files import JsonRecord
 from .counting import CountResult, OpRecord, count
-from .hardware import DTYPES, HardwarePeaks, _atomic_write, dtype_name, hardware_peaks, machine_info, resolve_device
+from .hardware import DTYPES, HardwarePeaks, dtype_name, hardware_peaks, machine_info, resolve_device
 from .timing import LatencyStats, _resolve_model, benchmark, check_clock, measure, split_input_size
 
 SCOPE = "convscope::"
@@ -181,7 +179,7 @@ def _group(rows: Sequence[LayerRow], key, total_s: float) -> list[GroupRow]:
 
 
 @dataclass
-class LayerProfile:
+class LayerProfile(JsonRecord):
     """Per-layer waterline analysis of one model at one input size on this machine.
 
     `totals` (seconds unless named otherwise): model_s (median forward without hooks or profiler), leaf_s
@@ -252,19 +250,6 @@ class LayerProfile:
                    machine=d["machine"], peaks=d["peaks"], totals=d["totals"], repeats=d["repeats"],
                    uncounted=d.get("uncounted", {}), unmatched=d.get("unmatched", []), clock=d.get("clock", "wall"),
                    layers=[LayerRow(**{k: v for k, v in r.items() if k in row_fields}) for r in d["layers"]])
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            _atomic_write(Path(path), text)
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | os.PathLike) -> "LayerProfile":
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
 
     # -- text --------------------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -578,7 +563,7 @@ class ModelRow:
 
 
 @dataclass
-class Comparison:
+class Comparison(JsonRecord):
     """Several models timed and counted at the same input size, dtype and thread count on one machine."""
 
     rows: list[ModelRow]
@@ -602,12 +587,6 @@ class Comparison:
                 for r in d["rows"]]
         return cls(rows=rows, input_size=tuple(d["input_size"]), dtype=d["dtype"], channels_last=d["channels_last"],
                    threads=d["threads"], device=d["device"], machine=d["machine"], peaks=d["peaks"])
-
-    def to_json(self, path: str | os.PathLike | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            _atomic_write(Path(path), text)
-        return text
 
     def describe(self) -> str:
         b, c, h, w = self.input_size

@@ -4,7 +4,8 @@ from .classifier import ClassifierHead
 from .conv_bn import ConvBnAct, ParallelConvBn
 from .drop import DropPath, drop_path_or_identity
 from .grn import GlobalResponseNorm
-from .helpers import checkpoint_seq, drop_path_rates, init_trunc_normal, make_divisible, to_2tuple
+from .helpers import (checkpoint_seq, drop_path_rates, init_trunc_normal, make_divisible, scale_classifier_,
+                      to_2tuple)
 from .layer_scale import LayerScale
 from .mixers import (MIXERS, Attention, DilatedReparamBlock, GlobalLocalFilter, GnConv, IdentityMixer,
                      InceptionDWConv2d, Pooling, RandomMixing, ReparamLargeKernelConv, SepConv, get_mixer)
@@ -19,5 +20,5 @@ __all__ = [
     "LayerNorm", "LayerNorm2d", "LayerScale", "MIXERS", "Mlp", "MlpHead", "ParallelConvBn", "Pooling", "RandomMixing",
     "ReparamLargeKernelConv", "SepConv", "SqueezeExcite", "SquaredReLU", "StarReLU", "checkpoint_seq",
     "drop_path_or_identity", "drop_path_rates", "get_mixer", "init_trunc_normal", "is_reparameterizable",
-    "make_divisible", "match_reparam_form_", "reparameterize_", "to_2tuple",
+    "make_divisible", "match_reparam_form_", "reparameterize_", "scale_classifier_", "to_2tuple",
 ]

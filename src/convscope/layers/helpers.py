@@ -47,6 +47,16 @@ def init_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def scale_classifier_(fc: nn.Module, scale: float) -> None:
+    """Multiply a linear classifier's weight and bias by `scale` in place (ConvNeXt's head_init_scale); a head
+    without a linear layer (num_classes=0) is left alone."""
+    if isinstance(fc, nn.Linear):
+        with torch.no_grad():
+            fc.weight.mul_(scale)
+            if fc.bias is not None:
+                fc.bias.mul_(scale)
+
+
 def checkpoint_seq(blocks: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """Run `blocks` in order, recomputing each one's activations in the backward pass."""
     for block in blocks:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..layers import (ClassifierHead, GlobalLocalFilter, GnConv, LayerNorm, LayerNorm2d, Mlp, drop_path_or_identity,
-                      drop_path_rates, init_trunc_normal)
+                      drop_path_rates, init_trunc_normal, scale_classifier_)
 from .base import ConvScopeModel, Stage
 from .registry import ModelCard, register_model, register_official_converter
 
@@ -73,10 +73,7 @@ class HorNet(ConvScopeModel):
         self.num_features = dims[-1]
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=LayerNorm, drop_rate=drop_rate)
         init_trunc_normal(self)
-        if isinstance(self.head.fc, nn.Linear):
-            with torch.no_grad():
-                self.head.fc.weight.mul_(head_init_scale)
-                self.head.fc.bias.mul_(head_init_scale)
+        scale_classifier_(self.head.fc, head_init_scale)
 
 
 # -- variants ----------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..layers import (ClassifierHead, DilatedReparamBlock, GlobalResponseNorm, LayerNorm, LayerNorm2d, SqueezeExcite,
-                      drop_path_or_identity, drop_path_rates, init_trunc_normal)
+                      drop_path_or_identity, drop_path_rates, init_trunc_normal, scale_classifier_)
 from ..layers.reparam import fuse_affine_after_, fuse_bn_into_conv_
 from .base import ConvScopeModel, Stage
 from .registry import ModelCard, register_model, register_official_converter
@@ -110,10 +110,7 @@ class UniRepLKNet(ConvScopeModel):
         self.num_features = dims[-1]
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=LayerNorm, drop_rate=drop_rate)
         init_trunc_normal(self)
-        if isinstance(self.head.fc, nn.Linear):
-            with torch.no_grad():
-                self.head.fc.weight.mul_(head_init_scale)
-                self.head.fc.bias.mul_(head_init_scale)
+        scale_classifier_(self.head.fc, head_init_scale)
 
 
 # Per-block kernel sizes of the official unireplknet.py (13 = Dilated Reparam Block, 3 = plain dw 3x3).

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import atomic_path
 from ..layers.reparam import match_reparam_form_
 from .registry import official_converter
 
@@ -64,24 +64,9 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
     """Write a safetensors file atomically: a temporary file in the same directory, fsync, then rename."""
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
     tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
 
 
 def _describe_mismatch(model_name: str, sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],

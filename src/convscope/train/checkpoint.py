@@ -23,7 +23,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,48 +33,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from ..files import atomic_write_json, fsync_dir, read_json
 from ..models.weights import save_weights
 
 META_KEY = "convscope"
 WEIGHTS_FORMAT = "convscope-weights/1"
 STATE_FORMAT = "convscope-train-state/1"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-# -- atomic files ------------------------------------------------------------------------------------------------
-def fsync_dir(path: str | os.PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same directory, fsync, rename, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 # -- self-describing weights files -------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..files import atomic_write_json, read_json
 from ..models import create_model, model_card
-from .checkpoint import (CheckpointManager, atomic_write_json, read_json, rng_state_json, save_model_file,
-                         set_rng_state_json)
+from .checkpoint import CheckpointManager, rng_state_json, save_model_file, set_rng_state_json
 from .config import TrainConfig
 from .data import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, Loader, fashion_mnist, is_idx_dir,
                    repeat_channels, split_indices, synthetic)

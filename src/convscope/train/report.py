@@ -1,6 +1,7 @@
 """What a run shows and leaves behind: progress on the console, metrics.jsonl, curves.png, phase timers."""
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections import defaultdict
@@ -10,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .checkpoint import atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 
 
 class PhaseTimer:
@@ -76,10 +77,10 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class Console:
