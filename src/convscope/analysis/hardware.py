@@ -308,6 +308,17 @@ class HardwarePeaks:
         return "\n".join(lines)
 
 
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (None: leave it) and return the previous one, to restore in a `finally`.
+    ValueError unless threads is None or >= 1."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return old
+
+
 def cache_dir() -> Path:
     """$CONVSCOPE_CACHE_DIR, else $XDG_CACHE_HOME/convscope, else ~/.cache/convscope."""
     if os.environ.get("CONVSCOPE_CACHE_DIR"):
@@ -334,11 +345,7 @@ def hardware_peaks(device: str | torch.device | None = "auto", *, threads: int |
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown or not dtypes:
         raise ValueError(f"dtypes must be a non-empty subset of {', '.join(DTYPES)}; got {list(dtypes)}")
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1; got {threads}")
-        torch.set_num_threads(threads)
+    old_threads = set_threads(threads)
     try:
         machine = machine_info(dev)
         key = _cache_key(machine)

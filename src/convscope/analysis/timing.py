@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files import JsonRecord
-from .hardware import DTYPES, _timer, dtype_name, machine_info, resolve_device
+from .hardware import DTYPES, _timer, dtype_name, machine_info, resolve_device, set_threads
 
 MODES = ("inference", "train")
 MEMORY_METHOD = {
@@ -275,13 +275,8 @@ def benchmark(model: nn.Module | str, input_size: Sequence[int] = (3, 224, 224),
     batch_sizes = tuple(batch_sizes) if batch_sizes is not None else (batch or 1,)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers; got {batch_sizes}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1; got {threads}")
     model, name = _resolve_model(model)
-
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    old_threads = set_threads(threads)
     try:
         model = copy.deepcopy(model).to(dev)
         model.train(mode == "train")

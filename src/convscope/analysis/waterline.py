@@ -29,7 +29,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from ..files import JsonRecord
 from .counting import CountResult, OpRecord, count
-from .hardware import DTYPES, HardwarePeaks, dtype_name, hardware_peaks, machine_info, resolve_device
+from .hardware import (DTYPES, HardwarePeaks, dtype_name, hardware_peaks, machine_info, resolve_device,
+                       set_threads)
 from .timing import LatencyStats, _resolve_model, benchmark, check_clock, measure, split_input_size
 
 SCOPE = "convscope::"
@@ -476,12 +477,8 @@ def profile_layers(model: nn.Module | str, input_size: Sequence[int] = (1, 3, 22
     size = (batch or 1, *chw)
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1; got {repeats}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1; got {threads}")
 
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    old_threads = set_threads(threads)
     try:
         check_clock(clock, dev)
         if peaks is None:
@@ -620,11 +617,7 @@ def compare_models(models: Sequence[nn.Module | str], input_size: Sequence[int] 
     dev = resolve_device(device)
     batch, chw = split_input_size(input_size)
     size = (batch or 1, *chw)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1; got {threads}")
-        torch.set_num_threads(threads)
+    old_threads = set_threads(threads)
     try:
         if peaks is None:
             peaks = hardware_peaks(dev, threads=threads, dtypes=("fp32",) if dt == "fp32" else ("fp32", dt))
