@@ -102,6 +102,44 @@ def op_profile(train: torch.nn.Module, deploy: torch.nn.Module, batch: int = 1) 
     return [r for r in rows if max(r[1], r[2]) >= 0.5]
 
 
+def markdown(data: dict) -> str:
+    """The results page for the JSON this script writes (`--render FILE.json` rebuilds it without re-measuring)."""
+    machine, rows, structure, st = data["machine"], data["rows"], data["structure"], data["settings"]
+    same = [n for n, s in structure.items() if s["train"] == s["deploy"]]
+    lines = [
+        "# Train form vs deploy form (structural re-parameterisation), inference time",
+        "",
+        f"Command: `{data['command']}`",
+        f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, fp32, "
+        "torch.inference_mode, random weights, the card's input size.",
+        f"Train and deploy forms interleaved after {st['warmup']} warm-up run(s); median of `runs` runs each "
+        f"(up to {st['repeats']}, fewer where one pair takes over {st['max_seconds'] / st['repeats']:.0f} s); "
+        "speed-up = median over rounds of train time / deploy time.",
+    ] + ([f"Not registered in this checkout (skipped): {', '.join(data['missing'])}."] if data["missing"] else [])
+    if same:
+        lines += ["", f"{', '.join(same)}: no train-time branch or BatchNorm to fold (same parameters and modules in "
+                  "both forms, table below), so `reparameterize_model` returns the same network; its speed-up "
+                  "should be x1.00 and its spread shows this machine's timing noise."]
+    lines += [
+        "",
+        "| model | batch | memory format | input | train (ms) | deploy (ms) | speed-up | speed-up IQR | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ] + [f"| {r['model']} | {r['batch']} | {r['memory_format']} | {r['input']} | {r['train_ms']:.1f} | "
+         f"{r['deploy_ms']:.1f} | x{r['speedup']:.2f} | {r['speedup_q1']:.2f}-{r['speedup_q3']:.2f} | "
+         f"{r['repeats']} |" for r in rows] + [
+        "",
+        "| model | form | params | Conv2d modules | BatchNorm modules |",
+        "|---|---|---|---|---|",
+    ] + [f"| {n} | {form} | {s[form]['params']:,} | {s[form]['convs']} | {s[form]['batchnorms']} |"
+         for n, s in structure.items() for form in ("train", "deploy")]
+    for n, prof in data["op_profiles"].items():
+        lines += ["", f"Self CPU time per operator, {n}, batch 1, NCHW, one profiled run of each form (ms; "
+                  "operators above 0.5 ms):", "", "| operator | train | deploy |", "|---|---|---|"]
+        lines += [f"| {op} | {t:.1f} | {d:.1f} |" for op, t, d in prof]
+        lines += [f"| total | {sum(r[1] for r in prof):.1f} | {sum(r[2] for r in prof):.1f} |"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=DEFAULT_MODELS)
@@ -115,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=300,
                    help="time budget per configuration: fewer repeats (at least 5) for slow ones")
     p.add_argument("--out", default=None, help="path without extension for the .md and .json results")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only rewrite the .md beside a results JSON written earlier (no measuring)")
     args = p.parse_args(argv)
+    if args.render:
+        path = Path(args.render)
+        path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
+        return 0
 
     import convscope
     from tests.conftest import randomize_
@@ -148,38 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         del train, deploy
 
     if args.out:
+        cmd = "PYTHONPATH=src python benchmarks/reparam_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        data = dict(command=cmd.strip(), machine=machine, missing=missing, structure=structure, rows=rows,
+                    op_profiles=profiles, settings=dict(warmup=args.warmup, repeats=args.repeats,
+                                                        max_seconds=args.max_seconds))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(dict(machine=machine, missing=missing, structure=structure,
-                                                            rows=rows, op_profiles=profiles), indent=1))
-        cmd = "PYTHONPATH=src python benchmarks/reparam_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        lines = [
-            "# Train form vs deploy form (structural re-parameterisation), inference time",
-            "",
-            f"Command: `{cmd.strip()}`",
-            f"Machine: {machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, fp32, "
-            "torch.inference_mode, random weights, the card's input size.",
-            f"Train and deploy forms interleaved after {args.warmup} warm-up run(s); median of `runs` runs each "
-            f"(up to {args.repeats}, fewer where one pair takes over {args.max_seconds / args.repeats:.0f} s); "
-            "speed-up = median over rounds of train time / deploy time.",
-        ] + ([f"Not registered in this checkout (skipped): {', '.join(missing)}."] if missing else []) + [
-            "",
-            "| model | batch | memory format | input | train (ms) | deploy (ms) | speed-up | speed-up IQR | runs |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ] + [f"| {r['model']} | {r['batch']} | {r['memory_format']} | {r['input']} | {r['train_ms']:.1f} | "
-             f"{r['deploy_ms']:.1f} | x{r['speedup']:.2f} | {r['speedup_q1']:.2f}-{r['speedup_q3']:.2f} | "
-             f"{r['repeats']} |" for r in rows] + [
-            "",
-            "| model | form | params | Conv2d modules | BatchNorm modules |",
-            "|---|---|---|---|---|",
-        ] + [f"| {n} | {form} | {s[form]['params']:,} | {s[form]['convs']} | {s[form]['batchnorms']} |"
-             for n, s in structure.items() for form in ("train", "deploy")]
-        for n, prof in profiles.items():
-            lines += ["", f"Self CPU time per operator, {n}, batch 1, NCHW, one profiled run of each form (ms; "
-                      "operators above 0.5 ms):", "", "| operator | train | deploy |", "|---|---|---|"]
-            lines += [f"| {op} | {t:.1f} | {d:.1f} |" for op, t, d in prof]
-            lines += [f"| total | {sum(r[1] for r in prof):.1f} | {sum(r[2] for r in prof):.1f} |"]
-        out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+        out.with_suffix(".md").write_text(markdown(data))
     return 0
 
 
