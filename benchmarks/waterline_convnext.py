@@ -179,11 +179,13 @@ def _summary(rec: dict) -> list[str]:
                   f"dense 3x3 convolution reached {conv:.0f} GFLOP/s (the ceiling used). Against that ceiling the "
                   f"pointwise layers cannot exceed {_pct(mm / conv)} efficiency on this machine."]
     lo, hi = rec["load_average"]
-    lines += ["", f"The machine was shared with other jobs: load average {lo:.1f} at the start and {hi:.1f} at the "
-              f"end, on {rec['cpus']} CPUs. The wall clock then charges a layer for the time other processes held "
-              "the core, which inflates long layers (the pointwise matrix products take milliseconds) more than short "
-              "ones (the depthwise convolutions); the thread clock does not (other jobs still reach it through the "
-              "shared last-level cache), so it is the headline. Both tables are below.", ""]
+    clocks = ("The wall clock charges a layer for the time other processes held the core, which inflates long layers "
+              "(the pointwise matrix products take milliseconds) more than short ones (the depthwise convolutions); "
+              "the thread clock does not (other jobs still reach it through the shared last-level cache), so it is "
+              "the headline. Both tables are below.")
+    busy = hi > rec["threads"] + 0.5   # this run itself keeps `threads` CPUs busy
+    lines += ["", f"Load average {lo:.1f} at the start and {hi:.1f} at the end, on {rec['cpus']} CPUs, this run "
+              "included: " + ("other jobs shared the machine. " if busy else "no other heavy work ran. ") + clocks, ""]
     return lines
 
 
