@@ -152,18 +152,25 @@ for _name, (_arch, _card) in _ARCHS.items():
     _register(_name, _arch, _card)
 
 
+def official_layout_key(k: str) -> str:
+    """The skeleton of the official ConvNeXt code's keys, which HorNet and UniRepLKNet kept, mapped to ours:
+    downsample_layers.0 is the stem, downsample_layers.{i} opens stage i, stages.{i}.{j} is its block j, and the
+    final norm and linear head become head.norm and head.fc. Block-internal names are left to each family."""
+    k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
+    k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
+    k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+    k = re.sub(r"^norm\.", "head.norm.", k)
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k)
+
+
 def _convert_official(state_dict: dict, model: nn.Module) -> dict:
     """facebookresearch/ConvNeXt(-V2) keys -> ours (timm's)."""
     own = model.state_dict()
     out = {}
     for k, v in state_dict.items():
-        k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
-        k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
-        k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        k = official_layout_key(k)
         k = k.replace(".dwconv.", ".conv_dw.").replace(".pwconv1.", ".mlp.fc1.").replace(".pwconv2.", ".mlp.fc2.")
         k = k.replace(".grn.gamma", ".mlp.grn.weight").replace(".grn.beta", ".mlp.grn.bias")
-        k = re.sub(r"^norm\.", "head.norm.", k)
-        k = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k)
         if k in own and v.shape != own[k].shape and v.numel() == own[k].numel():
             v = v.reshape(own[k].shape)  # GRN (1,1,1,C) -> (C,); Linear -> 1x1 conv for the small variants
         out[k] = v

@@ -11,7 +11,6 @@ timm does not carry HorNet: the state-dict keys are convscope's own, and
 """
 from __future__ import annotations
 
-import re
 from functools import partial
 from typing import Callable, Sequence
 
@@ -21,6 +20,7 @@ from torch import nn
 from ..layers import (ClassifierHead, GlobalLocalFilter, GnConv, LayerNorm, LayerNorm2d, Mlp, drop_path_or_identity,
                       drop_path_rates, init_trunc_normal, scale_classifier_)
 from .base import ConvScopeModel, Stage
+from .convnext import official_layout_key
 from .registry import ModelCard, register_model, register_official_converter
 
 
@@ -154,11 +154,7 @@ def _convert_official(state_dict: dict, model: nn.Module) -> dict:
     """raoyongming/HorNet keys -> ours: downsample_layers.{0..3} / stages.{i}.{j} / pwconv1,2 / norm / head."""
     out = {}
     for k, v in state_dict.items():
-        k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
-        k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
-        k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        k = official_layout_key(k)
         k = k.replace(".pwconv1.", ".mlp.fc1.").replace(".pwconv2.", ".mlp.fc2.")
-        k = re.sub(r"^norm\.", "head.norm.", k)
-        k = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k)
         out[k] = v
     return out

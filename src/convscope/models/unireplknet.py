@@ -22,6 +22,7 @@ from ..layers import (ClassifierHead, DilatedReparamBlock, GlobalResponseNorm, L
                       drop_path_or_identity, drop_path_rates, init_trunc_normal, scale_classifier_)
 from ..layers.reparam import fuse_affine_after_, fuse_bn_into_conv_
 from .base import ConvScopeModel, Stage
+from .convnext import official_layout_key
 from .registry import ModelCard, register_model, register_official_converter
 
 
@@ -185,9 +186,7 @@ def _convert_official(state_dict: dict, model: nn.Module) -> dict:
     """AILab-CVC/UniRepLKNet keys -> ours, for the train form and the deploy form (reparameterize_unireplknet())."""
     out = {}
     for k, v in state_dict.items():
-        k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
-        k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
-        k = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        k = official_layout_key(k)
         k = k.replace(".dwconv.origin_bn.", ".dwconv.lk_conv.bn.")
         k = re.sub(r"\.dwconv\.lk_origin\.(weight|bias)$", r".dwconv.lk_conv.conv.\1", k)
         m = re.search(r"\.dwconv\.dil_(conv|bn)_(k\d+_\d+)\.", k)
@@ -199,8 +198,6 @@ def _convert_official(state_dict: dict, model: nn.Module) -> dict:
         k = k.replace(".pwconv1.1.", ".pwconv1.").replace(".pwconv2.0.", ".pwconv2.")
         k = k.replace(".pwconv2.2.", ".ffn_bn.")
         k = k.replace(".act.1.gamma", ".grn.weight").replace(".act.1.beta", ".grn.bias")
-        k = re.sub(r"^norm\.", "head.norm.", k)
-        k = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k)
         if k.endswith((".grn.weight", ".grn.bias")):
             v = v.reshape(-1)  # (1, 1, 1, C) -> (C,)
         out[k] = v
