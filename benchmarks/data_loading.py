@@ -29,6 +29,8 @@ from convscope.train import TrainConfig, train
 from convscope.train.data import Loader, fashion_mnist
 from convscope.train.transforms import TrainTransform
 
+from common import cpu_name, load_average
+
 RESULTS = Path(__file__).parent / "results"
 BATCH = 128
 N_BATCHES = 60
@@ -99,8 +101,7 @@ def main() -> None:
                   + "; training " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in engine.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     eng = {k: statistics.median(v) for k, v in engine.items()}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
+    cpu = cpu_name()
     machine = f"{cpu}, {os.cpu_count()} cores, 1 torch thread, torch {torch.__version__}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "data_loading.json").write_text(json.dumps(dict(loader_img_per_s=rates, training_img_per_s=engine,
@@ -127,10 +128,6 @@ Training convnext_atto at 32x32, batch {BATCH}, fp32, channels-last (second of t
 {eng_rows}
 """)
     print(f"\nmedians: {med}; training {eng}")
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,8 @@ import convscope
 from convscope.train import TrainConfig, train
 from convscope.train.data import synthetic
 from convscope.train.engine import param_groups
+
+from common import cpu_name, load_average
 
 MODEL, SIZE, BATCH, CLASSES = "convnext_atto", 32, 128, 10
 RESULTS = Path(__file__).parent / "results"
@@ -55,17 +56,6 @@ def bare_run(steps: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
             opt.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
     return steps * BATCH / elapsed
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:

@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         del train, deploy
 
     if args.out:
-        cmd = "PYTHONPATH=src python benchmarks/reparam_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        args_text = " ".join(argv if argv is not None else sys.argv[1:])
+        cmd = "PYTHONPATH=src python benchmarks/reparam_speed.py " + args_text
         data = dict(command=cmd.strip(), machine=machine, missing=missing, structure=structure, rows=rows,
                     op_profiles=profiles, settings=dict(warmup=args.warmup, repeats=args.repeats,
                                                         max_seconds=args.max_seconds))

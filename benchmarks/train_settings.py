@@ -80,10 +80,6 @@ def run_setting(setting: tuple, steps: int) -> list[float]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         size, dtype, cl, steps = sys.argv[2:6]
@@ -95,6 +91,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from common import cpu_name, load_average
+
     times: dict[str, list[float]] = {s[0]: [] for s in SETTINGS}
     loads = []
     for r in range(args.rounds):
@@ -104,8 +102,7 @@ def main() -> None:
         print(f"round {r + 1} (load average {loads[-1]}): "
               + ", ".join(f"{k}: {BATCH / statistics.median(v):.0f} img/s" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
+    cpu = cpu_name()
     machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train_settings.json").write_text(json.dumps(dict(step_times_s=times, load_average=loads,

@@ -18,13 +18,13 @@ T0 = time.perf_counter()   # the wall clock includes importing torch and reading
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 
 import torch  # noqa: E402
 
 import convscope  # noqa: E402
+from convscope.analysis.hardware import machine_info  # noqa: E402
 from convscope.train import TrainConfig, train  # noqa: E402
 from convscope.train.report import format_duration  # noqa: E402
 
@@ -37,24 +37,13 @@ REPORT = "out/demo-report.html"
 # grayscale images at 32x32 (its smallest input) with in_chans=1, fp32 in channels-last (bf16 autocast was not
 # faster at these tiny feature maps), every core when the machine is otherwise idle and one torch thread when it is
 # not (two threads are 1.5-1.7x faster on an idle 2-core machine but 0.6x as fast, or far worse, as soon as
-# another process wants a core; see `choose_threads`), the in-memory loader in the main process. Seven epochs of whole images with random flips: random crops cost more
-# accuracy than they give back in so short a schedule.
+# another process wants a core; see `choose_threads`), the in-memory loader in the main process. Seven epochs of
+# whole images with random flips: random crops cost more accuracy than they give back in so short a schedule.
 CONFIG = TrainConfig(
     model="convnext_atto", data="fashion-mnist", out="runs/demo",
     epochs=7, batch_size=128, lr=2e-3, warmup_epochs=0.3, weight_decay=0.05, label_smoothing=0.1,
     scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, amp="fp32", channels_last=True, threads=1, workers=0, seed=0,
 )
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def busy_cores(seconds: float = 1.0) -> float | None:
@@ -106,8 +95,8 @@ def main() -> int:
     cfg = dataclasses.replace(CONFIG, threads=threads, out=args.out)
     if args.smoke:
         cfg = dataclasses.replace(cfg, epochs=1, data_limit=1024, eval_limit=512)
-    print(f"convscope {convscope.__version__}, torch {torch.__version__}, {cpu_name()} ({os.cpu_count()} cores), "
-          f"{cfg.threads} torch thread(s): {why}\n")
+    print(f"convscope {convscope.__version__}, torch {torch.__version__}, {machine_info()['cpu_model']} "
+          f"({os.cpu_count()} cores), {cfg.threads} torch thread(s): {why}\n")
     shutil.rmtree(cfg.out, ignore_errors=True)   # the demo starts afresh each time
     result = train(cfg)
     wall = time.perf_counter() - T0

@@ -91,8 +91,36 @@ def waterline_bound(counts: CountResult, peaks: HardwarePeaks, dtype: str | torc
 
 
 # -- results ------------------------------------------------------------------------------------------------------
+class _Rates:
+    """What a layer (or a group of layers) attains, from its `flops`, `bytes`, measured `time_s` and `bound_s`."""
+
+    flops: int
+    bytes: int
+    time_s: float
+    bound_s: float
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity, FLOP/byte."""
+        return self.flops / self.bytes if self.bytes else 0.0
+
+    @property
+    def attained_flops(self) -> float:
+        """FLOP/s reached."""
+        return self.flops / self.time_s if self.time_s > 0 else 0.0
+
+    @property
+    def efficiency(self) -> float:
+        """Waterline bound / measured time."""
+        return self.bound_s / self.time_s if self.time_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), intensity=self.intensity, attained_flops=self.attained_flops,
+                    efficiency=self.efficiency)
+
+
 @dataclass
-class LayerRow:
+class LayerRow(_Rates):
     """One module: measured self time per forward (median over repeats) joined with its counts.
 
     `flops` includes element-wise work (2 x MACs + element-wise FLOPs). `bound_s` is the waterline of the
@@ -117,25 +145,9 @@ class LayerRow:
     limiter: str
     physical: bool
 
-    @property
-    def intensity(self) -> float:
-        return self.flops / self.bytes if self.bytes else 0.0
-
-    @property
-    def attained_flops(self) -> float:
-        return self.flops / self.time_s if self.time_s > 0 else 0.0
-
-    @property
-    def efficiency(self) -> float:
-        return self.bound_s / self.time_s if self.time_s > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(asdict(self), intensity=self.intensity, attained_flops=self.attained_flops,
-                    efficiency=self.efficiency)
-
 
 @dataclass
-class GroupRow:
+class GroupRow(_Rates):
     """Layers summed by kind or module type: efficiency = total bound / total time."""
 
     key: str
@@ -146,22 +158,6 @@ class GroupRow:
     bytes: int
     bound_s: float
     share: float
-
-    @property
-    def efficiency(self) -> float:
-        return self.bound_s / self.time_s if self.time_s > 0 else 0.0
-
-    @property
-    def attained_flops(self) -> float:
-        return self.flops / self.time_s if self.time_s > 0 else 0.0
-
-    @property
-    def intensity(self) -> float:
-        return self.flops / self.bytes if self.bytes else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(asdict(self), efficiency=self.efficiency, attained_flops=self.attained_flops,
-                    intensity=self.intensity)
 
 
 def _group(rows: Sequence[LayerRow], key, total_s: float) -> list[GroupRow]:
