@@ -186,3 +186,23 @@ def create_model(name: str, *, pretrained: str | None = None, num_classes: int =
     if features_only:
         model = FeatureExtractor(model, out_indices)
     return model
+
+
+def resolve_model(model: nn.Module | str, *, device: str | None = None, what: str = "model") -> tuple[nn.Module, str]:
+    """(module, name) for an nn.Module or a registered model name.
+
+    A name is built with `create_model` (on `device`, e.g. "meta" for counting without memory; None: the default
+    device); a module passes through unchanged, named by its `model_name` or class. ValueError for anything else,
+    naming `what` the caller expected.
+    """
+    if isinstance(model, str):
+        import torch
+
+        name = resolve_name(model)
+        if device is None:
+            return create_model(name), name
+        with torch.device(device):
+            return create_model(name), name
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{what} must be an nn.Module or a registered model name; got {type(model).__name__}")
+    return model, getattr(model, "model_name", type(model).__name__)
