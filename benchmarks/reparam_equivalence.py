@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
 
-    from convscope.layers import reparameterize_
+    from convscope.deploy import reparameterize_
     from tests.conftest import meta_model, random_model, randomize_, rel_err, reparameterizable_models
     from tests.deploy.test_reparam import _well_conditioned, _x, traced_forward
     from tests.layers.test_reparam import MODULE_CASES

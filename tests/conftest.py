@@ -114,7 +114,7 @@ def contract_models() -> list[str]:
 
 def reparameterizable_models() -> list[str]:
     """Registered variants with anything for `reparameterize_model` to merge or fold."""
-    from convscope.layers import is_reparameterizable
+    from convscope.deploy import is_reparameterizable
     return [n for n in list_models() if is_reparameterizable(meta_model(n))]
 
 

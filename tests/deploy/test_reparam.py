@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import convscope
-from convscope.layers import ConvBnAct, ParallelConvBn, reparameterize_
+from convscope.deploy import reparameterize_
+from convscope.layers import ConvBnAct, ParallelConvBn
 from convscope.models import load_checkpoint, model_card, save_weights
 from convscope.models.inception_next import MetaNeXtBlock
 from convscope.models.replknet import ConvFFN, RepLKBlock

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.layers import (MIXERS, DilatedReparamBlock, ReparamLargeKernelConv, is_reparameterizable,
-                              match_reparam_form_, reparameterize_)
+from convscope.deploy import is_reparameterizable, match_reparam_form_, reparameterize_
+from convscope.deploy.reparam import sequential_bn_folds
+from convscope.layers import MIXERS, DilatedReparamBlock, ReparamLargeKernelConv
 from convscope.layers.mixers.dilated_reparam import DILATED_BRANCHES
 from convscope.layers.reparam import (dilate_kernel, effective_kernel_size, fuse_affine_before_, fuse_bn_before_conv_,
-                                      fuse_bn_into_conv_, merge_parallel_convs, pad_kernel, sequential_bn_folds)
+                                      fuse_bn_into_conv_, merge_parallel_convs, pad_kernel)
 from convscope.models import list_models, model_card
 
 from ..conftest import meta_model, meta_param_count, randomize_, rel_err, reparameterizable_models

@@ -53,7 +53,8 @@ def test_card_is_complete(name):
     c, h, w = card.input_size
     assert c == 3 and h >= 32 and w >= 32
     assert card.top1 is None or 50 < card.top1 < 100
-    assert len(card.mean) == 3 and len(card.std) == 3 and 0 < card.crop_pct <= 1
+    cfg = card.pretrained_cfg
+    assert len(cfg.mean) == 3 and len(cfg.std) == 3 and 0 < cfg.crop_pct <= 1 and cfg.input_size == card.input_size
 
 
 def test_drop_path_rate_reaches_blocks():

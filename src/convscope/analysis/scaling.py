@@ -12,22 +12,28 @@ elements) grow as `d * w * r^2 = s^(e_d + e_w / 2 + e_r)`:
   (alpha = 0.8 is pycls' "d1_w8_g8_r1"): s^(1 - alpha / 2) = s^0.6, close to sqrt(s), hence faster on
   memory-bound hardware at the same FLOPs.
 
-Any pycls-style weighting such as "d1_w8_r1" or "dw" is accepted too. As in pycls, depths are rounded per stage
-(at least 1) and widths to multiples of 8; a stage with attention rounds its width to a multiple of
-lcm(8, head_dim) so the heads stay whole (CAFormer: 32), and 8 keeps InceptionNeXt's 1/8 and 1/4 branch ratios
-exact. The resolution is rounded to a multiple of 4 (pycls). The achieved multipliers are counted, not assumed.
+Any pycls-style weighting such as "d1_w8_r1" or "dw" is accepted too. What is scaled is read from the family's
+declared `ArchSpec` (which constructor arguments are depths and widths, per-block options, the width multiple each
+stage needs, options that follow the input size), so every registered family scales with every rule. As in pycls,
+depths are rounded per stage (at least 1) and widths to multiples of 8, or of lcm(8, what the stage needs):
+whole attention heads (CAFormer: 32), gnConv's channel halvings (HorNet order 5: 16). The resolution is rounded to
+a multiple of 4, or of the architecture's input multiple (RandFormer: 32).
+
+Rounding can miss the target (convnext_tiny x4 by dWr lands at x3.58 in pycls' rounding), so the achieved MACs are
+counted and, when they miss by more than `tolerance`, the rule's finest dimension (width, else resolution, else
+depth) is corrected by a few secant steps on the counted MACs. The achieved multipliers are counted, not assumed.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from ..models import create_model, model_card
+from ..models import create_model, family_of, model_arch, model_card
+from ..models.registry import ArchSpec
 from .counting import count
 
 __all__ = ["RULES", "ScaledConfig", "activation_exponent", "scale", "scaling_exponents", "scaling_factors",
@@ -88,8 +94,10 @@ class ScaledConfig:
     rule: str
     flops_multiplier: float                 # the target
     factors: tuple[float, float, float]     # (d, w, r) before rounding
-    kwargs: dict[str, Any]                  # for create_model(model_name, **kwargs): depths, dims
+    kwargs: dict[str, Any]                  # for create_model(model_name, **kwargs): depths, widths, ...
     input_size: tuple[int, int, int]        # (C, H, W)
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
     params: int
     macs: int
     activations: int
@@ -123,81 +131,145 @@ class ScaledConfig:
                     activations_multiplier=self.activations_multiplier, params_multiplier=self.params_multiplier)
 
     def summary(self) -> str:
-        depths, dims = self.kwargs.get("depths"), self.kwargs.get("dims")
-        return (f"{self.model_name} x{self.flops_multiplier:g} by {self.rule}: depths {depths}, dims {dims}, "
-                f"{self.input_size[1]}x{self.input_size[2]}: MACs x{self.achieved_multiplier:.3f}, activations "
-                f"x{self.activations_multiplier:.3f}, params x{self.params_multiplier:.3f}")
+        return (f"{self.model_name} x{self.flops_multiplier:g} by {self.rule}: depths {self.depths}, widths "
+                f"{self.widths}, {self.input_size[1]}x{self.input_size[2]}: MACs x{self.achieved_multiplier:.3f}, "
+                f"activations x{self.activations_multiplier:.3f}, params x{self.params_multiplier:.3f}")
 
 
-def _width_quanta(model: nn.Module) -> list[int]:
-    """Per stage: 8, or lcm(8, head_dim) where the stage has attention heads."""
-    quanta = []
-    for stage in model.stages:
-        q = 8
-        for m in stage.modules():
-            head_dim = getattr(m, "head_dim", None)
-            if isinstance(head_dim, int) and head_dim > 0:
-                q = math.lcm(q, head_dim)
-        quanta.append(q)
-    return quanta
+@dataclass(frozen=True)
+class _Candidate:
+    knobs: tuple[float, float, float]   # (d, w, r) factors before rounding
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+    size: tuple[int, int, int]
+    kwargs: dict[str, Any]
+    params: int
+    macs: int
+    activations: int
 
 
-def _architecture(model: nn.Module) -> tuple[list[int], list[int]]:
-    if not hasattr(model, "stages") or not model.feature_info:
-        raise ValueError(f"{type(model).__name__} is not a staged model (stem + stages); scale() needs "
-                         "per-stage depths and widths")
-    return [len(s.blocks) for s in model.stages], [int(f["num_chs"]) for f in model.feature_info]
+class _Scaler:
+    """Rounds (d, w, r) factors to a buildable configuration of one variant and counts it."""
+
+    def __init__(self, name: str, spec: ArchSpec, arch: Mapping[str, Any], base_size: tuple[int, int, int]) -> None:
+        self.name, self.spec, self.arch, self.base_size = name, spec, arch, base_size
+        self.depths, self.widths = spec.stages(arch)
+        self.quanta = spec.quanta(arch)
+        self.step = math.lcm(4, spec.input_multiple)
+
+    def kwargs(self, depths, widths, size) -> dict[str, Any]:
+        return self.spec.rebuild(self.arch, depths, widths, input_hw=size[1:])
+
+    def candidate(self, d: float, w: float, r: float) -> _Candidate:
+        depths = tuple(max(1, round(n * d)) for n in self.depths)
+        widths = tuple(max(q, round(c * w / q) * q) for c, q in zip(self.widths, self.quanta))
+        c, h, wd = self.base_size
+        size = (c, max(self.step, round(h * r / self.step) * self.step),
+                max(self.step, round(wd * r / self.step) * self.step))
+        kwargs = self.kwargs(depths, widths, size)
+        with torch.device("meta"):
+            model = create_model(self.name, **kwargs)
+        mh, mw = getattr(model, "min_input_size", (1, 1))
+        if size[1] < mh or size[2] < mw:
+            raise ValueError(f"{self.name}: the scaled input {size[1]}x{size[2]} is below the smallest size the "
+                             f"network takes ({mh}x{mw}); use a larger multiplier or a rule without resolution")
+        r_ = count(model, (1, *size))
+        return _Candidate((d, w, r), depths, widths, size, kwargs, r_.params, r_.totals.macs, r_.totals.activations)
 
 
-@functools.lru_cache(maxsize=64)
-def _base_count(name: str, input_size: tuple[int, int, int]) -> tuple[int, int, int]:
-    r = count(name, (1, *input_size))
-    return r.params, r.totals.macs, r.totals.activations
+#: Exponent of MACs in each factor, the secant's first guess: depth ~ linear, width and resolution ~ quadratic.
+_FIRST_SLOPE = (1.0, 2.0, 2.0)
+
+
+def _compensate(scaler: _Scaler, first: _Candidate, knob: int, target_macs: float, tolerance: float,
+                max_steps: int = 4) -> tuple[_Candidate, int]:
+    """Secant steps on factor `knob` (0 = d, 1 = w, 2 = r) towards `target_macs`; the closest candidate counted,
+    and how many steps were taken."""
+    def miss(c: _Candidate) -> float:
+        return abs(math.log(c.macs / target_macs))
+
+    best, prev, slope, steps = first, None, _FIRST_SLOPE[knob], 0
+    cur = first
+    seen = {(first.depths, first.widths, first.size)}
+    while steps < max_steps and miss(best) > math.log1p(tolerance):
+        knobs = list(cur.knobs)
+        knobs[knob] *= (target_macs / cur.macs) ** (1 / slope)
+        nxt = scaler.candidate(*knobs)
+        steps += 1
+        key = (nxt.depths, nxt.widths, nxt.size)
+        if key in seen:  # rounding lands on a configuration already counted: no finer step exists
+            break
+        seen.add(key)
+        ratio = math.log(nxt.knobs[knob] / cur.knobs[knob])
+        if abs(ratio) > 1e-9 and nxt.macs != cur.macs:
+            slope = min(max(math.log(nxt.macs / cur.macs) / ratio, 0.25), 4.0)
+        prev, cur = cur, nxt
+        if miss(cur) < miss(best):
+            best = cur
+    return best, steps
+
+
+_BASE_COUNTS: dict[str, tuple[int, int, int]] = {}
+
+
+def _base_count(name: str, input_size: tuple[int, int, int], kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    """(params, MACs, activations) of the unscaled variant, counted once per process."""
+    key = repr((name, input_size, sorted(kwargs.items())))  # kwargs may hold dicts: not hashable
+    if key not in _BASE_COUNTS:
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
+        r = count(model, (1, *input_size))
+        _BASE_COUNTS[key] = (r.params, r.totals.macs, r.totals.activations)
+    return _BASE_COUNTS[key]
 
 
 def scale(model_name: str, flops_multiplier: float, rule: str = "dWr", *, alpha: float = 0.8,
-          input_size: tuple[int, int, int] | None = None) -> ScaledConfig:
+          input_size: tuple[int, int, int] | None = None, tolerance: float = 0.05) -> ScaledConfig:
     """Scale a registered model's FLOPs by `flops_multiplier` with a rule of Dollar et al. (2021).
 
     rule: "d", "w", "r", "dw", "dr", "wr", "dwr" (equal split), "dWr" (fast compound: `alpha` of the FLOPs
         scaling from width, the rest split between depth and resolution), or a pycls string "d1_w8_r1".
     input_size: the base (C, H, W); default the model card's.
-    Returns the constructor kwargs (`depths`, `dims`) and input size, with params, MACs and activations
-    counted on the meta device for the scaled and the base model.
+    tolerance: largest relative miss of the counted MACs multiplier accepted before the rule's finest dimension
+        (width, else resolution, else depth) is corrected.
+    Returns the constructor kwargs (depths, widths, and the per-block and input-size-dependent options the family
+    declares) and input size, with params, MACs and activations counted on the meta device for the scaled and
+    the base model.
     """
     card = model_card(model_name)
+    family = family_of(card.name)
+    if family.spec is None:
+        raise ValueError(f"{card.name}: family {family.name!r} declares no architecture spec, so scale() cannot "
+                         "change its depths and widths")
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0; got {tolerance}")
+    e_d, e_w, e_r = scaling_exponents(rule, alpha)
     d, w, r = scaling_factors(rule, flops_multiplier, alpha)
-    with torch.device("meta"):
-        base = create_model(card.name)
-    depths, dims = _architecture(base)
-    base_size = tuple(input_size or card.input_size)
-    notes = []
+    base_size = tuple(int(v) for v in (input_size or card.input_size))
+    if len(base_size) != 3 or min(base_size) < 1:
+        raise ValueError(f"input_size must be (C, H, W) with positive sizes; got {input_size}")
+    scaler = _Scaler(card.name, family.spec, model_arch(card.name), base_size)
+    base_kwargs = scaler.kwargs(scaler.depths, scaler.widths, base_size)
+    base_params, base_macs, base_acts = _base_count(card.name, base_size, base_kwargs)
 
-    new_depths = [max(1, round(n * d)) for n in depths]
-    new_dims = [max(q, round(c * w / q) * q) for c, q in zip(dims, _width_quanta(base))]
-    c, h, wd = base_size
-    new_size = (c, max(4, round(h * r / 4) * 4), max(4, round(wd * r / 4) * 4))
-    fixed = getattr(base, "fixed_input_size", None)
-    if fixed is not None and new_size[1:] != tuple(fixed):
-        raise ValueError(f"{card.name} only takes {fixed[0]}x{fixed[1]} inputs, so rule {rule!r} (resolution x{r:.3f}) "
-                         "cannot scale it; use a rule without resolution, e.g. 'd', 'w' or 'dw'")
-    mh, mw = getattr(base, "min_input_size", (1, 1))
-    if new_size[1] < mh or new_size[2] < mw:
-        raise ValueError(f"{card.name}: the scaled input {new_size[1]}x{new_size[2]} is below the smallest size the "
-                         f"network takes ({mh}x{mw}); use a larger multiplier or a rule without resolution")
-    if new_depths != [max(1, n * d) for n in depths]:
+    first = scaler.candidate(d, w, r)
+    notes = []
+    if list(first.depths) != [max(1, n * d) for n in scaler.depths]:
         notes.append("depths rounded per stage")
-    kwargs = dict(depths=tuple(new_depths), dims=tuple(new_dims))
-    with torch.device("meta"):
-        scaled = create_model(card.name, **kwargs)
-    base_params, base_macs, base_acts = _base_count(card.name, base_size)
-    scaled_count = count(scaled, (1, *new_size))
+    # correct the finest dimension the rule uses first; a coarse one (depth, RandFormer's 32-pixel resolution
+    # steps) only when the finer ones cannot get closer
+    best = first
+    for knob in [k for k, e in ((1, e_w), (2, e_r), (0, e_d)) if e > 0]:
+        start = best
+        best, steps = _compensate(scaler, start, knob, flops_multiplier * base_macs, tolerance)
+        if best is not start:
+            notes.append(f"{'dwr'[knob]} corrected after rounding: MACs x{start.macs / base_macs:.3f} -> "
+                         f"x{best.macs / base_macs:.3f} in {steps} counted step(s)")
     return ScaledConfig(
         model_name=card.name, rule=rule, flops_multiplier=float(flops_multiplier), factors=(d, w, r),
-        kwargs=kwargs, input_size=new_size, params=scaled_count.params, macs=scaled_count.totals.macs,
-        activations=scaled_count.totals.activations, base_kwargs=dict(depths=tuple(depths), dims=tuple(dims)),
-        base_input_size=base_size, base_params=base_params, base_macs=base_macs, base_activations=base_acts,
-        alpha=alpha, notes=notes)
+        kwargs=best.kwargs, input_size=best.size, depths=best.depths, widths=best.widths, params=best.params,
+        macs=best.macs, activations=best.activations, base_kwargs=base_kwargs, base_input_size=base_size,
+        base_params=base_params, base_macs=base_macs, base_activations=base_acts, alpha=alpha, notes=notes)
 
 
 def scaling_table(model_name: str, flops_multiplier: float, rules: tuple[str, ...] = ("d", "w", "r", "dwr", "dWr"),
@@ -207,9 +279,8 @@ def scaling_table(model_name: str, flops_multiplier: float, rules: tuple[str, ..
             "|---|---|---|---|---|---|---|---|"]
     for rule in rules:
         c = scale(model_name, flops_multiplier, rule, alpha=alpha)
-        rows.append(f"| {rule} | {list(c.kwargs['depths'])} | {list(c.kwargs['dims'])} | "
+        rows.append(f"| {rule} | {list(c.depths)} | {list(c.widths)} | "
                     f"{c.input_size[1]}x{c.input_size[2]} | {c.achieved_multiplier:.3f} | "
                     f"{c.activations_multiplier:.3f} | {flops_multiplier ** activation_exponent(rule, alpha):.3f} | "
                     f"{c.params_multiplier:.3f} |")
     return "\n".join(rows)
-

@@ -1,4 +1,9 @@
-"""Deployment transforms: structural re-parameterisation (more to come: quantisation, pruning, export)."""
-from .reparam import reparameterize_model
+"""Deployment transforms, each an instance of the `ModelTransform` protocol (deploy/transform.py):
+structural re-parameterisation today; BN folding, int8, pruning and export next."""
+from .reparam import REPARAMETERIZE, Reparameterize, is_reparameterizable, match_reparam_form_, reparameterize_, \
+    reparameterize_model
+from .transform import TRANSFORMS, ModelTransform, get_transform, register_transform, transform
 
-__all__ = ["reparameterize_model"]
+__all__ = ["REPARAMETERIZE", "Reparameterize", "TRANSFORMS", "ModelTransform", "get_transform",
+           "is_reparameterizable", "match_reparam_form_", "register_transform", "reparameterize_",
+           "reparameterize_model", "transform"]

@@ -6,12 +6,11 @@ from .drop import DropPath, drop_path_or_identity
 from .grn import GlobalResponseNorm
 from .helpers import (checkpoint_seq, drop_path_rates, init_trunc_normal, make_divisible, scale_classifier_,
                       to_2tuple)
-from .layer_scale import LayerScale
+from .layer_scale import LayerScale, layer_scale, layer_scale_parameter
 from .mixers import (MIXERS, Attention, DilatedReparamBlock, GlobalLocalFilter, GnConv, IdentityMixer,
                      InceptionDWConv2d, Pooling, RandomMixing, ReparamLargeKernelConv, SepConv, get_mixer)
 from .mlp import ConvMlp, GlobalResponseNormMlp, Mlp, MlpHead
 from .norm import GroupNorm1, LayerNorm, LayerNorm2d
-from .reparam import is_reparameterizable, match_reparam_form_, reparameterize_
 from .se import SqueezeExcite
 
 __all__ = [
@@ -19,6 +18,7 @@ __all__ = [
     "GlobalResponseNorm", "GlobalResponseNormMlp", "GnConv", "GroupNorm1", "IdentityMixer", "InceptionDWConv2d",
     "LayerNorm", "LayerNorm2d", "LayerScale", "MIXERS", "Mlp", "MlpHead", "ParallelConvBn", "Pooling", "RandomMixing",
     "ReparamLargeKernelConv", "SepConv", "SqueezeExcite", "SquaredReLU", "StarReLU", "checkpoint_seq",
-    "drop_path_or_identity", "drop_path_rates", "get_mixer", "init_trunc_normal", "is_reparameterizable",
-    "make_divisible", "match_reparam_form_", "reparameterize_", "scale_classifier_", "to_2tuple",
+    "drop_path_or_identity", "drop_path_rates", "get_mixer", "init_trunc_normal", "layer_scale",
+    "layer_scale_parameter", "make_divisible",
+    "scale_classifier_", "to_2tuple",
 ]

@@ -1,13 +1,15 @@
 """The model contract shared by every registered network (timm-compatible)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..layers import checkpoint_seq
+from ..layers import checkpoint_seq, drop_path_rates
 from .features import feature_take_indices
+
+NormFactory = Callable[[int], nn.Module]
 
 
 class Stage(nn.Module):
@@ -26,6 +28,16 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_blocks(self.downsample(x))
+
+
+def patchify_stem(in_chans: int, dim: int, norm_layer: NormFactory, patch_size: int = 4) -> nn.Sequential:
+    """A non-overlapping patch_size x patch_size conv, then a norm (ConvNeXt's "patchify" stem)."""
+    return nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), norm_layer(dim))
+
+
+def norm_conv_downsample(in_chs: int, out_chs: int, norm_layer: NormFactory) -> nn.Sequential:
+    """A norm, then a 2x2 stride-2 conv (ConvNeXt's separate downsampling layer)."""
+    return nn.Sequential(norm_layer(in_chs), nn.Conv2d(in_chs, out_chs, 2, stride=2))
 
 
 class ConvScopeModel(nn.Module):
@@ -54,6 +66,35 @@ class ConvScopeModel(nn.Module):
         self.num_features = 0
         self.model_name = type(self).__name__
         self.norm_pre: nn.Module = nn.Identity()
+
+    # -- construction --------------------------------------------------------------------------------------------
+    def build_stages(self, depths: Sequence[int], dims: Sequence[int], drop_path_rate: float, *,
+                     block: Callable[[int, int, float], nn.Module | Sequence[nn.Module]],
+                     downsample: Callable[[int], nn.Module | None],
+                     stage: Callable[[int, nn.Module | None, list[nn.Module]], Stage] | None = None,
+                     stem_reduction: int = 4) -> None:
+        """Build `stages`, `feature_info` and `num_features` for a four-stage (or n-stage) hierarchy.
+
+        Stage i is `downsample(i)` (called for i >= 1; stage 0 takes the stem's output) followed by
+        `block(i, j, drop_path)` for its `depths[i]` blocks, the drop-path rates rising linearly over all blocks
+        (a block may be a sequence of modules that share its rate, e.g. RepLKNet's RepLK block and ConvFFN).
+        `stage(i, downsample, blocks)` makes the stage module (default `Stage`). Stage i's reduction is
+        `stem_reduction * 2**i`.
+        """
+        if len(depths) != len(dims):
+            raise ValueError(f"depths and dims must have one entry per stage; got {len(depths)} and {len(dims)}")
+        dpr = drop_path_rates(drop_path_rate, depths)
+        stages = []
+        for i, (depth, dim) in enumerate(zip(depths, dims)):
+            down = downsample(i) if i > 0 else None
+            blocks = []
+            for j in range(depth):
+                b = block(i, j, dpr[i][j])
+                blocks.extend(b if isinstance(b, (list, tuple)) else [b])
+            stages.append(stage(i, down, blocks) if stage is not None else Stage(down, blocks))
+            self.feature_info.append(dict(num_chs=dim, reduction=stem_reduction * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = dims[-1]
 
     # -- input checking ------------------------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from ..layers import (ClassifierHead, GlobalResponseNormMlp, LayerNorm, LayerNorm2d, Mlp, drop_path_or_identity,
-                      drop_path_rates, init_trunc_normal, scale_classifier_)
-from .base import ConvScopeModel, Stage
-from .registry import ModelCard, register_model, register_official_converter
+                      init_trunc_normal, layer_scale, layer_scale_parameter, scale_classifier_)
+from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
+from .registry import ArchSpec, Paper, register_family, variant
 
 
 class ConvNeXtBlock(nn.Module):
@@ -35,7 +35,7 @@ class ConvNeXtBlock(nn.Module):
         self.norm = LayerNorm2d(dim) if conv_mlp else LayerNorm(dim)
         mlp_layer = GlobalResponseNormMlp if use_grn else Mlp
         self.mlp = mlp_layer(dim, int(mlp_ratio * dim), act_layer=nn.GELU, use_conv=conv_mlp)
-        self.gamma = nn.Parameter(torch.full((dim,), ls_init_value)) if ls_init_value is not None else None
+        self.gamma = layer_scale_parameter(dim, ls_init_value)
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,9 +45,7 @@ class ConvNeXtBlock(nn.Module):
             x = self.mlp(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
         else:
             x = self.mlp(self.norm(x))
-        if self.gamma is not None:
-            x = x * self.gamma.view(1, -1, 1, 1)
-        return shortcut + self.drop_path(x)
+        return shortcut + self.drop_path(layer_scale(x, self.gamma))
 
 
 class ConvNeXt(ConvScopeModel):
@@ -59,97 +57,15 @@ class ConvNeXt(ConvScopeModel):
                  ls_init_value: float | None = 1e-6, conv_mlp: bool = False, use_grn: bool = False,
                  head_init_scale: float = 1.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm2d(dims[0]))
-        dpr = drop_path_rates(drop_path_rate, depths)
-        stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            downsample = None if i == 0 else nn.Sequential(LayerNorm2d(dims[i - 1]),
-                                                           nn.Conv2d(dims[i - 1], dim, 2, stride=2))
-            blocks = [ConvNeXtBlock(dim, kernel_size, mlp_ratio, ls_init_value, conv_mlp, use_grn, dpr[i][j])
-                      for j in range(depth)]
-            stages.append(Stage(downsample, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+        self.stem = patchify_stem(in_chans, dims[0], LayerNorm2d)
+        self.build_stages(
+            depths, dims, drop_path_rate,
+            downsample=lambda i: norm_conv_downsample(dims[i - 1], dims[i], LayerNorm2d),
+            block=lambda i, j, dp: ConvNeXtBlock(dims[i], kernel_size, mlp_ratio, ls_init_value, conv_mlp, use_grn,
+                                                 dp))
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=LayerNorm, drop_rate=drop_rate)
         init_trunc_normal(self)
         scale_classifier_(self.head.fc, head_init_scale)
-
-
-# -- variants ----------------------------------------------------------------------------------------------------
-_V1 = dict(family="convnext", paper="A ConvNet for the 2020s", arxiv="2201.03545", repo="facebookresearch/ConvNeXt")
-_V1_TIMM = dict(_V1, repo="huggingface/pytorch-image-models")
-_V2 = dict(family="convnextv2", paper="ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders",
-           arxiv="2301.00808", repo="facebookresearch/ConvNeXt-V2")
-_V2_TIMM = dict(_V2, repo="huggingface/pytorch-image-models")
-
-_SRC_V1 = ("top-1: facebookresearch/ConvNeXt README @048efce (IN-1k, 224); params and MACs: timm "
-           "results-imagenet.csv and benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv @aa4b585, the exact counts "
-           "of the official weights that the README rounds (T 28M / 4.5G)")
-_SRC_V1_TIMM = ("timm's variant, not in the paper: params, MACs and top-1 from timm results-imagenet.csv and "
-                "benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv @aa4b585")
-_SRC_V2 = ("top-1: facebookresearch/ConvNeXt-V2 README @2553895 (IN-1k fine-tuned, 224); params and MACs: timm "
-           "result tables @aa4b585, the exact counts the README rounds (T 28.6M / 4.47G)")
-_SRC_V2_TIMM = "timm's variant, not in the paper: params and MACs from timm result tables @aa4b585"
-
-_SMALL = dict(conv_mlp=True)  # timm builds its small variants with 1x1-conv MLPs
-
-_ARCHS: dict[str, tuple[dict, dict]] = {
-    # name: (constructor arguments, card fields)
-    "convnext_atto": (dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), **_SMALL),
-                      dict(_V1_TIMM, params_m=3.70, macs_g=0.55, top1=75.7, source=_SRC_V1_TIMM)),
-    "convnext_femto": (dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), **_SMALL),
-                       dict(_V1_TIMM, params_m=5.22, macs_g=0.79, top1=77.5, source=_SRC_V1_TIMM)),
-    "convnext_pico": (dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), **_SMALL),
-                      dict(_V1_TIMM, params_m=9.05, macs_g=1.37, top1=79.5, source=_SRC_V1_TIMM)),
-    "convnext_nano": (dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), **_SMALL),
-                      dict(_V1_TIMM, params_m=15.59, macs_g=2.46, top1=80.8, source=_SRC_V1_TIMM)),
-    "convnext_tiny": (dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-                      dict(_V1, params_m=28.59, macs_g=4.47, top1=82.1, drop_path_rate=0.1, source=_SRC_V1)),
-    "convnext_small": (dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
-                       dict(_V1, params_m=50.22, macs_g=8.71, top1=83.1, drop_path_rate=0.4, source=_SRC_V1)),
-    "convnext_base": (dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
-                      dict(_V1, params_m=88.59, macs_g=15.38, top1=83.8, drop_path_rate=0.5, source=_SRC_V1)),
-    "convnext_large": (dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
-                       dict(_V1, params_m=197.77, macs_g=34.40, top1=84.3, drop_path_rate=0.5, source=_SRC_V1)),
-    "convnext_xlarge": (dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
-                        dict(_V1, params_m=350.20, macs_g=60.98, top1=87.0, pretrain="ImageNet-22k",
-                             drop_path_rate=0.2, source=_SRC_V1,
-                             notes="released only as ImageNet-22k pre-trained, fine-tuned on 1k")),
-    "convnextv2_atto": (dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), **_SMALL),
-                        dict(_V2, params_m=3.71, macs_g=0.55, top1=76.7, drop_path_rate=0.1, source=_SRC_V2)),
-    "convnextv2_femto": (dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), **_SMALL),
-                         dict(_V2, params_m=5.23, macs_g=0.79, top1=78.5, source=_SRC_V2)),
-    "convnextv2_pico": (dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), **_SMALL),
-                        dict(_V2, params_m=9.07, macs_g=1.37, top1=80.3, source=_SRC_V2)),
-    "convnextv2_nano": (dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), **_SMALL),
-                        dict(_V2, params_m=15.62, macs_g=2.46, top1=81.9, source=_SRC_V2)),
-    "convnextv2_tiny": (dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-                        dict(_V2, params_m=28.64, macs_g=4.47, top1=83.0, drop_path_rate=0.2, source=_SRC_V2)),
-    "convnextv2_small": (dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
-                         dict(_V2_TIMM, params_m=50.32, macs_g=8.71, source=_SRC_V2_TIMM)),
-    "convnextv2_base": (dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
-                        dict(_V2, params_m=88.72, macs_g=15.38, top1=84.9, drop_path_rate=0.1, source=_SRC_V2)),
-    "convnextv2_large": (dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
-                         dict(_V2, params_m=197.96, macs_g=34.4, top1=85.8, source=_SRC_V2)),
-    "convnextv2_huge": (dict(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816)),
-                        dict(_V2, params_m=660.29, macs_g=115.0, top1=86.3, source=_SRC_V2)),
-}
-
-
-def _register(name: str, arch: dict, card: dict) -> None:
-    v2 = name.startswith("convnextv2")
-    arch = dict(arch, use_grn=True, ls_init_value=None) if v2 else arch
-
-    def build(**kwargs) -> ConvNeXt:
-        return ConvNeXt(**{**arch, **kwargs})
-
-    build.__name__ = build.__qualname__ = name
-    register_model(ModelCard(name=name, timm_name=name, **card))(build)
-
-
-for _name, (_arch, _card) in _ARCHS.items():
-    _register(_name, _arch, _card)
 
 
 def official_layout_key(k: str) -> str:
@@ -163,7 +79,7 @@ def official_layout_key(k: str) -> str:
     return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k)
 
 
-def _convert_official(state_dict: dict, model: nn.Module) -> dict:
+def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """facebookresearch/ConvNeXt(-V2) keys -> ours (timm's)."""
     own = model.state_dict()
     out = {}
@@ -177,5 +93,65 @@ def _convert_official(state_dict: dict, model: nn.Module) -> dict:
     return out
 
 
-register_official_converter("convnext")(_convert_official)
-register_official_converter("convnextv2")(_convert_official)
+# -- variants ----------------------------------------------------------------------------------------------------
+_SRC_V1 = ("top-1: facebookresearch/ConvNeXt README @048efce (IN-1k, 224); params and MACs: timm "
+           "results-imagenet.csv and benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv @aa4b585, the exact counts "
+           "of the official weights that the README rounds (T 28M / 4.5G)")
+_SRC_V1_TIMM = ("timm's variant, not in the paper: params, MACs and top-1 from timm results-imagenet.csv and "
+                "benchmark-infer-amp-nchw-pt240-cu124-rtx4090.csv @aa4b585")
+_SRC_V2 = ("top-1: facebookresearch/ConvNeXt-V2 README @2553895 (IN-1k fine-tuned, 224); params and MACs: timm "
+           "result tables @aa4b585, the exact counts the README rounds (T 28.6M / 4.47G)")
+_SRC_V2_TIMM = "timm's variant, not in the paper: params and MACs from timm result tables @aa4b585"
+_TIMM_REPO = "huggingface/pytorch-image-models"
+# timm builds the small variants (atto ... nano) with 1x1-conv MLPs: conv_mlp=True.
+
+register_family(
+    "convnext", ConvNeXt, paper=Paper("A ConvNet for the 2020s", "2201.03545", "facebookresearch/ConvNeXt"),
+    spec=ArchSpec(depths="depths", widths="dims"), converter=convert_official, timm=True,
+    variants={
+        "convnext_atto": variant(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, card=dict(
+            params_m=3.70, macs_g=0.55, top1=75.7, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
+        "convnext_femto": variant(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, card=dict(
+            params_m=5.22, macs_g=0.79, top1=77.5, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
+        "convnext_pico": variant(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, card=dict(
+            params_m=9.05, macs_g=1.37, top1=79.5, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
+        "convnext_nano": variant(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, card=dict(
+            params_m=15.59, macs_g=2.46, top1=80.8, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
+        "convnext_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), card=dict(
+            params_m=28.59, macs_g=4.47, top1=82.1, drop_path_rate=0.1, source=_SRC_V1)),
+        "convnext_small": variant(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), card=dict(
+            params_m=50.22, macs_g=8.71, top1=83.1, drop_path_rate=0.4, source=_SRC_V1)),
+        "convnext_base": variant(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), card=dict(
+            params_m=88.59, macs_g=15.38, top1=83.8, drop_path_rate=0.5, source=_SRC_V1)),
+        "convnext_large": variant(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), card=dict(
+            params_m=197.77, macs_g=34.40, top1=84.3, drop_path_rate=0.5, source=_SRC_V1)),
+        "convnext_xlarge": variant(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048), card=dict(
+            params_m=350.20, macs_g=60.98, top1=87.0, pretrain="ImageNet-22k", drop_path_rate=0.2, source=_SRC_V1,
+            notes="released only as ImageNet-22k pre-trained, fine-tuned on 1k")),
+    })
+
+register_family(
+    "convnextv2", ConvNeXt, paper=Paper("ConvNeXt V2: Co-designing and Scaling ConvNets with Masked Autoencoders",
+                                        "2301.00808", "facebookresearch/ConvNeXt-V2"),
+    spec=ArchSpec(depths="depths", widths="dims"), converter=convert_official, timm=True,
+    arch=dict(use_grn=True, ls_init_value=None),  # V2: GRN in the MLP instead of layer scale
+    variants={
+        "convnextv2_atto": variant(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, card=dict(
+            params_m=3.71, macs_g=0.55, top1=76.7, drop_path_rate=0.1, source=_SRC_V2)),
+        "convnextv2_femto": variant(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, card=dict(
+            params_m=5.23, macs_g=0.79, top1=78.5, source=_SRC_V2)),
+        "convnextv2_pico": variant(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, card=dict(
+            params_m=9.07, macs_g=1.37, top1=80.3, source=_SRC_V2)),
+        "convnextv2_nano": variant(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, card=dict(
+            params_m=15.62, macs_g=2.46, top1=81.9, source=_SRC_V2)),
+        "convnextv2_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), card=dict(
+            params_m=28.64, macs_g=4.47, top1=83.0, drop_path_rate=0.2, source=_SRC_V2)),
+        "convnextv2_small": variant(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), card=dict(
+            params_m=50.32, macs_g=8.71, repo=_TIMM_REPO, source=_SRC_V2_TIMM)),
+        "convnextv2_base": variant(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), card=dict(
+            params_m=88.72, macs_g=15.38, top1=84.9, drop_path_rate=0.1, source=_SRC_V2)),
+        "convnextv2_large": variant(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), card=dict(
+            params_m=197.96, macs_g=34.4, top1=85.8, source=_SRC_V2)),
+        "convnextv2_huge": variant(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), card=dict(
+            params_m=660.29, macs_g=115.0, top1=86.3, source=_SRC_V2)),
+    })

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ..layers import (ClassifierHead, GlobalLocalFilter, GnConv, LayerNorm, LayerNorm2d, Mlp, drop_path_or_identity,
-                      drop_path_rates, init_trunc_normal, scale_classifier_)
-from .base import ConvScopeModel, Stage
+                      init_trunc_normal, layer_scale, layer_scale_parameter, scale_classifier_)
+from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
 from .convnext import official_layout_key
-from .registry import ModelCard, register_model, register_official_converter
+from .registry import ArchSpec, Paper, register_family, variant
 
 
 class HorNetBlock(nn.Module):
@@ -35,13 +35,13 @@ class HorNetBlock(nn.Module):
         self.gnconv = GnConv(dim, order, spatial_mixer=spatial_mixer, scale=scale)
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, 4 * dim, act_layer=nn.GELU)
-        self.gamma1 = nn.Parameter(torch.full((dim,), ls_init_value))
-        self.gamma2 = nn.Parameter(torch.full((dim,), ls_init_value))
+        self.gamma1 = layer_scale_parameter(dim, ls_init_value)
+        self.gamma2 = layer_scale_parameter(dim, ls_init_value)
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.gamma1.view(-1, 1, 1) * self.gnconv(self.norm1(x)))
-        y = self.gamma2 * self.mlp(self.norm2(x.permute(0, 2, 3, 1)))
+        x = x + self.drop_path(layer_scale(self.gnconv(self.norm1(x)), self.gamma1))
+        y = layer_scale(self.mlp(self.norm2(x.permute(0, 2, 3, 1))), self.gamma2, channels_first=False)
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
@@ -59,30 +59,37 @@ class HorNet(ConvScopeModel):
                  num_classes: int = 1000, scale: float = 1 / 3, ls_init_value: float = 1e-6,
                  head_init_scale: float = 1.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), LayerNorm2d(dims[0]))
-        dpr = drop_path_rates(drop_path_rate, depths)
-        stages = []
-        for i, (depth, dim, order, gf) in enumerate(zip(depths, dims, orders, gf_sizes)):
-            downsample = None if i == 0 else nn.Sequential(LayerNorm2d(dims[i - 1]),
-                                                           nn.Conv2d(dims[i - 1], dim, 2, stride=2))
-            mixer = None if gf is None else partial(GlobalLocalFilter, h=gf[0], w=gf[1])
-            blocks = [HorNetBlock(dim, order, mixer, scale, ls_init_value, dpr[i][j]) for j in range(depth)]
-            stages.append(Stage(downsample, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+        self.stem = patchify_stem(in_chans, dims[0], LayerNorm2d)
+        mixers = [None if gf is None else partial(GlobalLocalFilter, h=gf[0], w=gf[1]) for gf in gf_sizes]
+        self.build_stages(
+            depths, dims, drop_path_rate,
+            downsample=lambda i: norm_conv_downsample(dims[i - 1], dims[i], LayerNorm2d),
+            block=lambda i, j, dp: HorNetBlock(dims[i], orders[i], mixers[i], scale, ls_init_value, dp))
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=LayerNorm, drop_rate=drop_rate)
         init_trunc_normal(self)
         scale_classifier_(self.head.fc, head_init_scale)
 
 
-# -- variants ----------------------------------------------------------------------------------------------------
-_PAPER = dict(family="hornet", paper="HorNet: Efficient High-Order Spatial Interactions with Recursive Gated "
-              "Convolutions", arxiv="2207.14284", repo="raoyongming/HorNet",
-              macs_convention="fvcore_manual_cf_ln")  # the official channels-first LayerNorm is written out
+# -- official checkpoints ----------------------------------------------------------------------------------------
+def convert_official(state_dict: dict, model: nn.Module) -> dict:
+    """raoyongming/HorNet keys -> ours: downsample_layers.{0..3} / stages.{i}.{j} / pwconv1,2 / norm / head."""
+    out = {}
+    for k, v in state_dict.items():
+        k = official_layout_key(k)
+        k = k.replace(".pwconv1.", ".mlp.fc1.").replace(".pwconv2.", ".mlp.fc2.")
+        out[k] = v
+    return out
 
-_GF_224 = (None, None, (14, 8), (7, 4))  # the spectra of the 14x14 and 7x7 maps of a 224x224 input
-_GF_384 = (None, None, (24, 13), (12, 7))  # of the 24x24 and 12x12 maps of a 384x384 input
+
+# -- variants ----------------------------------------------------------------------------------------------------
+def gf_spectra(input_hw: tuple[int, int]) -> tuple[tuple[int, int] | None, ...]:
+    """The gf_sizes of a GF model built for `input_hw`: the rfft2 spectra of the stride-16 and stride-32 maps."""
+    h, w = input_hw
+    return (None, None, (h // 16, w // 16 // 2 + 1), (h // 32, w // 32 // 2 + 1))
+
+
+_GF_224 = gf_spectra((224, 224))  # (14, 8) and (7, 4)
+_GF_384 = gf_spectra((384, 384))  # (24, 13) and (12, 7)
 
 _MACS = ("MACs: the official calc_flops.py (fvcore: conv and linear MACs, nn.LayerNorm 5/element, "
          "rfft2/irfft2 N*C*ceil(log2 N)) run on hornet.py @ac9e210 with a 1000-class head, rounded by the README "
@@ -101,60 +108,59 @@ _SRC_L384 = ("drop path: raoyongming/HorNet TRAINING.md @ac9e210 (its 384 fine-t
 _GF_NOTE = ("the global filters' frequency-domain weights are sized for {side}x{side} inputs (spectra {s3} and "
             "{s4} in stages 3 and 4) and resized bilinearly for other sizes")
 _GF_NOTE_224 = _GF_NOTE.format(side=224, s3=_GF_224[2], s4=_GF_224[3])
-_22K = dict(pretrain="ImageNet-22k")
 _22K_NOTE = ("released as ImageNet-22k pre-trained weights (with a 22k head); built here with a 1000-class head, "
              "whose count the card gives")
 
-_ARCHS: dict[str, tuple[dict, dict]] = {}
-for _size, _base, _dpr, _top1_7, _top1_gf, _p7, _pgf, _m7, _mgf, _readme in [
-        ("tiny", 64, 0.2, 82.8, 83.0, 22.41, 22.99, 3.98, 3.91, ("22", "4.0", "23", "3.9")),
-        ("small", 96, 0.4, 83.8, 84.0, 49.53, 50.40, 8.83, 8.73, ("50", "8.8", "50", "8.7")),
-        ("base", 128, 0.5, 84.2, 84.3, 87.26, 88.42, 15.58, 15.46, ("87", "15.6", "88", "15.5"))]:
-    _arch = dict(dims=tuple(_base * 2 ** i for i in range(4)))
-    _ARCHS[f"hornet_{_size}_7x7"] = (_arch, dict(
-        _PAPER, params_m=_p7, macs_g=_m7, top1=_top1_7, drop_path_rate=_dpr,
-        source=_SRC_1K.format(readme_p=_readme[0], readme=_readme[1])))
-    _ARCHS[f"hornet_{_size}_gf"] = (dict(_arch, gf_sizes=_GF_224), dict(
-        _PAPER, params_m=_pgf, macs_g=_mgf, top1=_top1_gf, drop_path_rate=_dpr, notes=_GF_NOTE_224,
-        source=_SRC_1K.format(readme_p=_readme[2], readme=_readme[3])))
 
-_LARGE = dict(dims=(192, 384, 768, 1536))
-_ARCHS["hornet_large_7x7"] = (_LARGE, dict(
-    _PAPER, **_22K, params_m=194.54, macs_g=34.82, drop_path_rate=0.2, notes=_22K_NOTE,
-    source=_SRC_22K.format(stage="22k pre-training", readme_p="209", readme="34.8")))
-_ARCHS["hornet_large_gf"] = (dict(_LARGE, gf_sizes=_GF_224), dict(
-    _PAPER, **_22K, params_m=196.29, macs_g=34.64, drop_path_rate=0.2,
-    notes=f"{_22K_NOTE}; {_GF_NOTE_224}",
-    source=_SRC_22K.format(stage="22k pre-training", readme_p="211", readme="34.7 (with its 22k head)")))
-_ARCHS["hornet_large_gf_384"] = (dict(_LARGE, gf_sizes=_GF_384), dict(
-    _PAPER, **_22K, params_m=201.81, macs_g=101.81, drop_path_rate=0.4, input_size=(3, 384, 384), crop_pct=1.0,
-    notes=f"{_22K_NOTE}; " + _GF_NOTE.format(side=384, s3=_GF_384[2], s4=_GF_384[3]),
-    source=_SRC_L384.format(readme="101.8")))
-
-# Our names that differ from the official constructors'.
-_OFFICIAL_NAMES = {"hornet_large_gf_384": "hornet_large_gf_img384"}
+def _width_quantum(arch, i: int) -> int:
+    """gnConv of order n halves the width n - 1 times; a global filter splits its (2^n - 1) / 2^(n-1) share of
+    the width in two, which takes one halving more."""
+    gf = arch.get("gf_sizes") or (None,) * len(arch["dims"])
+    return 2 ** (arch["orders"][i] - (gf[i] is None))
 
 
-def _register(name: str, arch: dict, card: dict) -> None:
-    def build(**kwargs) -> HorNet:
-        return HorNet(**{**arch, **kwargs})
-
-    build.__name__ = build.__qualname__ = name
-    aliases = (_OFFICIAL_NAMES[name],) if name in _OFFICIAL_NAMES else ()
-    register_model(ModelCard(name=name, **card), aliases=aliases)(build)
+def _gf_at_input_size(arch, input_hw):
+    """A GF model rescaled to another input size gets filters sized for it, as the official 384 model does."""
+    return dict(gf_sizes=gf_spectra(input_hw)) if any(arch.get("gf_sizes", ())) else {}
 
 
-for _name, (_arch, _card) in _ARCHS.items():
-    _register(_name, _arch, _card)
-
-
-# -- official checkpoints ----------------------------------------------------------------------------------------
-@register_official_converter("hornet")
-def _convert_official(state_dict: dict, model: nn.Module) -> dict:
-    """raoyongming/HorNet keys -> ours: downsample_layers.{0..3} / stages.{i}.{j} / pwconv1,2 / norm / head."""
-    out = {}
-    for k, v in state_dict.items():
-        k = official_layout_key(k)
-        k = k.replace(".pwconv1.", ".mlp.fc1.").replace(".pwconv2.", ".mlp.fc2.")
-        out[k] = v
-    return out
+register_family(
+    "hornet", HorNet, paper=Paper("HorNet: Efficient High-Order Spatial Interactions with Recursive Gated "
+                                  "Convolutions", "2207.14284", "raoyongming/HorNet"),
+    spec=ArchSpec(depths="depths", widths="dims", width_quantum=_width_quantum, at_input_size=_gf_at_input_size),
+    converter=convert_official,
+    card=dict(macs_convention="fvcore_manual_cf_ln"),  # the official channels-first LayerNorm is written out
+    arch=dict(depths=(2, 3, 18, 2), orders=(2, 3, 4, 5)),
+    variants={
+        "hornet_tiny_7x7": variant(dims=(64, 128, 256, 512), card=dict(
+            params_m=22.41, macs_g=3.98, top1=82.8, drop_path_rate=0.2,
+            source=_SRC_1K.format(readme_p="22", readme="4.0"))),
+        "hornet_tiny_gf": variant(dims=(64, 128, 256, 512), gf_sizes=_GF_224, card=dict(
+            params_m=22.99, macs_g=3.91, top1=83.0, drop_path_rate=0.2, notes=_GF_NOTE_224,
+            source=_SRC_1K.format(readme_p="23", readme="3.9"))),
+        "hornet_small_7x7": variant(dims=(96, 192, 384, 768), card=dict(
+            params_m=49.53, macs_g=8.83, top1=83.8, drop_path_rate=0.4,
+            source=_SRC_1K.format(readme_p="50", readme="8.8"))),
+        "hornet_small_gf": variant(dims=(96, 192, 384, 768), gf_sizes=_GF_224, card=dict(
+            params_m=50.40, macs_g=8.73, top1=84.0, drop_path_rate=0.4, notes=_GF_NOTE_224,
+            source=_SRC_1K.format(readme_p="50", readme="8.7"))),
+        "hornet_base_7x7": variant(dims=(128, 256, 512, 1024), card=dict(
+            params_m=87.26, macs_g=15.58, top1=84.2, drop_path_rate=0.5,
+            source=_SRC_1K.format(readme_p="87", readme="15.6"))),
+        "hornet_base_gf": variant(dims=(128, 256, 512, 1024), gf_sizes=_GF_224, card=dict(
+            params_m=88.42, macs_g=15.46, top1=84.3, drop_path_rate=0.5, notes=_GF_NOTE_224,
+            source=_SRC_1K.format(readme_p="88", readme="15.5"))),
+        "hornet_large_7x7": variant(dims=(192, 384, 768, 1536), card=dict(
+            params_m=194.54, macs_g=34.82, pretrain="ImageNet-22k", drop_path_rate=0.2, notes=_22K_NOTE,
+            source=_SRC_22K.format(stage="22k pre-training", readme_p="209", readme="34.8"))),
+        "hornet_large_gf": variant(dims=(192, 384, 768, 1536), gf_sizes=_GF_224, card=dict(
+            params_m=196.29, macs_g=34.64, pretrain="ImageNet-22k", drop_path_rate=0.2,
+            notes=f"{_22K_NOTE}; {_GF_NOTE_224}",
+            source=_SRC_22K.format(stage="22k pre-training", readme_p="211", readme="34.7 (with its 22k head)"))),
+        "hornet_large_gf_384": variant(dims=(192, 384, 768, 1536), gf_sizes=_GF_384,
+                                       aliases=("hornet_large_gf_img384",),  # the official constructor's name
+                                       card=dict(
+            params_m=201.81, macs_g=101.81, pretrain="ImageNet-22k", drop_path_rate=0.4, input_size=(3, 384, 384),
+            crop_pct=1.0, notes=f"{_22K_NOTE}; " + _GF_NOTE.format(side=384, s3=_GF_384[2], s4=_GF_384[3]),
+            source=_SRC_L384.format(readme="101.8"))),
+    })

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import (ConvMlp, InceptionDWConv2d, LayerNorm, MlpHead, drop_path_or_identity, drop_path_rates,
-                      init_trunc_normal)
+from ..layers import (ConvMlp, InceptionDWConv2d, LayerNorm, MlpHead, drop_path_or_identity, init_trunc_normal,
+                      layer_scale, layer_scale_parameter)
 from ..layers.reparam import fuse_bn_before_conv_
-from .base import ConvScopeModel, Stage
-from .registry import ModelCard, register_model, register_official_converter
+from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
+from .registry import ArchSpec, Paper, register_family, variant
 
 
 class MetaNeXtBlock(nn.Module):
@@ -27,12 +27,12 @@ class MetaNeXtBlock(nn.Module):
         self.token_mixer = token_mixer(dim, **(mixer_kwargs or {}))
         self.norm: nn.Module = nn.BatchNorm2d(dim)
         self.mlp = ConvMlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU)
-        self.gamma = nn.Parameter(torch.full((dim,), ls_init_value))
+        self.gamma = layer_scale_parameter(dim, ls_init_value)
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.mlp(self.norm(self.token_mixer(x)))
-        return x + self.drop_path(y * self.gamma.view(1, -1, 1, 1))
+        return x + self.drop_path(layer_scale(y, self.gamma))
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -55,18 +55,12 @@ class InceptionNeXt(ConvScopeModel):
         super().__init__(in_chans, num_classes)
         mixer_kwargs = dict(square_kernel_size=square_kernel_size, band_kernel_size=band_kernel_size,
                             branch_ratio=branch_ratio)
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, stride=4), nn.BatchNorm2d(dims[0]))
-        dpr = drop_path_rates(drop_path_rate, depths)
-        stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            downsample = None if i == 0 else nn.Sequential(nn.BatchNorm2d(dims[i - 1]),
-                                                           nn.Conv2d(dims[i - 1], dim, 2, stride=2))
-            blocks = [MetaNeXtBlock(dim, InceptionDWConv2d, mixer_kwargs, mlp_ratios[i], ls_init_value, dpr[i][j])
-                      for j in range(depth)]
-            stages.append(Stage(downsample, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+        self.stem = patchify_stem(in_chans, dims[0], nn.BatchNorm2d)
+        self.build_stages(
+            depths, dims, drop_path_rate,
+            downsample=lambda i: norm_conv_downsample(dims[i - 1], dims[i], nn.BatchNorm2d),
+            block=lambda i, j, dp: MetaNeXtBlock(dims[i], InceptionDWConv2d, mixer_kwargs, mlp_ratios[i],
+                                                 ls_init_value, dp))
         self.head = MlpHead(dims[-1], num_classes, mlp_ratio=head_mlp_ratio, act_layer=nn.GELU,
                             norm_layer=LayerNorm, drop=drop_rate)
         init_trunc_normal(self)
@@ -75,45 +69,35 @@ class InceptionNeXt(ConvScopeModel):
         return self.head(x.mean((2, 3)), pre_logits=pre_logits)
 
 
-_PAPER = dict(family="inception_next", paper="InceptionNeXt: When Inception Meets ConvNeXt", arxiv="2303.16900",
-              repo="sail-sg/inceptionnext")
-_SRC = ("top-1 and atto's MACs: sail-sg/inceptionnext README @3f9769c; params and MACs: timm result tables "
-        "@aa4b585, the exact counts the README rounds (tiny 28M / 4.2G)")
-_T = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
-_S = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
-_B = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
-
-_ARCHS: dict[str, tuple[dict, dict, str]] = {
-    "inception_next_atto": (dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), band_kernel_size=9,
-                                 branch_ratio=0.25),
-                            dict(params_m=4.16, macs_g=0.51, top1=75.3, drop_path_rate=0.1), "inception_next_atto"),
-    "inception_next_tiny": (_T, dict(params_m=28.06, macs_g=4.19, top1=82.3, drop_path_rate=0.1),
-                            "inception_next_tiny"),
-    "inception_next_small": (_S, dict(params_m=49.37, macs_g=8.36, top1=83.5, drop_path_rate=0.3),
-                             "inception_next_small"),
-    "inception_next_base": (_B, dict(params_m=86.67, macs_g=14.85, top1=84.0, drop_path_rate=0.4, crop_pct=0.95),
-                            "inception_next_base"),
-    "inception_next_base_384": (_B, dict(params_m=86.67, macs_g=43.64, top1=85.2, input_size=(3, 384, 384),
-                                         crop_pct=1.0, notes="inception_next_base fine-tuned at 384"),
-                                "inception_next_base"),
-}
-
-
-def _register(name: str, arch: dict, card: dict, timm_name: str) -> None:
-    def build(**kwargs) -> InceptionNeXt:
-        return InceptionNeXt(**{**arch, **kwargs})
-
-    build.__name__ = build.__qualname__ = name
-    official = name.replace("inception_next", "inceptionnext")
-    register_model(ModelCard(name=name, timm_name=timm_name, source=_SRC, **_PAPER, **card),
-                   aliases=(official,))(build)
-
-
-for _name, (_arch, _card, _timm) in _ARCHS.items():
-    _register(_name, _arch, _card, _timm)
-
-
-@register_official_converter("inception_next")
-def _convert_official(state_dict: dict, model: nn.Module) -> dict:
+def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """The official repository already uses these keys (timm kept them)."""
     return dict(state_dict)
+
+
+_SRC = ("top-1 and atto's MACs: sail-sg/inceptionnext README @3f9769c; params and MACs: timm result tables "
+        "@aa4b585, the exact counts the README rounds (tiny 28M / 4.2G)")
+
+register_family(
+    "inception_next", InceptionNeXt, paper=Paper("InceptionNeXt: When Inception Meets ConvNeXt", "2303.16900",
+                                                 "sail-sg/inceptionnext"),
+    spec=ArchSpec(depths="depths", widths="dims"),  # multiples of 8 keep the 1/8 and 1/4 branch ratios exact
+    converter=convert_official, timm=True, card=dict(source=_SRC),
+    variants={  # aliases: the official constructors' names
+        "inception_next_atto": variant(
+            depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), band_kernel_size=9, branch_ratio=0.25,
+            aliases=("inceptionnext_atto",),
+            card=dict(params_m=4.16, macs_g=0.51, top1=75.3, drop_path_rate=0.1)),
+        "inception_next_tiny": variant(
+            depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), aliases=("inceptionnext_tiny",),
+            card=dict(params_m=28.06, macs_g=4.19, top1=82.3, drop_path_rate=0.1)),
+        "inception_next_small": variant(
+            depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), aliases=("inceptionnext_small",),
+            card=dict(params_m=49.37, macs_g=8.36, top1=83.5, drop_path_rate=0.3)),
+        "inception_next_base": variant(
+            depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), aliases=("inceptionnext_base",),
+            card=dict(params_m=86.67, macs_g=14.85, top1=84.0, drop_path_rate=0.4, crop_pct=0.95)),
+        "inception_next_base_384": variant(
+            depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), aliases=("inceptionnext_base_384",),
+            card=dict(params_m=86.67, macs_g=43.64, top1=85.2, input_size=(3, 384, 384), crop_pct=1.0,
+                      timm_name="inception_next_base", notes="inception_next_base fine-tuned at 384")),
+    })

@@ -14,6 +14,7 @@ sail-sg/poolformer and sail-sg/metaformer keys.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from functools import partial
@@ -22,13 +23,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..layers import (ClassifierHead, GroupNorm1, LayerNorm, LayerNorm2d, LayerScale, Mlp, MlpHead, SquaredReLU,
-                      RandomMixing, StarReLU, drop_path_or_identity, drop_path_rates, get_mixer,
-                      init_trunc_normal)
-from .base import ConvScopeModel, Stage
-from .registry import ModelCard, register_model, register_official_converter
-
-NormFactory = Callable[[int], nn.Module]
+from ..layers import (Attention, ClassifierHead, GroupNorm1, LayerNorm, LayerNorm2d, LayerScale, Mlp, MlpHead,
+                      SquaredReLU, RandomMixing, StarReLU, drop_path_or_identity, get_mixer, init_trunc_normal)
+from .base import ConvScopeModel, NormFactory, Stage
+from .registry import ArchSpec, Paper, register_family, variant
 
 
 _NO_BIAS_GN = partial(GroupNorm1, eps=1e-6, bias=False)
@@ -53,7 +51,9 @@ class MetaFormerBlock(nn.Module):
         super().__init__()
         channels_first = not getattr(token_mixer, "channels_last", False)
         self.norm1 = norm_layer(dim)
-        self.token_mixer = token_mixer(dim=dim, proj_drop=proj_drop, **mixer_kwargs)
+        if "proj_drop" in inspect.signature(token_mixer).parameters:  # mixers with an output projection
+            mixer_kwargs = dict(mixer_kwargs, proj_drop=proj_drop)
+        self.token_mixer = token_mixer(dim, **mixer_kwargs)
         self.drop_path1 = drop_path_or_identity(drop_path)
         self.layer_scale1 = _scale_or_identity(dim, layer_scale_init, channels_first)
         self.res_scale1 = _scale_or_identity(dim, res_scale_init, channels_first)
@@ -136,19 +136,13 @@ class MetaFormer(ConvScopeModel):
         rs_inits = _per_stage(res_scale_init_values, n)
 
         self.stem = Downsampling(in_chans, dims[0], 7, 4, 2, downsample_norm, norm_first=False)
-        dpr = drop_path_rates(drop_path_rate, depths)
-        stages = []
-        for i in range(n):
-            downsample = None if i == 0 else Downsampling(dims[i - 1], dims[i], 3, 2, 1, downsample_norm,
-                                                          norm_first=True)
-            blocks = [MetaFormerBlock(dims[i], mixers[i], norm_layers[i], mixer_kwargs[i], mlp_act, mlp_bias,
-                                      drop_path=dpr[i][j], proj_drop=proj_drop_rate,
-                                      layer_scale_init=ls_inits[i], res_scale_init=rs_inits[i])
-                      for j in range(depths[i])]
-            stages.append(MetaFormerStage(downsample, blocks, tokens=tokens[i]))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+        self.build_stages(
+            depths, dims, drop_path_rate,
+            downsample=lambda i: Downsampling(dims[i - 1], dims[i], 3, 2, 1, downsample_norm, norm_first=True),
+            block=lambda i, j, dp: MetaFormerBlock(dims[i], mixers[i], norm_layers[i], mixer_kwargs[i], mlp_act,
+                                                   mlp_bias, drop_path=dp, proj_drop=proj_drop_rate,
+                                                   layer_scale_init=ls_inits[i], res_scale_init=rs_inits[i]),
+            stage=lambda i, down, blocks: MetaFormerStage(down, blocks, tokens=tokens[i]))
         # The official MLP head normalises with nn.LayerNorm's default eps (1e-5); timm uses 1e-6.
         fc = partial(MlpHead, mlp_ratio=4, act_layer=SquaredReLU, norm_layer=nn.LayerNorm, drop=drop_rate) \
             if use_mlp_head else None
@@ -162,97 +156,6 @@ class MetaFormer(ConvScopeModel):
                 break
 
 
-# -- variants ----------------------------------------------------------------------------------------------------
-_V1_PAPER = dict(paper="MetaFormer Is Actually What You Need for Vision", arxiv="2111.11418",
-                 repo="sail-sg/poolformer")
-_V2_PAPER = dict(paper="MetaFormer Baselines for Vision", arxiv="2210.13452", repo="sail-sg/metaformer")
-
-_S12 = dict(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512))
-_S24 = dict(depths=(4, 4, 12, 4), dims=(64, 128, 320, 512))
-_S36 = dict(depths=(6, 6, 18, 6), dims=(64, 128, 320, 512))
-_M36 = dict(depths=(6, 6, 18, 6), dims=(96, 192, 384, 768))
-_M48 = dict(depths=(8, 8, 24, 8), dims=(96, 192, 384, 768))
-_SIZES = {"s12": _S12, "s24": _S24, "s36": _S36, "m36": _M36, "m48": _M48}
-_CONV_SIZES = {
-    "s18": dict(depths=(3, 3, 9, 3), dims=(64, 128, 320, 512)),
-    "s36": dict(depths=(3, 12, 18, 3), dims=(64, 128, 320, 512)),
-    "m36": dict(depths=(3, 12, 18, 3), dims=(96, 192, 384, 576)),
-    "b36": dict(depths=(3, 12, 18, 3), dims=(128, 256, 512, 768)),
-}
-
-# PoolFormer v1: GroupNorm (with bias), GELU MLP with biases, layer scale, no residual scale, no norm in the stem
-# or downsampling, and the final GroupNorm applied to the whole map before pooling.
-_POOLFORMER_V1 = dict(token_mixers="pooling", norm_layers=GroupNorm1, downsample_norm=None, mlp_act=nn.GELU,
-                      mlp_bias=True, res_scale_init_values=None, output_norm=GroupNorm1, pre_pool_norm=True)
-# Baselines: no-bias "modified LN" (GroupNorm1) in blocks, no-bias LN in stem/downsampling, StarReLU, res scale.
-_BASELINE = dict(norm_layers=_NO_BIAS_GN)
-_CONV_BASELINE = dict(use_mlp_head=True)
-
-_ARCHS: dict[str, tuple[dict, dict]] = {}
-
-
-def _add(family: str, size: str, arch: dict, paper: dict, source: str, timm: bool, **card) -> None:
-    _ARCHS[f"{family}_{size}"] = (arch, dict(family=family, source=source, timm=timm, **paper, **card))
-
-
-_SRC_V1 = ("top-1 and crop: sail-sg/poolformer README @a075575; params and MACs: timm result tables @aa4b585, "
-           "the exact counts the README rounds (s12 12M / 1.8G)")
-for size, ls, p, macs, top1, dpr in [("s12", 1e-5, 11.92, 1.82, 77.2, 0.1), ("s24", 1e-5, 21.39, 3.41, 80.3, 0.1),
-                                     ("s36", 1e-6, 30.86, 5.00, 81.4, 0.2), ("m36", 1e-6, 56.17, 8.80, 82.1, 0.3),
-                                     ("m48", 1e-6, 73.47, 11.59, 82.5, 0.4)]:
-    _add("poolformer", size, dict(_SIZES[size], layer_scale_init_values=ls, **_POOLFORMER_V1), _V1_PAPER, _SRC_V1,
-         True, params_m=p, macs_g=macs, top1=top1, drop_path_rate=dpr, crop_pct=0.9 if size[0] == "s" else 0.95,
-         notes="the final GroupNorm acts on the map before pooling, as in the official code; timm's port pools "
-               "first and normalises with LayerNorm, so its logits differ while its weights load unchanged")
-
-_SRC_V2_TIMM = ("top-1: sail-sg/metaformer README @64c534a (IN-1k, 224); params and MACs: timm result tables "
-                "@aa4b585, the exact counts the README rounds")
-_SRC_V2 = "params, MACs and top-1: sail-sg/metaformer README @64c534a (IN-1k, 224)"
-for size, p, macs, top1, dpr in [("s12", 11.89, 1.83, 78.0, 0.1), ("s24", 21.34, 3.42, 80.7, 0.1),
-                                  ("s36", 30.79, 5.01, 81.6, 0.2), ("m36", 56.08, 8.81, 82.2, 0.3),
-                                  ("m48", 73.35, 11.59, 82.6, 0.4)]:
-    _add("poolformerv2", size, dict(_SIZES[size], token_mixers="pooling", **_BASELINE), _V2_PAPER, _SRC_V2_TIMM,
-         True, params_m=p, macs_g=macs, top1=top1, drop_path_rate=dpr, crop_pct=1.0)
-for size, p, macs, top1, dpr in [("s12", 11.9, 1.8, 74.6, 0.1), ("s24", 21.3, 3.4, 78.2, 0.1),
-                                  ("s36", 30.8, 5.0, 79.3, 0.2), ("m36", 56.1, 8.8, 80.0, 0.3),
-                                  ("m48", 73.3, 11.5, 80.4, 0.4)]:
-    _add("identityformer", size, dict(_SIZES[size], token_mixers="identity", **_BASELINE), _V2_PAPER, _SRC_V2,
-         False, params_m=p, macs_g=macs, top1=top1, drop_path_rate=dpr, crop_pct=1.0)
-for size, p, frozen, macs, top1, dpr in [("s12", 11.9, 0.2, 1.9, 76.6, 0.1), ("s24", 21.3, 0.5, 3.5, 78.2, 0.1),
-                                          ("s36", 30.8, 0.7, 5.2, 79.5, 0.2), ("m36", 56.1, 0.7, 9.0, 81.2, 0.3),
-                                          ("m48", 73.3, 0.9, 11.9, 81.4, 0.3)]:
-    arch = dict(_SIZES[size], token_mixers=("identity", "identity", "random", "random"),
-                mixer_kwargs=({}, {}, dict(num_tokens=196), dict(num_tokens=49)), **_BASELINE)
-    _add("randformer", size, arch, _V2_PAPER, _SRC_V2, False, params_m=p, frozen_params_m=frozen, macs_g=macs,
-         top1=top1, drop_path_rate=dpr, crop_pct=1.0,
-         notes="the frozen random mixing matrices fix the input at 224x224")
-for size, p, macs, top1, dpr in [("s18", 26.77, 3.96, 83.0, 0.2), ("s36", 40.01, 7.67, 84.1, 0.3),
-                                  ("m36", 57.05, 12.89, 84.5, 0.4), ("b36", 99.88, 22.69, 84.8, 0.6)]:
-    arch = dict(_CONV_SIZES[size], token_mixers="sepconv", norm_layers=_NO_BIAS_LN2D, **_CONV_BASELINE)
-    _add("convformer", size, arch, _V2_PAPER, _SRC_V2_TIMM, True, params_m=p, macs_g=macs, top1=top1,
-         drop_path_rate=dpr, crop_pct=1.0)
-for size, p, macs, top1, dpr in [("s18", 26.34, 4.13, 83.6, 0.15), ("s36", 39.30, 8.00, 84.5, 0.3),
-                                  ("m36", 56.20, 13.29, 85.2, 0.4), ("b36", 98.75, 23.22, 85.5, 0.6)]:
-    arch = dict(_CONV_SIZES[size], token_mixers=("sepconv", "sepconv", "attention", "attention"),
-                norm_layers=(_NO_BIAS_LN2D, _NO_BIAS_LN2D, _NO_BIAS_LN, _NO_BIAS_LN), **_CONV_BASELINE)
-    _add("caformer", size, arch, _V2_PAPER, _SRC_V2_TIMM, True, params_m=p, macs_g=macs, top1=top1,
-         drop_path_rate=dpr, crop_pct=1.0)
-
-
-def _register(name: str, arch: dict, card: dict) -> None:
-    timm = card.pop("timm")
-
-    def build(**kwargs) -> MetaFormer:
-        return MetaFormer(**{**arch, **kwargs})
-
-    build.__name__ = build.__qualname__ = name
-    register_model(ModelCard(name=name, timm_name=name if timm else None, **card))(build)
-
-
-for _name, (_arch, _card) in _ARCHS.items():
-    _register(_name, _arch, dict(_card))
-
-
 # -- official checkpoints ----------------------------------------------------------------------------------------
 def _reshape_like(out: dict, own: dict) -> dict:
     for k, v in out.items():
@@ -261,7 +164,7 @@ def _reshape_like(out: dict, own: dict) -> dict:
     return out
 
 
-def _convert_poolformer_v1(state_dict: dict, model: nn.Module) -> dict:
+def convert_poolformer_v1(state_dict: dict, model: nn.Module) -> dict:
     """sail-sg/poolformer: patch_embed / network.{0..6} (blocks at even indices, downsampling at odd) / norm / head."""
     out = {}
     for k, v in state_dict.items():
@@ -280,7 +183,7 @@ def _convert_poolformer_v1(state_dict: dict, model: nn.Module) -> dict:
     return _reshape_like(out, model.state_dict())
 
 
-def _convert_metaformer(state_dict: dict, model: nn.Module) -> dict:
+def convert_metaformer(state_dict: dict, model: nn.Module) -> dict:
     """sail-sg/metaformer: downsample_layers.{i}.{pre_norm,conv,post_norm} / stages.{i}.{j} / norm / head."""
     out = {}
     for k, v in state_dict.items():
@@ -295,6 +198,126 @@ def _convert_metaformer(state_dict: dict, model: nn.Module) -> dict:
     return _reshape_like(out, model.state_dict())
 
 
-register_official_converter("poolformer")(_convert_poolformer_v1)
-for _family in ("poolformerv2", "identityformer", "randformer", "convformer", "caformer"):
-    register_official_converter(_family)(_convert_metaformer)
+# -- variants ----------------------------------------------------------------------------------------------------
+def _width_quantum(arch, i: int) -> int:
+    """Attention stages keep whole heads: widths are multiples of head_dim (32 for the baselines)."""
+    n = len(arch["dims"])
+    mixer = get_mixer(_per_stage(arch.get("token_mixers", "pooling"), n)[i])
+    if issubclass(mixer, Attention):
+        return _per_stage(arch.get("mixer_kwargs") or {}, n)[i].get("head_dim", 32)
+    return 8
+
+
+_SPEC = ArchSpec(depths="depths", widths="dims", width_quantum=_width_quantum)
+
+
+def _random_mixing_tokens(arch, input_hw: tuple[int, int]) -> dict:
+    """RandFormer's random matrices are sized to the token count of stages 3 and 4 (strides 16 and 32)."""
+    h, w = input_hw
+    return dict(mixer_kwargs=({}, {}, dict(num_tokens=(h // 16) * (w // 16)), dict(num_tokens=(h // 32) * (w // 32))))
+
+
+_V1_PAPER = Paper("MetaFormer Is Actually What You Need for Vision", "2111.11418", "sail-sg/poolformer")
+_V2_PAPER = Paper("MetaFormer Baselines for Vision", "2210.13452", "sail-sg/metaformer")
+_SRC_V1 = ("top-1 and crop: sail-sg/poolformer README @a075575; params and MACs: timm result tables @aa4b585, "
+           "the exact counts the README rounds (s12 12M / 1.8G)")
+_SRC_V2_TIMM = ("top-1: sail-sg/metaformer README @64c534a (IN-1k, 224); params and MACs: timm result tables "
+                "@aa4b585, the exact counts the README rounds")
+_SRC_V2 = "params, MACs and top-1: sail-sg/metaformer README @64c534a (IN-1k, 224)"
+
+_S12 = dict(depths=(2, 2, 6, 2), dims=(64, 128, 320, 512))
+_S24 = dict(depths=(4, 4, 12, 4), dims=(64, 128, 320, 512))
+_S36 = dict(depths=(6, 6, 18, 6), dims=(64, 128, 320, 512))
+_M36 = dict(depths=(6, 6, 18, 6), dims=(96, 192, 384, 768))
+_M48 = dict(depths=(8, 8, 24, 8), dims=(96, 192, 384, 768))
+_CONV_S18 = dict(depths=(3, 3, 9, 3), dims=(64, 128, 320, 512))
+_CONV_S36 = dict(depths=(3, 12, 18, 3), dims=(64, 128, 320, 512))
+_CONV_M36 = dict(depths=(3, 12, 18, 3), dims=(96, 192, 384, 576))
+_CONV_B36 = dict(depths=(3, 12, 18, 3), dims=(128, 256, 512, 768))
+
+# PoolFormer v1: GroupNorm (with bias), GELU MLP with biases, layer scale, no residual scale, no norm in the stem
+# or downsampling, and the final GroupNorm applied to the whole map before pooling.
+register_family(
+    "poolformer", MetaFormer, paper=_V1_PAPER, spec=_SPEC, converter=convert_poolformer_v1, timm=True,
+    arch=dict(token_mixers="pooling", norm_layers=GroupNorm1, downsample_norm=None, mlp_act=nn.GELU, mlp_bias=True,
+              res_scale_init_values=None, output_norm=GroupNorm1, pre_pool_norm=True),
+    card=dict(source=_SRC_V1, notes="the final GroupNorm acts on the map before pooling, as in the official code; "
+                                    "timm's port pools first and normalises with LayerNorm, so its logits differ "
+                                    "while its weights load unchanged"),
+    variants={
+        "poolformer_s12": variant(**_S12, layer_scale_init_values=1e-5, card=dict(
+            params_m=11.92, macs_g=1.82, top1=77.2, drop_path_rate=0.1, crop_pct=0.9)),
+        "poolformer_s24": variant(**_S24, layer_scale_init_values=1e-5, card=dict(
+            params_m=21.39, macs_g=3.41, top1=80.3, drop_path_rate=0.1, crop_pct=0.9)),
+        "poolformer_s36": variant(**_S36, layer_scale_init_values=1e-6, card=dict(
+            params_m=30.86, macs_g=5.00, top1=81.4, drop_path_rate=0.2, crop_pct=0.9)),
+        "poolformer_m36": variant(**_M36, layer_scale_init_values=1e-6, card=dict(
+            params_m=56.17, macs_g=8.80, top1=82.1, drop_path_rate=0.3, crop_pct=0.95)),
+        "poolformer_m48": variant(**_M48, layer_scale_init_values=1e-6, card=dict(
+            params_m=73.47, macs_g=11.59, top1=82.5, drop_path_rate=0.4, crop_pct=0.95)),
+    })
+
+# The baselines: no-bias "modified LN" (GroupNorm1) in blocks, no-bias LN in stem/downsampling, StarReLU, res scale.
+register_family(
+    "poolformerv2", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer, timm=True,
+    arch=dict(token_mixers="pooling", norm_layers=_NO_BIAS_GN), card=dict(source=_SRC_V2_TIMM, crop_pct=1.0),
+    variants={
+        "poolformerv2_s12": variant(**_S12, card=dict(params_m=11.89, macs_g=1.83, top1=78.0, drop_path_rate=0.1)),
+        "poolformerv2_s24": variant(**_S24, card=dict(params_m=21.34, macs_g=3.42, top1=80.7, drop_path_rate=0.1)),
+        "poolformerv2_s36": variant(**_S36, card=dict(params_m=30.79, macs_g=5.01, top1=81.6, drop_path_rate=0.2)),
+        "poolformerv2_m36": variant(**_M36, card=dict(params_m=56.08, macs_g=8.81, top1=82.2, drop_path_rate=0.3)),
+        "poolformerv2_m48": variant(**_M48, card=dict(params_m=73.35, macs_g=11.59, top1=82.6, drop_path_rate=0.4)),
+    })
+
+register_family(
+    "identityformer", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer,
+    arch=dict(token_mixers="identity", norm_layers=_NO_BIAS_GN), card=dict(source=_SRC_V2, crop_pct=1.0),
+    variants={
+        "identityformer_s12": variant(**_S12, card=dict(params_m=11.9, macs_g=1.8, top1=74.6, drop_path_rate=0.1)),
+        "identityformer_s24": variant(**_S24, card=dict(params_m=21.3, macs_g=3.4, top1=78.2, drop_path_rate=0.1)),
+        "identityformer_s36": variant(**_S36, card=dict(params_m=30.8, macs_g=5.0, top1=79.3, drop_path_rate=0.2)),
+        "identityformer_m36": variant(**_M36, card=dict(params_m=56.1, macs_g=8.8, top1=80.0, drop_path_rate=0.3)),
+        "identityformer_m48": variant(**_M48, card=dict(params_m=73.3, macs_g=11.5, top1=80.4, drop_path_rate=0.4)),
+    })
+
+register_family(
+    "randformer", MetaFormer, paper=_V2_PAPER, converter=convert_metaformer,
+    spec=ArchSpec(depths="depths", widths="dims", input_multiple=32, at_input_size=_random_mixing_tokens),
+    arch=dict(token_mixers=("identity", "identity", "random", "random"), norm_layers=_NO_BIAS_GN,
+              **_random_mixing_tokens(None, (224, 224))),
+    card=dict(source=_SRC_V2, crop_pct=1.0, notes="the frozen random mixing matrices fix the input at 224x224"),
+    variants={
+        "randformer_s12": variant(**_S12, card=dict(params_m=11.9, frozen_params_m=0.2, macs_g=1.9, top1=76.6,
+                                                    drop_path_rate=0.1)),
+        "randformer_s24": variant(**_S24, card=dict(params_m=21.3, frozen_params_m=0.5, macs_g=3.5, top1=78.2,
+                                                    drop_path_rate=0.1)),
+        "randformer_s36": variant(**_S36, card=dict(params_m=30.8, frozen_params_m=0.7, macs_g=5.2, top1=79.5,
+                                                    drop_path_rate=0.2)),
+        "randformer_m36": variant(**_M36, card=dict(params_m=56.1, frozen_params_m=0.7, macs_g=9.0, top1=81.2,
+                                                    drop_path_rate=0.3)),
+        "randformer_m48": variant(**_M48, card=dict(params_m=73.3, frozen_params_m=0.9, macs_g=11.9, top1=81.4,
+                                                    drop_path_rate=0.3)),
+    })
+
+register_family(
+    "convformer", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer, timm=True,
+    arch=dict(token_mixers="sepconv", norm_layers=_NO_BIAS_LN2D, use_mlp_head=True),
+    card=dict(source=_SRC_V2_TIMM, crop_pct=1.0),
+    variants={
+        "convformer_s18": variant(**_CONV_S18, card=dict(params_m=26.77, macs_g=3.96, top1=83.0, drop_path_rate=0.2)),
+        "convformer_s36": variant(**_CONV_S36, card=dict(params_m=40.01, macs_g=7.67, top1=84.1, drop_path_rate=0.3)),
+        "convformer_m36": variant(**_CONV_M36, card=dict(params_m=57.05, macs_g=12.89, top1=84.5, drop_path_rate=0.4)),
+        "convformer_b36": variant(**_CONV_B36, card=dict(params_m=99.88, macs_g=22.69, top1=84.8, drop_path_rate=0.6)),
+    })
+
+register_family(
+    "caformer", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer, timm=True,
+    arch=dict(token_mixers=("sepconv", "sepconv", "attention", "attention"), use_mlp_head=True,
+              norm_layers=(_NO_BIAS_LN2D, _NO_BIAS_LN2D, _NO_BIAS_LN, _NO_BIAS_LN)),
+    card=dict(source=_SRC_V2_TIMM, crop_pct=1.0),
+    variants={
+        "caformer_s18": variant(**_CONV_S18, card=dict(params_m=26.34, macs_g=4.13, top1=83.6, drop_path_rate=0.15)),
+        "caformer_s36": variant(**_CONV_S36, card=dict(params_m=39.30, macs_g=8.00, top1=84.5, drop_path_rate=0.3)),
+        "caformer_m36": variant(**_CONV_M36, card=dict(params_m=56.20, macs_g=13.29, top1=85.2, drop_path_rate=0.4)),
+        "caformer_b36": variant(**_CONV_B36, card=dict(params_m=98.75, macs_g=23.22, top1=85.5, drop_path_rate=0.6)),
+    })

@@ -1,10 +1,24 @@
-"""The model registry: every variant is a builder function plus a ModelCard with the paper's figures."""
+"""The model registry: families declared in one call each, with every variant's paper card and pretrained config.
+
+A family file defines its model class and then registers everything about it at once:
+
+    register_family(
+        "convnext", ConvNeXt, paper=Paper("A ConvNet for the 2020s", "2201.03545", "facebookresearch/ConvNeXt"),
+        spec=ArchSpec(depths="depths", widths="dims"), converter=convert_official, timm=True,
+        variants={
+            "convnext_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768),
+                                     card=dict(params_m=28.59, macs_g=4.47, top1=82.1, source="...")),
+        })
+
+Every variant name is written literally once, so `grep -rn convnext_tiny src/` finds its declaration.
+"""
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -14,6 +28,36 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 #: How an official MACs figure may count (described in `convscope.analysis.counting.MACS_CONVENTIONS`).
 MACS_CONVENTION_NAMES = ("fvcore", "fvcore_manual_cf_ln", "macs")
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """A user's preprocessing for one variant (what timm calls the pretrained config): the input size the weights
+    expect, normalisation, resize interpolation and the evaluation centre-crop fraction."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 3 or min(self.input_size) < 1:
+            raise ValueError(f"input_size must be (C, H, W) with positive sizes; got {self.input_size}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1]; got {self.crop_pct}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Paper:
+    """Where a family comes from: title, arXiv id and official repository (owner/name)."""
+
+    title: str
+    arxiv: str
+    repo: str
 
 
 @dataclass(frozen=True)
@@ -31,6 +75,8 @@ class ModelCard:
     `deploy_params_m` is the official count of the re-parameterised (deploy) form where the official code has one.
     `macs_form` says which form of the network the official MACs figure counts: "train" (the default) or
     "deploy" (the re-parameterised form: RepLKNet's and UniRepLKNet's READMEs count merged kernels).
+    `drop_path_rate` is the paper's stochastic depth for training. `pretrained_cfg` is the preprocessing the
+    variant's weights expect; its `input_size` is the card's.
     """
 
     name: str
@@ -40,14 +86,9 @@ class ModelCard:
     repo: str
     params_m: float
     macs_g: float | None
-    input_size: tuple[int, int, int] = (3, 224, 224)
     top1: float | None = None
     pretrain: str = "ImageNet-1k"
     source: str = ""
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
     drop_path_rate: float = 0.0
     timm_name: str | None = None
     frozen_params_m: float = 0.0
@@ -55,6 +96,7 @@ class ModelCard:
     deploy_params_m: float | None = None
     macs_form: str = "train"
     notes: str = ""
+    pretrained_cfg: PretrainedCfg = field(default_factory=PretrainedCfg)
 
     def __post_init__(self) -> None:
         if self.macs_convention not in MACS_CONVENTION_NAMES:
@@ -63,52 +105,178 @@ class ModelCard:
         if self.macs_form not in ("train", "deploy"):
             raise ValueError(f"{self.name}: macs_form must be 'train' or 'deploy'; got {self.macs_form!r}")
 
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) at which the official figures were measured, which is also the default input."""
+        return self.pretrained_cfg.input_size
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+_CARD_FIELDS = frozenset(f.name for f in fields(ModelCard)) - {"name", "family", "paper", "arxiv", "pretrained_cfg"}
+_CFG_FIELDS = frozenset(f.name for f in fields(PretrainedCfg))
+
+
+# -- architecture specs --------------------------------------------------------------------------------------------
+StageQuantum = Callable[[Mapping[str, Any], int], int]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How a family's constructor arguments describe its architecture, for tools that change it (scaling,
+    pruning, export) without guessing.
+
+    depths / widths: the constructor arguments holding per-stage block counts and channel widths.
+    per_block: arguments holding one entry per block, nested per stage (UniRepLKNet's kernel sizes); when a
+        stage's depth changes, its pattern is repeated or cut to the new depth.
+    width_quantum: per stage, the multiple every width must be (a function of the arguments and the stage
+        index, or an int for all stages): attention heads, gnConv's channel halving, a dw expansion ratio.
+    input_multiple: input sides the network takes are multiples of this (1: any size above the minimum).
+    at_input_size: the arguments that follow the input size, e.g. a global filter's spectrum or a token-mixing
+        matrix sized to the token count: `fn(arguments, (H, W)) -> {argument: value}`.
+    """
+
+    depths: str = "depths"
+    widths: str = "dims"
+    per_block: tuple[str, ...] = ()
+    width_quantum: int | StageQuantum = 8
+    input_multiple: int = 1
+    at_input_size: Callable[[Mapping[str, Any], tuple[int, int]], dict[str, Any]] | None = None
+
+    def stages(self, arch: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+        """(depths, widths) of a variant's constructor arguments."""
+        return list(arch[self.depths]), list(arch[self.widths])
+
+    def quanta(self, arch: Mapping[str, Any]) -> list[int]:
+        """The multiple each stage's width must be: lcm of 8 (pycls) and what the architecture needs."""
+        n = len(arch[self.widths])
+        q = self.width_quantum
+        return [math.lcm(8, q if isinstance(q, int) else q(arch, i)) for i in range(n)]
+
+    def rebuild(self, arch: Mapping[str, Any], depths: Sequence[int], widths: Sequence[int],
+                input_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+        """The constructor arguments that change for new depths, widths and (optionally) input size."""
+        out: dict[str, Any] = {self.depths: tuple(int(d) for d in depths), self.widths: tuple(int(w) for w in widths)}
+        for name in self.per_block:
+            out[name] = tuple(_resample(stage, d) for stage, d in zip(arch[name], depths))
+        if input_hw is not None and self.at_input_size is not None:
+            out.update(self.at_input_size({**arch, **out}, input_hw))
+        return out
+
+
+def _resample(pattern: Sequence[Any], depth: int) -> tuple[Any, ...]:
+    """A stage's per-block pattern repeated or cut to `depth` blocks."""
+    return tuple(pattern[j % len(pattern)] for j in range(depth))
+
+
+# -- families and variants -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One registered name: its constructor arguments, its card and config fields, and its aliases."""
+
+    arch: Mapping[str, Any]
+    card: Mapping[str, Any]
+    aliases: tuple[str, ...] = ()
+
+
+def variant(*, card: Mapping[str, Any], aliases: Sequence[str] = (), **arch: Any) -> Variant:
+    """A variant: constructor arguments as keywords; `card` holds its ModelCard and PretrainedCfg fields
+    (params_m, macs_g, top1, source, ..., input_size, crop_pct, mean, ...)."""
+    unknown = set(card) - _CARD_FIELDS - _CFG_FIELDS
+    if unknown:
+        raise TypeError(f"unknown card field(s) {sorted(unknown)}; expected ModelCard fields {sorted(_CARD_FIELDS)} "
+                        f"or PretrainedCfg fields {sorted(_CFG_FIELDS)}")
+    return Variant(dict(arch), dict(card), tuple(aliases))
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered family: its model class, architecture spec, official-key converter and variants."""
+
+    name: str
+    model: Callable[..., nn.Module]
+    paper: Paper
+    spec: ArchSpec | None
+    converter: Callable[[dict, nn.Module], dict] | None
+    variants: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class _Entry:
-    builder: Callable[..., nn.Module]
+    family: Family
+    arch: Mapping[str, Any]
     card: ModelCard
-    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        return self.family.model(**{**self.arch, **kwargs})
 
 
 _MODELS: dict[str, _Entry] = {}
 _ALIASES: dict[str, str] = {}
-_OFFICIAL_CONVERTERS: dict[str, Callable[[dict, nn.Module], dict]] = {}
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper, variants: Mapping[str, Variant],
+                    spec: ArchSpec | None = ArchSpec(), converter: Callable[[dict, nn.Module], dict] | None = None,
+                    timm: bool = False, card: Mapping[str, Any] | None = None,
+                    arch: Mapping[str, Any] | None = None) -> Family:
+    """Register a family and all of its variants.
+
+    model: the class (or any callable) built as `model(**variant_arguments, num_classes=..., in_chans=...,
+        drop_path_rate=...)`.
+    paper: title, arXiv id and official repository; a variant may override `repo` (e.g. timm's own variants).
+    variants: name -> `variant(...)`, every name written literally.
+    spec: how the constructor arguments describe the architecture (None: the family cannot be rescaled).
+    converter: `fn(state_dict, model) -> state_dict` mapping the official repository's keys to ours.
+    timm: timm carries these variants under the same names (a variant may set `timm_name` itself).
+    card: ModelCard / PretrainedCfg fields shared by every variant (a variant's own fields win).
+    arch: constructor arguments shared by every variant (a variant's own win).
+    """
+    if name in _FAMILIES:
+        raise ValueError(f"family {name!r} is registered twice")
+    if not variants:
+        raise ValueError(f"family {name!r} declares no variants")
+    fam = Family(name, model, paper, spec, converter, tuple(variants))
+    shared = variant(card=card or {}).card
+    entries = {}
+    for vname, v in variants.items():
+        fields_ = {**shared, **v.card}
+        if vname in _MODELS or vname in _ALIASES or vname in entries:
+            raise ValueError(f"model {vname!r} is registered twice")
+        cfg = PretrainedCfg(**{k: fields_.pop(k) for k in list(fields_) if k in _CFG_FIELDS})
+        fields_.setdefault("timm_name", vname if timm else None)
+        fields_.setdefault("repo", paper.repo)
+        entries[vname] = _Entry(fam, {**(arch or {}), **v.arch}, ModelCard(name=vname, family=name, paper=paper.title,
+                                                       arxiv=paper.arxiv, pretrained_cfg=cfg, **fields_))
+    for vname, v in variants.items():
+        _MODELS[vname] = entries[vname]
+        for alias in v.aliases:
+            if alias in _MODELS or alias in _ALIASES:
+                raise ValueError(f"alias {alias!r} is registered twice")
+            _ALIASES[alias] = vname
+    _FAMILIES[name] = fam
+    return fam
+
+
+def official_converter(family: str) -> Callable[[dict, nn.Module], dict] | None:
+    """The official-key converter of a registered family (None when it has none)."""
+    fam = _FAMILIES.get(family)
+    return fam.converter if fam is not None else None
+
+
+def family_of(name: str) -> Family:
+    """The Family a registered model (or alias) belongs to."""
+    return _MODELS[resolve_name(name)].family
+
+
+def model_arch(name: str) -> dict[str, Any]:
+    """The constructor arguments a registered variant is built with (before create_model's own)."""
+    return dict(_MODELS[resolve_name(name)].arch)
 
 
 class UnknownModelError(ValueError):
     """Raised for a model name that is not registered; the message suggests the closest names."""
-
-
-def register_model(card: ModelCard, aliases: tuple[str, ...] = ()) -> Callable:
-    """Decorator: register `fn(**kwargs) -> nn.Module` under `card.name` (and its aliases)."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if card.name in _MODELS or card.name in _ALIASES:
-            raise ValueError(f"model {card.name!r} is registered twice")
-        _MODELS[card.name] = _Entry(fn, card, tuple(aliases))
-        for alias in aliases:
-            _ALIASES[alias] = card.name
-        return fn
-
-    return wrap
-
-
-def register_official_converter(family: str) -> Callable:
-    """Decorator: `fn(state_dict, model) -> state_dict` mapping a family's official checkpoint keys to ours."""
-
-    def wrap(fn: Callable[[dict, nn.Module], dict]) -> Callable[[dict, nn.Module], dict]:
-        _OFFICIAL_CONVERTERS[family] = fn
-        return fn
-
-    return wrap
-
-
-def official_converter(family: str) -> Callable[[dict, nn.Module], dict] | None:
-    return _OFFICIAL_CONVERTERS.get(family)
 
 
 def resolve_name(name: str) -> str:
@@ -135,16 +303,12 @@ def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
 
 
 def list_families() -> list[str]:
-    return sorted({e.card.family for e in _MODELS.values()})
+    return sorted(_FAMILIES)
 
 
 def model_card(name: str) -> ModelCard:
     """The ModelCard of a registered model (aliases accepted)."""
     return _MODELS[resolve_name(name)].card
-
-
-def model_builder(name: str) -> Callable[..., nn.Module]:
-    return _MODELS[resolve_name(name)].builder
 
 
 def create_model(name: str, *, pretrained: str | None = None, num_classes: int = 1000, in_chans: int = 3,
@@ -162,7 +326,7 @@ def create_model(name: str, *, pretrained: str | None = None, num_classes: int =
         then fully re-parameterised.
     Other keyword arguments go to the family's constructor.
     """
-    from ..layers.reparam import reparameterize_
+    from ..deploy.reparam import reparameterize_  # the deploy form is deploy/'s job (lazy: deploy/ imports models/)
     from .features import FeatureExtractor
     from .weights import load_checkpoint
 
@@ -170,15 +334,13 @@ def create_model(name: str, *, pretrained: str | None = None, num_classes: int =
     if pretrained is not None and not isinstance(pretrained, (str, bytes)) and not hasattr(pretrained, "__fspath__"):
         raise ValueError("pretrained must be the path of a local weights file (nothing is downloaded at run "
                          f"time); got {pretrained!r}")
-    model = entry.builder(num_classes=num_classes, in_chans=in_chans,
+    model = entry.build(num_classes=num_classes, in_chans=in_chans,
                           drop_path_rate=0.0 if drop_path_rate is None else float(drop_path_rate), **kwargs)
     card = entry.card
     model.model_name = card.name
     model.card = card
     model.pretrained_cfg = dict(  # what timm's data helpers read
-        input_size=card.input_size, mean=card.mean, std=card.std, interpolation=card.interpolation,
-        crop_pct=card.crop_pct, num_classes=num_classes, first_conv=None, classifier=None,
-    )
+        card.pretrained_cfg.to_dict(), num_classes=num_classes, first_conv=None, classifier=None)
     if pretrained is not None:
         load_checkpoint(model, pretrained, match_reparam_form=deploy)
     if deploy:
@@ -206,3 +368,12 @@ def resolve_model(model: nn.Module | str, *, device: str | None = None, what: st
     if not isinstance(model, nn.Module):
         raise ValueError(f"{what} must be an nn.Module or a registered model name; got {type(model).__name__}")
     return model, getattr(model, "model_name", type(model).__name__)
+
+
+def _unregister_family(name: str) -> None:
+    """Remove a family and its variants (for tests that register a throw-away family)."""
+    fam = _FAMILIES.pop(name)
+    for vname in fam.variants:
+        del _MODELS[vname]
+    for alias in [a for a, target in _ALIASES.items() if target in fam.variants]:
+        del _ALIASES[alias]

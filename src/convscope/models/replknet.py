@@ -16,14 +16,15 @@ maps the official keys, including the official deploy form (`structural_reparam(
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 import torch
 from torch import nn
 
-from ..layers import ClassifierHead, ConvBnAct, ReparamLargeKernelConv, drop_path_or_identity, drop_path_rates
+from ..layers import ClassifierHead, ConvBnAct, ReparamLargeKernelConv, drop_path_or_identity
 from ..layers.reparam import fuse_bn_before_conv_
-from .base import ConvScopeModel, Stage
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ModelCard, register_model, register_official_converter
+from .base import ConvScopeModel
+from .registry import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, Paper, register_family, variant
 
 
 class RepLKBlock(nn.Module):
@@ -93,65 +94,20 @@ class RepLKNet(ConvScopeModel):
             ConvBnAct(c0, c0, 1, act_layer=nn.ReLU),
             ConvBnAct(c0, c0, 3, stride=2, groups=c0, act_layer=nn.ReLU),
         )
-        dpr = drop_path_rates(drop_path_rate, layers)
-        stages = []
-        for i, (depth, dim, k) in enumerate(zip(layers, channels, large_kernel_sizes)):
-            transition = None if i == 0 else nn.Sequential(
-                ConvBnAct(channels[i - 1], dim, 1, act_layer=nn.ReLU),
-                ConvBnAct(dim, dim, 3, stride=2, groups=dim, act_layer=nn.ReLU),
-            )
-            blocks = []
-            for j in range(depth):  # the official code gives both blocks of a pair the same drop-path rate
-                blocks += [RepLKBlock(dim, int(dim * dw_ratio), k, small_kernel, dpr[i][j]),
-                           ConvFFN(dim, int(dim * ffn_ratio), dpr[i][j])]
-            stages.append(Stage(transition, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = channels[-1]
+        self.build_stages(
+            layers, channels, drop_path_rate,
+            downsample=lambda i: nn.Sequential(  # the official "transition"
+                ConvBnAct(channels[i - 1], channels[i], 1, act_layer=nn.ReLU),
+                ConvBnAct(channels[i], channels[i], 3, stride=2, groups=channels[i], act_layer=nn.ReLU)),
+            # a layer is a (RepLK block, ConvFFN) pair with the same drop-path rate, as in the official code
+            block=lambda i, j, dp: (
+                RepLKBlock(channels[i], int(channels[i] * dw_ratio), large_kernel_sizes[i], small_kernel, dp),
+                ConvFFN(channels[i], int(channels[i] * ffn_ratio), dp)))
         self.head = ClassifierHead(channels[-1], num_classes, norm_layer=nn.BatchNorm2d, drop_rate=drop_rate,
                                    norm_first=True)
 
 
-_PAPER = dict(family="replknet", paper="Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs",
-              arxiv="2203.06717", repo="DingXiaoH/RepLKNet-pytorch")
-_SRC = ("top-1, MACs (README 'FLOPs') and resolution: DingXiaoH/RepLKNet-pytorch README @b76808a; params: the "
-        "official replknet.py @b76808a counted in its train form (mmpretrain's table rounds them: 79.86 / "
-        "172.67 / 335.44); drop path: the README's training commands")
-
-_ARCHS: dict[str, tuple[dict, dict]] = {
-    "replknet_31b": (
-        dict(large_kernel_sizes=(31, 29, 27, 13), layers=(2, 2, 18, 2), channels=(128, 256, 512, 1024)),
-        dict(params_m=79.864168, macs_g=15.3, top1=83.5, drop_path_rate=0.5,
-             notes="ImageNet-1k at 224; the 384 fine-tune reaches 84.8 (45.1G MACs), ImageNet-22k -> 1k 85.2")),
-    "replknet_31l": (
-        dict(large_kernel_sizes=(31, 29, 27, 13), layers=(2, 2, 18, 2), channels=(192, 384, 768, 1536)),
-        dict(params_m=172.671016, macs_g=96.0, top1=86.6, input_size=(3, 384, 384), crop_pct=1.0,
-             pretrain="ImageNet-22k", drop_path_rate=0.3,
-             notes="ImageNet-22k pre-trained, fine-tuned on 1k at 384")),
-    "replknet_xl": (
-        dict(large_kernel_sizes=(27, 27, 27, 13), layers=(2, 2, 18, 2), channels=(256, 512, 1024, 2048),
-             small_kernel=None, dw_ratio=1.5),
-        dict(params_m=335.435752, macs_g=128.7, top1=87.8, input_size=(3, 320, 320), mean=INCEPTION_MEAN,
-             std=INCEPTION_STD, pretrain="MegData-73M",
-             notes="MegData-73M pre-trained, fine-tuned on ImageNet-1k at 320 with mean = std = 0.5; no small "
-                   "kernel; the README gives no drop-path rate for it")),
-}
-
-
-def _register(name: str, arch: dict, card: dict) -> None:
-    def build(**kwargs) -> RepLKNet:
-        return RepLKNet(**{**arch, **kwargs})
-
-    build.__name__ = build.__qualname__ = name
-    register_model(ModelCard(name=name, source=_SRC, macs_form="deploy", **_PAPER, **card))(build)
-
-
-for _name, (_arch, _card) in _ARCHS.items():
-    _register(_name, _arch, _card)
-
-
-@register_official_converter("replknet")
-def _convert_official(state_dict: dict, model: nn.Module) -> dict:
+def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """DingXiaoH/RepLKNet-pytorch keys -> ours, for the train form and the official deploy forms
     (`lkb_reparam` after structural_reparam(); `conv.bias` without `bn` after deep_fuse_BN())."""
     out = {}
@@ -164,3 +120,38 @@ def _convert_official(state_dict: dict, model: nn.Module) -> dict:
         k = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", k)
         out[k] = v
     return out
+
+
+def _dw_quantum(arch, i: int) -> int:
+    """Widths whose dw_ratio expansion stays a whole multiple of 8 (XL's 1.5 needs multiples of 16)."""
+    return 8 * Fraction(arch.get("dw_ratio", 1)).limit_denominator(64).denominator
+
+
+_SRC = ("top-1, MACs (README 'FLOPs') and resolution: DingXiaoH/RepLKNet-pytorch README @b76808a; params: the "
+        "official replknet.py @b76808a counted in its train form (mmpretrain's table rounds them: 79.86 / "
+        "172.67 / 335.44); drop path: the README's training commands")
+
+register_family(
+    "replknet", RepLKNet, paper=Paper("Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs",
+                                      "2203.06717", "DingXiaoH/RepLKNet-pytorch"),
+    spec=ArchSpec(depths="layers", widths="channels", width_quantum=_dw_quantum), converter=convert_official,
+    card=dict(source=_SRC, macs_form="deploy"),
+    variants={
+        "replknet_31b": variant(
+            large_kernel_sizes=(31, 29, 27, 13), layers=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
+            card=dict(params_m=79.864168, macs_g=15.3, top1=83.5, drop_path_rate=0.5,
+                      notes="ImageNet-1k at 224; the 384 fine-tune reaches 84.8 (45.1G MACs), ImageNet-22k -> 1k "
+                            "85.2")),
+        "replknet_31l": variant(
+            large_kernel_sizes=(31, 29, 27, 13), layers=(2, 2, 18, 2), channels=(192, 384, 768, 1536),
+            card=dict(params_m=172.671016, macs_g=96.0, top1=86.6, input_size=(3, 384, 384), crop_pct=1.0,
+                      pretrain="ImageNet-22k", drop_path_rate=0.3,
+                      notes="ImageNet-22k pre-trained, fine-tuned on 1k at 384")),
+        "replknet_xl": variant(
+            large_kernel_sizes=(27, 27, 27, 13), layers=(2, 2, 18, 2), channels=(256, 512, 1024, 2048),
+            small_kernel=None, dw_ratio=1.5,
+            card=dict(params_m=335.435752, macs_g=128.7, top1=87.8, input_size=(3, 320, 320), mean=INCEPTION_MEAN,
+                      std=INCEPTION_STD, pretrain="MegData-73M",
+                      notes="MegData-73M pre-trained, fine-tuned on ImageNet-1k at 320 with mean = std = 0.5; no "
+                            "small kernel; the README gives no drop-path rate for it")),
+    })

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from ..layers import (ClassifierHead, DilatedReparamBlock, GlobalResponseNorm, LayerNorm, LayerNorm2d, SqueezeExcite,
-                      drop_path_or_identity, drop_path_rates, init_trunc_normal, scale_classifier_)
+                      drop_path_or_identity, init_trunc_normal, layer_scale, layer_scale_parameter, scale_classifier_)
+from ..layers.mixers.dilated_reparam import DILATED_BRANCHES
 from ..layers.reparam import fuse_affine_after_, fuse_bn_into_conv_
-from .base import ConvScopeModel, Stage
+from .base import ConvScopeModel
 from .convnext import official_layout_key
-from .registry import ModelCard, register_model, register_official_converter
+from .registry import ArchSpec, Paper, register_family, variant
 
 
 class UniRepLKNetBlock(nn.Module):
@@ -52,16 +53,14 @@ class UniRepLKNetBlock(nn.Module):
         self.grn = GlobalResponseNorm(hidden, channels_last=True)
         self.pwconv2 = nn.Linear(hidden, dim, bias=False)
         self.ffn_bn: nn.Module = nn.BatchNorm2d(dim)
-        self.gamma = nn.Parameter(torch.full((dim,), ls_init_value)) if ls_init_value else None
+        self.gamma = layer_scale_parameter(dim, ls_init_value or None)
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.se(self.norm(self.dwconv(x)))
         y = self.pwconv2(self.grn(self.act(self.pwconv1(y.permute(0, 2, 3, 1)))))
         y = self.ffn_bn(y.permute(0, 3, 1, 2))
-        if self.gamma is not None:
-            y = y * self.gamma.view(1, -1, 1, 1)
-        return x + self.drop_path(y)
+        return x + self.drop_path(layer_scale(y, self.gamma))
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -99,90 +98,22 @@ class UniRepLKNet(ConvScopeModel):
             nn.Conv2d(in_chans, dims[0] // 2, 3, stride=2, padding=1), LayerNorm2d(dims[0] // 2), nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1), LayerNorm2d(dims[0]),
         )
-        dpr = drop_path_rates(drop_path_rate, depths)
-        stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            downsample = None if i == 0 else nn.Sequential(nn.Conv2d(dims[i - 1], dim, 3, stride=2, padding=1),
-                                                           LayerNorm2d(dim))
-            blocks = [UniRepLKNetBlock(dim, kernel_sizes[i][j], dpr[i][j], ls_init_value) for j in range(depth)]
-            stages.append(Stage(downsample, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=4 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+        self.build_stages(
+            depths, dims, drop_path_rate,
+            downsample=lambda i: nn.Sequential(nn.Conv2d(dims[i - 1], dims[i], 3, stride=2, padding=1),
+                                               LayerNorm2d(dims[i])),
+            block=lambda i, j, dp: UniRepLKNetBlock(dims[i], kernel_sizes[i][j], dp, ls_init_value))
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=LayerNorm, drop_rate=drop_rate)
         init_trunc_normal(self)
         scale_classifier_(self.head.fc, head_init_scale)
 
 
-# Per-block kernel sizes of the official unireplknet.py (13 = Dilated Reparam Block, 3 = plain dw 3x3).
-_AFP_DEPTHS, _N_DEPTHS, _T_DEPTHS, _SBLXL_DEPTHS = (2, 2, 6, 2), (2, 2, 8, 2), (3, 3, 18, 3), (3, 3, 27, 3)
-DEFAULT_KERNEL_SIZES: dict[tuple[int, ...], tuple[tuple[int, ...], ...]] = {
-    _AFP_DEPTHS: ((3,) * 2, (13,) * 2, (13,) * 6, (13,) * 2),
-    _N_DEPTHS: ((3,) * 2, (13,) * 2, (13,) * 8, (13,) * 2),
-    _T_DEPTHS: ((3,) * 3, (13,) * 3, (13, 3) * 9, (13,) * 3),
-    _SBLXL_DEPTHS: ((3,) * 3, (13,) * 3, (13, 3, 3) * 9, (13,) * 3),
-}
-
-_PAPER = dict(family="unireplknet", paper="UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, "
-              "Video, Point Cloud, Time-Series and Image Recognition", arxiv="2311.15599",
-              repo="AILab-CVC/UniRepLKNet")
-_SRC = ("top-1, MACs (README 'FLOPs') and resolution: AILab-CVC/UniRepLKNet README @b5677d8; params_m: the "
-        "official unireplknet.py @b5677d8 counted in its train form (deploy=False); deploy_params_m: counted with "
-        "deploy=True, which is what the README's rounded #params give (e.g. A 4.4M); drop path: Image/README.md")
-_IN1K = "ImageNet-1k at 224"
-_FT384 = dict(input_size=(3, 384, 384), crop_pct=1.0, pretrain="ImageNet-22k")
-
-_ARCHS: dict[str, tuple[dict, dict]] = {
-    "unireplknet_a": (dict(depths=_AFP_DEPTHS, dims=(40, 80, 160, 320)),
-                      dict(params_m=4.649060, deploy_params_m=4.437300, macs_g=0.6, top1=77.0, notes=_IN1K)),
-    "unireplknet_f": (dict(depths=_AFP_DEPTHS, dims=(48, 96, 192, 384)),
-                      dict(params_m=6.489328, deploy_params_m=6.235216, macs_g=0.9, top1=78.6, notes=_IN1K)),
-    "unireplknet_p": (dict(depths=_AFP_DEPTHS, dims=(64, 128, 256, 512)),
-                      dict(params_m=11.080520, deploy_params_m=10.741704, macs_g=1.6, top1=80.2, drop_path_rate=0.1,
-                           notes=_IN1K)),
-    "unireplknet_n": (dict(depths=_N_DEPTHS, dims=(80, 160, 320, 640)),
-                      dict(params_m=18.818880, deploy_params_m=18.318560, macs_g=2.8, top1=81.6, drop_path_rate=0.1,
-                           notes=_IN1K)),
-    "unireplknet_t": (dict(depths=_T_DEPTHS, dims=(80, 160, 320, 640)),
-                      dict(params_m=31.693420, deploy_params_m=31.037980, macs_g=4.9, top1=83.2, drop_path_rate=0.2,
-                           notes=_IN1K)),
-    "unireplknet_s": (dict(depths=_SBLXL_DEPTHS, dims=(96, 192, 384, 768)),
-                      dict(params_m=56.456704, deploy_params_m=55.645984, macs_g=9.1, top1=83.9, drop_path_rate=0.4,
-                           notes=_IN1K + "; ImageNet-22k -> 1k at 384: 86.4 (26.7G MACs)")),
-    "unireplknet_b": (dict(depths=_SBLXL_DEPTHS, dims=(128, 256, 512, 1024)),
-                      dict(params_m=99.089416, deploy_params_m=98.008456, macs_g=47.2, top1=87.4, drop_path_rate=0.2,
-                           notes="ImageNet-22k pre-trained at 224, fine-tuned on 1k at 384", **_FT384)),
-    "unireplknet_l": (dict(depths=_SBLXL_DEPTHS, dims=(192, 384, 768, 1536)),
-                      dict(params_m=220.076056, deploy_params_m=218.454616, macs_g=105.4, top1=87.9,
-                           drop_path_rate=0.3, notes="ImageNet-22k pre-trained at 192, fine-tuned on 1k at 384",
-                           **_FT384)),
-    "unireplknet_xl": (dict(depths=_SBLXL_DEPTHS, dims=(256, 512, 1024, 2048)),
-                       dict(params_m=388.690984, deploy_params_m=386.529064, macs_g=187.0, top1=88.0,
-                            drop_path_rate=0.3, notes="ImageNet-22k pre-trained at 192, fine-tuned on 1k at 384",
-                            **_FT384)),
-}
-
-
-def _register(name: str, arch: dict, card: dict) -> None:
-    def build(**kwargs) -> UniRepLKNet:
-        return UniRepLKNet(**{**arch, **kwargs})
-
-    build.__name__ = build.__qualname__ = name
-    register_model(ModelCard(name=name, source=_SRC, macs_form="deploy", **_PAPER, **card))(build)
-
-
-for _name, (_arch, _card) in _ARCHS.items():
-    _register(_name, _arch, _card)
-
-
 def _dilated_branch_index(kernel_size: int) -> dict[str, int]:
-    from ..layers.mixers.dilated_reparam import DILATED_BRANCHES
     ks, rs = DILATED_BRANCHES[kernel_size]
     return {f"k{k}_{r}": i for i, (k, r) in enumerate(zip(ks, rs))}
 
 
-@register_official_converter("unireplknet")
-def _convert_official(state_dict: dict, model: nn.Module) -> dict:
+def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """AILab-CVC/UniRepLKNet keys -> ours, for the train form and the deploy form (reparameterize_unireplknet())."""
     out = {}
     for k, v in state_dict.items():
@@ -202,3 +133,54 @@ def _convert_official(state_dict: dict, model: nn.Module) -> dict:
             v = v.reshape(-1)  # (1, 1, 1, C) -> (C,)
         out[k] = v
     return out
+
+
+# Per-block kernel sizes of the official unireplknet.py (13 = Dilated Reparam Block, 3 = plain dw 3x3).
+_AFP_DEPTHS, _N_DEPTHS, _T_DEPTHS, _SBLXL_DEPTHS = (2, 2, 6, 2), (2, 2, 8, 2), (3, 3, 18, 3), (3, 3, 27, 3)
+DEFAULT_KERNEL_SIZES: dict[tuple[int, ...], tuple[tuple[int, ...], ...]] = {
+    _AFP_DEPTHS: ((3,) * 2, (13,) * 2, (13,) * 6, (13,) * 2),
+    _N_DEPTHS: ((3,) * 2, (13,) * 2, (13,) * 8, (13,) * 2),
+    _T_DEPTHS: ((3,) * 3, (13,) * 3, (13, 3) * 9, (13,) * 3),
+    _SBLXL_DEPTHS: ((3,) * 3, (13,) * 3, (13, 3, 3) * 9, (13,) * 3),
+}
+_AFP = dict(depths=_AFP_DEPTHS, kernel_sizes=DEFAULT_KERNEL_SIZES[_AFP_DEPTHS])
+_N = dict(depths=_N_DEPTHS, kernel_sizes=DEFAULT_KERNEL_SIZES[_N_DEPTHS])
+_T = dict(depths=_T_DEPTHS, kernel_sizes=DEFAULT_KERNEL_SIZES[_T_DEPTHS])
+_SBLXL = dict(depths=_SBLXL_DEPTHS, kernel_sizes=DEFAULT_KERNEL_SIZES[_SBLXL_DEPTHS])
+
+_SRC = ("top-1, MACs (README 'FLOPs') and resolution: AILab-CVC/UniRepLKNet README @b5677d8; params_m: the "
+        "official unireplknet.py @b5677d8 counted in its train form (deploy=False); deploy_params_m: counted with "
+        "deploy=True, which is what the README's rounded #params give (e.g. A 4.4M); drop path: Image/README.md")
+_IN1K = "ImageNet-1k at 224"
+_FT384 = dict(input_size=(3, 384, 384), crop_pct=1.0, pretrain="ImageNet-22k")
+
+register_family(
+    "unireplknet", UniRepLKNet, paper=Paper(
+        "UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, Point Cloud, Time-Series and "
+        "Image Recognition", "2311.15599", "AILab-CVC/UniRepLKNet"),
+    spec=ArchSpec(depths="depths", widths="dims", per_block=("kernel_sizes",)), converter=convert_official,
+    card=dict(source=_SRC, macs_form="deploy"),
+    variants={
+        "unireplknet_a": variant(**_AFP, dims=(40, 80, 160, 320), card=dict(
+            params_m=4.649060, deploy_params_m=4.437300, macs_g=0.6, top1=77.0, notes=_IN1K)),
+        "unireplknet_f": variant(**_AFP, dims=(48, 96, 192, 384), card=dict(
+            params_m=6.489328, deploy_params_m=6.235216, macs_g=0.9, top1=78.6, notes=_IN1K)),
+        "unireplknet_p": variant(**_AFP, dims=(64, 128, 256, 512), card=dict(
+            params_m=11.080520, deploy_params_m=10.741704, macs_g=1.6, top1=80.2, drop_path_rate=0.1, notes=_IN1K)),
+        "unireplknet_n": variant(**_N, dims=(80, 160, 320, 640), card=dict(
+            params_m=18.818880, deploy_params_m=18.318560, macs_g=2.8, top1=81.6, drop_path_rate=0.1, notes=_IN1K)),
+        "unireplknet_t": variant(**_T, dims=(80, 160, 320, 640), card=dict(
+            params_m=31.693420, deploy_params_m=31.037980, macs_g=4.9, top1=83.2, drop_path_rate=0.2, notes=_IN1K)),
+        "unireplknet_s": variant(**_SBLXL, dims=(96, 192, 384, 768), card=dict(
+            params_m=56.456704, deploy_params_m=55.645984, macs_g=9.1, top1=83.9, drop_path_rate=0.4,
+            notes=_IN1K + "; ImageNet-22k -> 1k at 384: 86.4 (26.7G MACs)")),
+        "unireplknet_b": variant(**_SBLXL, dims=(128, 256, 512, 1024), card=dict(
+            params_m=99.089416, deploy_params_m=98.008456, macs_g=47.2, top1=87.4, drop_path_rate=0.2,
+            notes="ImageNet-22k pre-trained at 224, fine-tuned on 1k at 384", **_FT384)),
+        "unireplknet_l": variant(**_SBLXL, dims=(192, 384, 768, 1536), card=dict(
+            params_m=220.076056, deploy_params_m=218.454616, macs_g=105.4, top1=87.9, drop_path_rate=0.3,
+            notes="ImageNet-22k pre-trained at 192, fine-tuned on 1k at 384", **_FT384)),
+        "unireplknet_xl": variant(**_SBLXL, dims=(256, 512, 1024, 2048), card=dict(
+            params_m=388.690984, deploy_params_m=386.529064, macs_g=187.0, top1=88.0, drop_path_rate=0.3,
+            notes="ImageNet-22k pre-trained at 192, fine-tuned on 1k at 384", **_FT384)),
+    })

@@ -11,7 +11,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_path
-from ..layers.reparam import match_reparam_form_
 from .registry import official_converter
 
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -98,7 +97,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
     source: "timm" (timm's keys, which are ours for the families timm carries), "official" (the official
     repository's keys, mapped by the family's converter) or "auto" (ours/timm's if they fit, else official).
     match_reparam_form: first re-parameterise the parts of `model` that the checkpoint holds in re-parameterised
-    form (see `layers.reparam.match_reparam_form_`); `create_model(..., deploy=True)` uses this.
+    form (see `convscope.deploy.reparam.match_reparam_form_`); `create_model(..., deploy=True)` uses this.
     """
     if source not in ("auto", "timm", "official"):
         raise ValueError(f"source must be 'auto', 'timm' or 'official'; got {source!r}")
@@ -125,7 +124,8 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
     elif converter is not None and not set(own) <= set(sd):
         sd = converter(dict(sd), target)
     if match_reparam_form:
-        match_reparam_form_(target, sd)
+        from ..deploy.reparam import REPARAMETERIZE  # lazy: deploy/ sits above models/
+        REPARAMETERIZE.match_checkpoint(target, sd)
         own = target.state_dict()
 
     problem = _describe_mismatch(name, sd, own, ignore_unexpected=isinstance(model, FeatureExtractor))

@@ -22,7 +22,7 @@ class IdentityMixer(nn.Identity):
 
     channels_last = False
 
-    def __init__(self, dim: int | None = None, **_: object) -> None:
+    def __init__(self, dim: int | None = None) -> None:
         super().__init__()
 
 

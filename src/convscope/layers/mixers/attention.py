@@ -16,7 +16,7 @@ class Attention(nn.Module):
     channels_last = True
 
     def __init__(self, dim: int, head_dim: int = 32, num_heads: int | None = None, qkv_bias: bool = False,
-                 proj_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0, **_: object) -> None:
+                 proj_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         self.head_dim = head_dim
         self.num_heads = num_heads or max(dim // head_dim, 1)

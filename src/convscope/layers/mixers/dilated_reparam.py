@@ -26,7 +26,7 @@ class DilatedReparamBlock(ParallelConvBn):
 
     channels_last = False
 
-    def __init__(self, dim: int, kernel_size: int = 13, **_: object) -> None:
+    def __init__(self, dim: int, kernel_size: int = 13) -> None:
         if kernel_size not in DILATED_BRANCHES:
             raise ValueError(f"DilatedReparamBlock takes kernel_size in {sorted(DILATED_BRANCHES)}; "
                              f"got {kernel_size}")

@@ -20,7 +20,7 @@ class GlobalLocalFilter(nn.Module):
 
     channels_last = False
 
-    def __init__(self, dim: int, h: int = 14, w: int = 8, **_: object) -> None:
+    def __init__(self, dim: int, h: int = 14, w: int = 8) -> None:
         super().__init__()
         if dim % 2:
             raise ValueError(f"GlobalLocalFilter splits its channels in half; dim must be even, got {dim}")

@@ -23,7 +23,7 @@ class GnConv(nn.Module):
     channels_last = False
 
     def __init__(self, dim: int, order: int = 5, spatial_mixer: Callable[[int], nn.Module] | None = None,
-                 kernel_size: int = 7, scale: float = 1 / 3, **_: object) -> None:
+                 kernel_size: int = 7, scale: float = 1 / 3) -> None:
         super().__init__()
         if order < 1 or dim % 2 ** (order - 1):
             raise ValueError(f"gnConv of order {order} needs dim divisible by 2^(order-1) = "

@@ -16,7 +16,7 @@ class InceptionDWConv2d(nn.Module):
     channels_last = False
 
     def __init__(self, dim: int, square_kernel_size: int = 3, band_kernel_size: int = 11,
-                 branch_ratio: float = 0.125, dilation: int = 1, **_: object) -> None:
+                 branch_ratio: float = 0.125, dilation: int = 1) -> None:
         super().__init__()
         gc = int(dim * branch_ratio)
         sq_pad = dilation * (square_kernel_size - 1) // 2

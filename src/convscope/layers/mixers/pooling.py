@@ -11,7 +11,7 @@ class Pooling(nn.Module):
 
     channels_last = False
 
-    def __init__(self, dim: int | None = None, pool_size: int = 3, **_: object) -> None:
+    def __init__(self, dim: int | None = None, pool_size: int = 3) -> None:
         super().__init__()
         self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
 

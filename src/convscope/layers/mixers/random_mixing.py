@@ -14,7 +14,7 @@ class RandomMixing(nn.Module):
 
     channels_last = False
 
-    def __init__(self, dim: int | None = None, num_tokens: int = 196, **_: object) -> None:
+    def __init__(self, dim: int | None = None, num_tokens: int = 196) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.random_matrix = nn.Parameter(torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1),

@@ -15,8 +15,7 @@ class ReparamLargeKernelConv(ParallelConvBn):
 
     channels_last = False
 
-    def __init__(self, dim: int, kernel_size: int = 31, small_kernel: int | None = 5, stride: int = 1,
-                 **_: object) -> None:
+    def __init__(self, dim: int, kernel_size: int = 31, small_kernel: int | None = 5, stride: int = 1) -> None:
         if kernel_size % 2 == 0 or (small_kernel is not None and small_kernel % 2 == 0):
             raise ValueError(f"kernel sizes must be odd; got kernel_size={kernel_size}, small_kernel={small_kernel}")
         branches = () if small_kernel is None else ((small_kernel, 1),)

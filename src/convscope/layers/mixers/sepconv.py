@@ -17,7 +17,7 @@ class SepConv(nn.Module):
 
     def __init__(self, dim: int, expansion_ratio: float = 2, act1_layer: Callable[[], nn.Module] = StarReLU,
                  act2_layer: Callable[[], nn.Module] = nn.Identity, bias: bool = False, kernel_size: int = 7,
-                 padding: int | None = None, **_: object) -> None:
+                 padding: int | None = None) -> None:
         super().__init__()
         mid = int(expansion_ratio * dim)
         padding = kernel_size // 2 if padding is None else padding
