@@ -11,7 +11,7 @@ TORCHVISION := torchvision==0.28.0
 STAMP := .make
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install install-test data chromium readme-table bench-train clean
+.PHONY: demo test install install-test data chromium readme-table bench-train bench clean
 
 demo: $(STAMP)/install $(STAMP)/data
 	$(PYTHON) examples/demo.py
@@ -57,6 +57,15 @@ bench-train: $(STAMP)/install $(STAMP)/data
 	$(PYTHON) benchmarks/engine_overhead.py
 	$(PYTHON) benchmarks/data_loading.py
 	$(PYTHON) benchmarks/train_settings.py
+
+# Any benchmark by name (benchmarks/README.md): make bench NAME=reparam_speed ARGS="--threads 1"; without NAME, the
+# index. Some also need the test extras or the Fashion-MNIST files (tests/test_benchmarks.py keeps these lists
+# in step with benchmarks/run.py).
+BENCH_NEED_TEST := official_parity reparam_equivalence reparam_speed
+BENCH_NEED_DATA := data_loading
+bench: $(STAMP)/install $(if $(filter $(BENCH_NEED_TEST),$(NAME)),$(STAMP)/install-test) \
+		$(if $(filter $(BENCH_NEED_DATA),$(NAME)),$(STAMP)/data)
+	$(PYTHON) benchmarks/run.py $(if $(NAME),$(NAME) $(ARGS),--list)
 
 # Regenerate the README's model table from the registry (tests/test_readme.py checks it is current).
 readme-table: $(STAMP)/install

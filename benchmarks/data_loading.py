@@ -10,7 +10,9 @@
 Everything runs with one torch thread in the main process, the demo's setting (benchmarks/train_settings.py shows
 why); runs alternate; medians are reported. pin_memory stays off: it only helps copies to a GPU.
 
-    PYTHONPATH=src python benchmarks/data_loading.py [--rounds 3]
+    PYTHONPATH=src python benchmarks/data_loading.py [--rounds 3] [--data DIR]
+
+--data: a directory of Fashion-MNIST idx files (default: Debian's dataset-fashion-mnist, `make data`).
 """
 from __future__ import annotations
 
@@ -22,32 +24,26 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-from convscope.train import TrainConfig, train
-from convscope.train.data import Loader, fashion_mnist
-from convscope.train.transforms import TrainTransform
-
-from common import cpu_name, load_average
-
 RESULTS = Path(__file__).parent / "results"
 BATCH = 128
 N_BATCHES = 60
 
 
-class PerImage(Dataset):
-    """The classic route: one image at a time through the transform, collated by the DataLoader."""
+class PerImage:
+    """The classic route: one image at a time through the transform, collated by the DataLoader (a map-style
+    dataset: __len__ and __getitem__)."""
 
     def __init__(self, ds, tf):
-        self.ds, self.tf = ds, tf
+        import torch
+
+        self.ds, self.tf, self.make_generator = ds, tf, torch.Generator
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
         x, y = self.ds[i]
-        g = torch.Generator().manual_seed(i)
+        g = self.make_generator().manual_seed(i)
         return self.tf(x.unsqueeze(0), g)[0], y
 
 
@@ -64,8 +60,10 @@ def loader_rate(make, n_batches: int) -> float:
 ENGINE_SETUPS = {"1 thread, loader in the main process": (1, 0), "1 thread, loader in 1 worker process": (1, 1)}
 
 
-def engine_rate(threads: int, workers: int, tmp: str, i: int) -> float:
-    cfg = TrainConfig(model="convnext_atto", data="fashion-mnist", data_limit=20 * BATCH, eval_limit=BATCH,
+def engine_rate(threads: int, workers: int, tmp: str, i: int, data: str) -> float:
+    from convscope.train import TrainConfig, train
+
+    cfg = TrainConfig(model="convnext_atto", data=data, data_limit=20 * BATCH, eval_limit=BATCH,
                       epochs=2, batch_size=BATCH, lr=2e-3, hflip=0.5, scale=(0.6, 1.0), channels_last=True,
                       workers=workers, threads=threads, progress="none", device="cpu",
                       out=f"{tmp}/t{threads}w{workers}_{i}")
@@ -75,9 +73,19 @@ def engine_rate(threads: int, workers: int, tmp: str, i: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--data", default=None, metavar="DIR",
+                    help="Fashion-MNIST idx files (default: /usr/share/datasets/fashion-mnist, `make data`)")
     args = ap.parse_args()
+    import torch
+    from torch.utils.data import DataLoader
+
+    from convscope.train.data import Loader, fashion_mnist
+    from convscope.train.transforms import TrainTransform
+
+    from common import cpu_name, load_average
+
     torch.set_num_threads(1)
-    ds = fashion_mnist(split="train")
+    ds = fashion_mnist(args.data, split="train")
     mean, std = ds.channel_stats()
     tf = TrainTransform(32, mean, std, scale=(0.6, 1.0))
     setups = {
@@ -96,7 +104,7 @@ def main() -> None:
                 n = N_BATCHES if k.startswith("batched") else N_BATCHES // 4
                 rates[k].append(loader_rate(make, n))
             for k, (threads, workers) in ENGINE_SETUPS.items():
-                engine[k].append(engine_rate(threads, workers, tmp, r))
+                engine[k].append(engine_rate(threads, workers, tmp, r, args.data or "fashion-mnist"))
             print(f"round {r + 1}: loader " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items())
                   + "; training " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in engine.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}

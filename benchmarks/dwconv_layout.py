@@ -19,9 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks")]
 
@@ -53,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    import torch
+    import torch.nn.functional as F
+
     from reparam_speed import cpu_model
 
     torch.set_num_threads(args.threads)

@@ -18,22 +18,18 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
-import convscope
-from convscope.train import TrainConfig, train
-from convscope.train.data import synthetic
-from convscope.train.engine import param_groups
-
-from common import cpu_name, load_average
+if TYPE_CHECKING:
+    import torch
 
 MODEL, SIZE, BATCH, CLASSES = "convnext_atto", 32, 128, 10
 RESULTS = Path(__file__).parent / "results"
 
 
 def engine_run(steps: int, threads: int, tmp: Path, i: int) -> float:
+    from convscope.train import TrainConfig, train
+
     cfg = TrainConfig(model=MODEL, data="synthetic", synthetic_size=steps * BATCH, synthetic_classes=CLASSES,
                       synthetic_image_size=SIZE, in_chans=1, epochs=2, batch_size=BATCH, lr=2e-3,
                       warmup_epochs=0.5, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, channels_last=True,
@@ -43,6 +39,12 @@ def engine_run(steps: int, threads: int, tmp: Path, i: int) -> float:
 
 
 def bare_run(steps: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    import convscope
+    from convscope.train.engine import param_groups
+
     torch.manual_seed(0)
     model = convscope.create_model(MODEL, num_classes=CLASSES, in_chans=1).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=2e-3)
@@ -65,6 +67,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the demo's setting: 1)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not update benchmarks/results")
     args = ap.parse_args()
+    import torch
+
+    from convscope.train.data import synthetic
+
+    from common import cpu_name, load_average
+
     torch.set_num_threads(args.threads)
 
     ds = synthetic(args.steps * BATCH, CLASSES, SIZE, 1, seed=0)

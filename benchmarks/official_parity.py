@@ -1,12 +1,16 @@
 """Compare convscope models with the official repositories' own model code.
 
-The official code is read at run time from git mirrors of the official repositories (as brought by
-`fetch github:<owner>/<repo>`, under --mirror-root); none of it is part of convscope. For each pair, the
-official model gets random weights, its state dict goes through `load_checkpoint(..., source="official")`, and
-the logits are compared at 224x224 and at a non-square size.
+The official code is read at run time from clones of the official repositories, which the caller names; none of
+it is part of convscope. For each pair, the official model gets random weights, its state dict goes through
+`load_checkpoint(..., source="official")`, and the logits are compared at 224x224 and at a non-square size.
 
-    python benchmarks/official_parity.py [--mirror-root /work/.mirror] [--families convnext,metaformer]
-        [--write-keys tests/data/official_keys] [--out benchmarks/results/official_parity.md]
+    python benchmarks/official_parity.py --official-root DIR [--official FAMILY=PATH ...]
+        [--families convnext,metaformer] [--write-keys tests/data/official_keys] [--out FILE.md]
+
+A family's code is found at PATH given by `--official FAMILY=PATH`, else under `--official-root DIR` as
+DIR/<name> (what `git clone` makes) or DIR/<owner>+<name>/repo or DIR/<owner>+<name> (a git mirror). PATH is a
+checked-out source tree or a git directory, bare included (its files are read with `git show HEAD:...`). The
+families and their repositories are listed by --help.
 
 --write-keys records each checked official state dict's key names and shapes as JSON, the fixtures with which
 tests/models/test_official_keys.py checks the converters without the official code.
@@ -29,48 +33,47 @@ import subprocess
 import sys
 import tempfile
 import types
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-# family -> (mirror directory, files to load as modules (first is the model file), {ours: official constructor})
+# family -> (GitHub repository, files to load as modules (first is the model file), {ours: official constructor})
 OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
-    "convnext": ("facebookresearch+ConvNeXt", ["models/convnext.py"], {
+    "convnext": ("facebookresearch/ConvNeXt", ["models/convnext.py"], {
         "convnext_atto": "ConvNeXt(depths=[2, 2, 6, 2], dims=[40, 80, 160, 320])",
         "convnext_tiny": "convnext_tiny()", "convnext_small": "convnext_small()",
     }),
-    "convnextv2": ("facebookresearch+ConvNeXt-V2", ["models/convnextv2.py", "models/utils.py"], {
+    "convnextv2": ("facebookresearch/ConvNeXt-V2", ["models/convnextv2.py", "models/utils.py"], {
         "convnextv2_atto": "convnextv2_atto()", "convnextv2_nano": "convnextv2_nano()",
         "convnextv2_tiny": "convnextv2_tiny()",
     }),
-    "inception_next": ("sail-sg+inceptionnext", ["models/inceptionnext.py"], {
+    "inception_next": ("sail-sg/inceptionnext", ["models/inceptionnext.py"], {
         "inception_next_atto": "inceptionnext_atto()", "inception_next_tiny": "inceptionnext_tiny()",
     }),
-    "poolformer": ("sail-sg+poolformer", ["models/poolformer.py"], {
+    "poolformer": ("sail-sg/poolformer", ["models/poolformer.py"], {
         "poolformer_s12": "poolformer_s12()", "poolformer_m36": "poolformer_m36()",
     }),
-    "metaformer": ("sail-sg+metaformer", ["metaformer_baselines.py"], {
+    "metaformer": ("sail-sg/metaformer", ["metaformer_baselines.py"], {
         f"{fam}_{size}": f"{fam}_{size}()"
         for fam in ("identityformer", "randformer", "poolformerv2") for size in ("s12", "m36")
     } | {
         f"{fam}_{size}": f"{fam}_{size}()" for fam in ("convformer", "caformer") for size in ("s18", "m36")
     }),
-    "hornet": ("raoyongming+HorNet", ["hornet.py"], {
+    "hornet": ("raoyongming/HorNet", ["hornet.py"], {
         "hornet_tiny_7x7": "hornet_tiny_7x7()", "hornet_tiny_gf": "hornet_tiny_gf()",
         "hornet_small_gf": "hornet_small_gf()", "hornet_large_gf_384": "hornet_large_gf_img384()",
     }),
     # Plain BatchNorm (use_sync_bn=False; the same in eval) so that the official deep_fuse_BN() applies.
-    "replknet": ("DingXiaoH+RepLKNet-pytorch", ["replknet.py"], {
+    "replknet": ("DingXiaoH/RepLKNet-pytorch", ["replknet.py"], {
         "replknet_31b": "RepLKNet(large_kernel_sizes=[31, 29, 27, 13], layers=[2, 2, 18, 2], "
                         "channels=[128, 256, 512, 1024], drop_path_rate=0, small_kernel=5, use_sync_bn=False)",
         "replknet_xl": "RepLKNet(large_kernel_sizes=[27, 27, 27, 13], layers=[2, 2, 18, 2], "
                        "channels=[256, 512, 1024, 2048], drop_path_rate=0, small_kernel=None, dw_ratio=1.5, "
                        "use_sync_bn=False)",
     }),
-    "unireplknet": ("AILab-CVC+UniRepLKNet", ["unireplknet.py"], {
+    "unireplknet": ("AILab-CVC/UniRepLKNet", ["unireplknet.py"], {
         f"unireplknet_{v}": f"unireplknet_{v}(attempt_use_lk_impl=False)" for v in ("a", "f", "t")
     }),
 }
@@ -84,15 +87,85 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
 SIZES = {"replknet_xl": [(128, 128), (96, 160)]}
 
 
-def _load_official_module(repo_dir: Path, files: list[str], tmp: Path) -> types.ModuleType:
-    """Materialise the official files from the git mirror and import the first one.
+def _git(path: Path, *args: str) -> str | None:
+    """`git -C path ARGS`'s output, or None where git fails (not a repository, no such object)."""
+    r = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+@dataclass
+class OfficialSource:
+    """One official repository's code: a checked-out tree (files read from disk) or a git directory, bare or not
+    (files read from HEAD)."""
+
+    path: Path
+    checkout: bool
+
+    def read(self, rel: str) -> str:
+        if self.checkout:
+            return (self.path / rel).read_text()
+        return subprocess.run(["git", "-C", str(self.path), "show", f"HEAD:{rel}"], check=True, capture_output=True,
+                              text=True).stdout
+
+    def commit(self, files: list[str]) -> str:
+        """HEAD's short hash; '-dirty' where a checkout's copy of `files` differs from it; 'unversioned' for a
+        tree outside git."""
+        if self.checkout:
+            top = _git(self.path, "rev-parse", "--show-toplevel")
+            if top is None or Path(top.strip()).resolve() != self.path.resolve():
+                return "unversioned"
+        commit = (_git(self.path, "rev-parse", "--short", "HEAD") or "unversioned").strip()
+        if self.checkout and (_git(self.path, "status", "--porcelain", "--", *files) or "").strip():
+            commit += "-dirty"
+        return commit
+
+
+def find_source(path: Path, files: list[str]) -> OfficialSource | None:
+    """The official code at `path`, if the files are there: a source tree first, else a git directory."""
+    if all((path / rel).is_file() for rel in files):
+        return OfficialSource(path, checkout=True)
+    if path.is_dir() and all(_git(path, "cat-file", "-e", f"HEAD:{rel}") is not None for rel in files):
+        return OfficialSource(path, checkout=False)
+    return None
+
+
+def candidates(repo: str, explicit: Path | None, roots: list[Path]) -> list[Path]:
+    """Where to look for `repo` (owner/name): the explicit path alone, else the clone and mirror layouts of each
+    root."""
+    if explicit is not None:
+        return [explicit]
+    owner, name = repo.split("/")
+    return [p for root in roots for p in (root / name, root / f"{owner}+{name}" / "repo", root / f"{owner}+{name}")]
+
+
+def resolve_sources(families: list[str], explicit: dict[str, Path], roots: list[Path]) -> dict[str, OfficialSource]:
+    """Each family's official code; for those not found, one line each on stderr and exit status 2."""
+    found, missing = {}, []
+    for family in families:
+        repo, files, _ = OFFICIAL[family]
+        tried = candidates(repo, explicit.get(family), roots)
+        source = next((s for s in (find_source(p, files) for p in tried) if s), None)
+        if source is None:
+            where = (f"{tried[0]} lacks {', '.join(files)}" if family in explicit else
+                     f"not under {', '.join(map(str, roots))}" if roots else "no --official-root")
+            missing.append(f"official_parity: no official code for {family} ({where}): git clone "
+                           f"https://github.com/{repo} and pass --official {family}=PATH or --official-root DIR")
+        else:
+            found[family] = source
+    if missing:
+        print("\n".join(missing), file=sys.stderr)
+        sys.exit(2)
+    return found
+
+
+def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -> types.ModuleType:
+    """Materialise the official files in `tmp` and import the first one.
 
     Only import lines are adapted (a relative import, timm helpers that moved, a sparse-conv dependency the
     classification models do not use); the model code itself runs unchanged.
     """
     for rel in files:
-        src = subprocess.run(["git", "-C", str(repo_dir), "show", f"HEAD:{rel}"], check=True, capture_output=True,
-                             text=True).stdout
+        src = source.read(rel)
         src = src.replace("from .utils import", "from utils import")
         src = src.replace("from timm.models.layers.helpers import to_2tuple", "from timm.layers import to_2tuple")
         src = src.replace("from MinkowskiEngine import SparseTensor", "SparseTensor = None")
@@ -108,9 +181,11 @@ def _load_official_module(repo_dir: Path, files: list[str], tmp: Path) -> types.
     return module
 
 
-def _check_deploy(name, ours, official, steps, xs, repo, ctor, write_keys, commit, mirror) -> list[tuple]:
+def _check_deploy(name, ours, official, steps, xs, repo, ctor, write_keys, commit, github) -> list[tuple]:
     """Ours re-parameterised vs the official model after each of its re-parameterisation steps, and the
     official deploy-form state dict loaded into `create_model(name, deploy=True, pretrained=...)`."""
+    import torch
+
     import convscope
     from convscope.models import save_weights
     from tests.conftest import rel_err
@@ -126,7 +201,7 @@ def _check_deploy(name, ours, official, steps, xs, repo, ctor, write_keys, commi
             out = Path(f"{write_keys.rstrip('/')}_deploy")
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}.{step}.json").write_text(json.dumps(dict(
-                repo=mirror.replace("+", "/"), commit=commit, constructor=ctor + applied,
+                repo=github, commit=commit, constructor=ctor + applied,
                 keys={k: list(v.shape) for k, v in sd.items()}), indent=0))
         with tempfile.TemporaryDirectory() as tmp:
             path = save_weights(sd, Path(tmp) / "deploy.safetensors")
@@ -143,13 +218,41 @@ def _check_deploy(name, ours, official, steps, xs, repo, ctor, write_keys, commi
     return rows
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="families and their official repositories:\n" + "\n".join(
+            f"  {f:15s} https://github.com/{repo}  ({', '.join(files)})" for f, (repo, files, _) in OFFICIAL.items()))
+    p.add_argument("--official-root", action="append", default=[], type=Path, metavar="DIR",
+                   help="a directory holding the official repositories: DIR/<name> (git clone) or "
+                        "DIR/<owner>+<name>[/repo] (git mirror); repeatable")
+    p.add_argument("--official", action="append", default=[], metavar="FAMILY=PATH",
+                   help="one family's official repository: a source tree or a git directory (bare included); "
+                        "repeatable, takes precedence over --official-root")
+    p.add_argument("--families", default=",".join(OFFICIAL), help="comma-separated (default: all)")
+    p.add_argument("--write-keys", default=None, metavar="DIR",
+                   help="record each official state dict's keys and shapes as JSON here (and in DIR_deploy/)")
+    p.add_argument("--out", default=None, help="write the markdown results page here")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mirror-root", default="/work/.mirror")
-    p.add_argument("--families", default=",".join(OFFICIAL))
-    p.add_argument("--write-keys", default=None)
-    p.add_argument("--out", default=None)
+    p = build_parser()
     args = p.parse_args(argv)
+    families = [f for f in args.families.split(",") if f]
+    explicit = {}
+    for item in args.official:
+        family, sep, path = item.partition("=")
+        if not sep or not path:
+            p.error(f"--official takes FAMILY=PATH; got {item!r}")
+        explicit[family] = Path(path)
+    unknown = sorted({f for f in families + list(explicit) if f not in OFFICIAL})
+    if unknown:
+        p.error(f"unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+                f"known: {', '.join(OFFICIAL)}")
+    sources = resolve_sources(families, explicit, args.official_root)
+
+    import torch
 
     from tests.conftest import import_timm, randomize_, rel_err
     import_timm()  # the official files import timm helpers
@@ -157,13 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     from convscope.models import load_checkpoint
 
     rows = []
-    for family in args.families.split(","):
-        mirror, files, pairs = OFFICIAL[family]
-        repo_dir = Path(args.mirror_root) / mirror / "repo"
-        commit = subprocess.run(["git", "-C", str(repo_dir), "rev-parse", "--short", "HEAD"], check=True,
-                                capture_output=True, text=True).stdout.strip()
+    for family in families:
+        github, files, pairs = OFFICIAL[family]
+        commit = sources[family].commit(files)
         with tempfile.TemporaryDirectory() as tmp:
-            module = _load_official_module(repo_dir, files, Path(tmp))
+            module = _load_official_module(sources[family], files, Path(tmp))
             for ours_name, ctor in pairs.items():
                 torch.manual_seed(0)
                 with contextlib.redirect_stdout(io.StringIO()):  # HorNet's gnconv prints its configuration
@@ -174,12 +275,12 @@ def main(argv: list[str] | None = None) -> int:
                     out.mkdir(parents=True, exist_ok=True)
                     keys = {k: list(v.shape) for k, v in sd.items()}
                     (out / f"{ours_name}.json").write_text(json.dumps(
-                        dict(repo=mirror.replace("+", "/"), commit=commit, constructor=ctor, keys=keys), indent=0))
+                        dict(repo=github, commit=commit, constructor=ctor, keys=keys), indent=0))
                 ours = load_checkpoint(convscope.create_model(ours_name).eval(), sd, source="official")
                 sizes = [(224, 224)] if ours.fixed_input_size else [(224, 224), (160, 288)]
                 sizes = SIZES.get(ours_name, sizes)
                 xs = [torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0)) for h, w in sizes]
-                repo = f"{mirror.replace('+', '/')}@{commit}"
+                repo = f"{github}@{commit}"
                 for x in xs:
                     with torch.no_grad():
                         err = rel_err(ours(x), official(x))
@@ -187,17 +288,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{ours_name:26s} {x.shape[2]}x{x.shape[3]:<4d} max rel err {err:.2e}")
                 if family in OFFICIAL_DEPLOY:
                     rows += _check_deploy(ours_name, ours, official, OFFICIAL_DEPLOY[family], xs, repo, ctor,
-                                          args.write_keys, commit, mirror)
+                                          args.write_keys, commit, github)
                 del official, ours
             sys.path.remove(tmp)
 
     worst = max(r[-1] for r in rows)
     print(f"worst {worst:.2e} over {len(rows)} comparisons")
     if args.out:
+        family_arg = "" if families == list(OFFICIAL) else f" --families {','.join(families)}"
         lines = [
             "# convscope vs the official model code",
             "",
-            f"Command: `python benchmarks/official_parity.py --out {args.out}`",
+            f"Command: `python benchmarks/official_parity.py --official-root DIR{family_arg} --out {args.out}`, DIR "
+            "holding clones of the official repositories at the commits below.",
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}, fp32.",
             "Random weights (tests.conftest.randomize_) in the official model, loaded into ours with "

@@ -14,8 +14,6 @@ import copy
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
@@ -24,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    import torch
 
     from convscope.deploy import reparameterize_
     from tests.conftest import meta_model, random_model, randomize_, rel_err, reparameterizable_models

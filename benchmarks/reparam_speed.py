@@ -19,8 +19,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
@@ -50,6 +52,8 @@ def _time(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def _structure(model: torch.nn.Module) -> dict[str, int]:
+    import torch
+
     bn = torch.nn.modules.batchnorm._BatchNorm
     return dict(params=sum(p.numel() for p in model.parameters()),
                 convs=sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()),
@@ -58,6 +62,8 @@ def _structure(model: torch.nn.Module) -> dict[str, int]:
 
 def bench(name: str, batch: int, fmt: str, train: torch.nn.Module, deploy: torch.nn.Module, repeats: int,
           warmup: int, max_seconds: float) -> dict:
+    import torch
+
     size = train.card.input_size
     x = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
     memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
@@ -85,6 +91,7 @@ def bench(name: str, batch: int, fmt: str, train: torch.nn.Module, deploy: torch
 
 def op_profile(train: torch.nn.Module, deploy: torch.nn.Module, batch: int = 1) -> list[tuple[str, float, float]]:
     """Self CPU time (ms) per aten operator, train form vs deploy form, one NCHW forward each after a warm-up."""
+    import torch
     from torch.profiler import profile
 
     x = torch.randn(batch, *train.card.input_size, generator=torch.Generator().manual_seed(0))
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.render)
         path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))
         return 0
+
+    import torch
 
     import convscope
     from tests.conftest import randomize_

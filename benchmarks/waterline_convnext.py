@@ -27,16 +27,13 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src")]
 
-import convscope  # noqa: E402
-from convscope.analysis import plots  # noqa: E402
-from convscope.analysis.hardware import describe_machine, hardware_peaks  # noqa: E402
-from convscope.analysis.waterline import LayerProfile, profile_layers  # noqa: E402
+if TYPE_CHECKING:
+    from convscope.analysis.waterline import LayerProfile
 
 KINDS = ("depthwise conv", "pointwise conv")
 
@@ -68,6 +65,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/waterline_convnext"))
     args = ap.parse_args()
+    import torch
+
+    import convscope
+    from convscope.analysis import plots
+    from convscope.analysis.hardware import hardware_peaks
+    from convscope.analysis.waterline import profile_layers
+
     out = Path(args.out)
     command = "PYTHONPATH=src python " + shlex.join(["benchmarks/waterline_convnext.py", *sys.argv[1:]])
 
@@ -190,6 +194,8 @@ def _summary(rec: dict) -> list[str]:
 
 
 def markdown(rec: dict, png: str) -> str:
+    from convscope.analysis.hardware import describe_machine
+
     m, p = rec["machine"], rec["peaks"]
     d = p["details"]["fp32"]
     lines = [

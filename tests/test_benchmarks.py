@@ -1,0 +1,151 @@
+"""benchmarks/: every script is in the index (benchmarks/run.py) and in benchmarks/README.md, its result pages
+exist, it answers --help at once and needs no path outside the repository; the runner; and official_parity's
+start-up checks of where the official code is."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+
+
+def _load(name: str) -> types.ModuleType:
+    """benchmarks/NAME.py as a module (the runner and official_parity import only the standard library)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+RUN = _load("run")
+NAMES = list(RUN.BENCHMARKS)
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_every_script_is_indexed():
+    scripts = {p.stem for p in BENCH.glob("*.py")}
+    unindexed = scripts - set(RUN.BENCHMARKS) - set(RUN.HELPERS)
+    assert not unindexed, f"add {sorted(unindexed)} to BENCHMARKS in benchmarks/run.py"
+    gone = (set(RUN.BENCHMARKS) | set(RUN.HELPERS)) - scripts
+    assert not gone, f"benchmarks/run.py indexes scripts that do not exist: {sorted(gone)}"
+
+
+def test_readme_table_is_current_and_names_every_file():
+    text = (BENCH / "README.md").read_text()
+    assert RUN.render_readme(text) == text, "benchmarks/README.md is stale: run `python benchmarks/run.py --readme`"
+    for stem in [*RUN.BENCHMARKS, *RUN.HELPERS]:
+        assert f"({stem}.py)" in text, f"benchmarks/README.md does not link {stem}.py"
+
+
+def test_result_pages_exist_and_belong_to_their_script():
+    indexed = {page: name for name, b in RUN.BENCHMARKS.items() for page in b.results}
+    for page, name in indexed.items():
+        path = RESULTS / page
+        assert path.is_file(), f"{name}: no result page benchmarks/results/{page}"
+        if path.suffix == ".md":
+            assert f"benchmarks/{name}.py" in path.read_text(), f"{page} does not record a command of {name}.py"
+    unindexed = {p.name for p in RESULTS.iterdir()} - set(indexed)
+    assert not unindexed, f"result files no benchmark in benchmarks/run.py claims: {sorted(unindexed)}"
+
+
+def test_makefile_bench_prerequisites_follow_the_index():
+    make = (ROOT / "Makefile").read_text()
+
+    def listed(var: str) -> set[str]:
+        return set(re.search(rf"^{var} := (.*)$", make, re.M).group(1).split())
+
+    assert listed("BENCH_NEED_TEST") == {n for n, b in RUN.BENCHMARKS.items() if "pytest" in b.needs}
+    assert listed("BENCH_NEED_DATA") == {n for n, b in RUN.BENCHMARKS.items() if "Fashion-MNIST" in b.needs}
+    assert re.search(r"^bench: \$\(STAMP\)/install ", make, re.M)
+
+
+# Directories of one machine; the Debian Fashion-MNIST directory is a system dataset (overridable by --data).
+MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(?:work|tmp|home|root|mnt|opt|srv|data|usr/share)/[^\s\"'`),]*|\.mirror\b")
+
+
+@pytest.mark.parametrize("name", [*NAMES, *RUN.HELPERS])
+def test_no_machine_specific_paths(name):
+    found = [m for m in MACHINE_PATH.findall((BENCH / f"{name}.py").read_text())
+             if not m.startswith("/usr/share/datasets/fashion-mnist")]
+    assert not found, f"{name}.py names paths outside the repository: {found}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_answers_at_once(name):
+    """`--help` exits 0 with the usage, and without importing torch (seconds of start-up on a small CPU)."""
+    r = _python("-X", "importtime", f"benchmarks/{name}.py", "--help")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("usage:")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported, f"{name}.py --help imports torch: import it after parsing the arguments"
+
+
+def test_runner_lists_and_dispatches():
+    r = _python("benchmarks/run.py", "--list")
+    assert r.returncode == 0, r.stderr
+    for name, b in RUN.BENCHMARKS.items():
+        assert name in r.stdout and all(f"benchmarks/results/{p}" in r.stdout for p in b.results)
+    r = _python("benchmarks/run.py", "scaling_rules", "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: scaling_rules.py")
+    r = _python("benchmarks/run.py", "no_such_benchmark")
+    assert r.returncode == 2 and "no benchmark 'no_such_benchmark'" in r.stderr
+
+
+# -- official_parity: where the official code is ---------------------------------------------------------------
+def test_official_parity_without_the_code_names_what_to_clone(tmp_path):
+    r = _python("benchmarks/official_parity.py", "--families", "inception_next,hornet", "--official-root",
+                str(tmp_path))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 2, r.stderr
+    assert "inception_next" in lines[0] and "https://github.com/sail-sg/inceptionnext" in lines[0]
+    assert "hornet" in lines[1] and "https://github.com/raoyongming/HorNet" in lines[1]
+    r = _python("benchmarks/official_parity.py", "--families", "convnext")  # no root at all
+    assert r.returncode == 2 and "https://github.com/facebookresearch/ConvNeXt" in r.stderr
+    r = _python("benchmarks/official_parity.py", "--families", "nope")
+    assert r.returncode == 2 and "unknown family nope" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_official_parity_reads_a_checkout_or_a_bare_mirror(tmp_path):
+    op = _load("official_parity")
+    files = op.OFFICIAL["inception_next"][1]
+
+    def git(*args: str, cwd: Path = tmp_path) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    clones, mirrors = tmp_path / "clones", tmp_path / "mirrors"
+    checkout = clones / "inceptionnext"
+    (checkout / "models").mkdir(parents=True)
+    (checkout / files[0]).write_text("x = 1\n")
+    git("init", "-q", str(checkout))
+    git("add", ".", cwd=checkout)
+    git("commit", "-qm", "c", cwd=checkout)
+    head = git("rev-parse", "--short", "HEAD", cwd=checkout)
+    git("clone", "-q", "--bare", str(checkout), str(mirrors / "sail-sg+inceptionnext" / "repo"))
+
+    for root, is_checkout in ((clones, True), (mirrors, False)):
+        source = op.resolve_sources(["inception_next"], {}, [root])["inception_next"]
+        assert source.checkout is is_checkout and source.read(files[0]) == "x = 1\n"
+        assert source.commit(files) == head
+    (checkout / files[0]).write_text("x = 2\n")
+    assert op.find_source(checkout, files).commit(files) == f"{head}-dirty"
+    plain = tmp_path / "plain"
+    shutil.copytree(checkout, plain, ignore=shutil.ignore_patterns(".git"))
+    assert op.resolve_sources(["inception_next"], {"inception_next": plain}, [])["inception_next"].commit(
+        files) == "unversioned"
