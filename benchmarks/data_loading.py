@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from convscope.train import TrainConfig, train
-from convscope.train.data import Loader, fashion_mnist
+from convscope.train.datasets import fashion_mnist
+from convscope.train.loaders import Loader
 from convscope.train.transforms import TrainTransform
 
 from common import cpu_name, load_average

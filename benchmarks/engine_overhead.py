@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import convscope
 from convscope.train import TrainConfig, train
-from convscope.train.data import synthetic
+from convscope.train.datasets import synthetic
 from convscope.train.engine import param_groups
 
 from common import cpu_name, load_average

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import convscope
-from convscope.train.data import Loader, TensorImageDataset
+from convscope.train.datasets import TensorImageDataset
+from convscope.train.loaders import Loader
 from convscope.train.engine import (ModelEma, TrainModule, WarmupCosine, choose_input_size, evaluate, loss_fn,
                                     param_groups)
 from convscope.train.transforms import EvalTransform

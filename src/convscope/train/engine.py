@@ -30,10 +30,11 @@ from ..files import atomic_write_json, read_json
 from ..models import create_model, model_card
 from .checkpoint import CheckpointManager, rng_state_json, save_model_file, set_rng_state_json
 from .config import TrainConfig
-from .data import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, Loader, fashion_mnist, is_idx_dir,
-                   repeat_channels, split_indices, synthetic)
+from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, fashion_mnist, is_idx_dir, repeat_channels,
+                       split_indices, synthetic)
 from .distributed import (DistInfo, all_gather_tensors, all_reduce_sum, barrier, destroy_distributed,
                           init_distributed)
+from .loaders import Loader
 from .mixing import MixupCutMix, classification_loss
 from .report import Console, PhaseTimer, format_duration, plot_curves, write_metrics
 from .transforms import EvalTransform, RandAugmentLite, TrainTransform
