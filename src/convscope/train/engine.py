@@ -28,6 +28,7 @@ from torch import nn
 
 from ..files import atomic_write_json, read_json
 from ..models import create_model, model_card
+from ..utils import set_threads
 from .checkpoint import CheckpointManager, rng_state_json, save_model_file, set_rng_state_json
 from .config import TrainConfig
 from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, fashion_mnist, is_idx_dir, repeat_channels,
@@ -340,8 +341,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads or None)   # 0, like None, leaves torch's thread count as it is
     device = dist.device
     out = Path(cfg.out)
     ckpts = CheckpointManager(out / "checkpoints", cfg.keep_last)

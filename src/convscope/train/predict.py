@@ -7,9 +7,9 @@ from typing import Any, Sequence
 
 import torch
 
+from ..utils import resolve_device
 from .checkpoint import load_model
 from .datasets import FASHION_MNIST_CLASSES, ImageFolder, fashion_mnist, is_idx_dir, load_image, repeat_channels
-from .distributed import resolve_device
 from .engine import evaluate
 from .loaders import Loader
 from .transforms import EvalTransform
