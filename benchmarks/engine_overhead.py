@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import convscope
 from convscope.train import TrainConfig, train
 from convscope.train.datasets import synthetic
-from convscope.train.engine import param_groups
+from convscope.train.recipe import param_groups
 
 from common import cpu_name, load_average
 

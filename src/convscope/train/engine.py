@@ -1,305 +1,34 @@
 """The training engine: `train(TrainConfig)` runs a whole training run, and reads top to bottom like one.
 
-The recipe is the one the ConvNeXt / MetaFormer papers train with, scaled down: AdamW with linear warm-up and a
-cosine schedule per optimizer step, weight decay on matrices and kernels only, stochastic depth at the
-ModelCard's rate, label smoothing, Mixup/CutMix and RandAugment when asked, gradient clipping, an EMA of the
-weights, bf16 autocast, channels-last, gradient accumulation, torch.compile, and a multi-sample dropout head.
-
 Reproducibility: every batch (its images, augmentation and mixing) is a function of (seed, epoch, step, rank);
 the model's own randomness (stochastic depth, dropout) comes from the global torch generator, whose state is
 checkpointed with everything else. Resuming from a checkpoint therefore continues bit for bit where the run was.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
-import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..files import atomic_write_json, read_json
+from ..files import atomic_write_json
 from ..models import create_model, model_card
 from ..utils import set_threads
 from .checkpoint import CheckpointManager, rng_state_json, save_model_file, set_rng_state_json
 from .config import TrainConfig
-from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, fashion_mnist, is_idx_dir, repeat_channels,
-                       split_indices, synthetic)
-from .distributed import (DistInfo, all_gather_tensors, all_reduce_sum, barrier, destroy_distributed,
-                          init_distributed)
+from .distributed import DistInfo, all_gather_tensors, all_reduce_sum, barrier, destroy_distributed, init_distributed
+from .evaluation import evaluate
 from .loaders import Loader
-from .mixing import MixupCutMix, classification_loss
-from .report import Console, PhaseTimer, format_duration, plot_curves, write_metrics
-from .transforms import EvalTransform, RandAugmentLite, TrainTransform
-
-
-# -- optimizer pieces ---------------------------------------------------------------------------------------------
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: weight decay on parameters with 2+ dimensions (conv kernels, linear weights); none on
-    1-D ones (norm weights and biases, biases, layer scales, GRN's gamma/beta) nor on a model's
-    `no_weight_decay()` names. Frozen parameters are left out."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-
-
-class WarmupCosine:
-    """Learning rate per optimizer step s (0-based): linear warm-up lr * (s + 1) / warmup for s < warmup, then
-    min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2 with t = (s - warmup) / (total - warmup) going 0 -> 1."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer | None, lr: float, min_lr: float, warmup_steps: int,
-                 total_steps: int) -> None:
-        if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"need 0 <= warmup_steps <= total_steps, total >= 1; got {warmup_steps}, {total_steps}")
-        self.optimizer, self.lr, self.min_lr = optimizer, lr, min_lr
-        self.warmup_steps, self.total_steps = warmup_steps, total_steps
-        self.last_step = -1
-
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    def step(self, step: int) -> float:
-        """Set the learning rate of optimizer step `step` in every parameter group."""
-        lr = self.lr_at(step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        self.last_step = step
-        return lr
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                    last_step=self.last_step)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in ("lr", "min_lr", "warmup_steps", "total_steps"):
-            if state[k] != getattr(self, k):
-                raise ValueError(f"schedule {k} differs from the checkpoint's: {getattr(self, k)} vs {state[k]}")
-        self.last_step = state["last_step"]
-
-
-class ModelEma:
-    """Exponential moving average of the weights: ema = d * ema + (1 - d) * w after every optimizer step, with
-    d = min(decay, (1 + step) / (10 + step)) when `warmup` (so that short runs are not dominated by the init).
-    Non-float buffers are copied."""
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.warmup = decay, warmup
-
-    def decay_at(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = self.decay_at(step)
-        ema_f, cur_f = [], []
-        for e, c in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if e.is_floating_point():
-                ema_f.append(e)
-                cur_f.append(c.detach())
-            else:
-                e.copy_(c)
-        torch._foreach_lerp_(ema_f, cur_f, 1.0 - d)
-
-
-class TrainModule(nn.Module):
-    """What the optimizer trains (and DDP / torch.compile wrap): the model, with an optional multi-sample dropout
-    head (Inoue, arXiv 1905.09788): in training, `samples` dropout masks on the pooled features, each through the
-    classifier, giving logits (samples, B, classes) whose losses are averaged."""
-
-    def __init__(self, model: nn.Module, msd_samples: int = 0, msd_drop: float = 0.5) -> None:
-        super().__init__()
-        self.model, self.msd_samples, self.msd_drop = model, msd_samples, msd_drop
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.msd_samples == 0 or not self.training:
-            return self.model(x)
-        feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        fc = self.model.get_classifier()
-        return torch.stack([fc(F.dropout(feats, self.msd_drop, True)) for _ in range(self.msd_samples)])
-
-
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Classification loss; multi-sample logits (K, B, C) give the mean of the K losses."""
-    if logits.ndim == 3:
-        return torch.stack([classification_loss(lg, targets, smoothing) for lg in logits]).mean()
-    return classification_loss(logits, targets, smoothing)
-
-
-# -- evaluation ---------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, num_classes: int, device: torch.device, amp: str = "fp32",
-             channels_last: bool = False, dist: DistInfo | None = None) -> dict[str, Any]:
-    """Top-1, top-5 (top-k for k = min(5, classes)), mean cross-entropy and the confusion matrix
-    (rows: true class, columns: predicted), summed over all ranks."""
-    dist = dist or DistInfo(device=device)
-    was_training = model.training
-    model.eval()
-    k = min(5, num_classes)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    counts = torch.zeros(2, dtype=torch.int64, device=device)   # top-1 correct, top-k correct
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    n = torch.zeros((), dtype=torch.int64, device=device)
-    loader.set_epoch(0)
-    for x, y in loader:
-        x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        y = y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        topk = logits.topk(k, dim=1).indices
-        counts[0] += (topk[:, 0] == y).sum()
-        counts[1] += (topk == y[:, None]).any(1).sum()
-        confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes * num_classes)
-        n += y.numel()
-    for t in (loss_sum, counts, confusion, n):
-        all_reduce_sum(t, dist)
-    model.train(was_training)
-    total = max(int(n), 1)
-    return dict(top1=100.0 * int(counts[0]) / total, top5=100.0 * int(counts[1]) / total,
-                loss=float(loss_sum) / total, n=int(n),
-                confusion=confusion.view(num_classes, num_classes).cpu().tolist())
-
-
-# -- data ----------------------------------------------------------------------------------------------------------
-@dataclass
-class DataSpec:
-    """The datasets of a run and how to feed them to the model."""
-
-    train: Any
-    eval: Any
-    classes: tuple[str, ...]
-    in_chans: int
-    input_size: tuple[int, int]
-    load_size: tuple[int, int]
-    crop_pct: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    description: str
-
-
-def choose_input_size(model: nn.Module, native: Sequence[int], requested: int | None) -> tuple[int, int]:
-    """The model input: `requested`, or the data's native size raised to the model's minimum; a model with a
-    fixed input size takes only that."""
-    fixed = getattr(model, "fixed_input_size", None)
-    name = getattr(model, "model_name", type(model).__name__)
-    if fixed is not None:
-        if requested is not None and (requested, requested) != tuple(fixed):
-            raise ValueError(f"{name} only takes {fixed[0]}x{fixed[1]} inputs; got --input-size {requested}")
-        return tuple(fixed)
-    mh, mw = getattr(model, "min_input_size", (1, 1))
-    if requested is not None:
-        if requested < mh or requested < mw:
-            raise ValueError(f"{name} needs inputs of at least {mh}x{mw}; got --input-size {requested}")
-        return requested, requested
-    return max(int(native[0]), mh), max(int(native[1]), mw)
-
-
-def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = None) -> DataSpec:
-    """Datasets for `cfg.data`: 'fashion-mnist', 'synthetic', a directory of Fashion-MNIST idx files, or an image
-    folder (root/<class>/..., or root/train + root/val|test)."""
-    card = model_card(cfg.model)
-    path = Path(cfg.data)
-    if cfg.data == "fashion-mnist" or (path.is_dir() and is_idx_dir(path)):
-        root = None if cfg.data == "fashion-mnist" else path
-        train, test = fashion_mnist(root, "train"), fashion_mnist(root, "test")
-        mean, std = train.channel_stats()
-        in_chans = cfg.in_chans or 1
-        train, test = repeat_channels(train, in_chans), repeat_channels(test, in_chans)
-        mean, std = mean * in_chans, std * in_chans
-        classes, crop_pct, native, input_size = FASHION_MNIST_CLASSES, cfg.crop_pct or 1.0, train.image_size, None
-        desc = f"Fashion-MNIST ({root or 'default location'})"
-    elif cfg.data == "synthetic":
-        s = cfg.synthetic_image_size
-        kw = dict(num_classes=cfg.synthetic_classes, size=s, in_chans=cfg.in_chans or 3, seed=cfg.seed)
-        train = synthetic(cfg.synthetic_size, split="train", **kw)
-        test = synthetic(max(cfg.synthetic_size // 4, 2), split="test", **kw)
-        mean, std = train.channel_stats()
-        classes, crop_pct, native, in_chans = train.classes, cfg.crop_pct or 1.0, (s, s), train.in_chans
-        input_size = None
-        desc = f"synthetic ({cfg.synthetic_size} images, {cfg.synthetic_classes} classes)"
-    else:
-        if not path.is_dir():
-            raise FileNotFoundError(f"--data {cfg.data!r} is neither 'fashion-mnist', 'synthetic' nor a directory")
-        in_chans = cfg.in_chans or 3
-        crop_pct = cfg.crop_pct or card.crop_pct
-        input_size = choose_input_size(probe, card.input_size[1:], cfg.input_size)
-        load = max(1, round(max(input_size) / crop_pct))
-        warn = console.warn if console is not None else None
-        kw = dict(load_size=load, mode="RGB" if in_chans == 3 else "L", on_error=cfg.on_error,
-                  check=cfg.check_images, report=warn)
-        held_out = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
-        if (path / "train").is_dir():
-            train = ImageFolder(path / "train", **kw)
-            if held_out is not None:
-                test = ImageFolder(held_out, classes=train.classes, **kw)
-            else:
-                tr, va = split_indices(len(train), cfg.val_fraction, cfg.seed)
-                train, test = IndexSubset(train, tr), IndexSubset(train, va)
-        else:
-            full = ImageFolder(path, **kw)
-            tr, va = split_indices(len(full), cfg.val_fraction, cfg.seed)
-            train, test = IndexSubset(full, tr), IndexSubset(full, va)
-        mean = card.mean if in_chans == 3 else (round(sum(card.mean) / 3, 4),)
-        std = card.std if in_chans == 3 else (round(sum(card.std) / 3, 4),)
-        classes, native = train.classes, (load, load)
-        desc = f"image folder {path} ({len(train)} train / {len(test)} eval images)"
-    if cfg.data_limit is not None:
-        train = train.subset(cfg.data_limit) if hasattr(train, "subset") else IndexSubset(train, range(cfg.data_limit))
-    if cfg.eval_limit is not None:
-        test = test.subset(cfg.eval_limit) if hasattr(test, "subset") else IndexSubset(test, range(cfg.eval_limit))
-    if input_size is None:
-        input_size = choose_input_size(probe, native, cfg.input_size)
-    return DataSpec(train, test, tuple(classes), in_chans, input_size, tuple(native), crop_pct, tuple(mean),
-                    tuple(std), desc)
-
-
-def make_loaders(cfg: TrainConfig, spec: DataSpec, dist: DistInfo) -> tuple[Loader, Loader]:
-    randaug = RandAugmentLite(cfg.randaug_ops, cfg.randaug_magnitude) if cfg.randaug_ops else None
-    train_tf = TrainTransform(spec.input_size, spec.mean, spec.std, cfg.scale, cfg.ratio, cfg.hflip, randaug)
-    eval_tf = EvalTransform(spec.input_size, spec.mean, spec.std, spec.crop_pct)
-    mixer = MixupCutMix(len(spec.classes), cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.mix_switch_prob,
-                        cfg.label_smoothing)
-    pin = dist.device.type == "cuda"
-    common = dict(seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, workers=cfg.workers, pin_memory=pin,
-                  prefetch_factor=cfg.prefetch)
-    train = Loader(spec.train, train_tf, cfg.batch_size, train=True, mixer=mixer if mixer.active else None, **common)
-    evaluation = Loader(spec.eval, eval_tf, cfg.eval_batch_size or 2 * cfg.batch_size, train=False, **common)
-    return train, evaluation
-
-
-# -- the run ------------------------------------------------------------------------------------------------------
-@dataclass
-class TrainResult:
-    """What `train` returns: the final model (and EMA), the metric history and where the time went."""
-
-    out: Path
-    model: nn.Module
-    ema: nn.Module | None
-    history: list[dict[str, Any]]
-    final: dict[str, Any]
-    timers: dict[str, float]
-    wall_s: float
-    train_images: int
-    resumed_from: int | None = None
-    rank: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
+from .pipeline import build_data, make_loaders
+from .recipe import ModelEma, TrainModule, WarmupCosine, loss_fn, param_groups
+from .report import Console, PhaseTimer, plot_curves, write_metrics
+from .summary import TrainResult
 
 
 def _seed_all(seed: int) -> None:
@@ -555,36 +284,3 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
                        final=final, timers=timer.summary(), wall_s=time.perf_counter() - t_start,
                        train_images=train_images * dist.world_size, resumed_from=resumed_from, rank=dist.rank,
                        meta=meta)
-
-
-def summarize(result: TrainResult) -> str:
-    """A few lines: final accuracy, time, and where the training time went."""
-    f = result.final
-    lines = [f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%  (best top-1 {f['best_top1']:.2f}% at epoch "
-             f"{f['best_epoch']}) on {f['n']} images; wall time {format_duration(result.wall_s)}; "
-             f"weights in {result.out / 'last.safetensors'}"]
-    t = result.timers
-    phases = [p for p in ("setup", "data", "forward", "backward", "optimizer", "eval", "checkpoint") if p in t]
-    total = sum(t[p] for p in phases)
-    if total > 0:
-        lines.append("time: " + ", ".join(f"{p} {t[p]:.1f} s ({100 * t[p] / total:.0f}%)" for p in phases))
-    return "\n".join(lines)
-
-
-def load_run_config(out: str | Path) -> TrainConfig:
-    """The TrainConfig a run directory was started with."""
-    path = Path(out) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {out}")
-    return TrainConfig.from_dict(read_json(path))
-
-
-def dumps_confusion(matrix: list[list[int]], classes: Sequence[str]) -> str:
-    """The confusion matrix as aligned text (rows: true class, columns: predicted)."""
-    width = max(5, *(len(str(v)) for row in matrix for v in row))
-    names = [c[:12] for c in classes]
-    head = " " * 13 + " ".join(f"{i:>{width}}" for i in range(len(classes)))
-    rows = [f"{i:>2} {names[i]:<10}" + " ".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
-    return "\n".join([head] + rows)
-
-

@@ -10,7 +10,7 @@ import torch
 from ..utils import resolve_device
 from .checkpoint import load_model
 from .datasets import FASHION_MNIST_CLASSES, ImageFolder, fashion_mnist, is_idx_dir, load_image, repeat_channels
-from .engine import evaluate
+from .evaluation import evaluate
 from .loaders import Loader
 from .transforms import EvalTransform
 
