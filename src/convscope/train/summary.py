@@ -1,4 +1,5 @@
-"""What a finished run reports: `TrainResult`, its summary lines, and the confusion matrix as text."""
+"""What a run prints about itself: the line that opens it, `TrainResult` and its summary lines, and the confusion
+matrix as text."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,7 +8,9 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .pipeline import DataSpec
 from .report import format_duration
+from .state import RunState
 
 
 @dataclass
@@ -25,6 +28,17 @@ class TrainResult:
     resumed_from: int | None = None
     rank: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_run(run: RunState, spec: DataSpec) -> str:
+    """The line a run opens with: model, data, schedule, global batch, dtype and device."""
+    cfg, dist = run.cfg, run.dist
+    n_params = sum(p.numel() for p in run.model.parameters())
+    return (f"{run.meta['model']}: {n_params / 1e6:.3f} M parameters, input {spec.in_chans}x{spec.input_size[0]}x"
+            f"{spec.input_size[1]}, {len(spec.classes)} classes; {spec.description}; "
+            f"{run.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch "
+            f"{cfg.batch_size * cfg.accum_steps * dist.world_size}, {cfg.amp}, {run.device}"
+            + (f", {dist.world_size} processes" if dist.enabled else ""))
 
 
 def summarize(result: TrainResult) -> str:
