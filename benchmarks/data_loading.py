@@ -79,7 +79,8 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from convscope.train.data import Loader, fashion_mnist
+    from convscope.train.datasets import fashion_mnist
+    from convscope.train.loaders import Loader
     from convscope.train.transforms import TrainTransform
 
     from common import cpu_name, load_average

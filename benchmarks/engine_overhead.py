@@ -43,7 +43,7 @@ def bare_run(steps: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     import torch.nn.functional as F
 
     import convscope
-    from convscope.train.engine import param_groups
+    from convscope.train.recipe import param_groups
 
     torch.manual_seed(0)
     model = convscope.create_model(MODEL, num_classes=CLASSES, in_chans=1).to(memory_format=torch.channels_last)
@@ -69,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from convscope.train.data import synthetic
+    from convscope.train.datasets import synthetic
 
     from common import cpu_name, load_average
 

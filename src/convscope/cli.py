@@ -177,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
-    from .train.engine import dumps_confusion
+    from .train.summary import dumps_confusion
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
                             args.workers)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from convscope.cli import main
 from convscope.train import fashion_mnist, load_model, read_meta
-from convscope.train.data import FASHION_MNIST_CLASSES
+from convscope.train.datasets import FASHION_MNIST_CLASSES
 from convscope.train.transforms import EvalTransform
 
 from ..conftest import run_cli

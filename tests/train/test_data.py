@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.train.data import (FASHION_MNIST_DIR, BatchRequest, ImageFolder, Loader, fashion_mnist, read_idx,
-                                  synthetic)
+from convscope.train.datasets import FASHION_MNIST_DIR, ImageFolder, fashion_mnist, read_idx, synthetic
+from convscope.train.loaders import BatchRequest, Loader
 from convscope.train.mixing import MixupCutMix
 from convscope.train.transforms import EvalTransform, TrainTransform
 

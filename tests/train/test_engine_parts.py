@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 import convscope
-from convscope.train.data import Loader, TensorImageDataset
-from convscope.train.engine import (ModelEma, TrainModule, WarmupCosine, choose_input_size, evaluate, loss_fn,
-                                    param_groups)
+from convscope.train.datasets import TensorImageDataset
+from convscope.train.evaluation import evaluate
+from convscope.train.loaders import Loader
+from convscope.train.pipeline import choose_input_size
+from convscope.train.recipe import ModelEma, TrainModule, WarmupCosine, loss_fn, param_groups
 from convscope.train.transforms import EvalTransform
 
 TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
@@ -151,7 +153,7 @@ def test_choose_input_size():
 def test_grayscale_data_for_a_three_channel_model():
     """Fashion-MNIST is 1-channel: in_chans=1 by default, or the channel repeated (a view) for in_chans=3."""
     from convscope.train import TrainConfig
-    from convscope.train.engine import build_data
+    from convscope.train.pipeline import build_data
 
     with torch.device("meta"):
         probe = convscope.create_model("convnext_atto")

@@ -1,10 +1,14 @@
 """Training: datasets and batch transforms, Mixup/CutMix, the engine, checkpoints, and torchrun DDP."""
 from .checkpoint import CheckpointManager, load_model, read_meta, save_model_file
 from .config import TrainConfig, add_train_arguments, config_from_args
-from .data import ImageFolder, Loader, TensorImageDataset, fashion_mnist, synthetic
-from .engine import ModelEma, TrainResult, WarmupCosine, evaluate, param_groups, summarize, train
+from .datasets import ImageFolder, TensorImageDataset, fashion_mnist, synthetic
+from .engine import train
+from .evaluation import evaluate
+from .loaders import Loader
 from .mixing import MixupCutMix, cutmix, mixup, smooth_one_hot, soft_target_cross_entropy
 from .predict import evaluate_checkpoint, predict_images
+from .recipe import ModelEma, WarmupCosine, param_groups
+from .summary import TrainResult, summarize
 from .transforms import EvalTransform, RandAugmentLite, TrainTransform
 
 __all__ = [

@@ -1,10 +1,14 @@
-"""The training run's settings, and their command-line form (`convscope train`)."""
+"""The training run's settings: the TrainConfig, its command-line form (`convscope train`), and reading back
+the one a run directory was started with."""
 from __future__ import annotations
 
 import argparse
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+from ..files import read_json
 
 # Settings that do not change what a run computes; the rest must match when a run is resumed.
 NON_SEMANTIC = frozenset({"out", "resume", "workers", "quiet", "progress", "threads", "dist_timeout",
@@ -221,3 +225,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def load_run_config(out: str | Path) -> TrainConfig:
+    """The TrainConfig a run directory was started with."""
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {out}")
+    return TrainConfig.from_dict(read_json(path))

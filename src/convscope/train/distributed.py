@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..utils import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -41,19 +43,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name} must be an integer; got {value!r}") from None
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> the local CUDA device when there is one, else CPU; 'cpu'; 'cuda' (this rank's GPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
-        return torch.device("cuda", local_rank)
-    if device != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {device!r}")
-    return torch.device("cpu")
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:

@@ -7,11 +7,11 @@ from typing import Any, Sequence
 
 import torch
 
+from ..utils import resolve_device
 from .checkpoint import load_model
-from .data import (FASHION_MNIST_CLASSES, ImageFolder, Loader, fashion_mnist, is_idx_dir, load_image,
-                   repeat_channels)
-from .distributed import resolve_device
-from .engine import evaluate
+from .datasets import FASHION_MNIST_CLASSES, ImageFolder, fashion_mnist, is_idx_dir, load_image, repeat_channels
+from .evaluation import evaluate
+from .loaders import Loader
 from .transforms import EvalTransform
 
 

@@ -1,0 +1,64 @@
+"""What a run prints about itself: the line that opens it, `TrainResult` and its summary lines, and the confusion
+matrix as text."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from .pipeline import DataSpec
+from .report import format_duration
+from .state import RunState
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the final model (and EMA), the metric history and where the time went."""
+
+    out: Path
+    model: nn.Module
+    ema: nn.Module | None
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    timers: dict[str, float]
+    wall_s: float
+    train_images: int
+    resumed_from: int | None = None
+    rank: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_run(run: RunState, spec: DataSpec) -> str:
+    """The line a run opens with: model, data, schedule, global batch, dtype and device."""
+    cfg, dist = run.cfg, run.dist
+    n_params = sum(p.numel() for p in run.model.parameters())
+    return (f"{run.meta['model']}: {n_params / 1e6:.3f} M parameters, input {spec.in_chans}x{spec.input_size[0]}x"
+            f"{spec.input_size[1]}, {len(spec.classes)} classes; {spec.description}; "
+            f"{run.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch "
+            f"{cfg.batch_size * cfg.accum_steps * dist.world_size}, {cfg.amp}, {run.device}"
+            + (f", {dist.world_size} processes" if dist.enabled else ""))
+
+
+def summarize(result: TrainResult) -> str:
+    """A few lines: final accuracy, time, and where the training time went."""
+    f = result.final
+    lines = [f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%  (best top-1 {f['best_top1']:.2f}% at epoch "
+             f"{f['best_epoch']}) on {f['n']} images; wall time {format_duration(result.wall_s)}; "
+             f"weights in {result.out / 'last.safetensors'}"]
+    t = result.timers
+    phases = [p for p in ("setup", "data", "forward", "backward", "optimizer", "eval", "checkpoint") if p in t]
+    total = sum(t[p] for p in phases)
+    if total > 0:
+        lines.append("time: " + ", ".join(f"{p} {t[p]:.1f} s ({100 * t[p] / total:.0f}%)" for p in phases))
+    return "\n".join(lines)
+
+
+def dumps_confusion(matrix: list[list[int]], classes: Sequence[str]) -> str:
+    """The confusion matrix as aligned text (rows: true class, columns: predicted)."""
+    width = max(5, *(len(str(v)) for row in matrix for v in row))
+    names = [c[:12] for c in classes]
+    head = " " * 13 + " ".join(f"{i:>{width}}" for i in range(len(classes)))
+    rows = [f"{i:>2} {names[i]:<10}" + " ".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
+    return "\n".join([head] + rows)
