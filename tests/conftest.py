@@ -50,8 +50,9 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every parameter and buffer values far from their init, so that parity tests can fail.
 
     Matrices and kernels get N(0, 1/fan_in); per-channel vectors named like biases or means get N(0, 0.1),
-    other vectors (norm weights, layer scales, StarReLU scale) U(0.5, 1.5); BN variances U(0.5, 2).
-    Frozen (non-trainable) matrices keep their values.
+    other vectors (norm weights, layer scales, StarReLU scale) +-U(0.5, 1.5) with a random sign per element, as
+    trained ones often are negative (a strictly positive draw would hide a layer scale taken as |gamma|); BN
+    variances U(0.5, 2). Frozen (non-trainable) matrices keep their values.
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -69,7 +70,8 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             elif leaf in ("bias", "running_mean", "beta") or leaf.endswith("bias"):
                 v = torch.randn(t.shape, generator=g) * 0.1
             else:
-                v = torch.rand(t.shape, generator=g) + 0.5
+                sign = torch.where(torch.rand(t.shape, generator=g) < 0.5, -1.0, 1.0)
+                v = (torch.rand(t.shape, generator=g) + 0.5) * sign
             t.copy_(v.to(t.dtype))
     return module
 

@@ -70,3 +70,11 @@ def test_logits_match_timm(name, timm):
         assert got.shape == want.shape
         assert want.abs().max() > 1e-3  # randomised weights give non-trivial logits
         assert rel_err(got, want) < 1e-5, (h, w, rel_err(got, want))
+
+
+def test_randomised_vectors_take_both_signs():
+    """A strictly positive draw for norm weights and layer scales would hide a sign error (|gamma|)."""
+    from ..conftest import random_model
+    m = random_model("inception_next_atto")
+    gammas = torch.cat([b.gamma for s in m.stages for b in s.blocks])
+    assert (gammas < -0.4).any() and (gammas > 0.4).any() and (gammas.abs() >= 0.5).all()
