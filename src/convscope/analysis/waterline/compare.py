@@ -8,13 +8,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ...files import JsonRecord
 from ...models import resolve_model
 from ...utils import resolve_device, text_table, threads_set
 from ..counting import count
 from ..hardware import DTYPES, HardwarePeaks, dtype_name, hardware_peaks, machine_info
 from ..timing import LatencyStats, benchmark, split_input_size
 from .bounds import peaks_dict, waterline_bound
+from .results import RunSetting
 
 
 @dataclass
@@ -52,17 +52,10 @@ class ModelRow:
 
 
 @dataclass
-class Comparison(JsonRecord):
+class Comparison(RunSetting):
     """Several models timed and counted at the same input size, dtype and thread count on one machine."""
 
     rows: list[ModelRow]
-    input_size: tuple[int, int, int, int]
-    dtype: str
-    channels_last: bool
-    threads: int
-    device: str
-    machine: dict[str, Any]
-    peaks: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return dict(input_size=list(self.input_size), dtype=self.dtype, channels_last=self.channels_last,
@@ -76,11 +69,6 @@ class Comparison(JsonRecord):
                 for r in d["rows"]]
         return cls(rows=rows, input_size=tuple(d["input_size"]), dtype=d["dtype"], channels_last=d["channels_last"],
                    threads=d["threads"], device=d["device"], machine=d["machine"], peaks=d["peaks"])
-
-    def describe(self) -> str:
-        b, c, h, w = self.input_size
-        return (f"batch {b} {c}x{h}x{w} {self.dtype}{' channels_last' if self.channels_last else ''}, "
-                f"{self.threads} threads, {self.device}")
 
     def table(self) -> str:
         """One row per model, fastest first."""

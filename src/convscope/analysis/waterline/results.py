@@ -94,7 +94,27 @@ def _group(rows: Sequence[LayerRow], key, total_s: float) -> list[GroupRow]:
 
 
 @dataclass
-class LayerProfile(JsonRecord):
+class RunSetting(JsonRecord):
+    """What a profile or comparison ran with: input (B, C, H, W), dtype, memory format, threads, device, and the
+    machine and ceilings (`peaks`) it was measured on."""
+
+    input_size: tuple[int, int, int, int]
+    dtype: str
+    channels_last: bool
+    threads: int
+    device: str
+    machine: dict[str, Any]
+    peaks: dict[str, Any]
+
+    def describe(self) -> str:
+        """'batch 1 3x224x224 fp32[ channels_last], 2 threads, cpu'."""
+        b, c, h, w = self.input_size
+        return (f"batch {b} {c}x{h}x{w} {self.dtype}{' channels_last' if self.channels_last else ''}, "
+                f"{self.threads} threads, {self.device}")
+
+
+@dataclass
+class LayerProfile(RunSetting):
     """Per-layer waterline analysis of one model at one input size on this machine.
 
     `totals` (seconds unless named otherwise): model_s (median forward without hooks or profiler), leaf_s
@@ -107,13 +127,6 @@ class LayerProfile(JsonRecord):
     """
 
     model: str
-    input_size: tuple[int, int, int, int]
-    dtype: str
-    channels_last: bool
-    threads: int
-    device: str
-    machine: dict[str, Any]
-    peaks: dict[str, Any]
     layers: list[LayerRow]
     totals: dict[str, float]
     repeats: int
@@ -168,9 +181,7 @@ class LayerProfile(JsonRecord):
 
     # -- text --------------------------------------------------------------------------------------------------
     def describe(self) -> str:
-        b, c, h, w = self.input_size
-        return (f"{self.model} batch {b} {c}x{h}x{w} {self.dtype}{' channels_last' if self.channels_last else ''}, "
-                f"{self.threads} threads, {self.device}" + (", thread CPU time" if self.clock == "thread" else ""))
+        return f"{self.model} {super().describe()}" + (", thread CPU time" if self.clock == "thread" else "")
 
     def summary(self) -> str:
         t = self.totals
