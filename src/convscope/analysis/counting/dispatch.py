@@ -60,7 +60,8 @@ class CountingMode(TorchDispatchMode):
         self._record(str(packet), op, kind, formula, args, kwargs, out)
         return out
 
-    def _record(self, name: str, op: OpOverloadPacket, kind: str | None, formula: Formula | None, args, kwargs, out) -> None:
+    def _record(self, name: str, op: OpOverloadPacket, kind: str | None, formula: Formula | None, args, kwargs,
+                out) -> None:
         outs = tensors(out)
         rec = OpRecord(name, self.tracker.path, self.tracker.type_name,
                        out_shape=tuple(outs[0].shape) if outs else ())
