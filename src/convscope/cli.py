@@ -14,19 +14,11 @@ import torch
 
 from . import __version__
 from .models import create_model, list_models, model_card
+from .utils import markdown_table, text_table
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
-
-
-def _table(headers: Sequence[str], rows: list[Sequence[str]], align: str) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
 def model_table_rows(names: Sequence[str]) -> list[list[str]]:
@@ -43,13 +35,11 @@ MODEL_TABLE_HEADERS = ("model", "family", "params (M)", "MACs (G)", "input", "to
 
 def markdown_model_table(names: Sequence[str] | None = None) -> str:
     """The README's model table: the official figures of every registered variant."""
-    names = list_models() if names is None else names
-    lines = ["| " + " | ".join(MODEL_TABLE_HEADERS) + " |", "|" + "---|" * len(MODEL_TABLE_HEADERS)]
-    for r in model_table_rows(names):
+    rows = model_table_rows(list_models() if names is None else names)
+    for r in rows:
         r[0] = f"`{r[0]}`"
         r[-1] = f"[{r[-1]}](https://arxiv.org/abs/{r[-1]})"
-        lines.append("| " + " | ".join(r) + " |")
-    return "\n".join(lines)
+    return markdown_table(MODEL_TABLE_HEADERS, rows)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -61,7 +51,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(json.dumps([model_card(n).to_dict() for n in names], indent=1))
     else:
-        print(_table(MODEL_TABLE_HEADERS, model_table_rows(names), "llrrlrl"))
+        print(text_table(MODEL_TABLE_HEADERS, model_table_rows(names), "llrrlrl"))
         print(f"\n{len(names)} models; params, MACs (1 multiply-add = 1) and top-1 are the official figures.")
     return 0
 

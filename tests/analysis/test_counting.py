@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._ops import OpOverloadPacket
 
 import convscope
 from convscope.analysis import count, count_params
-from convscope.analysis.counting import ELEMENTWISE_COST
+from convscope.analysis.counting import DATA_MOVEMENT_OPS, ELEMENTWISE_COST, FORMULAS, ZERO_COST_OPS
+from convscope.analysis.counting.formulas import functional, register
 
 
 class Fn(nn.Module):
@@ -385,3 +387,31 @@ def test_training_pass_leaves_running_statistics_alone():
     bn = nn.BatchNorm2d(4)
     count(bn, (2, 4, 3, 3), device="cpu", train=True)
     assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_mean, torch.zeros(4))
+
+
+# -- the formula table ---------------------------------------------------------------------------------------------
+def test_every_key_is_a_real_aten_op_packet():
+    aten_ops = [*FORMULAS, *ZERO_COST_OPS, *DATA_MOVEMENT_OPS]
+    assert len(aten_ops) == len(set(aten_ops))  # no op has a formula and a list entry, or two list entries
+    for op in aten_ops:
+        namespace, name = op._qualified_op_name.split("::")
+        assert isinstance(op, OpOverloadPacket) and namespace == "aten" and getattr(torch.ops.aten, name) is op
+    assert all(getattr(torch.ops.aten, n.removeprefix("aten.")) in FORMULAS for n in ELEMENTWISE_COST)
+
+
+def test_registering_a_formula_twice_raises():
+    mm, fresh = FORMULAS[torch.ops.aten.mm], torch.ops.aten.native_channel_shuffle
+    assert fresh not in FORMULAS
+    with pytest.raises(ValueError, match="aten.mm has a formula already"):
+        register(fresh, torch.ops.aten.mm)(lambda args, kwargs, out: (0, 0))
+    assert FORMULAS[torch.ops.aten.mm] is mm and fresh not in FORMULAS
+
+
+def test_in_place_ops_follow_their_functional_op():
+    aten = torch.ops.aten
+    assert functional(aten.relu_) is aten.relu and functional(aten.add_) is aten.add
+    assert functional(aten.copy_) is aten.copy_ and functional(aten.detach_) is aten.detach_  # listed themselves
+    assert functional(aten.kthvalue) is aten.kthvalue  # unknown, not in-place: itself
+    r = run(lambda x: x.clone().add_(1).relu_(), torch.empty(2, 3))
+    assert r.uncounted == {} and r.by_operator["aten.add_"].elementwise_flops == 6
+    assert r.by_operator["aten.relu_"].elementwise_flops == 6

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..files import atomic_write_text
+from ..utils import resolve_device, threads_set
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -52,21 +53,6 @@ def dtype_name(dtype: torch.dtype | str) -> str:
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, _DTYPE_NAMES))}; got {dtype}")
     return _DTYPE_NAMES[dtype]
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """'auto' (or None) means CUDA when present, else CPU. ValueError for a device this machine lacks."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA device on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda'; got {device!r}")
-    return dev
 
 
 # -- machine description ------------------------------------------------------------------------------------------
@@ -308,17 +294,6 @@ class HardwarePeaks:
         return "\n".join(lines)
 
 
-def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count (None: leave it) and return the previous one, to restore in a `finally`.
-    ValueError unless threads is None or >= 1."""
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1; got {threads}")
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return old
-
-
 def cache_dir() -> Path:
     """$CONVSCOPE_CACHE_DIR, else $XDG_CACHE_HOME/convscope, else ~/.cache/convscope."""
     if os.environ.get("CONVSCOPE_CACHE_DIR"):
@@ -345,8 +320,7 @@ def hardware_peaks(device: str | torch.device | None = "auto", *, threads: int |
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown or not dtypes:
         raise ValueError(f"dtypes must be a non-empty subset of {', '.join(DTYPES)}; got {list(dtypes)}")
-    old_threads = set_threads(threads)
-    try:
+    with threads_set(threads):
         machine = machine_info(dev)
         key = _cache_key(machine)
         path = cache_dir() / f"hardware-{key}.json"
@@ -365,8 +339,6 @@ def hardware_peaks(device: str | torch.device | None = "auto", *, threads: int |
         if cache:
             peaks.to_json(path)
         return peaks
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _measure(dev: torch.device, machine: dict[str, Any], dtypes: Sequence[str], budget_s: float) -> HardwarePeaks:

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files import JsonRecord
-from .hardware import DTYPES, _timer, dtype_name, machine_info, resolve_device, set_threads
+from ..models import resolve_model
+from ..utils import resolve_device, text_table, threads_set
+from .hardware import DTYPES, _timer, dtype_name, machine_info
 
 MODES = ("inference", "train")
 MEMORY_METHOD = {
@@ -201,18 +203,16 @@ class BenchmarkResult(JsonRecord):
         return f"{self.model} {c}x{h}x{w}, {', '.join(opts)}, {self.threads} threads, {self.device}"
 
     def table(self) -> str:
-        head = f"{'batch':>5}  {'median ms':>9}  {'p90 ms':>8}  {'min ms':>8}  {'max ms':>8}  {'runs':>4}  " \
-               f"{'items/s':>9}  {'peak MiB':>8}"
-        rows = [head]
+        """One row per batch size; a torch.compile run notes its compile time, excluded from the latency."""
+        rows = []
         for p in self.points:
             lat = p.latency
-            mem = "-" if p.peak_memory_bytes is None else f"{p.peak_memory_bytes / 2 ** 20:.0f}"
-            row = (f"{p.batch:>5}  {lat.median_s * 1e3:>9.2f}  {lat.p90_s * 1e3:>8.2f}  {lat.min_s * 1e3:>8.2f}  "
-                   f"{lat.max_s * 1e3:>8.2f}  {lat.n:>4}  {p.throughput:>9.1f}  {mem:>8}")
-            if p.compile_s is not None:
-                row += f"  (compile {p.compile_s:.1f} s, excluded)"
-            rows.append(row)
-        return "\n".join(rows)
+            rows.append([p.batch, f"{lat.median_s * 1e3:.2f}", f"{lat.p90_s * 1e3:.2f}", f"{lat.min_s * 1e3:.2f}",
+                         f"{lat.max_s * 1e3:.2f}", lat.n, f"{p.throughput:.1f}",
+                         "-" if p.peak_memory_bytes is None else f"{p.peak_memory_bytes / 2 ** 20:.0f}",
+                         "" if p.compile_s is None else f"(compile {p.compile_s:.1f} s, excluded)"])
+        return text_table(("batch", "median ms", "p90 ms", "min ms", "max ms", "runs", "items/s", "peak MiB", ""),
+                          rows, align="rrrrrrrrl", rule="")
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------------
@@ -231,16 +231,6 @@ def _optimizer(name: str, params) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=1e-6)
     raise ValueError(f"optimizer must be 'sgd' or 'adamw'; got {name!r}")
-
-
-def _resolve_model(model: nn.Module | str) -> tuple[nn.Module, str]:
-    if isinstance(model, str):
-        from ..models import create_model
-        m = create_model(model)
-        return m, model
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be an nn.Module or a registered model name; got {type(model).__name__}")
-    return model, getattr(model, "model_name", type(model).__name__)
 
 
 def split_input_size(input_size: Sequence[int]) -> tuple[int | None, tuple[int, int, int]]:
@@ -275,9 +265,8 @@ def benchmark(model: nn.Module | str, input_size: Sequence[int] = (3, 224, 224),
     batch_sizes = tuple(batch_sizes) if batch_sizes is not None else (batch or 1,)
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers; got {batch_sizes}")
-    model, name = _resolve_model(model)
-    old_threads = set_threads(threads)
-    try:
+    model, name = resolve_model(model)
+    with threads_set(threads):
         model = copy.deepcopy(model).to(dev)
         model.train(mode == "train")
         if channels_last:
@@ -320,5 +309,3 @@ def benchmark(model: nn.Module | str, input_size: Sequence[int] = (3, 224, 224),
                                             peak_memory_bytes=mem.stop(), compile_s=compile_s if compile else None))
             del x, step
         return result
-    finally:
-        torch.set_num_threads(old_threads)

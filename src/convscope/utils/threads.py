@@ -11,7 +11,7 @@ def set_threads(threads: int | None) -> int:
     """Set torch's intra-op thread count (None: leave it) and return the previous one, to restore in a `finally`.
     ValueError unless threads is None or >= 1."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be an integer >= 1; got {threads!r}")
+        raise ValueError(f"threads must be >= 1 (an integer); got {threads!r}")
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
