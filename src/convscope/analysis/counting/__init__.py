@@ -5,7 +5,7 @@ with a formula of its input and output shapes. On the meta device (the default) 
 allocated, so a 600M-parameter model costs a fraction of a second. Each call is attributed to the innermost
 `nn.Module` that ran it.
 
-Conventions (DESIGN.md, "Counting conventions"):
+Conventions (docs/conventions.md, "Counting"):
 
 - **MACs**: one multiply-accumulate = 1, for convolution (every output position, padding included; grouped
   and depthwise convs count `C_in / groups` inputs per output), matrix products (mm, addmm, bmm, baddbmm,
