@@ -52,5 +52,6 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
-           "MIXERS", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
+__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv",
+           "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "Pooling", "RandomMixing",
+           "ReparamLargeKernelConv", "SepConv", "get_mixer"]
