@@ -76,6 +76,17 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "unireplknet": ("AILab-CVC/UniRepLKNet", ["unireplknet.py"], {
         f"unireplknet_{v}": f"unireplknet_{v}(attempt_use_lk_impl=False)" for v in ("a", "f", "t")
     }),
+    # get_cls_model's build from experiments/imagenet/cvt/*.yaml (needs einops)
+    "cvt": ("microsoft/CvT", ["lib/models/cls_cvt.py"], {
+        name: ("ConvolutionalVisionTransformer(act_layer=QuickGELU, norm_layer=partial(LayerNorm, eps=1e-5), "
+               f"spec=dict(NUM_STAGES=3, PATCH_SIZE=[7, 3, 3], PATCH_STRIDE=[4, 2, 2], PATCH_PADDING=[2, 1, 1], "
+               f"DIM_EMBED={dims}, NUM_HEADS={heads}, DEPTH={depth}, MLP_RATIO=[4.0] * 3, ATTN_DROP_RATE=[0.0] * 3, "
+               "DROP_RATE=[0.0] * 3, DROP_PATH_RATE=[0.0] * 3, QKV_BIAS=[True] * 3, CLS_TOKEN=[False, False, True], "
+               "QKV_PROJ_METHOD=['dw_bn'] * 3, KERNEL_QKV=[3] * 3, PADDING_KV=[1] * 3, STRIDE_KV=[2] * 3, "
+               "PADDING_Q=[1] * 3, STRIDE_Q=[1] * 3))")
+        for name, dims, heads, depth in [("cvt_13_224", [64, 192, 384], [1, 3, 6], [1, 2, 10]),
+                                         ("cvt_21_224", [64, 192, 384], [1, 3, 6], [1, 4, 16])]
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -171,6 +182,8 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from MinkowskiEngine import SparseTensor", "SparseTensor = None")
         src = src.replace("from timm.models.layers import", "from timm.layers import")
         src = src.replace("from timm.models.registry import register_model", "")
+        src = src.replace("from .registry import register_model", "")  # CvT's own registry
+        src = src.replace("from torch._six import container_abcs", "import collections.abc as container_abcs")
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         (tmp / Path(rel).name).write_text(src)
     sys.path.insert(0, str(tmp))

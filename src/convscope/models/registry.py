@@ -200,6 +200,8 @@ class Family:
     spec: ArchSpec | None
     converter: Callable[[dict, nn.Module], dict] | None
     variants: tuple[str, ...]
+    #: checkpoint source ("official", "transformers", ...) -> converter; "official" is `converter`
+    converters: Mapping[str, Callable[[dict, nn.Module], dict]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ _FAMILIES: dict[str, Family] = {}
 
 def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper, variants: Mapping[str, Variant],
                     spec: ArchSpec | None = ArchSpec(), converter: Callable[[dict, nn.Module], dict] | None = None,
-                    timm: bool = False, card: Mapping[str, Any] | None = None,
+                    converters: Mapping[str, Callable[[dict, nn.Module], dict]] | None = None, timm: bool = False, card: Mapping[str, Any] | None = None,
                     arch: Mapping[str, Any] | None = None) -> Family:
     """Register a family and all of its variants.
 
@@ -229,6 +231,8 @@ def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper,
     variants: name -> `variant(...)`, every name written literally.
     spec: how the constructor arguments describe the architecture (None: the family cannot be rescaled).
     converter: `fn(state_dict, model) -> state_dict` mapping the official repository's keys to ours.
+    converters: converters per checkpoint source, e.g. `{"official": f, "transformers": g}` (Hugging Face
+        transformers' keys); `converter=f` is short for `converters={"official": f}`.
     timm: timm carries these variants under the same names (a variant may set `timm_name` itself).
     card: ModelCard / PretrainedCfg fields shared by every variant (a variant's own fields win).
     arch: constructor arguments shared by every variant (a variant's own win).
@@ -237,7 +241,11 @@ def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper,
         raise ValueError(f"family {name!r} is registered twice")
     if not variants:
         raise ValueError(f"family {name!r} declares no variants")
-    fam = Family(name, model, paper, spec, converter, tuple(variants))
+    table = dict(converters or {})
+    if converter is not None:
+        if table.setdefault("official", converter) is not converter:
+            raise ValueError(f"family {name!r}: give the official converter as converter= or in converters=, not both")
+    fam = Family(name, model, paper, spec, table.get("official"), tuple(variants), table)
     shared = variant(card=card or {}).card
     entries = {}
     for vname, v in variants.items():
@@ -259,10 +267,11 @@ def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper,
     return fam
 
 
-def official_converter(family: str) -> Callable[[dict, nn.Module], dict] | None:
-    """The official-key converter of a registered family (None when it has none)."""
+def official_converter(family: str, source: str = "official") -> Callable[[dict, nn.Module], dict] | None:
+    """The converter of a registered family for checkpoints from `source` ("official": the official repository;
+    "transformers": Hugging Face transformers), None when it has none."""
     fam = _FAMILIES.get(family)
-    return fam.converter if fam is not None else None
+    return fam.converters.get(source) if fam is not None else None
 
 
 def family_of(name: str) -> Family:

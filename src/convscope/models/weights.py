@@ -95,12 +95,13 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
     """Load weights into `model` in place and return it.
 
     source: "timm" (timm's keys, which are ours for the families timm carries), "official" (the official
-    repository's keys, mapped by the family's converter) or "auto" (ours/timm's if they fit, else official).
+    repository's keys, mapped by the family's converter), "transformers" (Hugging Face transformers' keys, for
+    the families that declare a converter for them) or "auto" (ours/timm's if they fit, else official).
     match_reparam_form: first re-parameterise the parts of `model` that the checkpoint holds in re-parameterised
     form (see `convscope.deploy.reparam.match_reparam_form_`); `create_model(..., deploy=True)` uses this.
     """
-    if source not in ("auto", "timm", "official"):
-        raise ValueError(f"source must be 'auto', 'timm' or 'official'; got {source!r}")
+    if source not in ("auto", "timm", "official", "transformers"):
+        raise ValueError(f"source must be 'auto', 'timm', 'official' or 'transformers'; got {source!r}")
     if isinstance(path_or_state_dict, Mapping):
         sd = unwrap_state_dict(path_or_state_dict)
     else:
@@ -112,14 +113,14 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
     card = getattr(target, "card", None)
     family = card.family if card is not None else None
     own = target.state_dict()
-    converter = official_converter(family) if family else None
+    converter = official_converter(family, "official" if source == "auto" else source) if family else None
 
     if source == "timm":
         if card is not None and card.timm_name is None:
             raise ValueError(f"timm does not carry {name} ({family}); load it with source='official' or 'auto'")
-    elif source == "official":
+    elif source in ("official", "transformers"):
         if converter is None:
-            raise ValueError(f"no official-checkpoint converter for {name} ({family or 'unknown family'})")
+            raise ValueError(f"no {source}-checkpoint converter for {name} ({family or 'unknown family'})")
         sd = converter(dict(sd), target)
     elif converter is not None and not set(own) <= set(sd):
         sd = converter(dict(sd), target)

@@ -7,8 +7,10 @@ Every mixer is built as `Mixer(dim, **options)` and maps a tensor to one of the 
 from torch import nn
 
 from .attention import Attention
+from .conv_attention import ConvProjectionAttention
 from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
+from .halo_attention import HaloAttention
 from .gnconv import GnConv
 from .inception_dw import InceptionDWConv2d
 from .pooling import Pooling
@@ -50,5 +52,6 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
-           "MIXERS", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
+__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv",
+           "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "Pooling", "RandomMixing",
+           "ReparamLargeKernelConv", "SepConv", "get_mixer"]
