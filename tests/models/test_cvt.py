@@ -19,7 +19,6 @@ HF_ARCH = {"cvt_13_224": ((1, 2, 10), (64, 192, 384), (1, 3, 6)),
 
 
 def _hf_model(name: str, quick_gelu: bool):
-    pytest.importorskip("transformers")
     import_timm()  # transformers imports torchvision, which needs the same shim on a CPU-only torch
     from transformers import CvtConfig, CvtForImageClassification
 

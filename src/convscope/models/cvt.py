@@ -262,8 +262,8 @@ _SRC = ("top-1 and MACs: microsoft/CvT README @f851e68 (GFLOPs column: MACs); pa
         "model (experiments/imagenet/cvt/*.yaml @f851e68), which the README rounds (20M, 32M, 277M)")
 # The README's 224 figures (4.5, 7.1 G) and W24's 193.2 G are not what the official code counts: ptflops 0.7.5
 # (the repo's counter) with the repo's own Attention.compute_macs hook gives 4.580, 7.199 and 194.55 G on
-# cls_cvt.py @f851e68 (16.33 and 24.94 G for the 384 variants, which do match). Those cards keep the figure in
-# `notes` and leave macs_g unset; our counts: 4.566 / 7.178 / 194.22 G pure MACs, 4.585 / 7.206 / 194.49 G fvcore.
+# cls_cvt.py @f851e68 (16.33 and 24.94 G for the 384 variants, which do match). Those cards carry the README's
+# figure, say so in `notes`, and are listed in convscope.analysis.fidelity.MACS_EXCEPTIONS; our counts: 4.566 / 7.178 / 194.22 G pure MACs, 4.585 / 7.206 / 194.49 G fvcore.
 _MACS_NOTE = ("README MACs {g} G not reproduced: the official code's own count (ptflops 0.7.5 with its "
               "Attention.compute_macs hook) gives {off} G, ours {ours} G (fvcore convention)")
 _CVT13 = dict(depths=(1, 2, 10), embed_dims=(64, 192, 384), num_heads=(1, 3, 6))
@@ -284,17 +284,17 @@ register_family(
     card=dict(source=_SRC, macs_convention="fvcore"),
     variants={
         "cvt_13_224": variant(**_CVT13, card=dict(
-            params_m=20.00, macs_g=None, top1=81.6, drop_path_rate=0.1,
+            params_m=20.00, macs_g=4.5, top1=81.6, drop_path_rate=0.1,
             notes=_MACS_NOTE.format(g=4.5, off=4.580, ours=4.585))),
         "cvt_13_384": variant(**_CVT13, card=dict(
             params_m=20.00, macs_g=16.3, top1=83.0, drop_path_rate=0.1, input_size=(3, 384, 384), crop_pct=1.0)),
         "cvt_21_224": variant(**_CVT21, card=dict(
-            params_m=31.62, macs_g=None, top1=82.5, drop_path_rate=0.1,
+            params_m=31.62, macs_g=7.1, top1=82.5, drop_path_rate=0.1,
             notes=_MACS_NOTE.format(g=7.1, off=7.199, ours=7.206))),
         "cvt_21_384": variant(**_CVT21, card=dict(
             params_m=31.62, macs_g=24.9, top1=83.3, drop_path_rate=0.1, input_size=(3, 384, 384), crop_pct=1.0)),
         "cvt_w24_384": variant(**_CVTW24, card=dict(
-            params_m=277.20, macs_g=None, top1=87.6, pretrain="ImageNet-22k", drop_path_rate=0.3,
+            params_m=277.20, macs_g=193.2, top1=87.6, pretrain="ImageNet-22k", drop_path_rate=0.3,
             input_size=(3, 384, 384), crop_pct=1.0,
             notes="released only as ImageNet-22k pre-trained, fine-tuned on 1k at 384; "
                   + _MACS_NOTE.format(g=193.2, off=194.55, ours=194.49))),
