@@ -32,7 +32,12 @@ def test_forward_and_features(name):
         logits = model.forward_head(feats)
     assert out.shape == (2, model.num_classes)
     assert torch.isfinite(out).all()
-    assert feats.ndim == 4 and feats.shape[:2] == (2, model.num_features)
+    fmt = getattr(model, "features_fmt", "NCHW")
+    assert fmt in ("NCHW", "NLC"), fmt
+    if fmt == "NLC":  # token models (class tokens): (B, tokens, C)
+        assert feats.ndim == 3 and feats.shape[0] == 2 and feats.shape[2] == model.num_features
+    else:
+        assert feats.ndim == 4 and feats.shape[:2] == (2, model.num_features)
     assert pre.ndim == 2 and pre.shape[0] == 2
     torch.testing.assert_close(logits, out, rtol=0, atol=0)
 
@@ -91,7 +96,7 @@ def test_features_only(name):
     h, w = x.shape[-2:]
     n_stages = len(ref.feature_info)
     assert backbone.feature_info.channels() == [f["num_chs"] for f in ref.feature_info]
-    if n_stages == 4:
+    if n_stages == 4 and getattr(ref, "features_fmt", "NCHW") == "NCHW":  # hierarchical; token models: patch stride
         assert backbone.feature_info.reduction() == [4, 8, 16, 32]
     with torch.no_grad():
         maps = backbone(x)
