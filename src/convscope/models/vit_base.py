@@ -96,8 +96,9 @@ class TokenModel(ConvScopeModel):
             return checkpoint(unit, state, use_reentrant=False)
         return unit(state)
 
-    def tap(self, state: Any, index: int, norm: bool) -> torch.Tensor:
-        """Feature `index` (a feature_info position) as an NCHW map, from the state after its unit."""
+    def tap(self, state: Any, index: int, norm: bool, hw: tuple[int, int]) -> torch.Tensor:
+        """Feature `index` (a feature_info position) as an NCHW map, from the state after its unit (the input
+        was `hw`; the map is at that feature's `reduction`)."""
         raise NotImplementedError
 
     def finish(self, state: Any) -> Any:
@@ -133,7 +134,7 @@ class TokenModel(ConvScopeModel):
             state = self.run_unit(i, state)
             for k in take:
                 if self.tap_units[k] == i:
-                    t = self.tap(state, k, norm)
+                    t = self.tap(state, k, norm, tuple(x.shape[-2:]))
                     out.append(t.flatten(2).transpose(1, 2) if output_fmt == "NLC" else t)
         if intermediates_only:
             return out

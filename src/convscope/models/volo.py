@@ -169,7 +169,7 @@ class VOLO(TokenModel):
             state = state + resample_pos_embed(self.pos_embed, tuple(state.shape[1:3]))
         return super().run_unit(i, state)
 
-    def tap(self, state: torch.Tensor, index: int, norm: bool) -> torch.Tensor:
+    def tap(self, state: torch.Tensor, index: int, norm: bool, hw: tuple[int, int]) -> torch.Tensor:
         if norm and index > 0:
             state = self.norm(state)
         return state.permute(0, 3, 1, 2)

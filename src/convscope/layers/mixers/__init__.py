@@ -10,6 +10,7 @@ from .attention import Attention
 from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
 from .gnconv import GnConv
+from .gpsa import GPSA
 from .inception_dw import InceptionDWConv2d
 from .outlook_attention import OutlookAttention
 from .pooling import Pooling
@@ -51,5 +52,5 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
+__all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GPSA", "GnConv", "IdentityMixer", "InceptionDWConv2d",
            "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
