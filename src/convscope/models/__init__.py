@@ -1,5 +1,6 @@
 """The model zoo. Importing this package registers every family."""
-from . import convnext, cvt, hornet, inception_next, metaformer, replknet, unireplknet  # noqa: F401  (registers models)
+from . import (convit, convnext, cvt, hornet, inception_next, metaformer, replknet, unireplknet,  # noqa: F401
+               volo)  # importing a family file registers it
 from .base import ConvScopeModel, Stage
 from .features import FeatureExtractor, FeatureInfo, feature_take_indices
 from .registry import (ArchSpec, Family, ModelCard, Paper, PretrainedCfg, UnknownModelError, create_model, family_of,

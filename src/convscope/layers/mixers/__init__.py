@@ -12,7 +12,9 @@ from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
 from .halo_attention import HaloAttention
 from .gnconv import GnConv
+from .gpsa import GPSA
 from .inception_dw import InceptionDWConv2d
+from .outlook_attention import OutlookAttention
 from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
@@ -52,6 +54,6 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv",
-           "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "Pooling", "RandomMixing",
-           "ReparamLargeKernelConv", "SepConv", "get_mixer"]
+__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "GPSA", "GlobalLocalFilter", "GnConv",
+           "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "OutlookAttention", "Pooling",
+           "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
