@@ -15,6 +15,7 @@ from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
+from .window_attention import RelPosWindowAttention
 
 
 class IdentityMixer(nn.Identity):
@@ -37,6 +38,7 @@ MIXERS: dict[str, type[nn.Module]] = {
     "global_local_filter": GlobalLocalFilter,
     "replk": ReparamLargeKernelConv,
     "dilated_reparam": DilatedReparamBlock,
+    "rel_window_attention": RelPosWindowAttention,
 }
 
 
@@ -51,4 +53,5 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
 
 
 __all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
-           "MIXERS", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
+           "MIXERS", "Pooling", "RandomMixing", "RelPosWindowAttention", "ReparamLargeKernelConv", "SepConv",
+           "get_mixer"]
