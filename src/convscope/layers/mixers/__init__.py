@@ -9,6 +9,7 @@ from torch import nn
 from .attention import Attention
 from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
+from .glmix import GLMix
 from .gnconv import GnConv
 from .inception_dw import InceptionDWConv2d
 from .pooling import Pooling
@@ -39,6 +40,7 @@ MIXERS: dict[str, type[nn.Module]] = {
     "replk": ReparamLargeKernelConv,
     "dilated_reparam": DilatedReparamBlock,
     "rel_window_attention": RelPosWindowAttention,
+    "glmix": GLMix,
 }
 
 
@@ -52,6 +54,6 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
+__all__ = ["Attention", "DilatedReparamBlock", "GLMix", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
            "MIXERS", "Pooling", "RandomMixing", "RelPosWindowAttention", "ReparamLargeKernelConv", "SepConv",
            "get_mixer"]
