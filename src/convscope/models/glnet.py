@@ -134,9 +134,9 @@ class GLNet(ConvScopeModel):
             raise ValueError(f"mixing_modes must be 'glmix', 'glmix.mha', 'mha' or 'transformer'; got {mixing_modes}")
         self.overlapped = overlapped
         if overlapped:
-            self.stem = nn.Sequential(nn.Identity(), nn.Conv2d(in_chans, dims[0] // 2, 3, 2, 1),
-                                      nn.BatchNorm2d(dims[0] // 2), nn.GELU(), nn.Conv2d(dims[0] // 2, dims[0], 3, 2, 1),
-                                      nn.BatchNorm2d(dims[0]))
+            half = dims[0] // 2  # index 0: the official optional input norm (dual_patch_norm), unused
+            self.stem = nn.Sequential(nn.Identity(), nn.Conv2d(in_chans, half, 3, 2, 1), nn.BatchNorm2d(half),
+                                      nn.GELU(), nn.Conv2d(half, dims[0], 3, 2, 1), nn.BatchNorm2d(dims[0]))
         else:
             self.stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], 4, 4), nn.BatchNorm2d(dims[0]))
 
