@@ -73,6 +73,9 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
                        "channels=[256, 512, 1024, 2048], drop_path_rate=0, small_kernel=None, dw_ratio=1.5, "
                        "use_sync_bn=False)",
     }),
+    "glnet": ("rayleizhu/GLMix", ["models/glnet.py"], {
+        v: f"{v}()" for v in ("glnet_4g", "glnet_9g", "glnet_16g", "glnet_stl", "glnet_stl_paramslot")
+    }),
     "unireplknet": ("AILab-CVC/UniRepLKNet", ["unireplknet.py"], {
         f"unireplknet_{v}": f"unireplknet_{v}(attempt_use_lk_impl=False)" for v in ("a", "f", "t")
     }),
@@ -172,14 +175,15 @@ def resolve_sources(families: list[str], explicit: dict[str, Path], roots: list[
 def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -> types.ModuleType:
     """Materialise the official files in `tmp` and import the first one.
 
-    Only import lines are adapted (a relative import, timm helpers that moved, a sparse-conv dependency the
-    classification models do not use); the model code itself runs unchanged.
+    Only import lines are adapted (a relative import, timm helpers that moved, fairscale's checkpoint wrapper and a
+    sparse-conv dependency the classification models do not use); the model code itself runs unchanged.
     """
     for rel in files:
         src = source.read(rel)
         src = src.replace("from .utils import", "from utils import")
         src = src.replace("from timm.models.layers.helpers import to_2tuple", "from timm.layers import to_2tuple")
         src = src.replace("from MinkowskiEngine import SparseTensor", "SparseTensor = None")
+        src = src.replace("from fairscale.nn.checkpoint import checkpoint_wrapper", "checkpoint_wrapper = None")
         src = src.replace("from timm.models.layers import", "from timm.layers import")
         src = src.replace("from timm.models.registry import register_model", "")
         src = src.replace("from .registry import register_model", "")  # CvT's own registry

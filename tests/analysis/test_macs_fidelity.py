@@ -33,7 +33,7 @@ def test_exceptions_are_few_registered_and_needed():
     for name, exc in MACS_EXCEPTIONS.items():
         assert name in list_models() and len(exc.reason) > 40
         f = macs_fidelity(name)
-        assert abs(f.rel_err) > REL_TOL or not f.matches_published, f"{name} no longer needs its exception"
+        assert not f.ok_without_exception, f"{name} no longer needs its exception"
 
 
 def test_published_precision_check():

@@ -1,6 +1,15 @@
 """The model zoo. Importing this package registers every family."""
-from . import (convit, convnext, cvt, hornet, inception_next, metaformer, replknet, unireplknet,  # noqa: F401
-               volo)  # importing a family file registers it
+from . import convit  # noqa: F401  (importing a family file registers it)
+from . import convnext  # noqa: F401  (importing a family file registers it)
+from . import cvt  # noqa: F401  (importing a family file registers it)
+from . import glnet  # noqa: F401  (importing a family file registers it)
+from . import hornet  # noqa: F401  (importing a family file registers it)
+from . import inception_next  # noqa: F401  (importing a family file registers it)
+from . import metaformer  # noqa: F401  (importing a family file registers it)
+from . import moat  # noqa: F401  (importing a family file registers it)
+from . import replknet  # noqa: F401  (importing a family file registers it)
+from . import unireplknet  # noqa: F401  (importing a family file registers it)
+from . import volo  # noqa: F401  (importing a family file registers it)
 from .base import ConvScopeModel, Stage
 from .features import FeatureExtractor, FeatureInfo, feature_take_indices
 from .registry import (ArchSpec, Family, ModelCard, Paper, PretrainedCfg, UnknownModelError, create_model, family_of,

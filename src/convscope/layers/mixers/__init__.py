@@ -9,16 +9,18 @@ from torch import nn
 from .attention import Attention
 from .conv_attention import ConvProjectionAttention
 from .dilated_reparam import DilatedReparamBlock
+from .glmix import GLMix
 from .global_filter import GlobalLocalFilter
-from .halo_attention import HaloAttention
 from .gnconv import GnConv
 from .gpsa import GPSA
+from .halo_attention import HaloAttention
 from .inception_dw import InceptionDWConv2d
 from .outlook_attention import OutlookAttention
 from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
+from .window_attention import RelPosWindowAttention
 
 
 class IdentityMixer(nn.Identity):
@@ -41,6 +43,8 @@ MIXERS: dict[str, type[nn.Module]] = {
     "global_local_filter": GlobalLocalFilter,
     "replk": ReparamLargeKernelConv,
     "dilated_reparam": DilatedReparamBlock,
+    "rel_window_attention": RelPosWindowAttention,
+    "glmix": GLMix,
 }
 
 
@@ -54,6 +58,7 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "GPSA", "GlobalLocalFilter", "GnConv",
-           "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "MIXERS", "OutlookAttention", "Pooling",
-           "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
+__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "get_mixer", "GLMix",
+           "GlobalLocalFilter", "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
+           "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "RelPosWindowAttention",
+           "ReparamLargeKernelConv", "SepConv"]
