@@ -21,6 +21,10 @@ from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
 from .window_attention import RelPosWindowAttention
+# operator-library mixers (convscope.ops) and WaveMix's wavelet block
+from ...ops.conv_glu import ConvGLU  # noqa: E402
+from ...ops.scnn import SpatialMessagePassing  # noqa: E402
+from .wavemix import WaveBlock  # noqa: E402
 
 
 class IdentityMixer(nn.Identity):
@@ -45,6 +49,9 @@ MIXERS: dict[str, type[nn.Module]] = {
     "dilated_reparam": DilatedReparamBlock,
     "rel_window_attention": RelPosWindowAttention,
     "glmix": GLMix,
+    "conv_glu": ConvGLU,
+    "scnn": SpatialMessagePassing,
+    "wavemix": WaveBlock,
 }
 
 
@@ -61,4 +68,4 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
 __all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "get_mixer", "GLMix",
            "GlobalLocalFilter", "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
            "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "RelPosWindowAttention",
-           "ReparamLargeKernelConv", "SepConv"]
+           "ReparamLargeKernelConv", "SepConv", "ConvGLU", "SpatialMessagePassing", "WaveBlock"]
