@@ -90,6 +90,14 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         for name, dims, heads, depth in [("cvt_13_224", [64, 192, 384], [1, 3, 6], [1, 2, 10]),
                                          ("cvt_21_224", [64, 192, 384], [1, 3, 6], [1, 4, 16])]
     }),
+    # the package's classification.py imports its __init__.py (the DWT and blocks, which need PyWavelets and einops)
+    "wavemix": ("pranavphoenix/WaveMix", ["wavemix/classification.py", "wavemix/__init__.py"], {
+        name: (f"WaveMix(num_classes=1000, depth=16, mult=2, ff_channel={c}, final_dim={c}, dropout=0.5, "
+               f"level={lvl}, " + ("initial_conv='strided', stride=2)" if lvl == 4 else
+                                   "initial_conv='pachify', patch_size=4)"))
+        for name, c, lvl in [("wavemix_192_16_l3", 192, 3), ("wavemix_192_16_l1", 192, 1),
+                             ("wavemix_256_16_l3", 256, 3), ("wavemix_256_16_l4", 256, 4)]
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -98,7 +106,8 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
     "unireplknet": ["reparameterize_unireplknet"],
 }
 # inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW
-SIZES = {"replknet_xl": [(128, 128), (96, 160)]}
+SIZES = {"replknet_xl": [(128, 128), (96, 160)],
+         "wavemix_256_16_l4": [(256, 256), (192, 320)]}  # needs multiples of 64
 
 
 def _git(path: Path, *args: str) -> str | None:
@@ -189,7 +198,9 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from .registry import register_model", "")  # CvT's own registry
         src = src.replace("from torch._six import container_abcs", "import collections.abc as container_abcs")
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
-        (tmp / Path(rel).name).write_text(src)
+        src = src.replace("from wavemix import", "from wavemix_init import")  # WaveMix's package __init__
+        src = src.replace("from numpy.lib.function_base import hamming", "")  # unused; gone in numpy 2
+        (tmp / (Path(rel).name if Path(rel).name != "__init__.py" else "wavemix_init.py")).write_text(src)
     sys.path.insert(0, str(tmp))
     name = Path(files[0]).stem
     spec = importlib.util.spec_from_file_location(f"official_{name}", tmp / Path(files[0]).name)

@@ -100,7 +100,9 @@ def test_features_only(name):
     h, w = x.shape[-2:]
     n_stages = len(ref.feature_info)
     assert backbone.feature_info.channels() == [f["num_chs"] for f in ref.feature_info]
-    if n_stages == 4 and getattr(ref, "features_fmt", "NCHW") == "NCHW":  # hierarchical; token models: patch stride
+    if getattr(ref, "isotropic", False):  # declared isotropic (WaveMix): every tap at the stem's resolution
+        assert len(set(backbone.feature_info.reduction())) == 1
+    elif n_stages == 4 and getattr(ref, "features_fmt", "NCHW") == "NCHW":  # hierarchical; token models: patch stride
         assert backbone.feature_info.reduction() == [4, 8, 16, 32]
     with torch.no_grad():
         maps = backbone(x)

@@ -10,6 +10,7 @@ from . import moat  # noqa: F401  (importing a family file registers it)
 from . import replknet  # noqa: F401  (importing a family file registers it)
 from . import unireplknet  # noqa: F401  (importing a family file registers it)
 from . import volo  # noqa: F401  (importing a family file registers it)
+from . import wavemix  # noqa: F401  (importing a family file registers it)
 from .base import ConvScopeModel, Stage
 from .features import FeatureExtractor, FeatureInfo, feature_take_indices
 from .registry import (ArchSpec, Family, ModelCard, Paper, PretrainedCfg, UnknownModelError, create_model, family_of,
