@@ -6,6 +6,9 @@ Every mixer is built as `Mixer(dim, **options)` and maps a tensor to one of the 
 """
 from torch import nn
 
+# operator-library mixers (convscope.ops) and WaveMix's wavelet block
+from ...ops.conv_glu import ConvGLU  # noqa: E402
+from ...ops.scnn import SpatialMessagePassing  # noqa: E402
 from .attention import Attention
 from .conv_attention import ConvProjectionAttention
 from .dilated_reparam import DilatedReparamBlock
@@ -20,11 +23,8 @@ from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
-from .window_attention import RelPosWindowAttention
-# operator-library mixers (convscope.ops) and WaveMix's wavelet block
-from ...ops.conv_glu import ConvGLU  # noqa: E402
-from ...ops.scnn import SpatialMessagePassing  # noqa: E402
 from .wavemix import WaveBlock  # noqa: E402
+from .window_attention import RelPosWindowAttention
 
 
 class IdentityMixer(nn.Identity):
