@@ -6,9 +6,8 @@ Every mixer is built as `Mixer(dim, **options)` and maps a tensor to one of the 
 """
 from torch import nn
 
-# operator-library mixers (convscope.ops) and WaveMix's wavelet block
-from ...ops.conv_glu import ConvGLU  # noqa: E402
-from ...ops.scnn import SpatialMessagePassing  # noqa: E402
+from ...ops.conv_glu import ConvGLU  # operator-library modules that are also token mixers
+from ...ops.scnn import SpatialMessagePassing
 from .attention import Attention
 from .conv_attention import ConvProjectionAttention
 from .dilated_reparam import DilatedReparamBlock
@@ -23,7 +22,7 @@ from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
-from .wavemix import WaveBlock  # noqa: E402
+from .wavemix import WaveBlock
 from .window_attention import RelPosWindowAttention
 
 
