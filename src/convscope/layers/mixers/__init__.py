@@ -11,6 +11,7 @@ from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
 from .gnconv import GnConv
 from .inception_dw import InceptionDWConv2d
+from .lsconv import LSConv
 from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
@@ -37,6 +38,7 @@ MIXERS: dict[str, type[nn.Module]] = {
     "global_local_filter": GlobalLocalFilter,
     "replk": ReparamLargeKernelConv,
     "dilated_reparam": DilatedReparamBlock,
+    "lsconv": LSConv,
 }
 
 
@@ -51,4 +53,4 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
 
 
 __all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
-           "MIXERS", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
+           "LSConv", "MIXERS", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
