@@ -82,6 +82,10 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         for v, e, d in (("t", [64, 128, 256, 384], [0, 2, 8, 10]), ("s", [96, 192, 320, 448], [1, 2, 8, 10]),
                         ("b", [128, 256, 384, 512], [4, 6, 8, 10]))
     }),
+    # The legacy BRA (ops/bra_legacy.py) is the layout of the released checkpoints; einops is needed.
+    "biformer": ("rayleizhu/BiFormer", ["models/biformer.py", "ops/bra_legacy.py", "models/_common.py"], {
+        f"biformer_{v}": f"biformer_{v}()" for v in ("tiny", "small", "base")
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -90,8 +94,10 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
     "unireplknet": ["reparameterize_unireplknet"],
 }
 # inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW; LSNet's official attention
-# biases fit a 4x4 stage-4 map only (inputs of 193-256 pixels a side)
-SIZES = {"replknet_xl": [(128, 128), (96, 160)]} | {f"lsnet_{v}": [(224, 224), (256, 208)] for v in "tsb"}
+# biases fit a 4x4 stage-4 map only (inputs of 193-256 pixels a side); the official BiFormers (auto_pad=False) take
+# sides that are multiples of 112 only
+SIZES = {"replknet_xl": [(128, 128), (96, 160)]} | {f"lsnet_{v}": [(224, 224), (256, 208)] for v in "tsb"} | {
+    f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base")}
 
 
 def _reference_ska(x, w):
@@ -234,6 +240,9 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from timm.models.layers import", "from timm.layers import")
         src = src.replace("from timm.models.registry import register_model", "")
         src = src.replace("from .ska import SKA", "SKA = None  # a Triton kernel; OFFICIAL_PATCHES supplies SKA")
+        src = src.replace("from ops.bra_legacy import", "from bra_legacy import")
+        src = src.replace("from ._common import", "from _common import")
+        src = src.replace("from fairscale.nn.checkpoint import checkpoint_wrapper", "checkpoint_wrapper = None")
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         (tmp / Path(rel).name).write_text(src)
     sys.path.insert(0, str(tmp))

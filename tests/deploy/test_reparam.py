@@ -62,8 +62,8 @@ def _unpadded(m: nn.Module) -> bool:
 
 def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """model(x), and what a deploy form must not have: a BatchNorm reading a conv/linear output (through views
-    only) or feeding an unpadded conv/linear, and two conv/linear layers reading the same tensor (parallel
-    branches). Every traced tensor is kept alive, so equal data pointers mean the same memory."""
+    only) or feeding an unpadded conv/linear, and two conv (or two linear) layers with outputs of one size reading
+    the same tensor (parallel branches). Every traced tensor is kept alive, so equal data pointers mean the same memory."""
     calls: list[tuple[str, nn.Module, tuple, tuple]] = []
     keep: list[torch.Tensor] = []
     names = {m: n for n, m in model.named_modules()}
@@ -92,7 +92,12 @@ def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
             unpadded = [c for c in consumers.get(out, []) if _unpadded(model.get_submodule(c))]
             if unpadded:
                 problems.append(f"{name} -> {unpadded} (BatchNorm before an unpadded conv)")
-    problems += [f"parallel branches {c}" for c in consumers.values() if len(set(c)) > 1]
+    # parallel branches: layers of one kind with equal output shapes reading the same tensor (what could merge;
+    # BiFormer's LePE conv and qkv Linear both read the normalised map, by design)
+    mergeable: dict[tuple, list[str]] = {}
+    for name, mod, inp, out in layers:
+        mergeable.setdefault((inp, type(mod), out[1]), []).append(name)
+    problems += [f"parallel branches {c}" for c in mergeable.values() if len(set(c)) > 1]
     return y, problems
 
 
