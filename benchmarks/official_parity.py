@@ -86,6 +86,9 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "biformer": ("rayleizhu/BiFormer", ["models/biformer.py", "ops/bra_legacy.py", "models/_common.py"], {
         f"biformer_{v}": f"biformer_{v}()" for v in ("tiny", "small", "base")
     }),
+    "biformer_stl": ("rayleizhu/BiFormer", ["models/biformer_stl.py", "ops/bra_legacy.py", "models/_common.py"], {
+        "biformer_stl": "biformer_stl()",
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -97,7 +100,7 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
 # biases fit a 4x4 stage-4 map only (inputs of 193-256 pixels a side); the official BiFormers (auto_pad=False) take
 # sides that are multiples of 112 only
 SIZES = {"replknet_xl": [(128, 128), (96, 160)]} | {f"lsnet_{v}": [(224, 224), (256, 208)] for v in "tsb"} | {
-    f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base")}
+    f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base", "stl")}
 
 
 def _reference_ska(x, w):

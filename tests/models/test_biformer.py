@@ -37,3 +37,14 @@ def test_auto_pad_equals_unpadded_where_divisible_and_takes_other_sizes():
 def test_bad_topk():
     with pytest.raises(ValueError, match="topk"):
         BiFormer(topks=(1, 4, 16, -1))
+
+
+def test_stl_layout():
+    m = convscope.create_model("biformer_stl")
+    assert isinstance(m.stem[0], torch.nn.Conv2d) and m.stem[0].kernel_size == (4, 4)
+    assert isinstance(m.stages[1].downsample[0], torch.nn.BatchNorm2d)
+    blk = m.stages[0].blocks[0]
+    assert isinstance(blk.pos_embed, torch.nn.Identity) and len(blk.mlp) == 3 and blk.attn.num_heads == 3
+    strict = BiFormer(depth=(1, 1, 1, 1), embed_dim=(32, 64, 96, 128), stl=True, auto_pad=False)
+    with pytest.raises(ValueError, match="stage-1 map is 50x56"):
+        strict(torch.randn(1, 3, 200, 224))

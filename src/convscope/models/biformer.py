@@ -34,14 +34,16 @@ class BiFormerBlock(nn.Module):
     """x + dw3x3(x); then (channels-last) x + DropPath(attn(LN(x))), x + DropPath(MLP(LN(x))).
 
     topk > 0: bi-level routing attention with `num_heads` heads over qk_dim; topk == -2: global attention with
-    LePE (8 heads, as the official block builds it)."""
+    LePE (8 heads, as the official block builds it). stl: the Swin-Tiny-layout block (official
+    `biformer_stl.py`): no conv position embedding, MLP keys `mlp.0` / `mlp.2`."""
 
     def __init__(self, dim: int, num_heads: int, n_win: int = 7, qk_dim: int | None = None, topk: int = 4,
                  mlp_ratio: float = 3, side_dwconv: int = 5, param_routing: bool = False,
                  diff_routing: bool = False, soft_routing: bool = False, auto_pad: bool = True,
-                 drop_path: float = 0.0) -> None:
+                 drop_path: float = 0.0, stl: bool = False) -> None:
         super().__init__()
-        self.pos_embed = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.stl = stl
+        self.pos_embed: nn.Module = nn.Identity() if stl else nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if topk > 0:
             self.attn: nn.Module = BiLevelRoutingAttention(
@@ -53,12 +55,13 @@ class BiFormerBlock(nn.Module):
             raise ValueError(f"topk must be > 0 (routing) or -2 (global attention with LePE); got {topk}")
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         hidden = int(mlp_ratio * dim)
-        # indices as the official nn.Sequential(Linear, DWConv or Identity, GELU, Linear)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Identity(), nn.GELU(), nn.Linear(hidden, dim))
+        # indices as the official nn.Sequential(Linear, DWConv or Identity, GELU, Linear) (STL: no middle slot)
+        middle = [] if stl else [nn.Identity()]
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), *middle, nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x + self.pos_embed(x)).permute(0, 2, 3, 1)
+        x = (x if self.stl else x + self.pos_embed(x)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x.permute(0, 3, 1, 2)
@@ -66,28 +69,40 @@ class BiFormerBlock(nn.Module):
 
 class BiFormer(ConvScopeModel):
     """BiFormer: conv stem (stride 4) -> four stages of BiFormer blocks (3x3 stride-2 conv-BN between) ->
-    BatchNorm2d -> global average pool -> Linear."""
+    BatchNorm2d -> global average pool -> Linear.
+
+    stl: the Swin-Tiny layout of the official ablation model (`models/biformer_stl.py`): 4x4 stride-4 patchify
+    conv + BN stem, BN + 2x2 stride-2 conv downsampling, blocks without the conv position embedding.
+    """
 
     def __init__(self, depth: tuple[int, ...] = (2, 2, 8, 2), embed_dim: tuple[int, ...] = (64, 128, 256, 512),
                  qk_dims: tuple[int, ...] | None = None, head_dim: int = 32, mlp_ratios: tuple[float, ...] = (3,) * 4,
                  topks: tuple[int, ...] = (1, 4, 16, -2), n_win: int = 7, side_dwconv: int = 5,
                  param_routing: bool = False, diff_routing: bool = False, soft_routing: bool = False,
-                 auto_pad: bool = True, *, in_chans: int = 3, num_classes: int = 1000, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0) -> None:
+                 auto_pad: bool = True, stl: bool = False, *, in_chans: int = 3, num_classes: int = 1000,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
         qk_dims = tuple(qk_dims or embed_dim)
-        self.n_win, self.auto_pad, self.topks = n_win, auto_pad, tuple(topks)
+        self.n_win, self.auto_pad, self.topks, self.stl = n_win, auto_pad, tuple(topks), stl
         e0 = embed_dim[0]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, e0 // 2, 3, stride=2, padding=1), nn.BatchNorm2d(e0 // 2), nn.GELU(),
-            nn.Conv2d(e0 // 2, e0, 3, stride=2, padding=1), nn.BatchNorm2d(e0))
+        if stl:
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, e0, 4, stride=4), nn.BatchNorm2d(e0))
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_chans, e0 // 2, 3, stride=2, padding=1), nn.BatchNorm2d(e0 // 2), nn.GELU(),
+                nn.Conv2d(e0 // 2, e0, 3, stride=2, padding=1), nn.BatchNorm2d(e0))
+
+        def downsample(i: int) -> nn.Module:
+            cin, cout = embed_dim[i - 1], embed_dim[i]
+            if stl:
+                return nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 2, stride=2))
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout))
+
         self.build_stages(
-            depth, embed_dim, drop_path_rate,
-            downsample=lambda i: nn.Sequential(nn.Conv2d(embed_dim[i - 1], embed_dim[i], 3, stride=2, padding=1),
-                                               nn.BatchNorm2d(embed_dim[i])),
+            depth, embed_dim, drop_path_rate, downsample=downsample,
             block=lambda i, j, dp: BiFormerBlock(
                 embed_dim[i], qk_dims[i] // head_dim, n_win, qk_dims[i], topks[i], mlp_ratios[i], side_dwconv,
-                param_routing, diff_routing, soft_routing, auto_pad, dp))
+                param_routing, diff_routing, soft_routing, auto_pad, dp, stl))
         self.head = ClassifierHead(embed_dim[-1], num_classes, norm_layer=nn.BatchNorm2d, drop_rate=drop_rate,
                                    norm_first=True)
         self.apply(self._init_weights)
@@ -103,9 +118,8 @@ class BiFormer(ConvScopeModel):
             return
         h, w = x.shape[-2:]
         for i, topk in enumerate(self.topks):
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-            if i == 0:
-                h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+            for _ in range(2 if i == 0 else 1):  # 3x3 stride-2 convs with padding 1 (STL: 4x4 / 2x2, floor)
+                h, w = (h // 2, w // 2) if self.stl else ((h - 1) // 2 + 1, (w - 1) // 2 + 1)
             if topk > 0 and (h % self.n_win or w % self.n_win):
                 raise ValueError(
                     f"{self.model_name} without auto_pad needs each routed stage's map to be a multiple of "
@@ -115,7 +129,7 @@ class BiFormer(ConvScopeModel):
 
 def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """rayleizhu/BiFormer keys -> ours: `downsample_layers.0` -> `stem`, `downsample_layers.i` ->
-    `stages.i.downsample`, `stages.i.j` -> `stages.i.blocks.j`, `attn.qkv.qkv` -> `attn.qkv`, `router.emb` ->
+    `stages.i.downsample`, `stages.i.j` -> `stages.i.blocks.j` (STL: already `stages.i.blocks.j`), `attn.qkv.qkv` -> `attn.qkv`, `router.emb` ->
     `router_emb`, `norm` / `head` -> `head.norm` / `head.fc`."""
     out = {}
     for k, v in state_dict.items():
@@ -131,7 +145,7 @@ def convert_official(state_dict: dict, model: nn.Module) -> dict:
 
 _SRC = ("top-1 and FLOPs (fvcore on the official code gives 2.228 G for T, as counted here): rayleizhu/BiFormer "
         "README @1697bbb; params_m: the official models/biformer.py @1697bbb counted (README: 13.1 / 25.5 / 56.8 "
-        "M); drop path: the README's training example (S, 0.15)")
+        "M; STL: models/biformer_stl.py, README 28.4 M); drop path: the README's training example (S, 0.15)")
 
 register_family(
     "biformer", BiFormer,
@@ -151,4 +165,8 @@ register_family(
         "biformer_base": variant(
             depth=(4, 4, 18, 4), embed_dim=(96, 192, 384, 768),
             card=dict(params_m=56.804968, macs_g=9.8, top1=84.3)),
+        "biformer_stl": variant(
+            depth=(2, 2, 6, 2), embed_dim=(96, 192, 384, 768), mlp_ratios=(4, 4, 4, 4), stl=True,
+            card=dict(params_m=28.372552, macs_g=4.6, top1=82.7,
+                      notes="the Swin-Tiny-layout model of the paper's ablation (official models/biformer_stl.py)")),
     })
