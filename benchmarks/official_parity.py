@@ -98,6 +98,19 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         for name, c, lvl in [("wavemix_192_16_l3", 192, 3), ("wavemix_192_16_l1", 192, 1),
                              ("wavemix_256_16_l3", 256, 3), ("wavemix_256_16_l4", 256, 4)]
     }),
+    # The official SKA is a Triton kernel: `_reference_ska` below stands in for it (see OFFICIAL_PATCHES).
+    "lsnet": ("jameslahm/lsnet", ["model/lsnet.py"], {
+        f"lsnet_{v}": f"LSNet(img_size=224, patch_size=8, embed_dim={e}, depth={d}, num_heads=[3, 3, 3, 4])"
+        for v, e, d in (("t", [64, 128, 256, 384], [0, 2, 8, 10]), ("s", [96, 192, 320, 448], [1, 2, 8, 10]),
+                        ("b", [128, 256, 384, 512], [4, 6, 8, 10]))
+    }),
+    # The legacy BRA (ops/bra_legacy.py) is the layout of the released checkpoints; einops is needed.
+    "biformer": ("rayleizhu/BiFormer", ["models/biformer.py", "ops/bra_legacy.py", "models/_common.py"], {
+        f"biformer_{v}": f"biformer_{v}()" for v in ("tiny", "small", "base")
+    }),
+    "biformer_stl": ("rayleizhu/BiFormer", ["models/biformer_stl.py", "ops/bra_legacy.py", "models/_common.py"], {
+        "biformer_stl": "biformer_stl()",
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -105,9 +118,67 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
     "replknet": ["structural_reparam", "deep_fuse_BN"],
     "unireplknet": ["reparameterize_unireplknet"],
 }
-# inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW
+# inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW; LSNet's official attention
+# biases fit a 4x4 stage-4 map only (inputs of 193-256 pixels a side); the official BiFormers (auto_pad=False) take
+# sides that are multiples of 112 only
 SIZES = {"replknet_xl": [(128, 128), (96, 160)],
-         "wavemix_256_16_l4": [(256, 256), (192, 320)]}  # needs multiples of 64
+         "wavemix_256_16_l4": [(256, 256), (192, 320)]} | {f"lsnet_{v}": [(224, 224), (256, 208)] for v in "tsb"} | {
+    f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base", "stl")}
+
+
+def _reference_ska(x, w):
+    """The official Triton SKA kernel's arithmetic written as a direct loop over the k x k taps: output channel c
+    takes weight channel c % Cw at every pixel, zero padding (k - 1) / 2."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, width = x.shape
+    wc, kk = w.shape[1:3]
+    k = round(kk ** 0.5)
+    p = (k - 1) // 2
+    xp = F.pad(x, (p, p, p, p))
+    wsel = w[:, torch.arange(c) % wc]  # (n, c, k*k, h, w)
+    out = torch.zeros_like(x)
+    for u in range(k):
+        for v in range(k):
+            out = out + xp[:, :, u:u + h, v:v + width] * wsel[:, :, u * k + v]
+    return out
+
+
+def _patch_lsnet(module) -> None:
+    import torch
+
+    class ReferenceSKA(torch.nn.Module):
+        def forward(self, x, w):
+            return _reference_ska(x, w)
+
+    module.SKA = ReferenceSKA
+
+
+def _condition_lsnet(model) -> None:
+    """LSNet has no layer scale: with randomize_'s BatchNorm weights (|w| ~ 1) at the end of every residual branch,
+    activations grow ~1e5-fold over the blocks and saturate the SE gates, so that float32 itself drifts 1e-4 from
+    float64. Those last BatchNorm weights are scaled by 0.1 (float32 then agrees with float64 to ~3e-7)."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            kind = type(m).__name__
+            if kind == "FFN":
+                m.pw2.bn.weight.mul_(0.1)
+            elif kind == "Attention":
+                m.proj[1].bn.weight.mul_(0.1)
+            elif kind == "RepVGGDW":
+                m.conv.bn.weight.mul_(0.1)
+                m.conv1.bn.weight.mul_(0.1)
+            elif kind == "LSConv":
+                m.bn.weight.mul_(0.1)
+
+
+# family -> called on the loaded official module (stand-ins for kernels that need a GPU toolchain)
+OFFICIAL_PATCHES = {"lsnet": _patch_lsnet}
+# family -> called on the randomised official model before its weights are copied (numerical conditioning)
+OFFICIAL_CONDITION = {"lsnet": _condition_lsnet}
 
 
 def _git(path: Path, *args: str) -> str | None:
@@ -197,6 +268,9 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from timm.models.registry import register_model", "")
         src = src.replace("from .registry import register_model", "")  # CvT's own registry
         src = src.replace("from torch._six import container_abcs", "import collections.abc as container_abcs")
+        src = src.replace("from .ska import SKA", "SKA = None  # a Triton kernel; OFFICIAL_PATCHES supplies SKA")
+        src = src.replace("from ops.bra_legacy import", "from bra_legacy import")
+        src = src.replace("from ._common import", "from _common import")
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         src = src.replace("from wavemix import", "from wavemix_init import")  # WaveMix's package __init__
         src = src.replace("from numpy.lib.function_base import hamming", "")  # unused; gone in numpy 2
@@ -293,10 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         commit = sources[family].commit(files)
         with tempfile.TemporaryDirectory() as tmp:
             module = _load_official_module(sources[family], files, Path(tmp))
+            if family in OFFICIAL_PATCHES:
+                OFFICIAL_PATCHES[family](module)
             for ours_name, ctor in pairs.items():
                 torch.manual_seed(0)
                 with contextlib.redirect_stdout(io.StringIO()):  # HorNet's gnconv prints its configuration
                     official = randomize_(eval(ctor, vars(module)), seed=3).eval()
+                if family in OFFICIAL_CONDITION:
+                    OFFICIAL_CONDITION[family](official)
                 sd = official.state_dict()
                 if args.write_keys:
                     out = Path(args.write_keys)
@@ -336,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
             "Rows '<model> reparameterize_model': our re-parameterised model against the official one after the "
             "re-parameterisation calls shown; '<model> deploy=True, official deploy weights': the official "
             "deploy-form state dict loaded by `create_model(name, deploy=True, pretrained=...)`.",
+            "LSNet: the official SKA is a Triton kernel, replaced here by `_reference_ska` (a direct loop over the "
+            "3x3 taps); both models get the randomised weights with each residual branch's last BatchNorm weight "
+            "scaled by 0.1 (`_condition_lsnet`: without it float32 alone drifts 1e-4 from float64).",
             "",
             "| ours | official repository | official constructor | input | max rel err |",
             "|---|---|---|---|---|",

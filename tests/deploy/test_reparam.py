@@ -16,6 +16,7 @@ from convscope.deploy import reparameterize_
 from convscope.layers import ConvBnAct, ParallelConvBn
 from convscope.models import load_checkpoint, model_card, save_weights
 from convscope.models.inception_next import MetaNeXtBlock
+from convscope.models.lsnet import LSNetHead, RepVGGDW, lsnet_condition_
 from convscope.models.replknet import ConvFFN, RepLKBlock
 from convscope.models.unireplknet import UniRepLKNetBlock
 
@@ -28,7 +29,10 @@ COPY_CAP = 60e6
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-def _x(batch: int = 2, h: int = 32, w: int = 64, seed: int = 0) -> torch.Tensor:
+def _x(batch: int = 2, h: int = 32, w: int = 64, seed: int = 0, model: nn.Module | None = None) -> torch.Tensor:
+    if model is not None:  # at least the model's minimum (LSNet: 65x65)
+        mh, mw = getattr(model, "min_input_size", (1, 1))
+        h, w = max(h, mh), max(w, mw)
     return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
@@ -40,7 +44,7 @@ def _well_conditioned(model: nn.Module) -> nn.Module:
         for m in model.modules():
             if isinstance(getattr(m, "gamma", None), nn.Parameter):
                 m.gamma.mul_(0.1)
-    return model
+    return lsnet_condition_(model)  # LSNet has no layer scale: its residual branches end in conv-BN
 
 
 def _n(module: nn.Module) -> int:
@@ -58,8 +62,8 @@ def _unpadded(m: nn.Module) -> bool:
 
 def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """model(x), and what a deploy form must not have: a BatchNorm reading a conv/linear output (through views
-    only) or feeding an unpadded conv/linear, and two conv/linear layers reading the same tensor (parallel
-    branches). Every traced tensor is kept alive, so equal data pointers mean the same memory."""
+    only) or feeding an unpadded conv/linear, and two conv (or two linear) layers with outputs of one size reading
+    the same tensor (parallel branches). Every traced tensor is kept alive, so equal data pointers mean the same memory."""
     calls: list[tuple[str, nn.Module, tuple, tuple]] = []
     keep: list[torch.Tensor] = []
     names = {m: n for n, m in model.named_modules()}
@@ -88,7 +92,12 @@ def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
             unpadded = [c for c in consumers.get(out, []) if _unpadded(model.get_submodule(c))]
             if unpadded:
                 problems.append(f"{name} -> {unpadded} (BatchNorm before an unpadded conv)")
-    problems += [f"parallel branches {c}" for c in consumers.values() if len(set(c)) > 1]
+    # parallel branches: layers of one kind with equal output shapes reading the same tensor (what could merge;
+    # BiFormer's LePE conv and qkv Linear both read the normalised map, by design)
+    mergeable: dict[tuple, list[str]] = {}
+    for name, mod, inp, out in layers:
+        mergeable.setdefault((inp, type(mod), out[1]), []).append(name)
+    problems += [f"parallel branches {c}" for c in mergeable.values() if len(set(c)) > 1]
     return y, problems
 
 
@@ -121,6 +130,9 @@ RULES: list[tuple[type, callable]] = [
      + _n(m.pwconv1) + m.grn.weight.numel() + m.pwconv2.weight.numel() + m.pwconv2.out_features),
     # the BatchNorm folds into mlp.fc1
     (MetaNeXtBlock, lambda m: _n(m.token_mixer) + _n(m.mlp) + _bias_gap(m.mlp.fc1) + m.gamma.numel()),
+    # dw 3x3 + dw 1x1 + identity -> one biased dw 3x3; the head's BatchNorm1d folds into its Linear
+    (RepVGGDW, lambda m: _conv_site([m.conv.conv])),
+    (LSNetHead, lambda m: m.fc.weight.numel() + m.fc.out_features if isinstance(m.fc, nn.Linear) else 0),
 ]
 
 
@@ -162,7 +174,7 @@ def test_deploy_param_count_is_the_single_kernel_design(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_deploy_form_matches_train_form(name):
     model = _well_conditioned(random_model(name, seed=1))
-    x = _x()
+    x = _x(model=model)
     want, train_problems = traced_forward(model, x)
     assert train_problems, "the trace finds nothing to fold in the train form, so it cannot check the deploy form"
     if _n(model) <= COPY_CAP:
@@ -196,7 +208,7 @@ def test_create_model_deploy_loads_deployed_and_train_checkpoints(name, tmp_path
     deployed = reparameterize_(copy.deepcopy(model))
     deploy_path = save_weights(deployed, tmp_path / "deploy.safetensors")
     train_path = save_weights(model, tmp_path / "train.safetensors")
-    x = _x(batch=1)
+    x = _x(batch=1, model=model)
     with torch.no_grad():
         want = deployed(x)
         for path in (deploy_path, train_path):  # strict loads; the train form is re-parameterised after loading

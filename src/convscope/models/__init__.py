@@ -1,10 +1,12 @@
 """The model zoo. Importing this package registers every family."""
+from . import biformer  # noqa: F401  (importing a family file registers it)
 from . import convit  # noqa: F401  (importing a family file registers it)
 from . import convnext  # noqa: F401  (importing a family file registers it)
 from . import cvt  # noqa: F401  (importing a family file registers it)
 from . import glnet  # noqa: F401  (importing a family file registers it)
 from . import hornet  # noqa: F401  (importing a family file registers it)
 from . import inception_next  # noqa: F401  (importing a family file registers it)
+from . import lsnet  # noqa: F401  (importing a family file registers it)
 from . import metaformer  # noqa: F401  (importing a family file registers it)
 from . import moat  # noqa: F401  (importing a family file registers it)
 from . import replknet  # noqa: F401  (importing a family file registers it)

@@ -17,6 +17,7 @@ from .gnconv import GnConv
 from .gpsa import GPSA
 from .halo_attention import HaloAttention
 from .inception_dw import InceptionDWConv2d
+from .lsconv import LSConv
 from .outlook_attention import OutlookAttention
 from .pooling import Pooling
 from .random_mixing import RandomMixing
@@ -46,9 +47,10 @@ MIXERS: dict[str, type[nn.Module]] = {
     "global_local_filter": GlobalLocalFilter,
     "replk": ReparamLargeKernelConv,
     "dilated_reparam": DilatedReparamBlock,
-    "rel_window_attention": RelPosWindowAttention,
-    "glmix": GLMix,
     "conv_glu": ConvGLU,
+    "glmix": GLMix,
+    "lsconv": LSConv,
+    "rel_window_attention": RelPosWindowAttention,
     "scnn": SpatialMessagePassing,
     "wavemix": WaveBlock,
 }
@@ -64,7 +66,7 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "get_mixer", "GLMix",
+__all__ = ["Attention", "ConvGLU", "ConvProjectionAttention", "DilatedReparamBlock", "get_mixer", "GLMix",
            "GlobalLocalFilter", "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
-           "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "RelPosWindowAttention",
-           "ReparamLargeKernelConv", "SepConv", "ConvGLU", "SpatialMessagePassing", "WaveBlock"]
+           "LSConv", "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "RelPosWindowAttention",
+           "ReparamLargeKernelConv", "SepConv", "SpatialMessagePassing", "WaveBlock"]
