@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import LayerNorm, Mlp, SqueezeExcite, drop_path_or_identity, to_2tuple
-from ..layers.mixers.partition_attention import PartitionAttention
+from ..layers.mixers.partition_attention import PartitionAttention, RelPosBias2d
 from .base import ConvScopeModel
 from .registry import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, Paper, register_family, variant
 
@@ -213,16 +213,14 @@ class MaxViT(ConvScopeModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.normal_(m.bias, std=1e-6) if ".mlp." in name else nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        """The official initialisation: every conv / dense kernel and the bias tables N(0, 0.02), biases 0."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+            elif isinstance(m, RelPosBias2d):
+                nn.init.normal_(m.relative_position_bias_table, std=0.02)
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
