@@ -162,12 +162,19 @@ def timm_random_model(timm_module, name: str, seed: int = 1) -> torch.nn.Module:
     """timm's `name` with randomised weights, in eval mode.
 
     Built on the meta device and materialised with random values, which skips timm's (slow) init; models with
-    integer buffers (index tables that `to_empty` would leave as garbage) are built normally instead.
+    integer buffers (index tables that `to_empty` would leave as garbage) are built normally instead, and float
+    buffers timm recomputes (`init_non_persistent_buffers`) are recomputed after the randomisation.
     """
     m = timm_module.create_model(name, pretrained=False, device="meta")
     int_buffers = [n for n, b in m.named_buffers() if not b.is_floating_point() and "num_batches" not in n]
     m = m.to_empty(device="cpu") if not int_buffers else timm_module.create_model(name, pretrained=False)
-    return randomize_(m, seed).eval()
+    randomize_(m, seed)
+    # Non-persistent float buffers are derived tables, not weights (MaxViT's one-hot relative position lookups):
+    # give them back the values timm computes for them.
+    for mod in m.modules():
+        if hasattr(mod, "init_non_persistent_buffers"):
+            mod.init_non_persistent_buffers()
+    return m.eval()
 
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

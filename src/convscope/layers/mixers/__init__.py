@@ -19,6 +19,7 @@ from .halo_attention import HaloAttention
 from .inception_dw import InceptionDWConv2d
 from .lsconv import LSConv
 from .outlook_attention import OutlookAttention
+from .partition_attention import PartitionAttention  # NHWC maps: not a MetaFormer mixer, not in MIXERS
 from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
@@ -68,5 +69,5 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
 
 __all__ = ["Attention", "ConvGLU", "ConvProjectionAttention", "DilatedReparamBlock", "get_mixer", "GLMix",
            "GlobalLocalFilter", "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
-           "LSConv", "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "RelPosWindowAttention",
-           "ReparamLargeKernelConv", "SepConv", "SpatialMessagePassing", "WaveBlock"]
+           "LSConv", "MIXERS", "OutlookAttention", "PartitionAttention", "Pooling", "RandomMixing",
+           "RelPosWindowAttention", "ReparamLargeKernelConv", "SepConv", "SpatialMessagePassing", "WaveBlock"]
