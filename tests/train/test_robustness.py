@@ -385,3 +385,28 @@ def test_official_partial_deploy_checkpoint_loads_into_a_deploy_model():
         want = {k: v.shape for k, v in model.state_dict().items()}
         load_checkpoint(model, official, source="official")   # strict
         assert {k: v.shape for k, v in model.state_dict().items()} == want
+
+
+@pytest.mark.parametrize("edit,expect", [
+    (lambda m: m.pop("num_classes"), "lacks 'num_classes'"),
+    (lambda m: m.update(model_kwargs={"bogus": 1}), "does not describe a model"),
+    (lambda m: m.update(input_size=[0, 0]), "impossible 'input_size'"),
+    (lambda m: m.update(class_names=["a"]), "impossible 'class_names'"),
+    (None, "not valid JSON"),
+])
+def test_hand_edited_weights_metadata_is_one_line_naming_the_file(tmp_path, capsys, edit, expect):
+    from safetensors.torch import load_file, save_file
+
+    w = _weights(tmp_path)
+    raw = json.loads(__import__("safetensors").safe_open(str(w), "pt").metadata()["convscope"])
+    if edit is None:
+        text = json.dumps(raw)[:-3]
+    else:
+        edit(raw)
+        text = json.dumps(raw)
+    save_file(load_file(w), str(w), metadata={"convscope": text})
+    img = tmp_path / "x.png"
+    Image.new("L", (28, 28), 9).save(img)
+    assert main(["predict", "--checkpoint", str(w), str(img)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert expect in line and str(w) in line

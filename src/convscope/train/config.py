@@ -218,8 +218,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=None, help="per process and micro-step (default: 128, or 64 "
                    "for fewer than 20,000 training images)")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW; default: 1e-3 x batch/128 "
-                   "... see the printed data-aware defaults)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW; default: 1e-3 x batch "
+                   "size / 128, x4 below 20,000 training images)")
     g.add_argument("--min-lr", type=float, default=d.min_lr, help="cosine schedule floor")
     g.add_argument("--warmup-epochs", type=float, default=None, help="default: 1, or 0.5 for small data sets")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to 1-D parameters "
@@ -237,7 +237,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "(0: off)")
     g.add_argument("--msd-drop", type=float, default=d.msd_drop)
     g.add_argument("--input-size", type=int, default=None, help="model input side (default: the data's size, "
-                   "raised to the model's minimum)")
+                   "raised to the model's minimum, at most the model card's)")
     g.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3; default: the data's")
     g = p.add_argument_group("data and augmentation")
     g.add_argument("--data-limit", type=int, default=None, help="use only the first N training images")
