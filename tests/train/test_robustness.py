@@ -69,6 +69,13 @@ def test_image_folder_without_pillow_is_refused(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
+def test_predict_without_pillow_is_refused(tmp_path, capsys, monkeypatch):
+    w = _weights(tmp_path)
+    _no(monkeypatch, "PIL")
+    assert main(["predict", "--checkpoint", str(w), str(tmp_path / "x.png")]) == 2
+    assert "pillow" in _one_error_line(capsys.readouterr().err)
+
+
 # -- 4. non-finite loss ----------------------------------------------------------------------------------------
 def test_lr_inf_and_huge_are_refused(tmp_path, capsys):
     for lr in ("inf", "1e6", "nan"):

@@ -54,13 +54,13 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, split: str = "
 def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 3,
                    device: str = "auto") -> list[dict[str, Any]]:
     """For each image file, the `topk` classes with their probabilities."""
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1; got {topk}")
+    require("PIL", "reading image files")
     device = resolve_device(device)
     model, meta = load_model(checkpoint, device)
     classes = meta["class_names"]
     mode = "RGB" if meta["in_chans"] == 3 else "L"
-    if topk < 1:
-        raise ValueError(f"topk must be >= 1; got {topk}")
-    require("PIL", "reading image files")
     tf = EvalTransform(meta["input_size"], meta["mean"], meta["std"], meta["crop_pct"])
     batch = []
     for p in images:
