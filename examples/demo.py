@@ -95,6 +95,10 @@ def main() -> int:
                     help="a one-epoch run on 1,024 training and 512 test images that checks every step of the demo "
                          "works, not its accuracy (tests/test_demo.py)")
     args = ap.parse_args()
+    from convscope.extras import available, missing_message
+    if not available("matplotlib"):   # said now, not after ten minutes of training
+        print(f"note: {missing_message('matplotlib', 'the HTML report')}; the demo runs without it")
+        args.report = None
     threads = args.threads
     why = "--threads"
     if threads is None:
@@ -144,17 +148,20 @@ def main() -> int:
     return 0 if ok_acc or args.smoke else 1
 
 
-def profile_trained(model: torch.nn.Module, input_size: tuple[int, ...], threads: int, report: str) -> None:
+def profile_trained(model: torch.nn.Module, input_size: tuple[int, ...], threads: int, report: str | None) -> None:
     """Where the forward time goes, layer by layer, at the training batch: measured time per module against the
     waterline bound max(FLOPs / peak, bytes / bandwidth) under this machine's measured ceilings."""
     from convscope.analysis import profile_layers
-    from convscope.analysis.report import profile_report, write_report
 
     print(f"\nper-layer waterline of the trained model, inference forward at {'x'.join(map(str, input_size))}, "
           f"fp32 channels-last, {threads} thread(s) (this machine's ceilings are measured once and cached):")
     prof = profile_layers(model.eval(), input_size, channels_last=True, threads=threads, repeats=5)
     print(prof.summary())
     print(f"\n{prof.group_table('kind')}")
+    if report is None:
+        return
+    from convscope.analysis.report import profile_report, write_report
+
     path = write_report(profile_report(prof, command="make demo"), report)
     print(f"\nwrote {path} (roofline and efficiency-gap charts, every layer's time, bound and efficiency)")
 
