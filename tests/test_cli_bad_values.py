@@ -231,7 +231,7 @@ def test_the_real_command_says_one_line(world, tmp_path):
     """Two subprocess checks: a value argparse refuses, and one the library refuses."""
     for args in (["train", "--model", "convnext_atto", "--epochs", "x"],
                  ["predict", "--checkpoint", str(world / "w.safetensors"), "--topk", "-2", str(world / "img.png")]):
-        proc = run_cli(*args, cwd=tmp_path, timeout=120)
+        proc = run_cli(*args, cwd=tmp_path, timeout=600)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert not list(tmp_path.iterdir())
