@@ -67,6 +67,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "MACs, activations and parameters of one model scaled by the rules of \"Fast and Accurate Model Scaling\"",
         "<1 min", ("scaling_convnext_tiny_x4.md",),
         "convnext_tiny 4 --out benchmarks/results/scaling_convnext_tiny_x4.md"),
+    "small_data_defaults": Benchmark(
+        "top-1 and wall time of `convscope train --model convnext_atto --data DIR --epochs 10` with no other flag "
+        "(the data-aware defaults) on a 10-class, 8,000-image, 28x28 grayscale folder no test uses",
+        "~5 min", ("small_data_defaults.md",), "--out benchmarks/results/small_data_defaults.md",
+        "Fashion-MNIST idx files (`make data`); Pillow"),
     "train_settings": Benchmark(
         "training-step time of the demo model by dtype, memory layout, input size, threads and OpenMP wait "
         "policy, alone and beside a busy process",

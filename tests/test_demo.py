@@ -26,6 +26,7 @@ def test_demo_smoke_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
     assert "on 512 Fashion-MNIST test images" in text
+    assert "time budget 9m" in text and "1.00 of at most 1 epochs (8 steps) fit" in text
     assert "where the time went" in text and "backward" in text and "per-layer waterline" in text
     for kind in ("pointwise conv", "depthwise conv"):
         assert kind in text

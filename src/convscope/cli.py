@@ -79,19 +79,44 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 # -- efficiency lab ----------------------------------------------------------------------------------------------
+MAX_SIDE = 4096            # --size: larger inputs would not fit in memory for any zoo model
+MAX_INPUT_ELEMENTS = 2 ** 31 // 4   # batch x C x H x W: an 8 GiB fp32 input
+
+
 def _input_size(args: argparse.Namespace, name: str) -> tuple[int, int, int, int]:
     """(batch, C, H, W) from --batch and --size ('224' or 'HxW'; default: the model card's size)."""
     c, h, w = model_card(name).input_size
     if args.size:
         parts = args.size.lower().split("x")
-        if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        if len(parts) not in (1, 2) or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
             raise ValueError(f"--size must be a positive integer or HxW (e.g. 224 or 224x288); got {args.size!r}")
         h, w = int(parts[0]), int(parts[-1])
+        if h > MAX_SIDE or w > MAX_SIDE:
+            raise ValueError(f"--size must be at most {MAX_SIDE} per side; got {args.size!r}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1; got {args.batch}")
+    if args.batch * c * h * w > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"--batch {args.batch} at {h}x{w} is a {args.batch * c * h * w * 4 / 2 ** 30:.0f} GiB input; "
+                         "choose a smaller batch or size")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1; got {args.threads}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1; got {args.repeats}")
     return args.batch, c, h, w
+
+
+def _check_lab_outputs(args: argparse.Namespace) -> None:
+    """Before any measuring: the report files can be written, and --html has matplotlib."""
+    from .extras import require
+    from .files import check_output_file
+
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.html:
+        check_output_file(args.html, "--html")
+        require("matplotlib", "--html (the report's charts)")
+    if getattr(args, "top", 1) < 1:
+        raise ValueError(f"--top must be >= 1; got {args.top}")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -101,6 +126,8 @@ def _command(args: argparse.Namespace) -> str:
 
 def _cmd_hw(args: argparse.Namespace) -> int:
     from .analysis.hardware import hardware_peaks
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1; got {args.threads}")
     dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
     peaks = hardware_peaks(args.device, threads=args.threads, refresh=args.refresh, dtypes=dtypes)
     print(peaks.to_json() if args.json else peaks.summary())
@@ -112,6 +139,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .analysis.timing import benchmark
     name = model_card(args.name).name
     size = _input_size(args, name)
+    _check_lab_outputs(args)
     model = create_model(name)
     counts = count(model, size)
     print(counts.summary())
@@ -141,6 +169,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .analysis.waterline import compare_models
     names = [model_card(n).name for n in args.names]
     sizes = {_input_size(args, n) for n in names}
+    _check_lab_outputs(args)
     if len(sizes) > 1:
         raise ValueError(f"the models have different default input sizes {sorted(sizes)}; pass --size")
     cmp = compare_models(names, sizes.pop(), dtype=args.dtype, channels_last=args.channels_last,
@@ -169,8 +198,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
     from .train.summary import dumps_confusion
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1; got {args.limit}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1; got {args.batch_size}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0; got {args.workers}")
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
                             args.workers)
+    if r["skipped"]:
+        print(f"convscope: warning: {len(r['skipped'])} of {r['images']} images could not be read and are not "
+              f"counted: " + "; ".join(r["skipped"][:5]) + (" ..." if len(r["skipped"]) > 5 else ""),
+              file=sys.stderr)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -184,6 +223,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .train import predict_images
 
+    if args.topk < 1:
+        raise ValueError(f"--topk must be >= 1; got {args.topk}")
     results = predict_images(args.checkpoint, args.images, args.topk, args.device)
     if args.json:
         print(json.dumps(results, indent=1))
@@ -194,10 +235,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convscope", description="Modern ConvNets: model zoo, efficiency lab, "
+    p = _Parser(prog="convscope", description="Modern ConvNets: model zoo, efficiency lab, "
                                 "training and deployment.")
     p.add_argument("--version", action="version", version=f"convscope {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
@@ -274,13 +315,39 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit status 2) instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse drops a value of "--" given as `--flag=--` and leaves the flag an empty list
+        for a in args or ():
+            if isinstance(a, str) and a.startswith("--") and a.endswith("=--"):
+                self.error(f"argument {a.split('=', 1)[0]}: expected a value; got '--'")
+        return super().parse_known_args(args, namespace)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    try:
+        args = _build_parser().parse_args(argv)
+    except SystemExit as e:   # --help, --version (0) and usage errors (2), already printed
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    from .train.engine import TrainingDiverged
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        print(f"convscope: error: {e}", file=sys.stderr)
+    except TrainingDiverged as e:
+        print(f"convscope: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"convscope: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("convscope: interrupted", file=sys.stderr)

@@ -22,18 +22,69 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def clean_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writes killed mid-way left in `directory` (`.NAME.XXXX.tmp`); returns them."""
+    directory = Path(directory)
+    gone = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file():
+                try:
+                    p.unlink()
+                    gone.append(p)
+                except OSError:
+                    pass
+    return gone
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """ValueError unless `path` can be written as a file: not a directory, and no existing parent is a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{what} {path}: no permission to write in {parent}")
+            break
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """ValueError unless `path` is or can become a directory: not a file, and no existing parent is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a directory")
+    if not path.exists():
+        check_output_file(path, what)
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; when the block ends without an exception, the file is
     fsynced and renamed to `path`. On an exception the temporary file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; a finished file gets the mode open() would give
         os.replace(tmp, path)
         fsync_dir(path.parent)
     finally:
@@ -56,8 +107,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in file `path`; ValueError naming the file (and where in it) when it is not valid JSON."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e}") from None
 
 
 class JsonRecord:

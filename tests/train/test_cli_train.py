@@ -122,7 +122,8 @@ def test_image_folder_training_reports_bad_files(tmp_path, capsys):
     assert "skipped 1 unreadable image(s)" in cap.err and str(root / "stripes" / "broken.png") in cap.err
     meta = read_meta(tmp_path / "skip" / "last.safetensors")
     assert meta["class_names"] == ["circle", "stripes"] and meta["in_chans"] == 3
-    assert meta["load_size"] == [37, 37]           # 32 / crop_pct 0.875, centre-cropped back to 32 for eval
+    # images smaller than the card's 224 are used whole (crop_pct 1), at the asked 32x32
+    assert meta["load_size"] == [32, 32] and meta["crop_pct"] == 1.0
     assert main([*args, "--out", str(tmp_path / "raise"), "--on-error", "raise"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot read image" in err[0] and "broken.png" in err[0]

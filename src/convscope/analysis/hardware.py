@@ -21,6 +21,7 @@ count, torch version and device, and reused unless `refresh=True`.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -290,6 +291,11 @@ class HardwarePeaks:
                          f"{(self.llc_bytes or 0) / 2 ** 20:.0f} MiB last-level cache)")
         lines.append(f"  ridge point fp32: {self.ridge_point('fp32'):.1f} FLOP/byte")
         when = "cached from " + self.measured_at if self.cached else f"measured in {self.duration_s:.1f} s"
+        busy = self.details.get("busy", {}).get("other_cores_busy")
+        if busy is not None:
+            when += f"; other processes kept {busy:.2f} cores busy meanwhile"
+            if busy >= 0.25:
+                when += " (the peaks may be low: `convscope hw --refresh` on an idle machine)"
         lines.append(f"  ({when})")
         return "\n".join(lines)
 
@@ -323,26 +329,89 @@ def hardware_peaks(device: str | torch.device | None = "auto", *, threads: int |
     with threads_set(threads):
         machine = machine_info(dev)
         key = _cache_key(machine)
-        path = cache_dir() / f"hardware-{key}.json"
-        if cache and not refresh and path.is_file():
-            try:
-                data = json.loads(path.read_text())
-                if data.get("format") == _FORMAT and all(d in data["compute_gflops"] or d in data["details"].get(
-                        "unsupported", []) for d in dtypes):
-                    peaks = HardwarePeaks.from_dict(data)
-                    peaks.cached = True
+        directory = cache_dir()
+        path = directory / f"hardware-{key}.json"
+        if cache and directory.exists() and not directory.is_dir():
+            raise ValueError(f"the cache directory {directory} is a file; remove it or set CONVSCOPE_CACHE_DIR")
+        if cache and not refresh:
+            peaks = _read_cache(path, dtypes)
+            if peaks is not None:
+                return peaks
+        if not cache:
+            peaks = _measure(dev, machine, dtypes, budget_s)
+            peaks.key = key
+            return peaks
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the cache directory {directory}: {e}") from None
+        # One measurement at a time per machine key: a second `convscope hw` waits for the first (instead of
+        # measuring against it) and then reads what it wrote.
+        with _locked(directory / f"hardware-{key}.lock"):
+            if not refresh:
+                peaks = _read_cache(path, dtypes)
+                if peaks is not None:
                     return peaks
-            except (ValueError, KeyError, TypeError):
-                pass  # a corrupt or old cache file is measured again and overwritten
-        peaks = _measure(dev, machine, dtypes, budget_s)
-        peaks.key = key
-        if cache:
+            peaks = _measure(dev, machine, dtypes, budget_s)
+            peaks.key = key
             peaks.to_json(path)
         return peaks
 
 
+def _read_cache(path: Path, dtypes: Sequence[str]) -> HardwarePeaks | None:
+    """The cached peaks if the file is there, of this format, of the right shape and holds `dtypes`; else None
+    (a corrupt, old or hand-edited file is measured again and overwritten)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            return None
+        compute, details = data["compute_gflops"], data["details"]
+        if not (isinstance(compute, dict) and isinstance(details, dict) and isinstance(details.get("bandwidth"), dict)
+                and all(isinstance(v, (int, float)) and v > 0 for v in compute.values())
+                and isinstance(data["bandwidth_gbs"], (int, float)) and data["bandwidth_gbs"] > 0
+                and isinstance(data["machine"], dict)
+                and all(isinstance(details.get(n), dict) for n in compute)):
+            return None
+        if not all(d in compute or d in details.get("unsupported", []) for d in dtypes):
+            return None
+        peaks = HardwarePeaks.from_dict(data)
+        peaks.cached = True
+        return peaks
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on `path` (fcntl; a no-op where there is none)."""
+    try:
+        import fcntl
+    except ImportError:   # not POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine from /proc/stat; None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _measure(dev: torch.device, machine: dict[str, Any], dtypes: Sequence[str], budget_s: float) -> HardwarePeaks:
     t0 = time.perf_counter()
+    ticks0, own0 = _cpu_ticks(), os.times()
     details: dict[str, Any] = {"unsupported": []}
     compute = {}
     for name in dtypes:
@@ -369,7 +438,21 @@ def _measure(dev: torch.device, machine: dict[str, Any], dtypes: Sequence[str], 
         cb = measure_copy(llc // 4, dev, repeats=15, warmup=3)
         details["cache_bandwidth"] = cb
         cache_bw = cb["gbs"]
+    details["busy"] = _busy_during(ticks0, own0, time.perf_counter() - t0)
     return HardwarePeaks(machine=machine, compute_gflops=compute, bandwidth_gbs=bw["gbs"],
                          cache_bandwidth_gbs=cache_bw, llc_bytes=llc, details=details,
                          measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          duration_s=time.perf_counter() - t0)
+
+
+def _busy_during(ticks0: tuple[int, int] | None, own0: os.times_result, seconds: float) -> dict[str, Any]:
+    """How busy the machine was with other work while it was measured: the cores other processes kept busy (from
+    /proc/stat, less this process's own CPU time), and the load averages. The peaks of a busy machine are low."""
+    ticks1, own1 = _cpu_ticks(), os.times()
+    out: dict[str, Any] = {"load_average": [round(x, 2) for x in os.getloadavg()]} if hasattr(os, "getloadavg") else {}
+    if ticks0 is not None and ticks1 is not None and ticks1[1] > ticks0[1]:
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        busy_s = (ticks1[0] - ticks0[0]) / hz
+        own_s = (own1.user + own1.system) - (own0.user + own0.system)
+        out["other_cores_busy"] = round(max(busy_s - own_s, 0.0) / max(seconds, 1e-9), 2)
+    return out

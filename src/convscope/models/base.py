@@ -107,6 +107,14 @@ class ConvScopeModel(nn.Module):
         if x.shape[1] != self.in_chans:
             raise ValueError(f"{self.model_name} expects {self.in_chans} input channels; got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}); build it with in_chans={x.shape[1]} to change that")
+        if not x.is_floating_point():
+            raise ValueError(f"{self.model_name} expects a floating-point input; got {x.dtype} (convert images with "
+                             f"x.float() / 255 and normalise them)")
+        w0 = next(iter(self.parameters()), None)
+        if (w0 is not None and w0.dtype != x.dtype and w0.device.type != "meta"
+                and not torch.is_autocast_enabled(x.device.type)):
+            raise ValueError(f"{self.model_name} has {w0.dtype} weights but the input is {x.dtype}: cast the input "
+                             f"(x.to({w0.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
         h, w = x.shape[-2:]
         if self.fixed_input_size is not None and (h, w) != tuple(self.fixed_input_size):
             fh, fw = self.fixed_input_size

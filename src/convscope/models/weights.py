@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -68,12 +68,64 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], pa
     return Path(path)
 
 
-def _describe_mismatch(model_name: str, sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
-                       ignore_unexpected: bool) -> str | None:
-    missing = [k for k in own if k not in sd]
-    unexpected = [] if ignore_unexpected else [k for k in sd if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+class IncompatibleKeys(NamedTuple):
+    """What `load_checkpoint(..., strict=False)` returns, like torch's `load_state_dict`: the model's keys the
+    checkpoint did not fill (left at their initial values), the checkpoint's keys the model has no place for, and
+    keys present in both with different shapes (also left at their initial values). Keys are spelled as the
+    checkpoint spells them where it has them (an official checkpoint's own keys), else as the model does."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+    mismatched_keys: list[str]
+
+
+def _official_spelling(converted: Mapping[str, torch.Tensor], original: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """ours -> the checkpoint's key, for every converted tensor that is (a view of) one of the checkpoint's."""
+    by_id = {}
+    for k, v in original.items():
+        by_id.setdefault(id(v), k)
+    names = {}
+    for k, v in converted.items():
+        src = by_id.get(id(v)) or (by_id.get(id(v._base)) if v._base is not None else None)
+        if src is not None:
+            names[k] = src
+    return names
+
+
+def _guess_spelling(key: str, names: Mapping[str, str]) -> str | None:
+    """The checkpoint's spelling of `key` (one of ours it lacks), from a sibling it has: ours `P.a` is official
+    `Q.a` when ours `P.b` came from official `Q.b` (e.g. a missing `.weight` beside a present `.bias`)."""
+    prefix, _, leaf = key.rpartition(".")
+    for ours, theirs in names.items():
+        p2, _, leaf2 = ours.rpartition(".")
+        if p2 == prefix and theirs.endswith("." + leaf2):
+            return theirs[:-len(leaf2)] + leaf
+    return None
+
+
+def _mismatch(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], ignore_unexpected: bool,
+              names: Mapping[str, str] | None) -> IncompatibleKeys:
+    """The incompatible keys, spelled as the checkpoint spells them where it can be told (`names`: ours ->
+    the checkpoint's, for a converted official checkpoint)."""
+    def theirs(k: str) -> str:
+        if names is None:
+            return k
+        if k in names:
+            return names[k]
+        guess = _guess_spelling(k, names)
+        if guess == k:
+            return k
+        return f"{guess} (convscope: {k})" if guess else f"{k} (convscope's name; no official key maps to it)"
+
+    missing = [theirs(k) for k in own if k not in sd]
+    unexpected = [] if ignore_unexpected else [theirs(k) for k in sd if k not in own]
+    shapes = [f"{theirs(k)}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    return IncompatibleKeys(missing, unexpected, shapes)
+
+
+def _describe_mismatch(model_name: str, keys: IncompatibleKeys) -> str | None:
+    missing, unexpected, shapes = keys
     if not (missing or unexpected or shapes):
         return None
 
@@ -90,10 +142,44 @@ def _describe_mismatch(model_name: str, sd: Mapping[str, torch.Tensor], own: Map
     return f"checkpoint does not fit {model_name}: " + "; ".join(parts)
 
 
-def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
-                    source: str = "auto", strict: bool = True, match_reparam_form: bool = False) -> nn.Module:
-    """Load weights into `model` in place and return it.
+def _through_train_form(target: nn.Module, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """For a model already in deploy form (`create_model(name, deploy=True)`) and a checkpoint in the train form or
+    an official code's partial deploy form (e.g. RepLKNet's merged kernels with BatchNorms kept): load the
+    checkpoint into a train-form twin brought to the checkpoint's form, re-parameterise the twin fully, and return
+    its state dict when it has exactly the target's keys and shapes; None when that does not work out."""
+    from ..deploy.reparam import REPARAMETERIZE, is_reparameterizable, reparameterize_
+    from .registry import create_model
 
+    try:
+        meta = any(v.is_meta for v in sd.values())
+        with torch.device("meta" if meta else "cpu"):
+            twin = create_model(target.model_name, num_classes=getattr(target, "num_classes", 1000),
+                                in_chans=getattr(target, "in_chans", 3))
+        if not is_reparameterizable(twin):
+            return None
+        REPARAMETERIZE.match_checkpoint(twin, sd)
+        own = twin.state_dict()
+        if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
+            return None
+        twin.load_state_dict(dict(sd), assign=meta)
+        reparameterize_(twin.eval())
+        got, want = twin.state_dict(), target.state_dict()
+        if set(got) != set(want) or any(got[k].shape != want[k].shape for k in want):
+            return None
+        return dict(got)
+    except Exception:  # any failure: the caller reports the original mismatch
+        return None
+
+
+def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+                    source: str = "auto", strict: bool = True,
+                    match_reparam_form: bool = False) -> nn.Module | IncompatibleKeys:
+    """Load weights into `model` in place.
+
+    strict=True (the default): every key must fit, else ValueError naming the keys as the checkpoint spells them;
+    returns `model`. strict=False: loads what fits and returns `IncompatibleKeys(missing_keys, unexpected_keys,
+    mismatched_keys)` as torch's `load_state_dict` does, so that the tensors left at their initial values are
+    visible.
     source: "timm" (timm's keys, which are ours for the families timm carries), "official" (the official
     repository's keys, mapped by the family's converter), "transformers" (Hugging Face transformers' keys, for
     the families that declare a converter for them) or "auto" (ours/timm's if they fit, else official).
@@ -115,25 +201,31 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
     own = target.state_dict()
     converter = official_converter(family, "official" if source == "auto" else source) if family else None
 
+    names = None
     if source == "timm":
         if card is not None and card.timm_name is None:
             raise ValueError(f"timm does not carry {name} ({family}); load it with source='official' or 'auto'")
-    elif source in ("official", "transformers"):
+    elif source in ("official", "transformers") or (converter is not None and not set(own) <= set(sd)):
         if converter is None:
             raise ValueError(f"no {source}-checkpoint converter for {name} ({family or 'unknown family'})")
+        original = dict(sd)
         sd = converter(dict(sd), target)
-    elif converter is not None and not set(own) <= set(sd):
-        sd = converter(dict(sd), target)
+        names = _official_spelling(sd, original) if set(sd) != set(original) else None
     if match_reparam_form:
         from ..deploy.reparam import REPARAMETERIZE  # lazy: deploy/ sits above models/
         REPARAMETERIZE.match_checkpoint(target, sd)
         own = target.state_dict()
 
-    problem = _describe_mismatch(name, sd, own, ignore_unexpected=isinstance(model, FeatureExtractor))
+    keys = _mismatch(sd, own, isinstance(model, FeatureExtractor), names)
+    problem = _describe_mismatch(name, keys)
+    if problem and not match_reparam_form and card is not None and (keys.missing_keys or keys.unexpected_keys):
+        twin = _through_train_form(target, sd)   # a deploy-form model and a checkpoint in another (partial) form
+        if twin is not None:
+            sd, problem, keys = twin, None, IncompatibleKeys([], [], [])
     if problem and strict:
         raise ValueError(problem)
     # A model built on the meta device takes the checkpoint's tensors as its own (no second copy in memory).
     assign = any(t.is_meta for t in own.values())
     target.load_state_dict({k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}, strict=False,
                            assign=assign)
-    return model
+    return keys if not strict else model

@@ -61,10 +61,47 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if raw is None:
         raise ValueError(f"{path} has no convscope metadata: give a weights file written by `convscope train` "
                          "(best.safetensors, last.safetensors or a checkpoint's model.safetensors)")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: its convscope metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its convscope metadata is not a JSON object")
     if meta.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r}; expected {WEIGHTS_FORMAT}")
+    _check_meta(meta, path)
     return meta
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """ValueError naming the file and the field when the model description is incomplete or impossible (e.g.
+    hand-edited)."""
+    def positive_ints(v, n):
+        return isinstance(v, list) and len(v) == n and all(isinstance(x, int) and x >= 1 for x in v)
+
+    def numbers(v, n):
+        return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) for x in v)
+
+    checks = {
+        "model": lambda v: isinstance(v, str),
+        "num_classes": lambda v: isinstance(v, int) and v >= 1,
+        "in_chans": lambda v: v in (1, 3),
+        "input_size": lambda v: positive_ints(v, 2),
+        "load_size": lambda v: positive_ints(v, 2),
+        "crop_pct": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+        "mean": lambda v: numbers(v, meta.get("in_chans")),
+        "std": lambda v: numbers(v, meta.get("in_chans")) and all(x > 0 for x in v),
+        "class_names": lambda v: isinstance(v, list) and len(v) == meta.get("num_classes")
+        and all(isinstance(x, str) for x in v),
+        "model_kwargs": lambda v: isinstance(v, dict),
+    }
+    for key, ok in checks.items():
+        if key not in meta:
+            if key == "model_kwargs":
+                continue
+            raise ValueError(f"{path}: the convscope metadata lacks {key!r}")
+        if not ok(meta[key]):
+            raise ValueError(f"{path}: the convscope metadata has an impossible {key!r}: {meta[key]!r}")
 
 
 def resolve_weights_file(path: str | os.PathLike) -> Path:
@@ -87,8 +124,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     path = resolve_weights_file(path)
     meta = read_meta(path)
-    model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
-                         **meta.get("model_kwargs", {}))
+    try:
+        model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
+                             **meta.get("model_kwargs", {}))
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{path}: the convscope metadata does not describe a model this version can build "
+                         f"({type(e).__name__}: {e})") from None
     load_checkpoint(model, path)
     return model.to(map_location).eval(), meta
 
@@ -215,6 +256,27 @@ class CheckpointManager:
     def prune(self) -> None:
         for p in self.list()[:-self.keep_last]:
             shutil.rmtree(p, ignore_errors=True)
+
+    def load_newest_intact(self, report=None) -> TrainingCheckpoint:
+        """The newest checkpoint that loads completely; each damaged newer one is reported (`report(msg)`) and
+        passed over. FileNotFoundError when there is none, ValueError when none is intact."""
+        found = self.list()
+        if not found:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.directory}")
+        problems = []
+        for i, path in enumerate(reversed(found)):
+            try:
+                ck = self.load(path)
+            except Exception as e:  # safetensors, JSON, missing files: a damaged checkpoint, whatever the error
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                problems.append(f"{path.name} ({reason})")
+                if report is not None and i + 1 < len(found):
+                    report(f"checkpoint {path} is damaged ({reason}); trying the one before it")
+                continue
+            if problems and report is not None:
+                report(f"resuming from {path.name}, the newest intact checkpoint")
+            return ck
+        raise ValueError(f"no intact checkpoint in {self.directory}: " + "; ".join(problems))
 
     def load(self, path: str | os.PathLike | None = None) -> TrainingCheckpoint:
         """Load a checkpoint directory (default: the latest)."""

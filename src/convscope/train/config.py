@@ -25,10 +25,10 @@ class TrainConfig:
     out: str = "runs/train"
     # schedule and optimizer
     epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int | None = None        # None: data-aware (pipeline.resolve_defaults)
+    lr: float | None = None
     min_lr: float = 1e-6
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     clip_grad: float | None = None
@@ -48,8 +48,8 @@ class TrainConfig:
     eval_limit: int | None = None
     val_fraction: float = 0.1
     crop_pct: float | None = None
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    scale: tuple[float, float] | None = None
+    ratio: tuple[float, float] | None = None
     hflip: float = 0.5
     randaug_ops: int = 0
     randaug_magnitude: float = 9
@@ -80,14 +80,17 @@ class TrainConfig:
     quiet: bool = False
     progress: str = "auto"
     dist_timeout: float = 300.0
+    time_budget: float | None = None   # seconds for the whole run: the epochs are fitted to the measured speed
 
     def __post_init__(self) -> None:
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be >= 1; got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0; got {self.lr}"),
-            (0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr]; got {self.min_lr}"),
-            (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
+            (self.batch_size is None or self.batch_size >= 1, f"batch size must be >= 1; got {self.batch_size}"),
+            (self.lr is None or self.lr > 0, f"lr must be > 0; got {self.lr}"),
+            (self.min_lr >= 0 and (self.lr is None or self.min_lr <= self.lr),
+             f"min_lr must be in [0, lr]; got {self.min_lr}"),
+            (self.warmup_epochs is None or self.warmup_epochs >= 0,
+             f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0; got {self.weight_decay}"),
             (self.accum_steps >= 1, f"accum_steps must be >= 1; got {self.accum_steps}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1); got {self.ema_decay}"),
@@ -102,14 +105,54 @@ class TrainConfig:
             (self.keep_last >= 1, f"keep_last must be >= 1; got {self.keep_last}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}"),
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
-            (self.input_size is None or self.input_size >= 1, f"input size must be >= 1; got {self.input_size}"),
+            (self.input_size is None or 1 <= self.input_size <= 4096,
+             f"input size must be in [1, 4096]; got {self.input_size}"),
             (self.in_chans in (None, 1, 3), f"in_chans must be 1 or 3; got {self.in_chans}"),
+            (self.threads is None or self.threads >= 1, f"threads must be >= 1; got {self.threads}"),
+            (self.workers >= 0, f"workers must be >= 0; got {self.workers}"),
+            (self.prefetch >= 1, f"prefetch must be >= 1; got {self.prefetch}"),
+            (self.drop_path is None or 0 <= self.drop_path < 1, f"drop_path must be in [0, 1); got {self.drop_path}"),
+            (self.drop_rate is None or 0 <= self.drop_rate < 1, f"drop_rate must be in [0, 1); got {self.drop_rate}"),
+            (self.data_limit is None or self.data_limit >= 1, f"data_limit must be >= 1; got {self.data_limit}"),
+            (self.eval_limit is None or self.eval_limit >= 1, f"eval_limit must be >= 1; got {self.eval_limit}"),
+            (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1); got {self.val_fraction}"),
+            (self.crop_pct is None or 0 < self.crop_pct <= 1, f"crop_pct must be in (0, 1]; got {self.crop_pct}"),
+            (self.scale is None or 0 < self.scale[0] <= self.scale[1] <= 1,
+             f"scale must be 0 < min <= max <= 1; got {self.scale}"),
+            (self.ratio is None or 0 < self.ratio[0] <= self.ratio[1], f"ratio must be 0 < min <= max; got {self.ratio}"),
+            (0 <= self.hflip <= 1, f"hflip must be in [0, 1]; got {self.hflip}"),
+            (self.randaug_ops >= 0, f"randaug_ops must be >= 0; got {self.randaug_ops}"),
+            (0 <= self.randaug_magnitude <= 30, f"randaug_magnitude must be in [0, 30]; got {self.randaug_magnitude}"),
+            (self.mixup >= 0, f"mixup must be >= 0; got {self.mixup}"),
+            (self.cutmix >= 0, f"cutmix must be >= 0; got {self.cutmix}"),
+            (0 <= self.mix_prob <= 1, f"mix_prob must be in [0, 1]; got {self.mix_prob}"),
+            (0 <= self.mix_switch_prob <= 1, f"mix_switch_prob must be in [0, 1]; got {self.mix_switch_prob}"),
+            (self.synthetic_size >= 2, f"synthetic_size must be >= 2; got {self.synthetic_size}"),
+            (self.synthetic_classes >= 2, f"synthetic_classes must be >= 2; got {self.synthetic_classes}"),
+            (self.synthetic_image_size >= 1, f"synthetic_image_size must be >= 1; got {self.synthetic_image_size}"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"eval_batch_size must be >= 1; got {self.eval_batch_size}"),
+            (self.dist_timeout > 0, f"dist_timeout must be > 0; got {self.dist_timeout}"),
+            (all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1); got {self.betas}"),
+            (self.time_budget is None or self.time_budget > 0, f"time budget must be > 0; got {self.time_budget}"),
         ]
+        import math
+        for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad", "drop_path", "drop_rate",
+                     "msd_drop", "label_smoothing", "val_fraction", "crop_pct", "hflip", "randaug_magnitude",
+                     "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema_decay", "dist_timeout", "time_budget"):
+            v = getattr(self, name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number; got {v}")
+        for name in ("scale", "ratio", "betas"):
+            if getattr(self, name) is not None and not all(math.isfinite(v) for v in getattr(self, name)):
+                raise ValueError(f"{name} must be finite numbers; got {getattr(self, name)}")
+        if self.lr is not None and self.lr > 10:
+            raise ValueError(f"lr must be <= 10 (AdamW's peak learning rate; typical: 1e-4 to 1e-2); got {self.lr}")
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
-        self.scale = tuple(self.scale)
-        self.ratio = tuple(self.ratio)
+        self.scale = None if self.scale is None else tuple(self.scale)
+        self.ratio = None if self.ratio is None else tuple(self.ratio)
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +185,15 @@ def _floats(n: int):
     return parse
 
 
+def _duration(s: str) -> float:
+    from .budget import parse_duration
+
+    try:
+        return parse_duration(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _json_dict(s: str) -> dict:
     try:
         d = json.loads(s)
@@ -164,10 +216,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process and micro-step")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW)")
+    g.add_argument("--batch-size", type=int, default=None, help="per process and micro-step (default: 128, or 64 "
+                   "for fewer than 20,000 training images)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW; default: 1e-3 x batch "
+                   "size / 128, x4 below 20,000 training images)")
     g.add_argument("--min-lr", type=float, default=d.min_lr, help="cosine schedule floor")
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    g.add_argument("--warmup-epochs", type=float, default=None, help="default: 1, or 0.5 for small data sets")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to 1-D parameters "
                    "(norms, biases, layer scales)")
     g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm")
@@ -183,15 +237,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "(0: off)")
     g.add_argument("--msd-drop", type=float, default=d.msd_drop)
     g.add_argument("--input-size", type=int, default=None, help="model input side (default: the data's size, "
-                   "raised to the model's minimum)")
+                   "raised to the model's minimum, at most the model card's)")
     g.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3; default: the data's")
     g = p.add_argument_group("data and augmentation")
     g.add_argument("--data-limit", type=int, default=None, help="use only the first N training images")
     g.add_argument("--eval-limit", type=int, default=None, help="evaluate on only the first N images")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held out of a single image folder")
     g.add_argument("--crop-pct", type=float, default=None)
-    g.add_argument("--scale", type=_floats(2), default=d.scale, help="random resized crop area range, e.g. 0.08,1")
-    g.add_argument("--ratio", type=_floats(2), default=d.ratio, help="random resized crop aspect range")
+    g.add_argument("--scale", type=_floats(2), default=None, help="random resized crop area range, e.g. 0.08,1 "
+                   "(default: data-aware; 1,1 = whole images for images of 64 pixels or less)")
+    g.add_argument("--ratio", type=_floats(2), default=None, help="random resized crop aspect range (default: "
+                   "1,1 with whole images, else 0.75,1.333)")
     g.add_argument("--hflip", type=float, default=d.hflip)
     g.add_argument("--randaug-ops", type=int, default=d.randaug_ops, help="RandAugment-lite ops per image (0: off)")
     g.add_argument("--randaug-magnitude", type=float, default=d.randaug_magnitude)
@@ -215,6 +271,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N epochs (and at the end)")
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="also checkpoint every N optimizer steps (0: only at epoch ends)")
+    g.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="finish the whole run within this time (e.g. 9m, 540s, 1h): the epochs (at most --epochs) "
+                        "are fitted to the speed measured in the first steps")
     g.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints to keep")
     g.add_argument("--quiet", action="store_true", help="print only the final summary")
     g.add_argument("--progress", choices=("auto", "bar", "plain", "none"), default=d.progress,
@@ -232,4 +291,10 @@ def load_run_config(out: str | Path) -> TrainConfig:
     path = Path(out) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {out}")
-    return TrainConfig.from_dict(read_json(path))
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object of training settings")
+    try:
+        return TrainConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -161,6 +161,52 @@ def synthetic(n: int = 512, num_classes: int = 4, size: int = 32, in_chans: int 
 
 
 # -- image folders -----------------------------------------------------------------------------------------------
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """A single-channel high-bit-depth image as uint8: 16-bit (PIL modes I;16*, and I holding 16-bit values)
+    scaled by 255/65535, 32-bit integers by their full range, floats taken as [0, 1] (or [0, 255] when larger)."""
+    a = arr.astype(np.float64)
+    if mode == "F":
+        scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+    elif mode.startswith("I;16") or (a.size and a.min() >= 0 and a.max() <= 65535):
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / (2.0 ** 32 - 1)
+        a = a - np.iinfo(np.int32).min if a.min() < 0 else a
+    return np.clip(np.nan_to_num(a * scale), 0, 255).round().astype(np.uint8)
+
+
+def probe_images(paths: Sequence[str], sample: int = 64) -> tuple[int, int, bool]:
+    """(height, width, grayscale) of a folder's images from the headers of up to `sample` files spread over
+    `paths`: the median size, and whether every sampled file is single-channel."""
+    from PIL import Image
+
+    if not paths:
+        raise ValueError("no image files to probe")
+    step = max(1, len(paths) // sample)
+    hs, ws, gray = [], [], True
+    for p in list(paths)[::step][:sample]:
+        try:
+            with Image.open(p) as img:
+                w, h = img.size
+                gray = gray and (img.mode in ("1", "L", "LA", "P") and _palette_gray(img)
+                                 or img.mode.startswith("I") or img.mode == "F")
+        except Exception:  # unreadable files are reported by the header check; skip them here
+            continue
+        hs.append(h)
+        ws.append(w)
+    if not hs:
+        raise ValueError("none of the probed image files could be opened")
+    return int(np.median(hs)), int(np.median(ws)), gray
+
+
+def _palette_gray(img) -> bool:
+    """Whether a '1'/'L'/'LA' image is grayscale (always) or a palette image's colours are all grays."""
+    if img.mode != "P":
+        return True
+    pal = img.getpalette() or []
+    return all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
+
+
 def load_image(path: str | os.PathLike, mode: str, load_size: int) -> torch.Tensor:
     """Decode an image file with PIL into a uint8 (C, load_size, load_size) tensor: converted to `mode` ('RGB' or
     'L'), shorter side resized to load_size, centre-cropped square."""
@@ -168,7 +214,12 @@ def load_image(path: str | os.PathLike, mode: str, load_size: int) -> torch.Tens
 
     with Image.open(path) as img:
         img.draft(mode, (load_size, load_size))   # JPEG: decode at a reduced scale when that is enough
-        arr = np.asarray(img.convert(mode))
+        if img.mode.startswith("I") or img.mode == "F":   # 16/32-bit integer or float: scale, do not saturate
+            arr = _to_uint8(np.asarray(img), img.mode)
+            if mode == "RGB":
+                arr = np.repeat(arr[..., None], 3, axis=-1)
+        else:
+            arr = np.asarray(img.convert(mode))
     t = torch.from_numpy(arr.copy())
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
     return center_crop(resize_shorter(t, load_size), load_size)
@@ -199,6 +250,7 @@ class ImageFolder(Dataset):
         self.root, self.load_size, self.mode, self.on_error = root, int(load_size), mode, on_error
         self.report = report or (lambda msg: warnings.warn(msg, stacklevel=2))
         found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        given = classes
         if classes is None:
             classes = found
         else:
@@ -208,11 +260,20 @@ class ImageFolder(Dataset):
         if not classes:
             raise ValueError(f"{root} has no class subdirectories; expected root/<class name>/<image files>")
         self.classes = tuple(classes)
-        samples = []
+        samples, empty = [], []
         for label, name in enumerate(self.classes):
-            for p in sorted((root / name).rglob("*")):
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                    samples.append((str(p), label))
+            found_here = [str(p) for p in sorted((root / name).rglob("*"))
+                          if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not found_here:
+                empty.append(name)
+            samples += [(p, label) for p in found_here]
+        if empty and given is None and samples:   # training: a class without images cannot be learned
+            raise ValueError(f"{root}: class director{'y' if len(empty) == 1 else 'ies'} "
+                             f"{', '.join(repr(e) for e in empty)} hold{'s' if len(empty) == 1 else ''} no image files "
+                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove "
+                             f"{'it' if len(empty) == 1 else 'them'}")
+        if empty and samples:
+            self.report(f"{root}: no images of class(es) {', '.join(repr(e) for e in empty)}")
         if not samples:
             raise ValueError(f"{root} has no image files ({', '.join(IMAGE_EXTENSIONS)}) under its class "
                              "directories")
@@ -258,6 +319,14 @@ class ImageFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, n: int) -> "IndexSubset":
+        """n images spread evenly over the folder (every class represented when n allows), in folder order."""
+        if n < 1:
+            raise ValueError(f"a subset needs n >= 1; got {n}")
+        total = len(self)
+        idx = sorted({min(total - 1, (i * total) // n) for i in range(min(n, total))})
+        return IndexSubset(self, idx)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[i]

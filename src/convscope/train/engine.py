@@ -7,6 +7,7 @@ What a checkpoint saves and a resume restores is the loop's `RunState` (state.py
 """
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,14 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import atomic_write_json
+from ..extras import available, missing_message
+from ..files import atomic_write_json, check_output_dir, clean_temp_files
 from ..models import create_model, model_card
 from ..utils import set_threads
+from .budget import TimeBudget
 from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .evaluation import evaluate_run
-from .pipeline import build_data, make_loaders
+from .pipeline import build_data, make_loaders, resolve_defaults
 from .recipe import ModelEma, TrainModule, WarmupCosine, loss_fn, param_groups
 from .report import Console, PhaseTimer, plot_curves, write_metrics
 from .state import RunState, restore_checkpoint, save_checkpoint, seed_all
@@ -32,17 +35,60 @@ from .summary import TrainResult, describe_run
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) a training run; rank 0 writes everything under `cfg.out`."""
     t_start = time.perf_counter()
-    dist = init_distributed(cfg.device, cfg.dist_timeout)
+    out = check_output_dir(cfg.out, "--out")
+    threads = set_threads(cfg.threads)   # None leaves torch's thread count as it is; restored at the end
     try:
-        return _train(cfg, dist, t_start)
+        dist = init_distributed(cfg.device, cfg.dist_timeout)
+        try:
+            return _train(cfg, dist, t_start, out)
+        finally:
+            destroy_distributed()
     finally:
-        destroy_distributed()
+        torch.set_num_threads(threads)
 
 
-def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
-    set_threads(cfg.threads or None)   # 0, like None, leaves torch's thread count as it is
+class TrainingDiverged(RuntimeError):
+    """The loss (or a weight) became NaN or infinite; the run stopped without saving the bad weights."""
+
+
+def _check_finite(run: RunState, what: str, value: torch.Tensor | None = None) -> None:
+    """TrainingDiverged when `value` (default: every weight of the model) holds a NaN or infinity."""
+    if value is None:
+        ok = all(bool(torch.isfinite(p).all()) for p in run.model.parameters())
+    else:
+        ok = bool(torch.isfinite(value).all())
+    if ok:
+        return
+    latest = run.ckpts.latest() if run.dist.is_main else None
+    kept = (f"the last good checkpoint is {latest}" if latest is not None else "no checkpoint had been written yet")
+    raise TrainingDiverged(
+        f"training diverged: {what} is not finite at epoch {run.epoch + 1}, step {run.global_step} (lr "
+        f"{run.schedule.lr_at(max(run.global_step - 1, 0)):.3g}); stopped without saving it; {kept}. "
+        "Try a lower --lr, --clip-grad 1 or --amp fp32")
+
+
+def _set_steps(run: RunState, total_steps: int) -> None:
+    """Plan `total_steps` optimizer steps: the cosine ends there, and so does the run (in a partial last epoch
+    when it falls inside one)."""
+    run.schedule.total_steps = total_steps
+    run.schedule.warmup_steps = min(run.schedule.warmup_steps, total_steps)
+    run.epochs = -(-total_steps // run.steps_per_epoch)
+
+
+def _plan(run: RunState, total_steps: int, budget: TimeBudget, console: Console, speed: str) -> None:
+    """Fix the run's length to what fits in the time budget (at most --epochs) and say why."""
+    from .report import format_duration
+
+    run.budget_fitted = True
+    _set_steps(run, max(1, min(total_steps, run.cfg.epochs * run.steps_per_epoch)))
+    console.log(f"time budget {format_duration(budget.seconds)}: measured {speed}, "
+                f"~{format_duration(budget.epoch_estimate(budget.step_s))} per epoch with evaluation; "
+                f"{run.schedule.total_steps / run.steps_per_epoch:.2f} of at most {run.cfg.epochs} epochs "
+                f"({run.schedule.total_steps} steps) fit ({format_duration(budget.elapsed())} used so far)")
+
+
+def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> TrainResult:
     device = dist.device
-    out = Path(cfg.out)
     ckpts = CheckpointManager(out / "checkpoints", cfg.keep_last)
     if not cfg.resume and ckpts.latest() is not None:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -50,13 +96,28 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
         raise FileNotFoundError(f"--resume: no checkpoint in {ckpts.directory}")
     console = Console("none" if cfg.quiet else cfg.progress, enabled=dist.is_main)
     timer = PhaseTimer(device)
+    plot = available("matplotlib")
+    if not plot and dist.is_main:
+        console.warn(missing_message("matplotlib", "curves.png") + "; the run writes everything else")
 
     # -- data, model ---------------------------------------------------------------------------------------------
     card = model_card(cfg.model)
     with timer("setup"):   # reading the data, building the model
-        with torch.device("meta"):
-            probe = create_model(cfg.model, **cfg.model_kwargs)
+        reserved = sorted(set(cfg.model_kwargs) & {"num_classes", "in_chans", "drop_path_rate", "drop_rate",
+                                                      "pretrained", "features_only", "out_indices"})
+        if reserved:
+            raise ValueError(f"--model-kwargs may not set {reserved}: the run sets them (from the data, or "
+                             "--drop-path / --drop-rate / --in-chans)")
+        try:
+            with torch.device("meta"):
+                probe = create_model(cfg.model, **cfg.model_kwargs)
+        except Exception as e:  # the constructor's own complaint about a user's keyword arguments
+            if not cfg.model_kwargs:
+                raise
+            raise ValueError(f"--model-kwargs {json.dumps(cfg.model_kwargs)} do not build {cfg.model}: "
+                             f"{type(e).__name__}: {e}") from None
         spec = build_data(cfg, probe, console)
+        cfg, defaults_line = resolve_defaults(cfg, spec)
         train_loader, eval_loader = make_loaders(cfg, spec, dist)
         drop_path = card.drop_path_rate if cfg.drop_path is None else cfg.drop_path
         extra = {} if cfg.drop_rate is None else dict(drop_rate=cfg.drop_rate)
@@ -84,6 +145,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
         train_module = nn.parallel.DistributedDataParallel(
             train_module, device_ids=[device.index] if device.type == "cuda" else None)
     step_module = torch.compile(train_module) if cfg.compile else train_module
+    check_each_step = device.type == "cpu"   # a sync per step costs nothing on the CPU; on CUDA: at epoch ends
     # What evaluation, checkpoints and resume share; the loop below advances its position, loss sums and history.
     run = RunState(cfg=cfg, dist=dist, ckpts=ckpts, meta=meta, model=model, optimizer=optimizer, schedule=schedule,
                    ema=ema, train_loader=train_loader, eval_loader=eval_loader, steps_per_epoch=steps_per_epoch,
@@ -91,7 +153,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
 
     # -- fresh start or resume -----------------------------------------------------------------------------------
     if cfg.resume:
-        ck = ckpts.load()
+        ck = ckpts.load_newest_intact(console.warn)
         restore_checkpoint(run, ck)
         console.log(f"resumed from {ck.path} (epoch {run.epoch + 1}, step {run.step_in_epoch}/{steps_per_epoch})")
     else:
@@ -101,18 +163,27 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
             atomic_write_json(out / "config.json", cfg.to_dict())
     if dist.is_main:
         ckpts.clean_partial()
+        clean_temp_files(out)
+    if defaults_line:
+        console.log(defaults_line)
     console.log(describe_run(run, spec))
 
     # -- the loop ------------------------------------------------------------------------------------------------
+    budget = None
+    if cfg.time_budget is not None and not run.budget_fitted:
+        budget = TimeBudget(cfg.time_budget, t_start, steps_per_epoch, cfg.epochs,
+                            cfg.batch_size * cfg.accum_steps * dist.world_size, len(eval_loader.dataset),
+                            cfg.eval_every, schedule.warmup_steps)
     console.start(total_steps, run.global_step)
     train_images = 0
     last_eval: dict[str, Any] = {}
     t_loop = time.perf_counter()
+    epoch = run.epoch
     try:
-        for epoch in range(run.epoch, cfg.epochs):
+        while epoch < run.epochs:
             model.train()
             train_loader.set_epoch(epoch, run.step_in_epoch * cfg.accum_steps)
-            console.epoch_start(epoch, cfg.epochs, steps_per_epoch, run.step_in_epoch)
+            console.epoch_start(epoch, run.epochs, steps_per_epoch, run.step_in_epoch)
             t_epoch, epoch_images = time.perf_counter(), 0
             batches = iter(train_loader)
             for step in range(run.step_in_epoch, steps_per_epoch):
@@ -133,6 +204,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
                             loss = loss_fn(logits, targets, cfg.label_smoothing)
                         with timer("backward"):
                             (loss / cfg.accum_steps).backward()
+                    if check_each_step:
+                        _check_finite(run, "the training loss", loss.detach())
                     run.loss_sum += loss.detach().double() * x.shape[0]
                     run.seen += x.shape[0]
                     step_images += x.shape[0]
@@ -147,11 +220,22 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
                 run.step_in_epoch = step + 1
                 epoch_images += step_images
                 console.step(step_images, lambda: float(run.loss_sum) / max(run.seen, 1))
+                if budget is not None and not run.budget_fitted:
+                    total = budget.after_step(run.global_step)
+                    if total is not None:
+                        _plan(run, total, budget, console, f"{budget.images_per_step / budget.step_s:.0f} img/s "
+                              f"over steps 3-{budget.probe_steps + 2}")
+                if run.global_step >= run.schedule.total_steps:   # a time budget ended the run inside this epoch
+                    break
                 if cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                    _check_finite(run, "the training loss", run.loss_sum)
+                    _check_finite(run, "a weight")
                     save_checkpoint(run, timer)
 
             # -- end of epoch: evaluate, record, checkpoint ----------------------------------------------------------
             epoch_time = time.perf_counter() - t_epoch
+            _check_finite(run, "the training loss", run.loss_sum)
+            _check_finite(run, "a weight")
             train_images += epoch_images
             total_seen = all_reduce_sum(torch.tensor([float(run.loss_sum), float(run.seen)], dtype=torch.float64,
                                                      device=device), dist).tolist()
@@ -159,7 +243,11 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
                           train_loss=float(total_seen[0] / max(total_seen[1], 1)),
                           train_img_per_s=epoch_images * dist.world_size / max(epoch_time, 1e-9),
                           epoch_time_s=epoch_time)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            if budget is not None and not run.budget_fitted:   # the epoch was too short to time step by step
+                budget.step_s = epoch_time / max(run.global_step - (run.resumed_from or 0), 1)
+                _plan(run, budget.fit_steps(run.global_step, budget.step_s), budget, console,
+                      f"{epoch_images / max(epoch_time, 1e-9):.0f} img/s over epoch {epoch + 1}")
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == run.epochs:
                 with timer("eval"):
                     last_eval = evaluate_run(run, model)
                     record.update(top1=last_eval["top1"], top5=last_eval["top5"], eval_loss=last_eval["loss"])
@@ -171,22 +259,36 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
                     run.best = dict(top1=last_eval["top1"], top5=last_eval["top5"], epoch=epoch + 1)
                     if dist.is_main:
                         run.save_weights("best.safetensors", epoch + 1, last_eval)
+            if budget is not None and run.budget_fitted and epoch + 1 < run.epochs:
+                pace = (time.perf_counter() - t_epoch) / max(run.global_step - epoch * steps_per_epoch, 1)
+                fitted = budget.refit(run.global_step, run.schedule.total_steps, pace)
+                if fitted < run.schedule.total_steps:
+                    console.warn(f"the machine got slower: {fitted} steps fit in the time budget instead of "
+                                 f"{run.schedule.total_steps}; the schedule ends there")
+                    _set_steps(run, fitted)
             run.history.append(record)
             run.epoch, run.step_in_epoch = epoch + 1, 0
             run.loss_sum, run.seen = torch.zeros((), dtype=torch.float64, device=device), 0
             save_checkpoint(run, timer)
             if dist.is_main:
                 write_metrics(out / "metrics.jsonl", run.history)
-                plot_curves(out / "curves.png", run.history, f"{card.name} on {spec.description}")
+                if plot:
+                    plot_curves(out / "curves.png", run.history, f"{card.name} on {spec.description}")
             elapsed = time.perf_counter() - t_loop
             done = run.global_step - (run.resumed_from or 0)
+            total_steps = run.schedule.total_steps
             eta = elapsed / max(done, 1) * (total_steps - run.global_step)
             console.epoch_end(record, eta if run.global_step < total_steps else None)
+            epoch += 1
     finally:
         console.close()
     if train_loader.stats.skipped:
         console.warn(f"skipped {len(train_loader.stats.skipped)} unreadable image(s) while training: "
                      + "; ".join(train_loader.stats.skipped[:5]))
+    eval_skipped = sorted(set(eval_loader.stats.skipped))
+    if eval_skipped:
+        console.warn(f"{len(eval_skipped)} evaluation image(s) could not be read and are not counted in top-1: "
+                     + "; ".join(eval_skipped[:5]))
 
     # -- the end: final weights, confusion matrix, summary -------------------------------------------------------
     if not last_eval:   # resumed after the last epoch had finished
@@ -195,7 +297,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float) -> TrainResult:
                  best_top1=run.best["top1"], best_epoch=run.best["epoch"], confusion=last_eval["confusion"],
                  class_names=list(spec.classes))
     if dist.is_main:
-        run.save_weights("last.safetensors", cfg.epochs, final)
+        run.save_weights("last.safetensors", run.epochs, final)
         atomic_write_json(out / "confusion.json", dict(class_names=list(spec.classes), matrix=final["confusion"]))
     barrier(dist)
     return TrainResult(out=out, model=model, ema=ema.module if ema is not None else None, history=run.history,

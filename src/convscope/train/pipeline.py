@@ -7,10 +7,11 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from ..extras import require
 from ..models import model_card
 from .config import TrainConfig
-from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, fashion_mnist, is_idx_dir, repeat_channels,
-                       split_indices, synthetic)
+from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, fashion_mnist, is_idx_dir, probe_images,
+                       repeat_channels, split_indices, synthetic)
 from .distributed import DistInfo
 from .loaders import Loader
 from .mixing import MixupCutMix
@@ -32,6 +33,7 @@ class DataSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str
+    native_size: tuple[int, int] = (0, 0)   # the images' own size (median over a sample of a folder's files)
 
 
 def choose_input_size(model: nn.Module, native: Sequence[int], requested: int | None) -> tuple[int, int]:
@@ -77,16 +79,25 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
     else:
         if not path.is_dir():
             raise FileNotFoundError(f"--data {cfg.data!r} is neither 'fashion-mnist', 'synthetic' nor a directory")
-        in_chans = cfg.in_chans or 3
-        crop_pct = cfg.crop_pct or card.pretrained_cfg.crop_pct
-        input_size = choose_input_size(probe, card.input_size[1:], cfg.input_size)
-        load = max(1, round(max(input_size) / crop_pct))
+        require("PIL", "reading an image folder")
         warn = console.warn if console is not None else None
+        held_out = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
+        train_root = path / "train" if (path / "train").is_dir() else path
+        # The data's own size and channels, from the file headers, before anything is decoded
+        probe_set = ImageFolder(train_root, 1, check="none", report=warn)
+        nh, nw, gray = probe_images([p for p, _ in probe_set.samples])
+        in_chans = cfg.in_chans or (1 if gray else 3)
+        card_side = max(card.input_size[1:])
+        small = max(nh, nw) < card_side
+        crop_pct = cfg.crop_pct or (1.0 if small else card.pretrained_cfg.crop_pct)
+        native = (min(nh, card_side), min(nw, card_side)) if small else tuple(card.input_size[1:])
+        side = max(native)
+        input_size = choose_input_size(probe, (side, side), cfg.input_size)
+        load = max(1, round(max(input_size) / crop_pct))
         kw = dict(load_size=load, mode="RGB" if in_chans == 3 else "L", on_error=cfg.on_error,
                   check=cfg.check_images, report=warn)
-        held_out = next((path / d for d in ("val", "test") if (path / d).is_dir()), None)
-        if (path / "train").is_dir():
-            train = ImageFolder(path / "train", **kw)
+        if train_root != path:
+            train = ImageFolder(train_root, **kw)
             if held_out is not None:
                 test = ImageFolder(held_out, classes=train.classes, **kw)
             else:
@@ -98,16 +109,67 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
             train, test = IndexSubset(full, tr), IndexSubset(full, va)
         mean = card.pretrained_cfg.mean if in_chans == 3 else (round(sum(card.pretrained_cfg.mean) / 3, 4),)
         std = card.pretrained_cfg.std if in_chans == 3 else (round(sum(card.pretrained_cfg.std) / 3, 4),)
-        classes, native = train.classes, (load, load)
-        desc = f"image folder {path} ({len(train)} train / {len(test)} eval images)"
+        classes = train.classes
+        native = (nh, nw)
+        desc = f"image folder {path} ({len(train)} train / {len(test)} eval images, {nh}x{nw} " \
+               f"{'grayscale' if gray else 'colour'})"
     if cfg.data_limit is not None:
         train = train.subset(cfg.data_limit) if hasattr(train, "subset") else IndexSubset(train, range(cfg.data_limit))
     if cfg.eval_limit is not None:
         test = test.subset(cfg.eval_limit) if hasattr(test, "subset") else IndexSubset(test, range(cfg.eval_limit))
     if input_size is None:
         input_size = choose_input_size(probe, native, cfg.input_size)
-    return DataSpec(train, test, tuple(classes), in_chans, input_size, tuple(native), crop_pct, tuple(mean),
-                    tuple(std), desc)
+        load = native
+    return DataSpec(train, test, tuple(classes), in_chans, input_size, (load, load) if isinstance(load, int)
+                    else tuple(load), crop_pct, tuple(mean), tuple(std), desc, tuple(native))
+
+
+SMALL_DATA = 20_000   # training images below which a data set counts as small
+SMALL_IMAGE = 64      # native side at or below which images train whole (no random crops)
+
+
+def resolve_defaults(cfg: TrainConfig, spec: DataSpec) -> tuple[TrainConfig, str]:
+    """The settings left to the data (None in `cfg`) chosen from the data, and a line saying what and why.
+
+    - batch size: 128, or 64 for a small data set (fewer than 20,000 training images), for twice the steps;
+    - learning rate: 1e-3 x batch / 128 x 2 for small data sets (short schedules need a higher peak);
+    - warm-up: 1 epoch, or 0.5 for small data sets;
+    - crops: whole images (scale 1,1, only flips) for images of 64 pixels or less, whose few pixels a crop
+      would cut into; else Inception crops, milder (0.35-1 of the area) for small data sets.
+    """
+    import dataclasses
+
+    n = len(spec.train)
+    side = max(spec.native_size) if max(spec.native_size) else max(spec.input_size)
+    small_data, small_image = n < SMALL_DATA, side <= SMALL_IMAGE
+    chosen, why = {}, []
+    if cfg.batch_size is None:
+        chosen["batch_size"] = 64 if small_data else 128
+    batch = chosen.get("batch_size", cfg.batch_size)
+    if cfg.lr is None:
+        chosen["lr"] = round(1e-3 * batch / 128 * (4 if small_data else 1), 6)
+    if cfg.warmup_epochs is None:
+        chosen["warmup_epochs"] = 0.5 if small_data else 1.0
+    if cfg.scale is None:
+        chosen["scale"] = (1.0, 1.0) if small_image else ((0.35, 1.0) if small_data else (0.08, 1.0))
+    if cfg.ratio is None:
+        chosen["ratio"] = (1.0, 1.0) if chosen.get("scale", cfg.scale) == (1.0, 1.0) else (3 / 4, 4 / 3)
+    resolved = dataclasses.replace(cfg, **chosen)
+    if resolved.min_lr > resolved.lr:
+        raise ValueError(f"--min-lr {resolved.min_lr:g} is above the peak learning rate {resolved.lr:g}")
+    if not chosen:
+        return resolved, ""
+    why.append(f"{n:,} training images ({'small: < ' + format(SMALL_DATA, ',') if small_data else 'not small'})")
+    why.append(f"{spec.native_size[0]}x{spec.native_size[1]} images" if max(spec.native_size) else "")
+    shown = []
+    for k, v in chosen.items():
+        v = ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else f"{v:g}"
+        shown.append(f"--{k.replace('_', '-')} {v}")
+    size = (f"; input {spec.input_size[0]}x{spec.input_size[1]} (the data's {spec.native_size[0]}x"
+            f"{spec.native_size[1]}, raised to the model's minimum)" if cfg.input_size is None
+            and max(spec.native_size) and tuple(spec.input_size) != tuple(spec.native_size) else "")
+    return resolved, (f"data-aware defaults: {' '.join(shown)}{size}; because: "
+                      + ", ".join(w for w in why if w) + " (pass a flag to override)")
 
 
 def make_loaders(cfg: TrainConfig, spec: DataSpec, dist: DistInfo) -> tuple[Loader, Loader]:

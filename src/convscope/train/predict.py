@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..extras import require
 from ..utils import resolve_device
 from .checkpoint import load_model
 from .datasets import FASHION_MNIST_CLASSES, ImageFolder, fashion_mnist, is_idx_dir, load_image, repeat_channels
@@ -27,6 +28,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, split: str = "
         ds = repeat_channels(fashion_mnist(None if data == "fashion-mnist" else path, split), meta["in_chans"])
         data_classes = FASHION_MNIST_CLASSES
     elif path.is_dir():
+        require("PIL", "reading an image folder")
         sub = path / split if (path / split).is_dir() else path
         ds = ImageFolder(sub, load_size=meta["load_size"][0], mode="RGB" if meta["in_chans"] == 3 else "L",
                          classes=classes)
@@ -36,16 +38,25 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, split: str = "
     if tuple(data_classes) != classes:
         raise ValueError(f"the data's classes {list(data_classes)} differ from the checkpoint's {list(classes)}")
     if limit is not None:
-        ds = ds.subset(limit) if hasattr(ds, "subset") else ds
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1; got {limit}")
+        ds = ds.subset(limit)
     tf = EvalTransform(meta["input_size"], meta["mean"], meta["std"], meta["crop_pct"])
     loader = Loader(ds, tf, batch_size, train=False, workers=workers)
     result = evaluate(model, loader, len(classes), device)
-    return dict(result, checkpoint=str(checkpoint), model=meta["model"], class_names=list(classes))
+    skipped = list(loader.stats.skipped)
+    if result["n"] == 0:
+        raise ValueError(f"none of the {len(ds)} images of {data} could be read: " + "; ".join(skipped[:5]))
+    return dict(result, checkpoint=str(checkpoint), model=meta["model"], class_names=list(classes),
+                images=len(ds), skipped=skipped)
 
 
 def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 3,
                    device: str = "auto") -> list[dict[str, Any]]:
     """For each image file, the `topk` classes with their probabilities."""
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1; got {topk}")
+    require("PIL", "reading image files")
     device = resolve_device(device)
     model, meta = load_model(checkpoint, device)
     classes = meta["class_names"]

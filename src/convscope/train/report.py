@@ -48,7 +48,20 @@ def write_metrics(path: str | Path, history: list[dict[str, Any]]) -> None:
     run's file holds exactly the epochs of its checkpointed history)."""
     import json
 
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_text(path, "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in history))
+
+
+def strict_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, +-Infinity, which JSON cannot hold) replaced by None."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "") -> None:
@@ -73,7 +86,8 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
     ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:   # no evaluated epoch yet: nothing to label on the accuracy axes
+            ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -81,6 +95,18 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _same_terminal() -> bool:
+    """Whether stdout and stderr are the same terminal (so that a warning printed above the bars reaches stderr's
+    reader too)."""
+    import os
+
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty() and os.path.samestat(os.fstat(sys.stdout.fileno()),
+                                                                                 os.fstat(sys.stderr.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class Console:
@@ -91,8 +117,14 @@ class Console:
     """
 
     def __init__(self, mode: str = "auto", enabled: bool = True) -> None:
+        from ..extras import available, missing_message
+
         if mode == "auto":
-            mode = "bar" if sys.stdout.isatty() else "plain"
+            mode = "bar" if sys.stdout.isatty() and available("rich") else "plain"
+        if mode == "bar" and enabled and not available("rich"):
+            print(f"convscope: warning: {missing_message('rich', 'the progress bar')}; printing one line per epoch",
+                  file=sys.stderr, flush=True)
+            mode = "plain"
         self.mode = mode if enabled else "none"
         self.progress = None
         self._last_refresh = 0.0
@@ -106,8 +138,8 @@ class Console:
             print(msg, flush=True)
 
     def warn(self, msg: str) -> None:
-        """Warnings go to stderr whatever the mode."""
-        if self.progress is not None:
+        """Warnings go to stderr whatever the mode (above the bars when stderr is the bars' terminal)."""
+        if self.progress is not None and _same_terminal():
             self.progress.console.print(f"convscope: warning: {msg}", markup=False, highlight=False)
         else:
             print(f"convscope: warning: {msg}", file=sys.stderr, flush=True)
@@ -120,7 +152,7 @@ class Console:
 
         self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn())
+                                 TimeRemainingColumn(), redirect_stderr=False)
         self.progress.start()
         self.run_task = self.progress.add_task("run", total=total_steps, completed=done_steps, info="")
         self.epoch_task = None

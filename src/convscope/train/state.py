@@ -48,6 +48,12 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"top1": -1.0, "epoch": None})
     resumed_from: int | None = None
+    epochs: int = 0          # the epochs planned: cfg.epochs, or what fits the time budget once it is measured
+    budget_fitted: bool = False   # whether the epochs were fitted to the time budget
+
+    def __post_init__(self) -> None:
+        if not self.epochs:
+            self.epochs = self.cfg.epochs
 
     @property
     def out(self) -> Path:
@@ -112,11 +118,12 @@ def save_checkpoint(run: RunState, timer: PhaseTimer) -> None:
     if not run.dist.is_main:
         return
     with timer("checkpoint"):
-        order = _order_digest(run.train_loader, run.epoch) if run.epoch < run.cfg.epochs else None
+        order = _order_digest(run.train_loader, run.epoch) if run.epoch < run.epochs else None
         state = dict(epoch=run.epoch, step_in_epoch=run.step_in_epoch, global_step=run.global_step,
                      schedule=run.schedule.state_dict(), data=dict(run.data_description(), epoch_order=order),
                      epoch_loss_sum=float(run.loss_sum), epoch_seen=run.seen, history=run.history, best=run.best,
-                     config=run.cfg.to_dict(), rng=rng_state_json())
+                     config=run.cfg.to_dict(), rng=rng_state_json(), epochs=run.epochs,
+                     budget_fitted=run.budget_fitted)
         run.ckpts.save(run.global_step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                        state=state, meta=dict(run.meta, epoch=run.epoch, step=run.global_step), rng=rng,
                        ema=run.ema.module.state_dict() if run.ema is not None else None)
@@ -131,6 +138,9 @@ def restore_checkpoint(run: RunState, ck: TrainingCheckpoint) -> None:
     data = run.data_description()
     if ck.state["data"] != dict(data, epoch_order=ck.state["data"]["epoch_order"]):
         raise ValueError(f"the data differs from the checkpoint's: {ck.state['data']} vs {data}")
+    run.epochs = ck.state.get("epochs", run.cfg.epochs)
+    run.budget_fitted = ck.state.get("budget_fitted", False)
+    run.schedule.total_steps = ck.state["schedule"]["total_steps"]   # the time budget may have fitted it
     run.model.load_state_dict(ck.model)
     if run.ema is not None:
         run.ema.module.load_state_dict(ck.ema)
@@ -140,7 +150,7 @@ def restore_checkpoint(run: RunState, ck: TrainingCheckpoint) -> None:
     run.global_step, run.history, run.best = ck.state["global_step"], ck.state["history"], ck.state["best"]
     run.loss_sum = torch.tensor(ck.state["epoch_loss_sum"], dtype=torch.float64, device=run.device)
     run.seen = ck.state["epoch_seen"]
-    if run.epoch < run.cfg.epochs and ck.state["data"]["epoch_order"] != _order_digest(run.train_loader, run.epoch):
+    if run.epoch < run.epochs and ck.state["data"]["epoch_order"] != _order_digest(run.train_loader, run.epoch):
         raise ValueError("the training data order differs from the checkpoint's (did the dataset change?)")
     torch.set_rng_state(ck.rng[f"torch.rank{run.dist.rank}"])
     if run.device.type == "cuda":

@@ -58,7 +58,10 @@ def summarize(result: TrainResult) -> str:
 def dumps_confusion(matrix: list[list[int]], classes: Sequence[str]) -> str:
     """The confusion matrix as aligned text (rows: true class, columns: predicted)."""
     width = max(5, *(len(str(v)) for row in matrix for v in row))
-    names = [c[:12] for c in classes]
-    head = " " * 13 + " ".join(f"{i:>{width}}" for i in range(len(classes)))
-    rows = [f"{i:>2} {names[i]:<10}" + " ".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
+    names = [str(c)[:24] for c in classes]   # long names are cut at 24 characters
+    label = max(len(n) for n in names) if names else 0
+    index = len(str(max(len(classes) - 1, 0)))
+    head = " " * (index + 1 + label) + "".join(f" {i:>{width}}" for i in range(len(classes)))
+    rows = [f"{i:>{index}} {names[i]:<{label}}" + "".join(f" {v:>{width}}" for v in row)
+            for i, row in enumerate(matrix)]
     return "\n".join([head] + rows)
