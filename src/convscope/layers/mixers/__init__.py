@@ -8,6 +8,8 @@ from torch import nn
 
 from .attention import Attention
 from .conv_attention import ConvProjectionAttention
+from .dcls_mixer import DclsMixer
+from .deform_mixer import DeformMixer
 from .dilated_reparam import DilatedReparamBlock
 from .glmix import GLMix
 from .global_filter import GlobalLocalFilter
@@ -21,6 +23,8 @@ from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
 from .sepconv import SepConv
 from .window_attention import RelPosWindowAttention
+from ...ops.sgconv import SGConv2d
+from ...ops.tvconv import TVConv
 
 
 class IdentityMixer(nn.Identity):
@@ -45,6 +49,10 @@ MIXERS: dict[str, type[nn.Module]] = {
     "dilated_reparam": DilatedReparamBlock,
     "rel_window_attention": RelPosWindowAttention,
     "glmix": GLMix,
+    "tvconv": TVConv,  # needs size=(h, w) of the stage's maps
+    "dcls": DclsMixer,
+    "deform": DeformMixer,
+    "sgconv2d": SGConv2d,
 }
 
 
@@ -58,7 +66,7 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvProjectionAttention", "DilatedReparamBlock", "get_mixer", "GLMix",
+__all__ = ["Attention", "ConvProjectionAttention", "DclsMixer", "DeformMixer", "DilatedReparamBlock", "get_mixer", "GLMix",
            "GlobalLocalFilter", "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
            "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "RelPosWindowAttention",
-           "ReparamLargeKernelConv", "SepConv"]
+           "ReparamLargeKernelConv", "SepConv", "SGConv2d", "TVConv"]
