@@ -55,12 +55,6 @@ class Dcls2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kernel_count))
         self.P = nn.Parameter(torch.empty(2, out_channels, in_channels // groups, kernel_count))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        sh, sw = self.dilated_kernel_size
-        # tap coordinates of the dense window, (2, sh, sw, 1, 1, 1): [0] column index, [1] row index
-        rows, cols = torch.meshgrid(torch.arange(sh), torch.arange(sw), indexing="ij")
-        self.register_buffer("grid", torch.stack((cols, rows)).float()[..., None, None, None], persistent=False)
-        self.register_buffer("centre", torch.tensor([sw // 2, sh // 2], dtype=torch.float)[:, None, None, None],
-                             persistent=False)
         self.deployed = False
         self.reset_parameters()
 
@@ -84,8 +78,12 @@ class Dcls2d(nn.Module):
         """The dense (C_out, C_in/groups, sh, sw) kernel."""
         if self.deployed:
             return self.dense_weight
-        pos = (self.P + self.centre)[:, None, None]  # (2, 1, 1, O, I, E)
-        B = (1 - (self.grid - pos).abs()).relu().prod(0)  # (sh, sw, O, I, E)
+        sh, sw = self.dilated_kernel_size
+        # (column, row) of each tap relative to the window centre, (2, sh, sw, 1, 1, 1)
+        rows = torch.arange(sh, device=self.P.device, dtype=self.P.dtype) - sh // 2
+        cols = torch.arange(sw, device=self.P.device, dtype=self.P.dtype) - sw // 2
+        grid = torch.stack((cols.expand(sh, sw), rows[:, None].expand(sh, sw)))[..., None, None, None]
+        B = (1 - (grid - self.P[:, None, None]).abs()).relu().prod(0)  # (sh, sw, O, I, E)
         B = B / (B.sum((0, 1)) + 1e-7)
         return (B * self.weight).sum(-1).permute(2, 3, 0, 1)
 

@@ -10,6 +10,7 @@ from .attention import Attention
 from .conv_attention import ConvProjectionAttention
 from .dcls_mixer import DclsMixer
 from .deform_mixer import DeformMixer
+from .dwconv import DWConvMixer
 from .dilated_reparam import DilatedReparamBlock
 from .glmix import GLMix
 from .global_filter import GlobalLocalFilter
@@ -50,6 +51,7 @@ MIXERS: dict[str, type[nn.Module]] = {
     "rel_window_attention": RelPosWindowAttention,
     "glmix": GLMix,
     "tvconv": TVConv,  # needs size=(h, w) of the stage's maps
+    "dwconv": DWConvMixer,
     "dcls": DclsMixer,
     "deform": DeformMixer,
     "sgconv2d": SGConv2d,
@@ -66,7 +68,8 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvProjectionAttention", "DclsMixer", "DeformMixer", "DilatedReparamBlock", "get_mixer", "GLMix",
+__all__ = ["Attention", "ConvProjectionAttention", "DclsMixer", "DeformMixer", "DilatedReparamBlock", "DWConvMixer",
+           "get_mixer", "GLMix",
            "GlobalLocalFilter", "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
            "MIXERS", "OutlookAttention", "Pooling", "RandomMixing", "RelPosWindowAttention",
            "ReparamLargeKernelConv", "SepConv", "SGConv2d", "TVConv"]
