@@ -1,7 +1,7 @@
 """The mixer bench: train every `mixer_bench_<mixer>` variant (one MetaFormer skeleton, only the token mixer
 changes; see `convscope.models.mixer_bench`) with the same recipe and seed through the training engine, count its
-parameters and MACs, time it on this machine (eager and, where the mixer has one, its re-parameterised deploy
-form), and write a table (markdown + JSON) and Pareto plots (accuracy vs latency and vs MACs).
+parameters and MACs, time it on this machine (eager and, where the mixer has one, its deploy form: re-parameterised
+branches, precomputed generated kernels), and write a table (markdown + JSON) and Pareto plots (accuracy vs latency and vs MACs).
 
     convscope bench-mixers --data fashion-mnist --epochs 1 --limit-train 3000 --out runs/mixer_bench
 """
@@ -63,8 +63,14 @@ def bench_variants(mixers: Sequence[str] | None = None) -> list[str]:
     return names
 
 
-def _has_deploy_form(model: torch.nn.Module) -> bool:
-    return any(callable(getattr(m, "reparameterize", None)) for m in model.modules() if m is not model)
+DEPLOY_TRANSFORMS = ("reparameterize", "materialize")
+
+
+def _deploy_steps(model: torch.nn.Module) -> list[str]:
+    """The deploy transforms that act on `model`: structural re-parameterisation, generated-kernel precompute."""
+    from .deploy import get_transform
+
+    return [t for t in DEPLOY_TRANSFORMS if get_transform(t).applies_to(model)]
 
 
 def _latency_ms(model: torch.nn.Module, in_chans: int, batch: int, repeats: int, threads: int | None) -> float:
@@ -111,8 +117,9 @@ def run_mixer_bench(data: str = "fashion-mnist", epochs: int = 1, limit_train: i
             params = sum(p.numel() for p in model.parameters())
             lat = _latency_ms(model, in_chans, latency_batch, repeats, threads)
             dep_lat = dep_err = None
-            if _has_deploy_form(model):
-                deployed = transform(model, "reparameterize")
+            steps = _deploy_steps(model)
+            if steps:
+                deployed = transform(model, *steps)
                 x = torch.randn(4, in_chans, INPUT_SIZE, INPUT_SIZE)
                 with torch.no_grad():
                     dep_err = float((deployed(x) - model(x)).abs().max())
@@ -198,7 +205,7 @@ def write_outputs(result: MixerBenchResult, out: str | os.PathLike, command: str
             + f"; input {s['in_chans']}x{s['input_size']}x{s['input_size']}; batch {s['batch_size']}, lr {s['lr']}, "
               f"seed {s['seed']}; {s['recipe']}. Latency: median of {s['repeats']} runs at batch "
               f"{s['latency_batch']}, {s['threads']} thread(s); deploy = `convscope.deploy.transform(model, "
-              f"\"reparameterize\")` where a mixer has a deploy form.\n",
+              f"\"reparameterize\", \"materialize\")` (those that apply) where a mixer has a deploy form.\n",
             markdown_table(result),
             "![Pareto](mixer_bench.png)\n" if note is None else f"({note})\n"]
     (out / "mixer_bench.md").write_text("\n".join(t for t in text if t))

@@ -39,8 +39,8 @@ def test_tvconv_precomputed_equals_on_the_fly_and_needs_its_size():
     x = torch.randn(2, 8, 7, 7)
     y = m(x)
     d = copy.deepcopy(m)
-    d.reparameterize()
-    d.reparameterize()  # idempotent
+    d.materialize()
+    d.materialize()  # idempotent
     assert not any(True for _ in d.parameters())
     torch.testing.assert_close(d(x), y, rtol=0, atol=0)
     with pytest.raises(ValueError, match="7x7"):
@@ -80,7 +80,7 @@ def test_sgconv2d_fft_equals_direct_convolution(size):
     ref = F.conv2d(F.pad(x, (c, K - 1 - c, c, K - 1 - c)), k[:, None], groups=3) + x * m.D[:, None, None]
     torch.testing.assert_close(m(x), ref, rtol=1e-9, atol=1e-9)
     d = copy.deepcopy(m)
-    d.reparameterize()
+    d.materialize()
     torch.testing.assert_close(d(x), m(x))
 
 
@@ -110,7 +110,7 @@ def test_dcls_at_fractional_positions_interpolates_bilinearly():
     expect[0, 2], expect[0, 3], expect[1, 2], expect[1, 3] = 0.375, 0.125, 0.375, 0.125
     torch.testing.assert_close(k, 2 * expect, rtol=1e-5, atol=1e-6)
     d = copy.deepcopy(m)
-    d.reparameterize()
+    d.materialize()
     x = torch.randn(1, 1, 6, 6)
     torch.testing.assert_close(d(x), m(x))
 
@@ -218,3 +218,21 @@ def test_mixer_dtypes_memory_formats_and_counting(name):
     torch.testing.assert_close(yb.float(), y, rtol=0.1, atol=0.1)
     res = count(m, inputs=x)
     assert not res.uncounted and res.totals.macs > 0
+
+
+def test_materialize_deploy_transform_on_a_model():
+    from convscope.deploy import get_transform, transform
+    from convscope.models import create_model
+
+    t = get_transform("materialize")
+    torch.manual_seed(0)
+    m = create_model("mixer_bench_sgconv2d", num_classes=4, in_chans=1).eval()
+    assert t.applies_to(m) and not get_transform("reparameterize").applies_to(m)
+    d = transform(m, "materialize")
+    assert not t.applies_to(d) and t.applies_to(m)
+    x = torch.randn(2, 1, 40, 48)
+    torch.testing.assert_close(d(x), m(x))
+    fresh = create_model("mixer_bench_sgconv2d", num_classes=4, in_chans=1)
+    t.match_checkpoint(fresh, d.state_dict().keys())
+    fresh.load_state_dict(d.state_dict())  # strict
+    torch.testing.assert_close(fresh.eval()(x), m(x))

@@ -12,7 +12,7 @@ weight W[o, i, e] and a real position P[:, o, i, e] = (column, row) offset from 
 (the official "v1" construction, normalisation included), then applied as an ordinary convolution. At integer
 positions each element lands on one tap with weight W (up to the 1e-7), so DCLS contains the dilated and any
 sparse convolution; positions move continuously under gradient descent. `clamp_parameters()` keeps positions in
-range (call it after each optimiser step, as the official training loop does). `reparameterize()` materialises K
+range (call it after each optimiser step, as the official training loop does). `materialize()` materialises K
 into a plain `nn.Conv2d`-shaped buffer (deploy form: a dense s x s conv).
 
 Parameter layout as the official Dcls2d: weight (C_out, C_in/groups, kernel_count), P (2, C_out, C_in/groups,
@@ -93,7 +93,7 @@ class Dcls2d(nn.Module):
         return F.conv2d(x, w, b, self.stride, self.padding, 1, self.groups)
 
     @torch.no_grad()
-    def reparameterize(self) -> None:
+    def materialize(self) -> None:
         """Deploy form: keep the dense interpolated kernel, drop weight and positions."""
         if not self.deployed:
             self.register_buffer("dense_weight", self.kernel().detach().clone())

@@ -18,7 +18,7 @@ learnable sub-kernels, one per scale, so parameters grow with log(length) and th
     zero padding), plus `D * x`.
 
 `kernel()` materialises the kernel; the FFT result equals direct convolution with it (F.conv1d / F.conv2d);
-`reparameterize()` keeps the materialised kernel as a buffer and drops the sub-kernels.
+`materialize()` keeps the materialised kernel as a buffer and drops the sub-kernels.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class SGConv1d(nn.Module):
         return (y + x.to(ct) * self.D.to(ct)[:, None]).to(x.dtype)
 
     @torch.no_grad()
-    def reparameterize(self) -> None:
+    def materialize(self) -> None:
         """Keep the materialised kernel as a buffer (the sub-kernels are only a parametrisation)."""
         if not self.deployed:
             self.register_buffer("kernel_buffer", self.kernel().detach().clone())
@@ -168,7 +168,7 @@ class SGConv2d(nn.Module):
         return (y + x.to(ct) * self.D.to(ct)[:, None, None]).to(x.dtype)
 
     @torch.no_grad()
-    def reparameterize(self) -> None:
+    def materialize(self) -> None:
         """Keep the materialised kernel as a buffer (the sub-kernels are only a parametrisation)."""
         if not self.deployed:
             self.register_buffer("kernel_buffer", self.kernel().detach().clone())

@@ -11,7 +11,7 @@ The kernels W (C x k*k per position) are not free parameters: a small weight-gen
     W = conv3x3(inter -> C*k*k)( [conv3x3 -> LayerNorm([inter, h, w]) -> ReLU] x (1 + inter_layers) (A) )
 
 (convolutions without bias; LayerNorm over the whole (channels, h, w) map, as the official `_ConvBlock`). Because A
-is input-independent, W is a constant once trained: `reparameterize()` computes it once, stores it as a buffer and
+is input-independent, W is a constant once trained: `materialize()` computes it once, stores it as a buffer and
 drops the generating block (the official `TVConv_test`), giving the same outputs with no per-call generation.
 
 TVConv needs a FIXED spatial size (h, w): the affinity maps, the LayerNorm and the kernels are per position.
@@ -88,7 +88,7 @@ class TVConv(nn.Module):
         return out if bias is None else out + bias.to(x.dtype)
 
     @torch.no_grad()
-    def reparameterize(self) -> None:
+    def materialize(self) -> None:
         """Deploy form: generate the kernels (and bias) once, keep them as buffers, drop the generator."""
         if self.deployed:
             return
