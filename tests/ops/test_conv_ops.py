@@ -236,3 +236,16 @@ def test_materialize_deploy_transform_on_a_model():
     t.match_checkpoint(fresh, d.state_dict().keys())
     fresh.load_state_dict(d.state_dict())  # strict
     torch.testing.assert_close(fresh.eval()(x), m(x))
+
+
+def test_tvconv_mixer_in_the_metaformer_skeleton_takes_per_stage_sizes():
+    from convscope.models.metaformer import MetaFormer
+
+    model = MetaFormer(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), token_mixers="tvconv", num_classes=5,
+                       mixer_kwargs=[dict(size=(16, 24)), dict(size=(8, 12)), dict(size=(4, 6)), dict(size=(2, 3))])
+    out = model(torch.randn(2, 3, 64, 96))
+    assert out.shape == (2, 5)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="16x24"):
+        model(torch.randn(1, 3, 64, 64))
