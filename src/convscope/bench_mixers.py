@@ -1,7 +1,8 @@
 """The mixer bench: train every `mixer_bench_<mixer>` variant (one MetaFormer skeleton, only the token mixer
 changes; see `convscope.models.mixer_bench`) with the same recipe and seed through the training engine, count its
 parameters and MACs, time it on this machine (eager and, where the mixer has one, its deploy form: re-parameterised
-branches, precomputed generated kernels), and write a table (markdown + JSON) and Pareto plots (accuracy vs latency and vs MACs).
+branches, precomputed generated kernels), and write a table (markdown + JSON) and Pareto plots (accuracy vs
+latency and vs MACs).
 
     convscope bench-mixers --data fashion-mnist --epochs 1 --limit-train 3000 --out runs/mixer_bench
 """
@@ -199,7 +200,8 @@ def write_outputs(result: MixerBenchResult, out: str | os.PathLike, command: str
     s = result.settings
     text = [f"# Mixer bench\n",
             f"`{command}`\n" if command else "",
-            f"Machine: {describe_machine(result.machine)}; load average (1, 5, 15 min) at the start {s['load_average']}.\n",
+            f"Machine: {describe_machine(result.machine)}; load average (1, 5, 15 min) at the start "
+            f"{s['load_average']}.\n",
             f"Data: {s['data']}, {s['epochs']} epoch(s)" + (f", first {s['limit_train']} training images" if
                                                            s['limit_train'] else "")
             + f"; input {s['in_chans']}x{s['input_size']}x{s['input_size']}; batch {s['batch_size']}, lr {s['lr']}, "

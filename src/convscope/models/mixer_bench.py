@@ -7,8 +7,9 @@ Skeleton: 7x7/4 stem -> four stages of depths (2, 2, 2, 2), widths (32, 64, 128,
 norm + 3x3/2 conv; each block `norm -> mixer -> residual; norm -> 1x1 MLP (x4, StarReLU) -> residual`; global
 pool -> LayerNorm -> Linear. Small inputs: the cards' default is 64x64 (maps of 16, 8, 4 and 2 pixels per side;
 large enough for resolution scaling to be smooth), and `convscope bench-mixers` trains every variant on
-Fashion-MNIST resized to 32x32 (maps of 8, 4, 2, 1; `create_model("mixer_bench_tvconv", input_size=32)`). Mixer options are chosen per mixer for those map sizes and
-listed in `MIXER_OPTIONS`. TVConv's per-position kernels fix the input size (`input_size`, default 64).
+Fashion-MNIST resized to 32x32 (maps of 8, 4, 2, 1; `create_model("mixer_bench_tvconv", input_size=32)`).
+Mixer options are chosen per mixer for those map sizes and listed in `MIXER_OPTIONS`. TVConv's per-position
+kernels fix the input size (`input_size`, default 64).
 
 Mixers still to plug in (other operators of the same issue, added in parallel): LSNet's LS conv and the Haar-DWT
 (WaveMix) mixer. Once they are registered in `convscope.layers.mixers.MIXERS`, add a `MIXER_OPTIONS` entry (if it
