@@ -47,6 +47,13 @@ BENCHMARKS: dict[str, Benchmark] = {
     "macs_fidelity": Benchmark(
         "counted vs official MACs of every registered variant (meta device; no timing)",
         "<1 min", ("macs_fidelity.md",), "--out benchmarks/results/macs_fidelity.md"),
+    "mixer_bench": Benchmark(
+        "top-1 on Fashion-MNIST, parameters, counted MACs and latency (eager and deploy form) of every token mixer "
+        "in one MetaFormer skeleton (mixer_bench_*), same recipe and seed; table and Pareto plots",
+        "~15 min", ("mixer_bench.md", "mixer_bench.json", "mixer_bench.png"),
+        "--epochs 1 --limit-train 2000 --limit-eval 1000 --repeats 10 --threads 1",
+        "Fashion-MNIST idx files (`make data`, or `--data DIR`); matplotlib for the plot "
+        "(`pip install convscope[lab]`)"),
     "official_parity": Benchmark(
         "logits of our models vs the official repositories' model code with the same random weights, train and "
         "deploy forms; optionally records the official key layouts (tests/data/official_keys)",

@@ -234,6 +234,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_mixers(args: argparse.Namespace) -> int:
+    from .bench_mixers import run_mixer_bench, write_outputs
+
+    mixers = [m for m in args.mixers.split(",") if m] if args.mixers else None
+    result = run_mixer_bench(args.data, args.epochs, args.limit_train, limit_eval=args.limit_eval, mixers=mixers,
+                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads,
+                             latency_batch=args.latency_batch, repeats=args.repeats)
+    for f in write_outputs(result, args.out, command="convscope " + " ".join(args.argv)):
+        print(f"wrote {f}")
+    if not any(f.endswith(".png") for f in result.files):
+        print("no Pareto plot: matplotlib is not installed (pip install 'convscope[lab]')")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convscope", description="Modern ConvNets: model zoo, efficiency lab, "
                                 "training and deployment.")
@@ -312,6 +326,22 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topk", type=int, default=3)
     sp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     sp.add_argument("--json", action="store_true")
+
+    sp = add("bench-mixers", _cmd_bench_mixers, "train, count and time every token mixer in one MetaFormer "
+             "skeleton (the mixer_bench_* variants); table and Pareto plots")
+    sp.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an idx directory, an image folder or "
+                    "synthetic")
+    sp.add_argument("--epochs", type=int, default=1)
+    sp.add_argument("--limit-train", type=int, default=None, metavar="K", help="only the first K training images")
+    sp.add_argument("--limit-eval", type=int, default=None, metavar="K", help="only the first K test images")
+    sp.add_argument("--mixers", default=None, help="comma-separated mixers (default: every mixer_bench variant)")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--lr", type=float, default=2e-3)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--latency-batch", type=int, default=1)
+    sp.add_argument("--repeats", type=int, default=20, help="timed runs per latency (median reported)")
+    sp.add_argument("--out", default="runs/mixer_bench", help="directory for mixer_bench.md/.json/.png")
     return p
 
 

@@ -135,7 +135,8 @@ def test_squeeze_excite_gates_channels():
     torch.testing.assert_close(se(x), x * s)
 
 
-@pytest.mark.parametrize("mixer", sorted(set(MIXERS) - {"random"}))
+# random and tvconv are sized to the stage's maps (tests below and in tests/ops/test_conv_ops.py)
+@pytest.mark.parametrize("mixer", sorted(set(MIXERS) - {"random", "tvconv"}))
 def test_every_mixer_plugs_into_the_metaformer_skeleton(mixer):
     model = MetaFormer(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), token_mixers=mixer, num_classes=5)
     x = torch.randn(2, 3, 64, 96)

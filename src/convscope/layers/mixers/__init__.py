@@ -8,9 +8,14 @@ from torch import nn
 
 from ...ops.conv_glu import ConvGLU  # operator-library modules that are also token mixers
 from ...ops.scnn import SpatialMessagePassing
+from ...ops.sgconv import SGConv2d
+from ...ops.tvconv import TVConv
 from .attention import Attention
 from .conv_attention import ConvProjectionAttention
+from .dcls_mixer import DclsMixer
+from .deform_mixer import DeformMixer
 from .dilated_reparam import DilatedReparamBlock
+from .dwconv import DWConvMixer
 from .glmix import GLMix
 from .global_filter import GlobalLocalFilter
 from .gnconv import GnConv
@@ -54,6 +59,11 @@ MIXERS: dict[str, type[nn.Module]] = {
     "rel_window_attention": RelPosWindowAttention,
     "scnn": SpatialMessagePassing,
     "wavemix": WaveBlock,
+    "tvconv": TVConv,  # needs size=(h, w) of the stage's maps
+    "dwconv": DWConvMixer,
+    "dcls": DclsMixer,
+    "deform": DeformMixer,
+    "sgconv2d": SGConv2d,
 }
 
 
@@ -67,7 +77,8 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvGLU", "ConvProjectionAttention", "DilatedReparamBlock", "get_mixer", "GLMix",
-           "GlobalLocalFilter", "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d",
-           "LSConv", "MIXERS", "OutlookAttention", "PartitionAttention", "Pooling", "RandomMixing",
-           "RelPosWindowAttention", "ReparamLargeKernelConv", "SepConv", "SpatialMessagePassing", "WaveBlock"]
+__all__ = ["Attention", "ConvGLU", "ConvProjectionAttention", "DclsMixer", "DeformMixer",
+           "DilatedReparamBlock", "DWConvMixer", "get_mixer", "GLMix", "GlobalLocalFilter", "GnConv", "GPSA",
+           "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "LSConv", "MIXERS", "OutlookAttention",
+           "PartitionAttention", "Pooling", "RandomMixing", "RelPosWindowAttention", "ReparamLargeKernelConv",
+           "SepConv", "SGConv2d", "SpatialMessagePassing", "TVConv", "WaveBlock"]

@@ -1,0 +1,216 @@
+"""The mixer bench: train every `mixer_bench_<mixer>` variant (one MetaFormer skeleton, only the token mixer
+changes; see `convscope.models.mixer_bench`) with the same recipe and seed through the training engine, count its
+parameters and MACs, time it on this machine (eager and, where the mixer has one, its deploy form: re-parameterised
+branches, precomputed generated kernels), and write a table (markdown + JSON) and Pareto plots (accuracy vs
+latency and vs MACs).
+
+    convscope bench-mixers --data fashion-mnist --epochs 1 --limit-train 3000 --out runs/mixer_bench
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+INPUT_SIZE = 32  # every variant trains and is timed at 32x32 (Fashion-MNIST's 28x28 resized)
+
+
+@dataclass
+class MixerRow:
+    mixer: str
+    model: str
+    params_m: float
+    macs_m: float
+    top1: float
+    loss: float
+    train_s: float
+    latency_ms: float
+    deploy_latency_ms: float | None = None
+    deploy_max_abs_err: float | None = None
+
+    @property
+    def best_latency_ms(self) -> float:
+        return min(self.latency_ms, self.deploy_latency_ms or self.latency_ms)
+
+
+@dataclass
+class MixerBenchResult:
+    rows: list[MixerRow]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(settings=self.settings, machine=self.machine, rows=[asdict(r) for r in self.rows])
+
+
+def bench_variants(mixers: Sequence[str] | None = None) -> list[str]:
+    """The registered mixer_bench variants (optionally only those of the named mixers)."""
+    from .models import list_models
+
+    names = list_models("mixer_bench_*")
+    if mixers:
+        wanted = {f"mixer_bench_{m}" for m in mixers}
+        unknown = sorted(wanted - set(names))
+        if unknown:
+            raise ValueError(f"no mixer bench variant {unknown}; there are {names}")
+        names = [n for n in names if n in wanted]
+    return names
+
+
+DEPLOY_TRANSFORMS = ("reparameterize", "materialize")
+
+
+def _deploy_steps(model: torch.nn.Module) -> list[str]:
+    """The deploy transforms that act on `model`: structural re-parameterisation, generated-kernel precompute."""
+    from .deploy import get_transform
+
+    return [t for t in DEPLOY_TRANSFORMS if get_transform(t).applies_to(model)]
+
+
+def _latency_ms(model: torch.nn.Module, in_chans: int, batch: int, repeats: int, threads: int | None) -> float:
+    from .analysis import benchmark
+
+    r = benchmark(model, (in_chans, INPUT_SIZE, INPUT_SIZE), batch_sizes=(batch,), repeats=repeats,
+                  threads=threads, max_time_s=20.0)
+    return r.points[0].latency.median_s * 1e3
+
+
+def run_mixer_bench(data: str = "fashion-mnist", epochs: int = 1, limit_train: int | None = None, *,
+                    limit_eval: int | None = None, mixers: Sequence[str] | None = None, batch_size: int = 64,
+                    lr: float = 2e-3, seed: int = 0, threads: int | None = None, latency_batch: int = 1,
+                    repeats: int = 20, log=print) -> MixerBenchResult:
+    """Train, count and time every mixer bench variant with one recipe (AdamW, cosine, `epochs`, batch
+    `batch_size`, lr `lr`, light augmentation, seed `seed`) on `data` ('fashion-mnist', an idx directory, an image
+    folder or 'synthetic'), at 32x32."""
+    from .analysis import count
+    from .analysis.hardware import machine_info
+    from .deploy import transform
+    from .train import TrainConfig, train
+
+    names = bench_variants(mixers)
+    in_chans = 1 if data != "synthetic" else 3
+    settings = dict(data=data, epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, batch_size=batch_size,
+                    lr=lr, seed=seed, input_size=INPUT_SIZE, in_chans=in_chans, threads=threads or
+                    torch.get_num_threads(), latency_batch=latency_batch, repeats=repeats,
+                    recipe="AdamW wd 0.05, warmup 0, cosine, label smoothing 0.1, hflip 0.5, random-resized-crop "
+                           "scale (0.5, 1)", load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mixer_bench_") as tmp:
+        for name in names:
+            mixer = name.removeprefix("mixer_bench_")
+            kwargs = dict(input_size=INPUT_SIZE) if mixer == "tvconv" else {}
+            cfg = TrainConfig(model=name, data=data, out=str(Path(tmp) / name), epochs=epochs, batch_size=batch_size,
+                              lr=lr, warmup_epochs=0.0, model_kwargs=kwargs, input_size=INPUT_SIZE,
+                              in_chans=in_chans, data_limit=limit_train, eval_limit=limit_eval, scale=(0.5, 1.0),
+                              seed=seed, threads=threads, quiet=True, progress="none", device="cpu")
+            t0 = time.perf_counter()
+            res = train(cfg)
+            train_s = time.perf_counter() - t0
+            model = res.model.eval()
+            counted = count(model, (1, in_chans, INPUT_SIZE, INPUT_SIZE))
+            params = sum(p.numel() for p in model.parameters())
+            lat = _latency_ms(model, in_chans, latency_batch, repeats, threads)
+            dep_lat = dep_err = None
+            steps = _deploy_steps(model)
+            if steps:
+                deployed = transform(model, *steps)
+                x = torch.randn(4, in_chans, INPUT_SIZE, INPUT_SIZE)
+                with torch.no_grad():
+                    dep_err = float((deployed(x) - model(x)).abs().max())
+                dep_lat = _latency_ms(deployed, in_chans, latency_batch, repeats, threads)
+            row = MixerRow(mixer, name, params / 1e6, counted.totals.macs / 1e6, float(res.final["top1"]),
+                           float(res.final["loss"]), train_s, lat, dep_lat, dep_err)
+            rows.append(row)
+            log(f"{name}: top-1 {row.top1:.2f}%  {row.params_m:.3f} M params  {row.macs_m:.2f} M MACs  "
+                f"{row.latency_ms:.2f} ms" + (f" (deploy {dep_lat:.2f} ms)" if dep_lat is not None else "")
+                + f"  [{train_s:.0f} s]")
+    return MixerBenchResult(rows, settings, machine_info("cpu"))
+
+
+def markdown_table(result: MixerBenchResult) -> str:
+    lines = ["| mixer | params (M) | MACs (M) | top-1 (%) | eval loss | latency (ms) | deploy latency (ms) | "
+             "deploy max err | train (s) |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in sorted(result.rows, key=lambda r: -r.top1):
+        dep = "-" if r.deploy_latency_ms is None else f"{r.deploy_latency_ms:.2f}"
+        err = "-" if r.deploy_max_abs_err is None else f"{r.deploy_max_abs_err:.1e}"
+        lines.append(f"| {r.mixer} | {r.params_m:.3f} | {r.macs_m:.2f} | {r.top1:.2f} | {r.loss:.3f} | "
+                     f"{r.latency_ms:.2f} | {dep} | {err} | {r.train_s:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (lower x and higher y), by increasing x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(result: MixerBenchResult, path: str | os.PathLike) -> str | None:
+    """Accuracy vs latency (best form) and vs MACs, with the Pareto fronts; None (and a message) without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: `pip install convscope[lab]` for the Pareto plot"
+    rows = result.rows
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "best_latency_ms", "latency, batch "
+                            f"{result.settings['latency_batch']} (ms, best form)"), (axes[1], "macs_m", "MACs (M)")):
+        pts = [(getattr(r, key), r.top1) for r in rows]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+        for r, (x, y) in zip(rows, pts):
+            ax.annotate(r.mixer, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", alpha=0.6)
+        ax.set_xlabel(label)
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"mixer bench: {result.settings['data']}, {result.settings['epochs']} epoch(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def write_outputs(result: MixerBenchResult, out: str | os.PathLike, command: str = "") -> list[str]:
+    """mixer_bench.md, mixer_bench.json and mixer_bench.png (when matplotlib is there) under `out`."""
+    from .analysis.hardware import describe_machine
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [str(out / "mixer_bench.json")]
+    (out / "mixer_bench.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    note = plot_pareto(result, out / "mixer_bench.png")
+    if note is None:
+        files.append(str(out / "mixer_bench.png"))
+    s = result.settings
+    text = [f"# Mixer bench\n",
+            f"`{command}`\n" if command else "",
+            f"Machine: {describe_machine(result.machine)}; load average (1, 5, 15 min) at the start "
+            f"{s['load_average']}.\n",
+            f"Data: {s['data']}, {s['epochs']} epoch(s)" + (f", first {s['limit_train']} training images" if
+                                                           s['limit_train'] else "")
+            + f"; input {s['in_chans']}x{s['input_size']}x{s['input_size']}; batch {s['batch_size']}, lr {s['lr']}, "
+              f"seed {s['seed']}; {s['recipe']}. Latency: median of {s['repeats']} runs at batch "
+              f"{s['latency_batch']}, {s['threads']} thread(s); deploy = `convscope.deploy.transform(model, "
+              f"\"reparameterize\", \"materialize\")` (those that apply) where a mixer has a deploy form.\n",
+            markdown_table(result),
+            "![Pareto](mixer_bench.png)\n" if note is None else f"({note})\n"]
+    (out / "mixer_bench.md").write_text("\n".join(t for t in text if t))
+    files.insert(0, str(out / "mixer_bench.md"))
+    result.files = files
+    return files
