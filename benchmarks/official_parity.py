@@ -76,6 +76,9 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "unireplknet": ("AILab-CVC/UniRepLKNet", ["unireplknet.py"], {
         f"unireplknet_{v}": f"unireplknet_{v}(attempt_use_lk_impl=False)" for v in ("a", "f", "t")
     }),
+    "rmt": ("qhfan/RMT", ["classfication_release/RMT.py"], {
+        "rmt_tiny": "RMT_T3(None)", "rmt_small": "RMT_S(None)", "rmt_base": "RMT_M2(None)",
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -171,6 +174,8 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from MinkowskiEngine import SparseTensor", "SparseTensor = None")
         src = src.replace("from timm.models.layers import", "from timm.layers import")
         src = src.replace("from timm.models.registry import register_model", "")
+        src = src.replace("from fvcore.nn import FlopCountAnalysis, flop_count_table", "")  # RMT: unused
+        src = src.replace("from einops import einsum", "")  # RMT: unused
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         (tmp / Path(rel).name).write_text(src)
     sys.path.insert(0, str(tmp))
@@ -179,6 +184,21 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _randomize_checkpointed(model, randomize_):
+    """`randomize_` (seed 3) on what the state dict holds; non-persistent buffers (index tables, sequence-length
+    scales that the official code derives from the input size) keep their values, as no checkpoint carries
+    them. Returns the model in eval mode."""
+    kept = {}
+    for mod_name, mod in model.named_modules():
+        for b in getattr(mod, "_non_persistent_buffers_set", ()):
+            if getattr(mod, b, None) is not None:
+                kept[(mod_name, b)] = getattr(mod, b).clone()
+    randomize_(model, seed=3)
+    for (mod_name, b), t in kept.items():
+        setattr(model.get_submodule(mod_name), b, t)
+    return model.eval()
 
 
 def _check_deploy(name, ours, official, steps, xs, repo, ctor, write_keys, commit, github) -> list[tuple]:
@@ -268,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             for ours_name, ctor in pairs.items():
                 torch.manual_seed(0)
                 with contextlib.redirect_stdout(io.StringIO()):  # HorNet's gnconv prints its configuration
-                    official = randomize_(eval(ctor, vars(module)), seed=3).eval()
+                    official = _randomize_checkpointed(eval(ctor, vars(module)), randomize_)
                 sd = official.state_dict()
                 if args.write_keys:
                     out = Path(args.write_keys)

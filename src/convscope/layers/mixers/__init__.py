@@ -11,6 +11,7 @@ from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
 from .gnconv import GnConv
 from .inception_dw import InceptionDWConv2d
+from .manhattan_attention import ManhattanRelPos, ManhattanSelfAttention
 from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .replk_conv import ReparamLargeKernelConv
@@ -51,4 +52,5 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
 
 
 __all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
-           "MIXERS", "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
+           "MIXERS", "ManhattanRelPos", "ManhattanSelfAttention", "Pooling", "RandomMixing", "ReparamLargeKernelConv",
+           "SepConv", "get_mixer"]
