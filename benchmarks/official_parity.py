@@ -79,6 +79,11 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "rmt": ("qhfan/RMT", ["classfication_release/RMT.py"], {
         "rmt_tiny": "RMT_T3(None)", "rmt_small": "RMT_S(None)", "rmt_base": "RMT_M2(None)",
     }),
+    # the CUDA-free attention_native.py (the swattention extension is never looked for)
+    "transnext": ("DaiShiResearch/TransNeXt", ["classification/transnext.py", "classification/attention_native.py"], {
+        "transnext_micro": "transnext_micro()", "transnext_tiny": "transnext_tiny()",
+        "transnext_small_384": "transnext_small(img_size=384, pretrain_size=224)",
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -87,7 +92,7 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
     "unireplknet": ["reparameterize_unireplknet"],
 }
 # inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW
-SIZES = {"replknet_xl": [(128, 128), (96, 160)]}
+SIZES = {"replknet_xl": [(128, 128), (96, 160)], "transnext_small_384": [(384, 384)]}
 
 
 def _git(path: Path, *args: str) -> str | None:
@@ -165,7 +170,8 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
     """Materialise the official files in `tmp` and import the first one.
 
     Only import lines are adapted (a relative import, timm helpers that moved, a sparse-conv dependency the
-    classification models do not use); the model code itself runs unchanged.
+    classification models do not use, RMT's unused fvcore / einops imports, TransNeXt's look-up of its optional
+    CUDA extension, so that its pure-PyTorch attention_native.py is loaded); the model code runs unchanged.
     """
     for rel in files:
         src = source.read(rel)
@@ -176,6 +182,8 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from timm.models.registry import register_model", "")
         src = src.replace("from fvcore.nn import FlopCountAnalysis, flop_count_table", "")  # RMT: unused
         src = src.replace("from einops import einsum", "")  # RMT: unused
+        src = src.replace("import pkg_resources", "")  # TransNeXt: only to look for its CUDA extension,
+        src = src.replace("if is_installed('swattention'):", "if False:")  # whose native twin is the reference
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         (tmp / Path(rel).name).write_text(src)
     sys.path.insert(0, str(tmp))

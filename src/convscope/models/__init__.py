@@ -1,5 +1,5 @@
 """The model zoo. Importing this package registers every family."""
-from . import convnext, hornet, inception_next, metaformer, replknet, rmt, unireplknet  # noqa: F401  (registers models)
+from . import convnext, hornet, inception_next, metaformer, replknet, rmt, transnext, unireplknet  # noqa: F401  (registers models)
 from .base import ConvScopeModel, Stage
 from .features import FeatureExtractor, FeatureInfo, feature_take_indices
 from .registry import (ArchSpec, Family, ModelCard, Paper, PretrainedCfg, UnknownModelError, create_model, family_of,

@@ -6,11 +6,13 @@ Every mixer is built as `Mixer(dim, **options)` and maps a tensor to one of the 
 """
 from torch import nn
 
+from .aggregated_attention import AggregatedAttention
 from .attention import Attention
 from .dilated_reparam import DilatedReparamBlock
 from .global_filter import GlobalLocalFilter
 from .gnconv import GnConv
 from .inception_dw import InceptionDWConv2d
+from .length_scaled_attention import LengthScaledAttention
 from .manhattan_attention import ManhattanRelPos, ManhattanSelfAttention
 from .pooling import Pooling
 from .random_mixing import RandomMixing
@@ -51,6 +53,6 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer", "InceptionDWConv2d",
-           "MIXERS", "ManhattanRelPos", "ManhattanSelfAttention", "Pooling", "RandomMixing", "ReparamLargeKernelConv",
-           "SepConv", "get_mixer"]
+__all__ = ["AggregatedAttention", "Attention", "DilatedReparamBlock", "GlobalLocalFilter", "GnConv", "IdentityMixer",
+           "InceptionDWConv2d", "LengthScaledAttention", "MIXERS", "ManhattanRelPos", "ManhattanSelfAttention",
+           "Pooling", "RandomMixing", "ReparamLargeKernelConv", "SepConv", "get_mixer"]
