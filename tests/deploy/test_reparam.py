@@ -16,7 +16,9 @@ from convscope.deploy import reparameterize_
 from convscope.layers import ConvBnAct, ParallelConvBn
 from convscope.models import load_checkpoint, model_card, save_weights
 from convscope.models.inception_next import MetaNeXtBlock
+from convscope.layers.mixers.manhattan_attention import ManhattanSelfAttention
 from convscope.models.replknet import ConvFFN, RepLKBlock
+from convscope.models.rmt import RMTHead
 from convscope.models.unireplknet import UniRepLKNetBlock
 
 from ..conftest import contract_models, meta_model, random_model, rel_err, reparameterizable_models
@@ -121,6 +123,9 @@ RULES: list[tuple[type, callable]] = [
      + _n(m.pwconv1) + m.grn.weight.numel() + m.pwconv2.weight.numel() + m.pwconv2.out_features),
     # the BatchNorm folds into mlp.fc1
     (MetaNeXtBlock, lambda m: _n(m.token_mixer) + _n(m.mlp) + _bias_gap(m.mlp.fc1) + m.gamma.numel()),
+    # RMT: q, k, v projections of one input become one Linear(C, 3C); the head's BatchNorm folds into its proj
+    (ManhattanSelfAttention, lambda m: _n(m)),
+    (RMTHead, lambda m: _n(m.proj) + _bias_gap(m.proj) + _n(m.fc)),
 ]
 
 

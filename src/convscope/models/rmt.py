@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import drop_path_or_identity, init_trunc_normal, layer_scale, layer_scale_parameter
+from ..layers.reparam import fuse_bn_into_conv_
 from ..layers.mixers.manhattan_attention import ManhattanRelPos, ManhattanSelfAttention
 from .base import ConvScopeModel, Stage
 from .registry import ArchSpec, Paper, register_family, variant
@@ -97,6 +98,12 @@ class RMTHead(nn.Module):
     def reset(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
 
+    def reparameterize(self) -> None:
+        """Deploy form: the BatchNorm folds into the per-position projection before it."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            fuse_bn_into_conv_(self.proj, self.norm)
+            self.norm = nn.Identity()
+
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
         x = self.drop(F.silu(x).mean((2, 3)))
@@ -166,7 +173,7 @@ def convert_official(state_dict: dict, model: nn.Module) -> dict:
             k = f"stages.{m[1]}.blocks.{m[2]}.{rest}"
         elif k.split(".")[0] in ("proj", "norm"):
             k = "head." + k
-        elif k.startswith("head."):
+        elif k in ("head.weight", "head.bias"):  # ours (head.fc.*, head.proj.*) pass through
             k = "head.fc." + k[len("head."):]
         out[k] = v
     return out

@@ -185,7 +185,7 @@ def convert_official(state_dict: dict, model: nn.Module) -> dict:
             k = f"stages.{int(m[1]) - 1}.blocks.{m[2]}.{m[3].replace('mlp.dwconv.dwconv.', 'mlp.dwconv.')}"
         elif m := re.match(r"norm(\d)\.(.*)", k):
             k = f"stages.{int(m[1]) - 1}.norm.{m[2]}"
-        elif k.startswith("head."):
+        elif k in ("head.weight", "head.bias"):  # ours (head.fc.*, head.proj.*) pass through
             k = "head.fc." + k[len("head."):]
         out[k] = v
     return out

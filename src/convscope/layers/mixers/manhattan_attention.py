@@ -99,16 +99,34 @@ class ManhattanSelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim)
         self.out_proj = nn.Linear(dim, dim)
+        self.qkv: nn.Linear | None = None  # the deploy form's merged projection
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Deploy form: the three projections of the same input become one Linear(C, 3C) (q, k, v in order)."""
+        if self.qkv is not None:
+            return
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        w = torch.cat([p.weight for p in projs])
+        self.qkv = nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+        self.qkv.weight.copy_(w)
+        self.qkv.bias.copy_(torch.cat([p.bias for p in projs]))
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv is not None:
+            return self.qkv(x).chunk(3, dim=-1)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(self, x: torch.Tensor, rel_pos: tuple[torch.Tensor, ...]) -> torch.Tensor:
         B, H, W, C = x.shape
         n, d = self.num_heads, self.key_dim
         sin, cos = rel_pos[0], rel_pos[1]
-        v = self.v_proj(x)
+        q, k, v = self._project(x)
         lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        q = theta_shift(self.q_proj(x).view(B, H, W, n, d).permute(0, 3, 1, 2, 4), sin, cos)  # (B, n, H, W, d)
-        k = theta_shift(self.k_proj(x).view(B, H, W, n, d).permute(0, 3, 1, 2, 4), sin, cos)
-        v = v.view(B, H, W, n, d).permute(0, 3, 1, 2, 4)
+        q = theta_shift(q.reshape(B, H, W, n, d).permute(0, 3, 1, 2, 4), sin, cos)  # (B, n, H, W, d)
+        k = theta_shift(k.reshape(B, H, W, n, d).permute(0, 3, 1, 2, 4), sin, cos)
+        v = v.reshape(B, H, W, n, d).permute(0, 3, 1, 2, 4)
         if self.decomposed:
             mask_h, mask_w = rel_pos[2], rel_pos[3]
             # along W within each row: (B, H, n, W, d)
