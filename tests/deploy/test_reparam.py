@@ -16,9 +16,8 @@ from convscope.deploy import reparameterize_
 from convscope.layers import ConvBnAct, ParallelConvBn
 from convscope.models import load_checkpoint, model_card, save_weights
 from convscope.models.inception_next import MetaNeXtBlock
-from convscope.layers.mixers.manhattan_attention import ManhattanSelfAttention
 from convscope.models.replknet import ConvFFN, RepLKBlock
-from convscope.models.rmt import RMTHead
+from convscope.models.rmt import RMTHead, RMTStage
 from convscope.models.unireplknet import UniRepLKNetBlock
 
 from ..conftest import contract_models, meta_model, random_model, rel_err, reparameterizable_models
@@ -124,7 +123,7 @@ RULES: list[tuple[type, callable]] = [
     # the BatchNorm folds into mlp.fc1
     (MetaNeXtBlock, lambda m: _n(m.token_mixer) + _n(m.mlp) + _bias_gap(m.mlp.fc1) + m.gamma.numel()),
     # RMT: q, k, v projections of one input become one Linear(C, 3C); the head's BatchNorm folds into its proj
-    (ManhattanSelfAttention, lambda m: _n(m)),
+    (RMTStage, lambda m: expected_deploy_params(m.downsample) + _n(m.blocks)),
     (RMTHead, lambda m: _n(m.proj) + _bias_gap(m.proj) + _n(m.fc)),
 ]
 

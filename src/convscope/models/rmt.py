@@ -75,6 +75,14 @@ class RMTStage(Stage):
         super().__init__(downsample, blocks)
         self.relpos = relpos
 
+    def reparameterize(self) -> None:
+        """Deploy form: the downsampling conv -> BN folded, each block's q, k, v merged into one projection."""
+        from ..deploy.reparam import reparameterize_  # lazy: deploy/ imports models/
+
+        reparameterize_(self.downsample)
+        for blk in self.blocks:
+            blk.attn.merge_qkv_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x).permute(0, 2, 3, 1)
         rel_pos = self.relpos(x.shape[1], x.shape[2])

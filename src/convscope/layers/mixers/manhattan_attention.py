@@ -102,8 +102,9 @@ class ManhattanSelfAttention(nn.Module):
         self.qkv: nn.Linear | None = None  # the deploy form's merged projection
 
     @torch.no_grad()
-    def reparameterize(self) -> None:
-        """Deploy form: the three projections of the same input become one Linear(C, 3C) (q, k, v in order)."""
+    def merge_qkv_(self) -> None:
+        """Deploy form: the three projections of the same input become one Linear(C, 3C) (q, k, v in order);
+        RMT's stage calls it from its `reparameterize()` (this module's forward needs the stage's terms)."""
         if self.qkv is not None:
             return
         projs = (self.q_proj, self.k_proj, self.v_proj)
