@@ -111,6 +111,14 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "biformer_stl": ("rayleizhu/BiFormer", ["models/biformer_stl.py", "ops/bra_legacy.py", "models/_common.py"], {
         "biformer_stl": "biformer_stl()",
     }),
+    "rmt": ("qhfan/RMT", ["classfication_release/RMT.py"], {
+        "rmt_tiny": "RMT_T3(None)", "rmt_small": "RMT_S(None)", "rmt_base": "RMT_M2(None)",
+    }),
+    # the CUDA-free attention_native.py (the swattention extension is never looked for)
+    "transnext": ("DaiShiResearch/TransNeXt", ["classification/transnext.py", "classification/attention_native.py"], {
+        "transnext_micro": "transnext_micro()", "transnext_tiny": "transnext_tiny()",
+        "transnext_small_384": "transnext_small(img_size=384, pretrain_size=224)",
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -121,7 +129,7 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
 # inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW; LSNet's official attention
 # biases fit a 4x4 stage-4 map only (inputs of 193-256 pixels a side); the official BiFormers (auto_pad=False) take
 # sides that are multiples of 112 only
-SIZES = {"replknet_xl": [(128, 128), (96, 160)],
+SIZES = {"replknet_xl": [(128, 128), (96, 160)], "transnext_small_384": [(384, 384)],
          "wavemix_256_16_l4": [(256, 256), (192, 320)]} | {f"lsnet_{v}": [(224, 224), (256, 208)] for v in "tsb"} | {
     f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base", "stl")}
 
@@ -255,8 +263,10 @@ def resolve_sources(families: list[str], explicit: dict[str, Path], roots: list[
 def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -> types.ModuleType:
     """Materialise the official files in `tmp` and import the first one.
 
-    Only import lines are adapted (a relative import, timm helpers that moved, fairscale's checkpoint wrapper and a
-    sparse-conv dependency the classification models do not use); the model code itself runs unchanged.
+    Only import lines are adapted (a relative import, timm helpers that moved, fairscale's checkpoint wrapper, a
+    sparse-conv dependency the classification models do not use, RMT's unused fvcore / einops imports, TransNeXt's
+    look-up of its optional CUDA extension, so that its pure-PyTorch attention_native.py is loaded); the model code
+    runs unchanged.
     """
     for rel in files:
         src = source.read(rel)
@@ -271,6 +281,10 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from .ska import SKA", "SKA = None  # a Triton kernel; OFFICIAL_PATCHES supplies SKA")
         src = src.replace("from ops.bra_legacy import", "from bra_legacy import")
         src = src.replace("from ._common import", "from _common import")
+        src = src.replace("from fvcore.nn import FlopCountAnalysis, flop_count_table", "")  # RMT: unused
+        src = src.replace("from einops import einsum", "")  # RMT: unused
+        src = src.replace("import pkg_resources", "")  # TransNeXt: only to look for its CUDA extension,
+        src = src.replace("if is_installed('swattention'):", "if False:")  # whose native twin is the reference
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         src = src.replace("from wavemix import", "from wavemix_init import")  # WaveMix's package __init__
         src = src.replace("from numpy.lib.function_base import hamming", "")  # unused; gone in numpy 2
@@ -281,6 +295,21 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _randomize_checkpointed(model, randomize_):
+    """`randomize_` (seed 3) on what the state dict holds; non-persistent buffers (index tables, sequence-length
+    scales that the official code derives from the input size) keep their values, as no checkpoint carries
+    them. Returns the model in eval mode."""
+    kept = {}
+    for mod_name, mod in model.named_modules():
+        for b in getattr(mod, "_non_persistent_buffers_set", ()):
+            if getattr(mod, b, None) is not None:
+                kept[(mod_name, b)] = getattr(mod, b).clone()
+    randomize_(model, seed=3)
+    for (mod_name, b), t in kept.items():
+        setattr(model.get_submodule(mod_name), b, t)
+    return model.eval()
 
 
 def _check_deploy(name, ours, official, steps, xs, repo, ctor, write_keys, commit, github) -> list[tuple]:
@@ -372,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             for ours_name, ctor in pairs.items():
                 torch.manual_seed(0)
                 with contextlib.redirect_stdout(io.StringIO()):  # HorNet's gnconv prints its configuration
-                    official = randomize_(eval(ctor, vars(module)), seed=3).eval()
+                    official = _randomize_checkpointed(eval(ctor, vars(module)), randomize_)
                 if family in OFFICIAL_CONDITION:
                     OFFICIAL_CONDITION[family](official)
                 sd = official.state_dict()

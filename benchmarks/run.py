@@ -57,8 +57,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "official_parity": Benchmark(
         "logits of our models vs the official repositories' model code with the same random weights, train and "
         "deploy forms; optionally records the official key layouts (tests/data/official_keys)",
-        "~10 min", ("official_parity.md",), "--official-root DIR --out benchmarks/results/official_parity.md",
-        "clones of the 8 official repositories (`--help` lists them); timm and pytest (`make install-test`)"),
+        "~15 min", ("official_parity.md",), "--official-root DIR --out benchmarks/results/official_parity.md",
+        "clones of the official repositories (`--help` lists them); timm and pytest (`make install-test`)"),
     "reparam_equivalence": Benchmark(
         "output error of the deploy (re-parameterised) form vs the train form, per model (fp32) and per module "
         "type (fp64)",

@@ -18,6 +18,7 @@ from convscope.models import load_checkpoint, model_card, save_weights
 from convscope.models.inception_next import MetaNeXtBlock
 from convscope.models.lsnet import LSNetHead, RepVGGDW, lsnet_condition_
 from convscope.models.replknet import ConvFFN, RepLKBlock
+from convscope.models.rmt import RMTHead, RMTStage
 from convscope.models.unireplknet import UniRepLKNetBlock
 
 from ..conftest import contract_models, meta_model, random_model, rel_err, reparameterizable_models
@@ -133,6 +134,9 @@ RULES: list[tuple[type, callable]] = [
     # dw 3x3 + dw 1x1 + identity -> one biased dw 3x3; the head's BatchNorm1d folds into its Linear
     (RepVGGDW, lambda m: _conv_site([m.conv.conv])),
     (LSNetHead, lambda m: m.fc.weight.numel() + m.fc.out_features if isinstance(m.fc, nn.Linear) else 0),
+    # RMT: q, k, v projections of one input become one Linear(C, 3C); the head's BatchNorm folds into its proj
+    (RMTStage, lambda m: expected_deploy_params(m.downsample) + _n(m.blocks)),
+    (RMTHead, lambda m: _n(m.proj) + _bias_gap(m.proj) + _n(m.fc)),
 ]
 
 

@@ -209,8 +209,12 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
         if converter is None:
             raise ValueError(f"no {source}-checkpoint converter for {name} ({family or 'unknown family'})")
         original = dict(sd)
-        sd = converter(dict(sd), target)
-        names = _official_spelling(sd, original) if set(sd) != set(original) else None
+        converted = converter(dict(sd), target)
+        # "auto": the official layout only when it fits better (our own deploy-form checkpoint also misses keys of
+        # a train-form model, and a converter need not leave our keys alone)
+        if source != "auto" or len(set(converted) & set(own)) > len(set(original) & set(own)):
+            sd = converted
+            names = _official_spelling(sd, original) if set(sd) != set(original) else None
     if match_reparam_form:
         from ..deploy.reparam import REPARAMETERIZE  # lazy: deploy/ sits above models/
         REPARAMETERIZE.match_checkpoint(target, sd)

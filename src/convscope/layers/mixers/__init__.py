@@ -10,6 +10,7 @@ from ...ops.conv_glu import ConvGLU  # operator-library modules that are also to
 from ...ops.scnn import SpatialMessagePassing
 from ...ops.sgconv import SGConv2d
 from ...ops.tvconv import TVConv
+from .aggregated_attention import AggregatedAttention
 from .attention import Attention
 from .conv_attention import ConvProjectionAttention
 from .dcls_mixer import DclsMixer
@@ -22,7 +23,9 @@ from .gnconv import GnConv
 from .gpsa import GPSA
 from .halo_attention import HaloAttention
 from .inception_dw import InceptionDWConv2d
+from .length_scaled_attention import LengthScaledAttention
 from .lsconv import LSConv
+from .manhattan_attention import ManhattanRelPos, ManhattanSelfAttention
 from .outlook_attention import OutlookAttention
 from .partition_attention import PartitionAttention  # NHWC maps: not a MetaFormer mixer, not in MIXERS
 from .pooling import Pooling
@@ -77,8 +80,9 @@ def get_mixer(name_or_cls: str | type[nn.Module]) -> type[nn.Module]:
         raise ValueError(f"unknown token mixer {name_or_cls!r}; expected one of {sorted(MIXERS)}") from None
 
 
-__all__ = ["Attention", "ConvGLU", "ConvProjectionAttention", "DclsMixer", "DeformMixer",
-           "DilatedReparamBlock", "DWConvMixer", "get_mixer", "GLMix", "GlobalLocalFilter", "GnConv", "GPSA",
-           "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "LSConv", "MIXERS", "OutlookAttention",
+__all__ = ["AggregatedAttention", "Attention", "ConvGLU", "ConvProjectionAttention", "DclsMixer",
+           "DeformMixer", "DilatedReparamBlock", "DWConvMixer", "get_mixer", "GLMix", "GlobalLocalFilter",
+           "GnConv", "GPSA", "HaloAttention", "IdentityMixer", "InceptionDWConv2d", "LengthScaledAttention",
+           "LSConv", "ManhattanRelPos", "ManhattanSelfAttention", "MIXERS", "OutlookAttention",
            "PartitionAttention", "Pooling", "RandomMixing", "RelPosWindowAttention", "ReparamLargeKernelConv",
            "SepConv", "SGConv2d", "SpatialMessagePassing", "TVConv", "WaveBlock"]
