@@ -46,10 +46,14 @@ def _official_logits(name: str, theirs: torch.nn.Module, x: torch.Tensor) -> tor
 
 # timm's ConViT builds its gated positional attention for square token grids only: its other size is square.
 _OTHER_SIZE = {"convit": (256, 256)}
+# HaloNets take multiples of 256 only (8x8 halo blocks on the stride-32 map) and default to 256.
+_SIZES = {"halonet": [(256, 256), (256, 512)]}
 
 
 def _parity_sizes(name):
     card = model_card(name)
+    if card.family in _SIZES:
+        return _SIZES[card.family]
     other = _OTHER_SIZE.get(card.family, (192, 256))
     small = card.params_m > PARITY_FULL_CAP_M
     return [(64, 96) if other[0] != other[1] else (64, 64)] if small else [(224, 224), other]
