@@ -1,6 +1,7 @@
 """The model zoo. Importing this package registers every family."""
 from . import convit  # noqa: F401  (importing a family file registers it)
 from . import convnext  # noqa: F401  (importing a family file registers it)
+from . import crossvit  # noqa: F401  (importing a family file registers it)
 from . import cvt  # noqa: F401  (importing a family file registers it)
 from . import glnet  # noqa: F401  (importing a family file registers it)
 from . import halonet  # noqa: F401  (importing a family file registers it)
