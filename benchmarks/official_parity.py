@@ -90,6 +90,11 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         for name, dims, heads, depth in [("cvt_13_224", [64, 192, 384], [1, 3, 6], [1, 2, 10]),
                                          ("cvt_21_224", [64, 192, 384], [1, 3, 6], [1, 4, 16])]
     }),
+    # official names carry the large branch's 224 / 384; timm's (ours) the small branch's 240 / 408
+    "crossvit": ("IBM/CrossViT", ["models/crossvit.py"], {
+        "crossvit_tiny_240": "crossvit_tiny_224()", "crossvit_9_dagger_240": "crossvit_9_dagger_224()",
+        "crossvit_15_dagger_408": "crossvit_15_dagger_384()",
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -98,7 +103,10 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
     "unireplknet": ["reparameterize_unireplknet"],
 }
 # inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW
-SIZES = {"replknet_xl": [(128, 128), (96, 160)]}
+SIZES = {"replknet_xl": [(128, 128), (96, 160)],
+         # the official CrossViT resizes any input to the branch sizes it was built for: compared at those
+         **{n: [(240, 240)] for n in ("crossvit_tiny_240", "crossvit_9_dagger_240")},
+         "crossvit_15_dagger_408": [(408, 408)]}
 
 
 def _git(path: Path, *args: str) -> str | None:
@@ -188,6 +196,12 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from timm.models.registry import register_model", "")
         src = src.replace("from .registry import register_model", "")  # CvT's own registry
         src = src.replace("from torch._six import container_abcs", "import collections.abc as container_abcs")
+        # CrossViT calls timm 0.3's Block(..., qk_scale=None, drop=p): the same block under timm 1.0's argument names
+        src = src.replace("from timm.models.vision_transformer import _cfg, Mlp, Block",
+                          "from timm.models.vision_transformer import _cfg, Mlp, Block as _Block\n"
+                          "def Block(qk_scale=None, drop=0., **kw):\n"
+                          "    assert qk_scale is None\n"
+                          "    return _Block(proj_drop=drop, **kw)")
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         (tmp / Path(rel).name).write_text(src)
     sys.path.insert(0, str(tmp))
