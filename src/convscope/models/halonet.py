@@ -285,7 +285,7 @@ def _block_sizes_at(arch: dict, hw: tuple[int, int]) -> dict:
 def _width_quantum(arch: dict, i: int) -> int:
     """Grouped 3x3 convs need the bottleneck width (width x ratio) to be a multiple of the group size."""
     gs = arch.get("group_size", 0)
-    return max(8, round(gs / arch["bottle_ratios"][i])) if gs else 8
+    return max(8, round(gs / arch.get("bottle_ratios", (0.25,) * len(arch["dims"]))[i])) if gs else 8
 
 
 _B, _A = "bottle", "attn"
