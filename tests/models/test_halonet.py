@@ -78,10 +78,12 @@ def test_bad_arguments_raise():
         HaloNet(depths=(2, 2, 2, 2), blocks=(("bottle",),) * 4)
     with pytest.raises(ValueError, match="act must be"):
         HaloNet(act="gelu")
-    with pytest.raises(ValueError, match="'bottle' or 'attn'"):
+    with pytest.raises(ValueError, match="'bottle', 'attn' or 'bot'"):
         HaloBlock("conv", 8, 8, 1, 1.0, torch.nn.ReLU)
     with pytest.raises(TypeError):
         HaloNet(window_size=7)
+    with pytest.raises(ValueError, match="needs img_size"):
+        HaloNet(blocks=(("bottle",) * 2, ("bottle",) * 2, ("bottle", "attn"), ("bot", "bot")))
 
 
 def test_block_sizes_follow_the_input_size():

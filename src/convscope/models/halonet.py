@@ -9,6 +9,8 @@ blocks -> an optional 1x1 conv-BN-act to `num_features` -> global average pool -
   channel attention (when the network has one) -> 1x1 conv-BN, plus the shortcut, then act;
 - "attn": 1x1 conv-BN-act -> halo attention (`layers.mixers.HaloAttention`, strided queries when the block
   opens a stride-2 stage) -> BN-act -> 1x1 conv-BN, plus the shortcut, then act.
+- "bot" (halo2botnet50ts only): as "attn" with BoTNet's global bottleneck attention
+  (`layers.mixers.BottleneckAttention`, 4 heads) on the last stage's 8x8 map, which fixes the input at 256x256.
 
 The shortcut is the identity, or a 1x1 conv-BN (with the block's stride) where the shape changes. Which blocks
 are attention blocks is given per stage (`blocks`), as byoanet's `interleave_blocks` lays them out. This is a
@@ -35,6 +37,7 @@ from torch import nn
 
 from ..layers import ClassifierHead, ConvBnAct, SqueezeExcite, checkpoint_seq, drop_path_or_identity, drop_path_rates
 from ..layers import make_divisible
+from ..layers.mixers.bottleneck_attention import BottleneckAttention
 from ..layers.mixers.halo_attention import HaloAttention
 from .base import ConvScopeModel
 from .features import feature_take_indices
@@ -85,10 +88,10 @@ class HaloBlock(nn.Module):
     def __init__(self, kind: str, in_chs: int, out_chs: int, stride: int, bottle_ratio: float,
                  act_layer: Callable[[], nn.Module], group_size: int = 0, attn_layer: str | None = None,
                  num_heads: int = 8, dim_head: int | None = None, block_size: int = 8, halo_size: int = 3,
-                 drop_path: float = 0.0) -> None:
+                 feat_size: tuple[int, int] | None = None, drop_path: float = 0.0) -> None:
         super().__init__()
-        if kind not in ("bottle", "attn"):
-            raise ValueError(f"block kind must be 'bottle' or 'attn'; got {kind!r}")
+        if kind not in ("bottle", "attn", "bot"):
+            raise ValueError(f"block kind must be 'bottle', 'attn' or 'bot'; got {kind!r}")
         mid = make_divisible(out_chs * bottle_ratio)
         if in_chs != out_chs or stride != 1:
             self.shortcut: nn.Module = ConvBnAct(in_chs, out_chs, 1, stride=stride)
@@ -100,8 +103,11 @@ class HaloBlock(nn.Module):
             self.conv2_kxk = ConvBnAct(mid, mid, 3, stride=stride, groups=groups, act_layer=act_layer)
             self.attn = channel_attention(attn_layer, mid)
         else:
-            self.self_attn = HaloAttention(mid, stride=stride, num_heads=num_heads, dim_head=dim_head,
-                                           block_size=block_size, halo_size=halo_size)
+            if kind == "bot":  # global attention over a fixed-size map (BoTNet), 4 heads as timm's default
+                self.self_attn: nn.Module = BottleneckAttention(mid, feat_size, stride=stride, num_heads=4)
+            else:
+                self.self_attn = HaloAttention(mid, stride=stride, num_heads=num_heads, dim_head=dim_head,
+                                               block_size=block_size, halo_size=halo_size)
             self.post_attn = BatchNormAct2d(mid, act_layer)
         self.conv3_1x1 = ConvBnAct(mid, out_chs, 1)
         self.drop_path = drop_path_or_identity(drop_path)
@@ -170,9 +176,13 @@ class HaloNet(ConvScopeModel):
                  group_size: int = 0, attn_layer: str | None = None, num_heads: Sequence[int] = (8, 8, 8, 8),
                  dim_head: int | None = None, block_sizes: Sequence[int | tuple[int, int]] = (8, 8, 8, 8),
                  halo_size: int = 3,
-                 num_features: int = 0, in_chans: int = 3, num_classes: int = 1000, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0) -> None:
+                 num_features: int = 0, img_size: int | None = None, in_chans: int = 3, num_classes: int = 1000,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        if any("bot" in pattern for pattern in blocks):
+            if img_size is None:
+                raise ValueError("bottleneck attention ('bot' blocks) needs img_size: it is built for one map size")
+            self.fixed_input_size = (img_size, img_size)
         n = len(depths)
         for arg, name in ((dims, "dims"), (blocks, "blocks"), (bottle_ratios, "bottle_ratios"), (strides, "strides"),
                           (num_heads, "num_heads"), (block_sizes, "block_sizes")):
@@ -193,13 +203,16 @@ class HaloNet(ConvScopeModel):
             for j, kind in enumerate(blocks[i]):
                 stride = strides[i] if j == 0 else 1
                 block_size = bs[0] if j == 0 else bs[1]
+                if kind == "bot" and stride != 1:
+                    raise ValueError("'bot' blocks are built at stride 1 here (halo2botnet's)")
                 if kind == "attn":  # the block's input map must be cut into whole blocks
                     multiple = math.lcm(multiple, block_size * reduction)
                 reduction *= stride
                 stage_blocks.append(HaloBlock(
                     kind, prev, dims[i], stride, bottle_ratios[i], act_layer, group_size=group_size,
                     attn_layer=attn_layer, num_heads=num_heads[i], dim_head=dim_head, block_size=block_size,
-                    halo_size=halo_size, drop_path=dpr[i][j]))
+                    halo_size=halo_size, drop_path=dpr[i][j],
+                    feat_size=(img_size // reduction,) * 2 if kind == "bot" else None))
                 prev = dims[i]
             stages.append(HaloStage(stage_blocks))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
@@ -279,7 +292,10 @@ def _block_sizes_at(arch: dict, hw: tuple[int, int]) -> dict:
         first = rest if pattern[0] != "attn" else first
         sizes.append(first if first == rest else (first, rest))
         reduction *= stride
-    return dict(block_sizes=tuple(sizes))
+    out = dict(block_sizes=tuple(sizes))
+    if any("bot" in pattern for pattern in arch["blocks"]):
+        out["img_size"] = hw[0]
+    return out
 
 
 def _width_quantum(arch: dict, i: int) -> int:
@@ -323,6 +339,11 @@ register_family(
             **_R50, blocks=((_B,) * 3, (_B, _B, _B, _A), (_B, _A) * 3, (_B, _A, _B)), act="silu",
             num_heads=(8, 4, 8, 8), halo_size=3,
             card=dict(params_m=22.73, macs_g=5.3, top1=81.64)),
+        "halo2botnet50ts_256": variant(
+            **_R50, blocks=((_B,) * 3, (_B, _A) * 2, (_B, _A) * 3, (_B, "bot", _B)), act="silu", stem_pool=False,
+            halo_size=3, img_size=256,
+            card=dict(params_m=22.64, macs_g=5.02, top1=82.084, crop_pct=0.95,
+                      notes="fixed input size: the last stage's bottleneck attention is built for the 8x8 map")),
         "eca_halonext26ts": variant(
             **_R26, blocks=((_B, _B), (_B, _B), (_B, _A), (_A, _A)), group_size=16, act="silu", attn_layer="eca",
             halo_size=2, dim_head=16,
