@@ -315,7 +315,7 @@ _R26 = dict(depths=(2, 2, 2, 2), dims=(256, 512, 1024, 2048))
 register_family(
     "halonet", HaloNet,
     paper=Paper("Scaling Local Self-Attention for Parameter Efficient Visual Backbones", "2103.12731",
-                "google-research/google-research"),
+                _TIMM_REPO),  # the paper released no code: timm is the reference
     spec=ArchSpec(depths="depths", widths="dims", per_block=("blocks",), width_quantum=_width_quantum,
                   input_multiple=32, at_input_size=_block_sizes_at),
     timm=True, card=dict(input_size=(3, 256, 256), crop_pct=0.94, repo=_TIMM_REPO, source=_SRC),
