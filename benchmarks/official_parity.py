@@ -119,6 +119,11 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         "transnext_micro": "transnext_micro()", "transnext_tiny": "transnext_tiny()",
         "transnext_small_384": "transnext_small(img_size=384, pretrain_size=224)",
     }),
+    # official names carry the large branch's 224 / 384; timm's (ours) the small branch's 240 / 408
+    "crossvit": ("IBM/CrossViT", ["models/crossvit.py"], {
+        "crossvit_tiny_240": "crossvit_tiny_224()", "crossvit_9_dagger_240": "crossvit_9_dagger_224()",
+        "crossvit_15_dagger_408": "crossvit_15_dagger_384()",
+    }),
 }
 
 # family -> official re-parameterisation steps, each applied on top of the previous ones and checked
@@ -130,6 +135,9 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
 # biases fit a 4x4 stage-4 map only (inputs of 193-256 pixels a side); the official BiFormers (auto_pad=False) take
 # sides that are multiples of 112 only
 SIZES = {"replknet_xl": [(128, 128), (96, 160)], "transnext_small_384": [(384, 384)],
+         # the official CrossViT resizes any input to the branch sizes it was built for: compared at those
+         **{n: [(240, 240)] for n in ("crossvit_tiny_240", "crossvit_9_dagger_240")},
+         "crossvit_15_dagger_408": [(408, 408)],
          "wavemix_256_16_l4": [(256, 256), (192, 320)]} | {f"lsnet_{v}": [(224, 224), (256, 208)] for v in "tsb"} | {
     f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base", "stl")}
 
@@ -285,6 +293,12 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from einops import einsum", "")  # RMT: unused
         src = src.replace("import pkg_resources", "")  # TransNeXt: only to look for its CUDA extension,
         src = src.replace("if is_installed('swattention'):", "if False:")  # whose native twin is the reference
+        # CrossViT calls timm 0.3's Block(..., qk_scale=None, drop=p): the same block under timm 1.0's argument names
+        src = src.replace("from timm.models.vision_transformer import _cfg, Mlp, Block",
+                          "from timm.models.vision_transformer import _cfg, Mlp, Block as _Block\n"
+                          "def Block(qk_scale=None, drop=0., **kw):\n"
+                          "    assert qk_scale is None\n"
+                          "    return _Block(proj_drop=drop, **kw)")
         src = re.sub(r"^@register_model\s*$", "", src, flags=re.M)
         src = src.replace("from wavemix import", "from wavemix_init import")  # WaveMix's package __init__
         src = src.replace("from numpy.lib.function_base import hamming", "")  # unused; gone in numpy 2

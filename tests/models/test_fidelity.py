@@ -48,27 +48,39 @@ def _official_logits(name: str, theirs: torch.nn.Module, x: torch.Tensor) -> tor
 
 # timm's ConViT builds its gated positional attention for square token grids only: its other size is square.
 _OTHER_SIZE = {"convit": (256, 256)}
+# HaloNets take multiples of 256 only (8x8 halo blocks on the stride-32 map) and default to 256.
+_SIZES = {"halonet": [(256, 256), (256, 512)]}
 
 
 def _parity_sizes(name):
     card = model_card(name)
-    other = _OTHER_SIZE.get(card.family, (192, 256))
+    if card.family in _SIZES:
+        return _SIZES[card.family]
     small = card.params_m > PARITY_FULL_CAP_M
+    if card.family == "crossvit":  # sides multiples of 120 (204 for the 408 models): the default and half of it
+        h = card.input_size[1]
+        return [(h // 2, h)] if small else [(h, h), (h // 2, h)]
+    other = _OTHER_SIZE.get(card.family, (192, 256))
     return [(64, 96) if other[0] != other[1] else (64, 64)] if small else [(224, 224), other]
 
 
 def _timm_at_size(timm, name: str, theirs: torch.nn.Module, size: tuple[int, int]) -> torch.nn.Module:
     """timm's model for an input size: itself where it takes any size; for the token models whose timm builds are
-    fixed-size (a position embedding for one grid, a size check in the patch embedding), timm's model built for
+    fixed-size (CrossViT: resized to the built branch sizes) (a position embedding for one grid, a size check in the patch embedding), timm's model built for
     `size` holding the same weights with the position embedding resampled by timm's own resampling function
     (bicubic, antialiased), which is what ours does at run time."""
     family = model_card(name).family
-    if family not in ("volo", "convit") or tuple(size) == tuple(theirs.pretrained_cfg["input_size"][1:]):
+    if family not in ("volo", "convit", "crossvit") or tuple(size) == tuple(theirs.pretrained_cfg["input_size"][1:]):
         return theirs
     from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc
     sd = dict(theirs.state_dict())
     ref = timm.create_model(model_card(name).timm_name, img_size=size, device="meta")
-    if family == "volo":
+    if family == "crossvit":  # timm resizes any input to the branch sizes it was built for: build it for `size`
+        for b, (old, new) in enumerate(zip(theirs.patch_embed, ref.patch_embed)):
+            sd[f"pos_embed_{b}"] = resample_abs_pos_embed(
+                sd[f"pos_embed_{b}"], [new.img_size[0] // new.patch_size[0], new.img_size[1] // new.patch_size[1]],
+                old_size=[old.img_size[0] // old.patch_size[0], old.img_size[1] // old.patch_size[1]])
+    elif family == "volo":
         sd["pos_embed"] = resample_abs_pos_embed_nhwc(sd["pos_embed"], [size[0] // 16, size[1] // 16])
     else:
         sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], [size[0] // 16, size[1] // 16], num_prefix_tokens=0)
