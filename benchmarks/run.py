@@ -44,6 +44,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "engine_overhead": Benchmark(
         "training images/s of the convscope.train engine vs a bare PyTorch loop on the same model and data",
         "~4 min", ("engine_overhead.md", "engine_overhead.json"), "--rounds 9 --steps 30 --threads 1"),
+    "hybrid_latency": Benchmark(
+        "eager latency of convscope's conv/attention hybrids (MaxViT, VOLO, ConViT, CrossViT, HaloNet, CvT) vs "
+        "timm / transformers with the same weights, batch 1 and 8, as ratios measured alternately in one run",
+        "~5 min", ("hybrid_latency.md",), "--threads 1 --repeats 9 --out benchmarks/results/hybrid_latency.md",
+        "timm, transformers and pytest (`make install-test`)"),
     "macs_fidelity": Benchmark(
         "counted vs official MACs of every registered variant (meta device; no timing)",
         "<1 min", ("macs_fidelity.md",), "--out benchmarks/results/macs_fidelity.md"),

@@ -11,10 +11,9 @@ Fashion-MNIST resized to 32x32 (maps of 8, 4, 2, 1; `create_model("mixer_bench_t
 Mixer options are chosen per mixer for those map sizes and listed in `MIXER_OPTIONS`. TVConv's per-position
 kernels fix the input size (`input_size`, default 64).
 
-Mixers still to plug in (other operators of the same issue, added in parallel): LSNet's LS conv and the Haar-DWT
-(WaveMix) mixer. Once they are registered in `convscope.layers.mixers.MIXERS`, add a `MIXER_OPTIONS` entry (if it
-needs options) and one literal variant line `"mixer_bench_<name>": variant(mixer="<name>", card=_card(P))`
-below, with P its counted parameters (`convscope info mixer_bench_<name>`); `bench-mixers` picks up every variant.
+A new mixer joins with a `MIXER_OPTIONS` entry (if it needs options) and one literal variant line
+`"mixer_bench_<name>": variant(mixer="<name>", card=_card(P))` below, with P its counted parameters
+(`convscope info mixer_bench_<name>`); `bench-mixers` picks up every variant.
 """
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ MIXER_OPTIONS: dict[str, Any] = {
     "dcls": dict(kernel_count=16, dilated_kernel_size=9),  # 16 taps (48 params, ~ a 7x7) in a 9x9 window
     "deform": dict(kernel_size=3, modulated=True),     # depthwise DCNv2
     "sgconv2d": dict(kernel_dim=4, n_scales=3),        # a 16x16 structured kernel
+    "wavemix": dict(level=1, mult=1, dropout=0.0),     # one Haar level: the maps are 8x8 at most
 }
 
 
@@ -94,4 +94,6 @@ register_family(
         "mixer_bench_deform": variant(mixer="deform", card=_card(2.2892)),
         "mixer_bench_sgconv2d": variant(mixer="sgconv2d", card=_card(2.0932)),
         "mixer_bench_attention": variant(mixer="attention", card=_card(2.7425)),
+        "mixer_bench_lsconv": variant(mixer="lsconv", card=_card(2.3062)),
+        "mixer_bench_wavemix": variant(mixer="wavemix", card=_card(5.2281)),
     })
