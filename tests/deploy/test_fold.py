@@ -52,7 +52,10 @@ def test_prepare_leaves_models_without_anything_to_fold_as_they_are(name):
 
 @pytest.mark.parametrize("name", [n for n in smallest_per_family() if _changes(n)])
 def test_prepare_for_inference_equal_outputs(name):
-    model = _well_conditioned(random_model(name, seed=3))
+    # RepLKNet's smallest variant has 79M parameters; one block per stage at narrow widths keeps every kind of
+    # fold (its head BatchNorm through global pooling included) at a fraction of the cost
+    kwargs = dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128)) if name.startswith("replknet") else {}
+    model = _well_conditioned(random_model(name, seed=3, **kwargs))
     h, w = (32, 64) if model.fixed_input_size is None and max(model.min_input_size) <= 32 else input_size_for(model)
     x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
