@@ -9,7 +9,6 @@ ONNX needs the `deploy` extra: `pip install "convscope[deploy]"` (onnx, onnxrunt
 """
 from __future__ import annotations
 
-import io
 import time
 import traceback
 import warnings
@@ -41,40 +40,38 @@ def export_program(model: nn.Module, x: torch.Tensor) -> torch.export.ExportedPr
         return torch.export.export(model.eval(), (x,), strict=False)
 
 
-def export_onnx(model: nn.Module, x: torch.Tensor, path: str | Path | None = None, *, opset: int = 18) -> bytes:
-    """The ONNX model of `model` at the shape of `x` (torch.onnx.export, dynamo path), written to `path` if
-    given; returns its bytes."""
+def export_onnx(model: nn.Module, x: torch.Tensor, path: str | Path, *, opset: int = 18) -> Path:
+    """Write the ONNX model of `model` at the shape of `x` to `path` (torch.onnx.export, dynamo path); models over
+    the 2 GB protobuf limit keep their weights in external data files beside it."""
     _require_onnx()
     import logging
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8 * 2 ** 30
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model.eval(), (x,), dynamo=True, opset_version=opset, verbose=False,
                                     optimize=True)
-    buf = io.BytesIO()
-    program.save(buf) if hasattr(program, "save") else None
-    data = buf.getvalue()
-    if path is not None:
-        from ..files import atomic_write_bytes
-        atomic_write_bytes(path, data)
-    return data
+        program.save(str(path), external_data=big)
+    return path
 
 
-def run_onnx(onnx_bytes: bytes, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+def run_onnx(path: str | Path, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
     ort = _require_onnx()
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     return torch.from_numpy(out)
 
 
-def check_onnx(model: nn.Module, onnx_bytes: bytes, x: torch.Tensor) -> float:
+def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor) -> float:
     """max |onnxruntime - PyTorch| / max |PyTorch| on `x`."""
     with torch.no_grad():
         want = model.eval()(x)
-    got = run_onnx(onnx_bytes, x)
+    got = run_onnx(path, x)
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
 
@@ -158,9 +155,11 @@ def export_check(name: str, *, batch: int = 1, size: tuple[int, int] | None = No
     except Exception as e:  # noqa: BLE001 - every failure is recorded with its reason
         r.torch_export_error = _reason(e)
     try:
-        data = export_onnx(model, x)
-        r.onnx_mb = len(data) / 2 ** 20
-        r.onnx_rel_err = check_onnx(model, data, x)
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(model, x, Path(tmp) / f"{name}.onnx")
+            r.onnx_mb = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2 ** 20
+            r.onnx_rel_err = check_onnx(model, path, x)
         if not r.onnx_rel_err <= ONNX_TOL:
             raise AssertionError(f"onnxruntime output differs from PyTorch by {r.onnx_rel_err:.2e} (bar {ONNX_TOL})")
         r.onnx = True
