@@ -121,7 +121,7 @@ def eval_loader(info: dict[str, Any], data: str, batch: int, limit: int | None, 
     if meta is None:
         raise ValueError("--data needs a trained checkpoint (its classes and preprocessing); a bare model name has "
                          "neither")
-    from ..train.datasets import FASHION_MNIST_CLASSES, ImageFolder, fashion_mnist, is_idx_dir, repeat_channels
+    from ..train.datasets import ImageFolder, fashion_mnist, is_idx_dir, repeat_channels
     from ..train.loaders import Loader
     from ..train.transforms import EvalTransform
     path = Path(data)

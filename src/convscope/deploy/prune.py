@@ -107,7 +107,8 @@ def magnitude_scores(model: nn.Module, groups: list[HiddenGroup]) -> list[torch.
     return scores
 
 
-def taylor_scores(model: nn.Module, groups: list[HiddenGroup], loader: Iterable, batches: int = 4) -> list[torch.Tensor]:
+def taylor_scores(model: nn.Module, groups: list[HiddenGroup], loader: Iterable,
+                  batches: int = 4) -> list[torch.Tensor]:
     """First-order Taylor importance: sum over positions and batches of |a * dL/da| at the consumer's input."""
     acts: dict[int, torch.Tensor] = {}
     scores = [torch.zeros(_width(g.modules(model)[1])) for g in groups]

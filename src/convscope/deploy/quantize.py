@@ -342,7 +342,7 @@ def qat_int8(model: nn.Module, train_loader: Iterable, example_input: torch.Tens
     return Quantized(converted, report, tuple(example_input.shape))
 
 
-def save_int8(q: Quantized, path) -> "Path":
+def save_int8(q: Quantized, path):
     """Write the quantised model as a torch.export program (.pt2): int8 weights on disk, loadable without convscope
     by `torch.export.load(path).module()`."""
     from pathlib import Path
