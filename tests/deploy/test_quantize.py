@@ -79,3 +79,18 @@ def test_qat_fine_tunes_and_converts():
     assert "QAT (2 steps)" in q.report.method and q.report.weight_ratio == 4.0
     with torch.no_grad():
         assert q.module(data[0][0]).shape == (2, 4)
+
+
+def test_optimizer_int8_forms_ptq_and_qat(monkeypatch):
+    """build_form's int8 paths (PTQ on unlabelled batches, QAT on labelled ones), without the Inductor compile."""
+    from convscope.deploy.optimize import Form, build_form
+    monkeypatch.setattr(quantize, "compile_int8", lambda m: m)
+    model = convscope.create_model("convnext_atto", num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    run, info = build_form(model, Form(dtype="int8", compile=True, prepare=True), x)
+    assert run(x).shape == (2, 4) and info["quant_report"].weight_ratio == 4.0
+    g = torch.Generator().manual_seed(0)
+    labelled = [(torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 4, (2,), generator=g)) for _ in range(2)]
+    run, info = build_form(model, Form(dtype="int8", compile=True, prepare=True, qat_steps=2), x, labelled)
+    assert run(x).shape == (2, 4) and "QAT (2 steps)" in info["quant_report"].method
+    assert "QAT 2 steps" in Form(dtype="int8", qat_steps=2).describe()

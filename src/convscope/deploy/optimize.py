@@ -46,10 +46,12 @@ class Form:
     dtype: str = "fp32"  # fp32 | bf16 (autocast) | int8 (PT2E, compiled)
     compile: bool = False
     threads: int = 1
+    qat_steps: int = 0  # int8 only: quantisation-aware fine-tuning steps before converting (0: PTQ)
 
     def describe(self) -> str:
         parts = ["prepared" if self.prepare else "as trained"] + ["channels_last"] * self.channels_last
-        parts += [self.dtype + (" autocast" if self.dtype == "bf16" else "")]
+        parts += [self.dtype + (" autocast" if self.dtype == "bf16" else "") +
+                  (f" QAT {self.qat_steps} steps" if self.qat_steps else "")]
         parts += ["torch.compile"] * (self.compile and self.dtype != "int8") + [f"{self.threads} thr"]
         return ", ".join(parts)
 
@@ -162,8 +164,16 @@ def build_form(model: nn.Module, form: Form, example: torch.Tensor,
         warnings.filterwarnings("ignore", message="To copy construct from a tensor")
         calib = calibration if calibration is not None else \
             [torch.randn(example.shape, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-        calib = ((_pad(b[0] if isinstance(b, (tuple, list)) else b, example.shape[0])) for b in calib)
-        q = quantize_int8(m, calib, example, num_batches=calibration_batches)
+        if form.qat_steps:
+            from .quantize import qat_int8
+            labelled = [b for b in calib if isinstance(b, (tuple, list)) and len(b) == 2]
+            if not labelled:
+                raise ValueError("QAT needs labelled batches (--data)")
+            q = qat_int8(m, labelled, _pad(labelled[0][0], example.shape[0]), steps=form.qat_steps,
+                         calibration=[b[0] for b in labelled[:calibration_batches]])
+        else:
+            calib = ((_pad(b[0] if isinstance(b, (tuple, list)) else b, example.shape[0])) for b in calib)
+            q = quantize_int8(m, calib, example, num_batches=calibration_batches)
         info.update(quant_report=q.report, quantized=q)
         fn = compile_int8(q.module)
 
@@ -256,8 +266,11 @@ class OptimizeResult:
 
 def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = STEPS, loader: Iterable | None = None,
              calibration: Iterable | None = None, max_drop: float = 1.0, min_gain: float = 1.03,
-             max_threads: int | None = None, repeats: int = 10, log: Callable[[str], None] = print) -> OptimizeResult:
-    """Greedy search over `steps` (see the module docstring); returns every measurement and the best form."""
+             max_threads: int | None = None, repeats: int = 10, qat_steps: int = 100,
+             log: Callable[[str], None] = print) -> OptimizeResult:
+    """Greedy search over `steps` (see the module docstring); returns every measurement and the best form. When
+    int8 PTQ loses more than `max_drop` and the calibration batches are labelled, int8 with `qat_steps` steps of
+    quantisation-aware fine-tuning is tried next."""
     unknown = set(steps) - set(STEPS)
     if unknown:
         raise ValueError(f"unknown optimize steps {sorted(unknown)}; expected some of {STEPS}")
@@ -307,8 +320,12 @@ def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = ST
         before = best
         tried = []
         why = "no candidate was faster"
+        cands = list(cands)
         for c in cands:
             m, i = run(c)
+            over = m.top1 is not None and baseline.top1 is not None and baseline.top1 - m.top1 > max_drop
+            if over and c.dtype == "int8" and not c.qat_steps and qat_steps and calibration is not None:
+                cands.append(replace(c, qat_steps=qat_steps))  # PTQ lost too much: fine-tune with fake quant
             tried.append(m)
             drop = None if m.top1 is None or baseline.top1 is None else baseline.top1 - m.top1
             if drop is not None and drop > max_drop:
