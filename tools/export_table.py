@@ -64,9 +64,12 @@ def render(rows: dict[str, list[str]]) -> str:
     import torch
     names = sorted(rows)
     ok = sum(rows[n][1] == "yes" and rows[n][2] == "yes" for n in names)
+    not_run = sum(rows[n][1] == "not run" for n in names)
     table = markdown_table(HEADERS, [rows[n] for n in names])
-    return (f"{INTRO}{ok} of {len(names)} models export both ways (torch {torch.__version__}, "
-            f"{cpu_isa()['summary']}).\n\n{BEGIN}\n{table}\n{END}\n")
+    tried = len(names) - not_run
+    pending = f" {not_run} models are not run yet (see their rows)." if not_run else ""
+    return (f"{INTRO}{ok} of the {tried} models tried export both ways (torch {torch.__version__}, "
+            f"{cpu_isa()['summary']}).{pending}\n\n{BEGIN}\n{table}\n{END}\n")
 
 
 def main() -> int:
@@ -75,6 +78,11 @@ def main() -> int:
     p.add_argument("--redo", action="store_true", help="try models that already have a row again")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--merge", nargs="*", default=[], metavar="FILE",
+                   help="take the rows of these tables (runs of this script over other --models) and write the "
+                        "table without trying any model")
+    p.add_argument("--mark-missing", action="store_true",
+                   help="with --merge: give each registered model without a row one that says it was not run")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import torch
@@ -83,6 +91,18 @@ def main() -> int:
     from convscope.models import create_model, list_models
     out = Path(args.out)
     rows = read_rows(out.read_text()) if out.exists() else {}
+    if args.merge:
+        for f in args.merge:
+            rows.update(read_rows(Path(f).read_text()))
+        if args.mark_missing:
+            for name in list_models():
+                rows.setdefault(name, [f"`{name}`", "not run", "not run", "-", "-",
+                                       "not run yet: the generator was stopped before this model; run "
+                                       "`python tools/export_table.py` to fill the row"])
+        rows = {k: v for k, v in rows.items() if k in set(list_models())}
+        atomic_write_text(out, render(rows))
+        print(f"wrote {out} ({len(rows)} rows)")
+        return 0
     for name in list_models():
         if not fnmatch.fnmatch(name, args.models) or (name in rows and not args.redo):
             continue
