@@ -38,6 +38,14 @@ BENCHMARKS: dict[str, Benchmark] = {
         "training images/s with the loader in the main process or a worker",
         "~2 min", ("data_loading.md", "data_loading.json"), "--rounds 3",
         "Fashion-MNIST idx files (`make data`, or `--data DIR`)"),
+    "deploy_speed": Benchmark(
+        "inference time of ConvNeXt-T, InceptionNeXt-T, CAFormer-S18 and UniRepLKNet-T, batch 1 and 8: timm eager "
+        "fp32 and bf16, convscope eager fp32 and after each deploy step (fold/reparam, channels_last, bf16, "
+        "torch.compile, int8), as ratios to timm eager, with the CPU's ISA; the optimised form's layer waterline",
+        "~40 min per model", ("deploy_speed.md", "deploy_speed.json"),
+        "--models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t --batches 1,8 --threads 1 "
+        "--waterline --out benchmarks/results/deploy_speed",
+        "timm and pytest (`make install-test`), torchao for int8 (the `deploy` extra)"),
     "dwconv_layout": Benchmark(
         "depthwise conv time for kernels 3-31, NCHW vs channels-last, and the oneDNN kernel picked for each",
         "~2 min", ("dwconv_layout.md",), "--out benchmarks/results/dwconv_layout.md"),

@@ -145,6 +145,7 @@ def main() -> int:
 
     size = (cfg.batch_size, result.meta["in_chans"], *result.meta["input_size"])
     profile_trained(result.model, size, cfg.threads, args.report)
+    optimize_trained(cfg.out, cfg.batch_size, args.smoke)  # the deploy step (convscope.deploy), last
     return 0 if ok_acc or args.smoke else 1
 
 
@@ -164,6 +165,33 @@ def profile_trained(model: torch.nn.Module, input_size: tuple[int, ...], threads
 
     path = write_report(profile_report(prof, command="make demo"), report)
     print(f"\nwrote {path} (roofline and efficiency-gap charts, every layer's time, bound and efficiency)")
+
+
+# -- deploy step (convscope.deploy): optimise the trained model for inference on this machine --------------------------
+def optimize_trained(run_dir: str, batch: int, smoke: bool) -> None:
+    """`convscope optimize RUN_DIR --data fashion-mnist --batch N --max-drop 1.0`: every form that can help here,
+    measured, the fastest within one top-1 point written with its recipe (the smoke run tries the exact steps only).
+    """
+    import itertools
+
+    from convscope.deploy.optimize import eval_loader, load_source, optimize, write_result
+    from convscope.deploy.quantize import available
+
+    steps = ("prepare", "channels_last") if smoke else \
+        ("prepare", "channels_last", "bf16", "compile") + (("int8",) if available() else ()) + ("threads",)
+    model, src = load_source(run_dir)
+    size = (batch, *src["chw"])
+    loader = list(eval_loader(src, "fashion-mnist", batch, 256 if smoke else 2000))
+    calibration = list(itertools.islice(eval_loader(src, "fashion-mnist", batch, 8 * batch, split="train"), 8))
+    print(f"\ndeploy: optimising the trained model at {'x'.join(map(str, size))} (top-1 on "
+          f"{sum(len(y) for _, y in loader)} test images, budget 1 point; steps {', '.join(steps)})")
+    result = optimize(model, size, steps=steps, loader=loader, calibration=calibration, max_drop=1.0,
+                      repeats=3 if smoke else 10)
+    best, base = result.best, result.baseline
+    out = os.path.join(run_dir, "optimized")
+    path, _ = write_result(result, out, run_dir, size, "fashion-mnist")
+    print(f"\nfastest within the budget: {best.form.describe()}, {base.median_ms / best.median_ms:.2f}x the eager "
+          f"fp32 model, top-1 {best.top1:.2f} (fp32 {base.top1:.2f}); recipe {path} (convscope deploy {path})")
 
 
 if __name__ == "__main__":

@@ -248,6 +248,108 @@ def _cmd_bench_mixers(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- deployment (convscope.deploy) ------------------------------------------------------------------------------------
+def _deploy_size(args: argparse.Namespace, chw: tuple[int, ...]) -> tuple[int, int, int, int]:
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1; got {args.batch}")
+    c, h, w = chw
+    if getattr(args, "size", None):
+        parts = args.size.lower().split("x")
+        if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--size must be a positive integer or HxW (e.g. 224 or 224x288); got {args.size!r}")
+        h, w = int(parts[0]), int(parts[-1])
+    return args.batch, c, h, w
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    import itertools
+
+    from .deploy.optimize import STEPS, eval_loader, load_source, optimize, write_result
+    from .deploy.quantize import EXTRA_HINT, available
+    steps = tuple(s.strip() for s in args.steps.split(",") if s.strip()) if args.steps else STEPS
+    if set(steps) - set(STEPS):
+        raise ValueError(f"--steps must be some of {','.join(STEPS)}; got {args.steps!r}")
+    if args.max_drop < 0:
+        raise ValueError(f"--max-drop must be >= 0; got {args.max_drop}")
+    if "int8" in steps and not available():
+        print(f"note: {EXTRA_HINT}; the int8 step is skipped", file=sys.stderr)
+    model, src = load_source(args.source)
+    size = _deploy_size(args, src["chw"])
+    loader = calibration = None
+    if args.data:
+        loader = list(eval_loader(src, args.data, size[0], args.limit))
+        calibration = list(itertools.islice(eval_loader(src, args.data, size[0], 8 * size[0], split="train"), 8))
+    print(f"optimising {args.source} at {'x'.join(map(str, size))}" +
+          (f", top-1 on {args.data} ({sum(len(y) for _, y in loader)} images), budget {args.max_drop} pt"
+           if loader else ", no --data: accuracy is not measured (output difference on random inputs instead)"))
+    result = optimize(model, size, steps=steps, loader=loader, calibration=calibration, max_drop=args.max_drop,
+                      max_threads=args.max_threads, repeats=args.repeats)
+    b, base = result.best, result.baseline
+    print(f"\nfastest form within the budget: {b.form.describe()}: {b.median_ms:.2f} ms "
+          f"({b.throughput:.1f} items/s), {base.median_ms / b.median_ms:.2f}x the eager fp32 model" +
+          (f"; top-1 {b.top1:.2f} (eager fp32 {base.top1:.2f})" if b.top1 is not None else ""))
+    if "quant_report" in result.info:
+        print(result.info["quant_report"].summary())
+    path, _ = write_result(result, args.out, args.source, size, args.data)
+    print(f"wrote {path} and the model beside it; reproduce with: convscope deploy {path}")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from .analysis.timing import measure
+    from .deploy.optimize import Recipe, apply_recipe
+    recipe = Recipe.load(args.recipe)
+    if args.source:
+        recipe.source = args.source
+    if recipe.form.get("dtype") == "int8":
+        from .deploy.quantize import EXTRA_HINT, available
+        if not available():
+            raise ValueError(f"this recipe is int8: {EXTRA_HINT}")
+    run, info, _, _ = apply_recipe(recipe, data=args.data)
+    x = torch.randn(*recipe.input_size)
+    run(x)
+    stats = measure(lambda: run(x), warmup=2, repeats=args.repeats)
+    from .deploy.optimize import Form
+    print(f"{recipe.source}: {Form(**recipe.form).describe()} at {'x'.join(map(str, recipe.input_size))}: "
+          f"{stats.median_s * 1e3:.2f} ms ({recipe.input_size[0] / stats.median_s:.1f} items/s); the recipe "
+          f"measured {recipe.measured.get('median_ms', float('nan')):.2f} ms on {recipe.machine.get('isa', '?')}")
+    if args.out:
+        from pathlib import Path
+        out = Path(args.out)
+        if "quantized" in info:
+            from .deploy.quantize import save_int8
+            print(f"wrote {save_int8(info['quantized'], out / 'model.pt2')}")
+        else:
+            from .models import save_weights
+            print(f"wrote {save_weights(info['module'], out / 'model.safetensors')}")
+    return 0
+
+
+def _add_deploy_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    sp = add("optimize", _cmd_optimize, "try the inference forms that can help on this machine (fold/reparam, "
+             "channels_last, bf16, torch.compile, int8, threads), measure each, write the fastest within the "
+             "accuracy budget and a recipe")
+    sp.add_argument("source", metavar="MODEL|CHECKPOINT", help="a registered model name or a trained checkpoint")
+    sp.add_argument("--batch", type=int, default=1)
+    sp.add_argument("--size", default=None, help="input size, 224 or HxW (default: the card's / checkpoint's)")
+    sp.add_argument("--data", default=None, help="evaluation data for top-1 (needs a checkpoint): fashion-mnist, "
+                    "an idx directory or an image folder; its train split calibrates int8")
+    sp.add_argument("--limit", type=int, default=2000, help="evaluate on the first N images (default 2000)")
+    sp.add_argument("--max-drop", type=float, default=1.0, help="top-1 points a step may lose (default 1.0)")
+    sp.add_argument("--steps", default=None, help="comma-separated subset of the steps, in order "
+                    "(default: prepare,channels_last,bf16,compile,int8,threads)")
+    sp.add_argument("--max-threads", type=int, default=None, help="largest thread count tried (default: cores)")
+    sp.add_argument("--repeats", type=int, default=10, help="timed runs per form (medians are reported)")
+    sp.add_argument("--out", default="out/optimized", help="directory for recipe.json and the model")
+
+    sp = add("deploy", _cmd_deploy, "apply a recipe written by optimize: rebuild the form, time it, write it")
+    sp.add_argument("recipe", help="recipe.json from convscope optimize")
+    sp.add_argument("--source", default=None, help="another model name or checkpoint than the recipe's")
+    sp.add_argument("--data", default=None, help="calibration data for int8 (default: the recipe's)")
+    sp.add_argument("--repeats", type=int, default=10)
+    sp.add_argument("--out", default=None, help="directory to write the model into")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="convscope", description="Modern ConvNets: model zoo, efficiency lab, "
                                 "training and deployment.")
@@ -342,6 +444,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--latency-batch", type=int, default=1)
     sp.add_argument("--repeats", type=int, default=20, help="timed runs per latency (median reported)")
     sp.add_argument("--out", default="runs/mixer_bench", help="directory for mixer_bench.md/.json/.png")
+    _add_deploy_commands(add)
     return p
 
 

@@ -34,6 +34,9 @@ class UniRepLKNetBlock(nn.Module):
     The MLP runs channels-last (Linear layers); GRN has a bias; the SE block reduces to C/4 with ReLU and sigmoid.
     """
 
+    # the MLP's hidden channels for structured pruning (convscope.deploy.prune): producer, followers, consumer
+    prune_hidden = ("pwconv1", ("act", "grn"), "pwconv2")
+
     def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0, ls_init_value: float | None = 1e-6,
                  mlp_ratio: float = 4) -> None:
         super().__init__()

@@ -1,0 +1,386 @@
+"""The deploy optimiser: try the forms that can make a model faster on this machine, measure each, keep the fastest
+within an accuracy budget, and write it with a JSON recipe that reproduces it.
+
+Steps, in order, each tried on top of the best form so far (greedy) and kept only when it is faster (by more than
+`min_gain`) and loses no more than `max_drop` top-1 points on the evaluation data:
+
+    prepare        re-parameterisation + BatchNorm folding (exact)
+    channels_last  NHWC memory format for model and input
+    bf16           bf16 autocast (pays with AMX or AVX512-BF16; measured, never assumed)
+    compile        torch.compile (Inductor)
+    int8           PT2E int8 (torchao x86 Inductor quantizer), calibrated, compiled; replaces bf16
+    threads        every intra-op thread count from 1 to the cores this process may use
+
+Each measurement: median latency and throughput at the batch size (convscope.analysis.timing.measure), the peak
+extra memory of a step, and top-1 on the data (when given; otherwise the largest relative output difference from
+the fp32 eager model on random inputs). `Recipe` is the JSON form: the model source, the input, and the chosen
+settings; `apply_recipe` rebuilds the form from it (the `convscope deploy` command).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..utils import text_table, threads_set
+from .fold import prepare_for_inference_
+from .machine import cpu_isa
+
+STEPS = ("prepare", "channels_last", "bf16", "compile", "int8", "threads")
+
+
+@dataclass(frozen=True)
+class Form:
+    """The settings of one deploy form."""
+
+    prepare: bool = False
+    channels_last: bool = False
+    dtype: str = "fp32"  # fp32 | bf16 (autocast) | int8 (PT2E, compiled)
+    compile: bool = False
+    threads: int = 1
+    qat_steps: int = 0  # int8 only: quantisation-aware fine-tuning steps before converting (0: PTQ)
+
+    def describe(self) -> str:
+        parts = ["prepared" if self.prepare else "as trained"] + ["channels_last"] * self.channels_last
+        parts += [self.dtype + (" autocast" if self.dtype == "bf16" else "") +
+                  (f" QAT {self.qat_steps} steps" if self.qat_steps else "")]
+        parts += ["torch.compile"] * (self.compile and self.dtype != "int8") + [f"{self.threads} thr"]
+        return ", ".join(parts)
+
+
+@dataclass
+class Measurement:
+    form: Form
+    median_ms: float
+    throughput: float
+    peak_mib: float | None
+    top1: float | None = None
+    out_rel_err: float | None = None
+    build_s: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class Recipe:
+    """What `convscope deploy` needs to rebuild a form: the source (a model name or a checkpoint), the input, the
+    settings, and what the optimiser measured for it on which machine."""
+
+    source: str
+    input_size: tuple[int, int, int, int]
+    form: dict[str, Any]
+    data: str | None = None
+    calibration_batches: int = 8
+    measured: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Recipe":
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no recipe at {p}")
+        try:
+            d = json.loads(p.read_text())
+            d["input_size"] = tuple(d["input_size"])
+            unknown = set(d["form"]) - set(Form.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"unknown form settings {sorted(unknown)}")
+            return cls(**d)
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p} is not a deploy recipe: {e}") from None
+
+
+# -- the model, its data ---------------------------------------------------------------------------------------------
+def load_source(source: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A registered model name (random init) or a trained checkpoint (weights file or run directory):
+    (eval-mode model, {input_size: (C, H, W), checkpoint meta if any})."""
+    from ..models import create_model, list_models
+    if source in list_models():
+        from ..models import model_card
+        return create_model(source).eval(), dict(chw=tuple(model_card(source).input_size), meta=None)
+    if not Path(source).exists():
+        from ..models import model_card
+        model_card(source)  # raises the registry's error naming close matches
+    from ..train.checkpoint import load_model
+    model, meta = load_model(source)
+    return model.eval(), dict(chw=(meta["in_chans"], *meta["input_size"]), meta=meta)
+
+
+def eval_loader(info: dict[str, Any], data: str, batch: int, limit: int | None, split: str = "test") -> Iterable:
+    """(images, labels) batches of `data` prepared as the checkpoint was trained (needs a checkpoint's meta)."""
+    meta = info.get("meta")
+    if meta is None:
+        raise ValueError("--data needs a trained checkpoint (its classes and preprocessing); a bare model name has "
+                         "neither")
+    from ..train.datasets import ImageFolder, fashion_mnist, is_idx_dir, repeat_channels
+    from ..train.loaders import Loader
+    from ..train.transforms import EvalTransform
+    path = Path(data)
+    if data == "fashion-mnist" or (path.is_dir() and is_idx_dir(path)):
+        ds = repeat_channels(fashion_mnist(None if data == "fashion-mnist" else path, split), meta["in_chans"])
+    elif path.is_dir():
+        sub = path / split if (path / split).is_dir() else path
+        ds = ImageFolder(sub, load_size=meta["load_size"][0], mode="RGB" if meta["in_chans"] == 3 else "L",
+                         classes=tuple(meta["class_names"]))
+    else:
+        raise FileNotFoundError(f"--data {data!r} is neither 'fashion-mnist' nor a directory")
+    if limit is not None and hasattr(ds, "subset"):
+        ds = ds.subset(limit)
+    tf = EvalTransform(meta["input_size"], meta["mean"], meta["std"], meta["crop_pct"])
+    return Loader(ds, tf, batch, train=False, workers=0)
+
+
+def _pad(x: torch.Tensor, batch: int) -> torch.Tensor:
+    if x.shape[0] == batch:
+        return x
+    return torch.cat([x, x[:1].expand(batch - x.shape[0], *x.shape[1:])]) if x.shape[0] < batch else x[:batch]
+
+
+# -- building and measuring a form -------------------------------------------------------------------------------------
+def build_form(model: nn.Module, form: Form, example: torch.Tensor,
+               calibration: Iterable | None = None, calibration_batches: int = 8) -> tuple[Callable, dict]:
+    """A callable x -> logits running `model` in `form` at the shape of `example`, and what was built
+    (`quant_report`, `module` for saving)."""
+    m = copy.deepcopy(model).eval()
+    if form.prepare:
+        prepare_for_inference_(m)
+    info: dict[str, Any] = {}
+    fmt = torch.channels_last if form.channels_last else torch.contiguous_format
+    if form.dtype == "int8":
+        import warnings
+
+        from .quantize import compile_int8, quantize_int8
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+        calib = calibration if calibration is not None else \
+            [torch.randn(example.shape, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+        if form.qat_steps:
+            from .quantize import qat_int8
+            labelled = [b for b in calib if isinstance(b, (tuple, list)) and len(b) == 2]
+            if not labelled:
+                raise ValueError("QAT needs labelled batches (--data)")
+            q = qat_int8(m, labelled, _pad(labelled[0][0], example.shape[0]), steps=form.qat_steps,
+                         calibration=[b[0] for b in labelled[:calibration_batches]])
+        else:
+            calib = ((_pad(b[0] if isinstance(b, (tuple, list)) else b, example.shape[0])) for b in calib)
+            q = quantize_int8(m, calib, example, num_batches=calibration_batches)
+        info.update(quant_report=q.report, quantized=q)
+        fn = compile_int8(q.module)
+
+        def run(x):
+            with torch.no_grad():
+                return fn(x.contiguous(memory_format=fmt))
+        return run, info
+    if form.channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    info["module"] = m
+    fn = torch.compile(m, dynamic=False) if form.compile else m
+
+    def run(x):
+        with torch.inference_mode(), (torch.autocast("cpu", dtype=torch.bfloat16) if form.dtype == "bf16"
+                                      else contextlib.nullcontext()):
+            return fn(x.contiguous(memory_format=fmt)).float()
+    return run, info
+
+
+def _top1(run: Callable, loader: Iterable, batch: int) -> float:
+    correct = n = 0
+    for x, y in loader:
+        k = x.shape[0]
+        logits = run(_pad(x, batch))[:k]
+        correct += int((logits.argmax(1) == y).sum())
+        n += k
+    return 100.0 * correct / max(n, 1)
+
+
+def measure_form(model: nn.Module, form: Form, size: Sequence[int], *, loader: Iterable | None = None,
+                 reference: tuple[torch.Tensor, torch.Tensor] | None = None, calibration: Iterable | None = None,
+                 repeats: int = 10, max_time_s: float = 10.0) -> tuple[Measurement, dict]:
+    from ..analysis.timing import _PeakMemory, measure
+    import time
+    x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
+    with threads_set(form.threads):
+        t0 = time.perf_counter()
+        run, info = build_form(model, form, x, calibration)
+        run(x)  # compiles, where it does
+        build_s = time.perf_counter() - t0
+        mem = _PeakMemory(torch.device("cpu"))
+        mem.start()
+        stats = measure(lambda: run(x), warmup=2, repeats=repeats, max_time_s=max_time_s)
+        peak = mem.stop()
+        m = Measurement(form, stats.median_s * 1e3, size[0] / stats.median_s,
+                        None if peak is None else peak / 2 ** 20, build_s=build_s)
+        if loader is not None:
+            m.top1 = _top1(run, loader, size[0])
+        if reference is not None:
+            rx, ry = reference
+            got = run(rx).float()
+            m.out_rel_err = ((got - ry).abs().max() / ry.abs().max()).item()
+    return m, info
+
+
+# -- the optimiser ---------------------------------------------------------------------------------------------------
+@dataclass
+class StepResult:
+    step: str
+    before: Measurement
+    tried: list[Measurement]
+    kept: Measurement
+    why: str
+
+    def table(self) -> str:
+        rows = []
+        base = self.before
+        for m in [base] + self.tried:
+            gain = base.median_ms / m.median_ms
+            drop = None if m.top1 is None or base.top1 is None else base.top1 - m.top1
+            rows.append([m.form.describe(), f"{m.median_ms:.2f}", f"{m.throughput:.1f}",
+                         "-" if m.peak_mib is None else f"{m.peak_mib:.0f}",
+                         "-" if m.top1 is None else f"{m.top1:.2f}",
+                         "-" if m.out_rel_err is None else f"{m.out_rel_err:.1e}",
+                         "(current)" if m is base else f"{gain:.2f}x",
+                         "" if m is base else ("-" if drop is None else f"{drop:+.2f} pt") +
+                         (f", build {m.build_s:.0f} s" if m.build_s >= 1 else "") + (f"; {m.note}" if m.note else "")])
+        return text_table(("form", "median ms", "items/s", "peak MiB", "top-1", "out diff", "gain", "cost"), rows,
+                          "lrrrrrrl", rule="")
+
+
+@dataclass
+class OptimizeResult:
+    steps: list[StepResult]
+    best: Measurement
+    baseline: Measurement
+    isa: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = STEPS, loader: Iterable | None = None,
+             calibration: Iterable | None = None, max_drop: float = 1.0, min_gain: float = 1.03,
+             max_threads: int | None = None, repeats: int = 10, qat_steps: int = 100,
+             log: Callable[[str], None] = print) -> OptimizeResult:
+    """Greedy search over `steps` (see the module docstring); returns every measurement and the best form. When
+    int8 PTQ loses more than `max_drop` and the calibration batches are labelled, int8 with `qat_steps` steps of
+    quantisation-aware fine-tuning is tried next."""
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown optimize steps {sorted(unknown)}; expected some of {STEPS}")
+    isa = cpu_isa()
+    g = torch.Generator().manual_seed(1)
+    rx = torch.randn(*size, generator=g)
+    with torch.no_grad():
+        reference = (rx, copy.deepcopy(model).eval()(rx).float())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    max_threads = max_threads or cores
+
+    def run(form: Form) -> tuple[Measurement, dict]:
+        try:
+            return measure_form(model, form, size, loader=loader, reference=reference, calibration=calibration,
+                                repeats=repeats)
+        except Exception as e:  # noqa: BLE001 - a form that fails to build is reported, not fatal
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+            return Measurement(form, float("inf"), 0.0, None, note=f"failed: {type(e).__name__}: {first}"), {}
+
+    best, info = run(Form(threads=1))
+    baseline = best
+    log(f"machine: {isa['summary']}; baseline {best.form.describe()}: {best.median_ms:.2f} ms, "
+        f"{best.throughput:.1f} items/s" + (f", top-1 {best.top1:.2f}" if best.top1 is not None else ""))
+    results = []
+    for step in steps:
+        cands: list[Form] = []
+        f = best.form
+        if step == "prepare" and not f.prepare:
+            cands = [replace(f, prepare=True)]
+        elif step == "channels_last" and not f.channels_last:
+            cands = [replace(f, channels_last=True)]
+        elif step == "bf16" and f.dtype == "fp32":
+            cands = [replace(f, dtype="bf16")]
+        elif step == "compile" and not f.compile:
+            cands = [replace(f, compile=True)]
+        elif step == "int8" and f.dtype != "int8":
+            from .quantize import available
+            if not available():
+                log("int8: skipped (torchao missing: pip install \"convscope[deploy]\")")
+                continue
+            # BatchNorms are folded before quantising, so none stays in float
+            cands = [replace(f, dtype="int8", compile=True, prepare=True)]
+        elif step == "threads":
+            cands = [replace(f, threads=t) for t in range(1, max_threads + 1) if t != f.threads]
+        if not cands:
+            continue
+        before = best
+        tried = []
+        why = "no candidate was faster"
+        cands = list(cands)
+        for c in cands:
+            m, i = run(c)
+            over = m.top1 is not None and baseline.top1 is not None and baseline.top1 - m.top1 > max_drop
+            if over and c.dtype == "int8" and not c.qat_steps and qat_steps and calibration is not None:
+                cands.append(replace(c, qat_steps=qat_steps))  # PTQ lost too much: fine-tune with fake quant
+            tried.append(m)
+            drop = None if m.top1 is None or baseline.top1 is None else baseline.top1 - m.top1
+            if drop is not None and drop > max_drop:
+                m.note = (m.note + "; " if m.note else "") + f"over the budget ({drop:.2f} > {max_drop} pt)"
+                continue
+            exact_fold = step == "prepare" and m.median_ms < best.median_ms * min_gain
+            if m.median_ms * min_gain < best.median_ms or exact_fold:
+                best, info = m, i
+                why = f"kept {m.form.describe()}"
+        if step == "prepare" and best is not before and best.median_ms >= before.median_ms:
+            why += " (exact, and no slower than the noise: kept)"
+        if best is before:
+            why = "kept the current form: " + (tried[0].note if len(tried) == 1 and tried[0].note else why)
+        sr = StepResult(step, before, tried, best, why)
+        results.append(sr)
+        log(f"\n== {step}: {why}\n{sr.table()}")
+    return OptimizeResult(results, best, baseline, isa, info)
+
+
+def write_result(result: OptimizeResult, out: str | os.PathLike, source: str, size: Sequence[int],
+                 data: str | None) -> tuple[Path, Recipe]:
+    """Write the best form into `out`: recipe.json, and the model (model.pt2 for int8: the exported int8 program;
+    model.safetensors for float forms: the prepared weights)."""
+    from ..files import atomic_write_text
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = result.best
+    recipe = Recipe(source=str(source), input_size=tuple(int(s) for s in size), form=asdict(best.form), data=data,
+                    measured=dict(median_ms=best.median_ms, throughput=best.throughput, top1=best.top1,
+                                  baseline_median_ms=result.baseline.median_ms, baseline_top1=result.baseline.top1,
+                                  speedup=result.baseline.median_ms / best.median_ms),
+                    machine=dict(isa=result.isa["summary"], capability=result.isa["capability"],
+                                 torch=torch.__version__))
+    if "quantized" in result.info:
+        from .quantize import save_int8
+        save_int8(result.info["quantized"], out / "model.pt2")
+        recipe.measured["quant"] = result.info["quant_report"].to_dict()
+    elif "module" in result.info:
+        from ..models import save_weights
+        save_weights(result.info["module"], out / "model.safetensors")
+    atomic_write_text(out / "recipe.json", recipe.to_json())
+    return out / "recipe.json", recipe
+
+
+def apply_recipe(recipe: Recipe, *, data: str | None = None, limit: int | None = 512
+                 ) -> tuple[Callable, dict, nn.Module, dict]:
+    """Rebuild the recipe's form: (runner, build info, the source model, source info)."""
+    model, src = load_source(recipe.source)
+    form = Form(**recipe.form)
+    size = recipe.input_size
+    calibration = None
+    data = data or recipe.data
+    if form.dtype == "int8" and data:
+        calibration = list(itertools.islice(eval_loader(src, data, size[0], limit, split="train"),
+                                            recipe.calibration_batches))
+    torch.set_num_threads(form.threads)
+    run, info = build_form(model, form, torch.randn(*size), calibration, recipe.calibration_batches)
+    return run, info, model, src
