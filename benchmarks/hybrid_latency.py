@@ -99,7 +99,7 @@ def main() -> None:
     lines = ["# Hybrids: convscope vs timm / transformers eager latency", "",
              f"Command: `PYTHONPATH=src python benchmarks/hybrid_latency.py --threads {args.threads} --repeats "
              f"{args.repeats} --out benchmarks/results/hybrid_latency.md`", "",
-             f"Machine: {cpu_name()}, {args.threads} threads, torch {torch.__version__}, fp32, eager, "
+             f"Machine: {cpu_name()}, {args.threads} thread(s), torch {torch.__version__}, fp32, eager, "
              f"inference mode; load average after the run: {load_average()} (a shared machine: compare the ratios, "
              "measured alternately in one run, not the absolute times).", "",
              "| ours | reference | batch | input | convscope ms | reference ms | ratio | logits rel err |",
