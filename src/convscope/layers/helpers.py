@@ -38,10 +38,12 @@ def drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[f
     return out
 
 
-def init_trunc_normal(module: nn.Module, std: float = 0.02) -> None:
-    """Truncated-normal(std) weights and zero biases for every conv and linear layer (the papers' init)."""
+def init_trunc_normal(module: nn.Module, std: float = 0.02,
+                      layers: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> None:
+    """Truncated-normal(std) weights and zero biases for every layer of the given types (the papers' init: convs
+    and linear layers; the ViT-style models pass `layers=(nn.Linear,)`)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, layers):
             nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers import init_trunc_normal
 from ..layers.mixers.attention import Attention
 from ..layers.mixers.gpsa import GPSA
 from .registry import ArchSpec, Paper, register_family, variant
@@ -67,11 +68,7 @@ class ConViT(TokenModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_trunc_normal(self, layers=(nn.Linear,))  # convs keep their own init
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():

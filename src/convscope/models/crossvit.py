@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import drop_path_or_identity
+from ..layers import drop_path_or_identity, init_trunc_normal
 from ..layers.mixers.attention import Attention
 from .features import feature_take_indices
 from .registry import ArchSpec, Paper, register_family, variant
@@ -202,11 +202,7 @@ class CrossViT(TokenModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_trunc_normal(self, layers=(nn.Linear,))  # convs keep their own init
         for b in range(self.num_branches):
             nn.init.trunc_normal_(getattr(self, f"pos_embed_{b}"), std=0.02)
             nn.init.trunc_normal_(getattr(self, f"cls_token_{b}"), std=0.02)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import Mlp, drop_path_or_identity
+from ..layers import Mlp, drop_path_or_identity, init_trunc_normal
 from ..layers.mixers.conv_attention import ConvProjectionAttention
 from .base import ConvScopeModel
 from .features import feature_take_indices
@@ -173,11 +173,7 @@ class CvT(ConvScopeModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_trunc_normal(self, layers=(nn.Linear,))  # convs keep their own init
         for s in self.stages:
             if s.num_prefix_tokens:
                 nn.init.trunc_normal_(s.cls_token, std=0.02)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import Mlp, drop_path_or_identity
+from ..layers import Mlp, drop_path_or_identity, init_trunc_normal
 from ..layers.mixers.attention import Attention
 from ..layers.mixers.outlook_attention import OutlookAttention
 from .registry import ArchSpec, Paper, register_family, variant
@@ -152,11 +152,7 @@ class VOLO(TokenModel):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_trunc_normal(self, layers=(nn.Linear,))  # convs keep their own init
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
