@@ -198,7 +198,7 @@ def write_outputs(result: MixerBenchResult, out: str | os.PathLike, command: str
     if note is None:
         files.append(str(out / "mixer_bench.png"))
     s = result.settings
-    text = [f"# Mixer bench\n",
+    text = ["# Mixer bench\n",
             f"`{command}`\n" if command else "",
             f"Machine: {describe_machine(result.machine)}; load average (1, 5, 15 min) at the start "
             f"{s['load_average']}.\n",

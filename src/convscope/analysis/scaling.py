@@ -188,7 +188,7 @@ def _compensate(scaler: _Scaler, first: _Candidate, knob: int, target_macs: floa
     def miss(c: _Candidate) -> float:
         return abs(math.log(c.macs / target_macs))
 
-    best, prev, slope, steps = first, None, _FIRST_SLOPE[knob], 0
+    best, slope, steps = first, _FIRST_SLOPE[knob], 0
     cur = first
     seen = {(first.depths, first.widths, first.size)}
     while steps < max_steps and miss(best) > math.log1p(tolerance):
@@ -203,7 +203,7 @@ def _compensate(scaler: _Scaler, first: _Candidate, knob: int, target_macs: floa
         ratio = math.log(nxt.knobs[knob] / cur.knobs[knob])
         if abs(ratio) > 1e-9 and nxt.macs != cur.macs:
             slope = min(max(math.log(nxt.macs / cur.macs) / ratio, 0.25), 4.0)
-        prev, cur = cur, nxt
+        cur = nxt
         if miss(cur) < miss(best):
             best = cur
     return best, steps

@@ -23,7 +23,6 @@ import re
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers import ClassifierHead, LayerNorm2d, drop_path_or_identity

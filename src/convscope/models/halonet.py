@@ -32,7 +32,6 @@ import math
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..layers import ClassifierHead, ConvBnAct, SqueezeExcite, checkpoint_seq, drop_path_or_identity, drop_path_rates

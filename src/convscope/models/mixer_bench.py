@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from torch import nn
-
 from .metaformer import MetaFormer
 from .registry import ArchSpec, Paper, register_family, variant
 

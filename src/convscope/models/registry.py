@@ -17,9 +17,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -367,8 +368,6 @@ def resolve_model(model: nn.Module | str, *, device: str | None = None, what: st
     naming `what` the caller expected.
     """
     if isinstance(model, str):
-        import torch
-
         name = resolve_name(model)
         if device is None:
             return create_model(name), name

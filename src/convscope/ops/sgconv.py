@@ -22,8 +22,6 @@ learnable sub-kernels, one per scale, so parameters grow with log(length) and th
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -12,7 +12,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 def density_profile(den: Sequence[float]) -> torch.Tensor:
