@@ -74,12 +74,22 @@ def _deploy_steps(model: torch.nn.Module) -> list[str]:
     return [t for t in DEPLOY_TRANSFORMS if get_transform(t).applies_to(model)]
 
 
-def _latency_ms(model: torch.nn.Module, in_chans: int, batch: int, repeats: int, threads: int | None) -> float:
-    from .analysis import benchmark
+def _latencies_ms(models: dict[str, torch.nn.Module], in_chans: int, batch: int, repeats: int,
+                 threads: int | None) -> dict[str, float]:
+    """Median batch-`batch` inference latency of every model, measured interleaved (each round runs every model
+    once, in a rotating order) so that a change of load on a shared machine hits all of them alike."""
+    from .analysis import measure_interleaved
+    from .utils import threads_set
 
-    r = benchmark(model, (in_chans, INPUT_SIZE, INPUT_SIZE), batch_sizes=(batch,), repeats=repeats,
-                  threads=threads, max_time_s=20.0)
-    return r.points[0].latency.median_s * 1e3
+    x = torch.randn(batch, in_chans, INPUT_SIZE, INPUT_SIZE)
+
+    def call(m):
+        return lambda: m(x)
+
+    with threads_set(threads), torch.inference_mode():
+        stats = measure_interleaved({k: call(m.eval()) for k, m in models.items()}, warmup=3, rounds=repeats,
+                                    max_time_s=30.0 * len(models))
+    return {k: s.median_s * 1e3 for k, s in stats.items()}
 
 
 def run_mixer_bench(data: str = "fashion-mnist", epochs: int = 1, limit_train: int | None = None, *,
@@ -102,6 +112,7 @@ def run_mixer_bench(data: str = "fashion-mnist", epochs: int = 1, limit_train: i
                     recipe="AdamW wd 0.05, warmup 0, cosine, label smoothing 0.1, hflip 0.5, random-resized-crop "
                            "scale (0.5, 1)", load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()))
     rows = []
+    timed: dict[str, torch.nn.Module] = {}
     with tempfile.TemporaryDirectory(prefix="mixer_bench_") as tmp:
         for name in names:
             mixer = name.removeprefix("mixer_bench_")
@@ -116,21 +127,27 @@ def run_mixer_bench(data: str = "fashion-mnist", epochs: int = 1, limit_train: i
             model = res.model.eval()
             counted = count(model, (1, in_chans, INPUT_SIZE, INPUT_SIZE))
             params = sum(p.numel() for p in model.parameters())
-            lat = _latency_ms(model, in_chans, latency_batch, repeats, threads)
-            dep_lat = dep_err = None
+            dep_err = None
             steps = _deploy_steps(model)
             if steps:
                 deployed = transform(model, *steps)
                 x = torch.randn(4, in_chans, INPUT_SIZE, INPUT_SIZE)
                 with torch.no_grad():
                     dep_err = float((deployed(x) - model(x)).abs().max())
-                dep_lat = _latency_ms(deployed, in_chans, latency_batch, repeats, threads)
-            row = MixerRow(mixer, name, params / 1e6, counted.totals.macs / 1e6, float(res.final["top1"]),
-                           float(res.final["loss"]), train_s, lat, dep_lat, dep_err)
-            rows.append(row)
-            log(f"{name}: top-1 {row.top1:.2f}%  {row.params_m:.3f} M params  {row.macs_m:.2f} M MACs  "
-                f"{row.latency_ms:.2f} ms" + (f" (deploy {dep_lat:.2f} ms)" if dep_lat is not None else "")
-                + f"  [{train_s:.0f} s]")
+                timed[f"{name}:deploy"] = deployed
+            timed[name] = model
+            rows.append(MixerRow(mixer, name, params / 1e6, counted.totals.macs / 1e6, float(res.final["top1"]),
+                                 float(res.final["loss"]), train_s, float("nan"), None, dep_err))
+            log(f"{name}: top-1 {res.final['top1']:.2f}%  {params / 1e6:.3f} M params  "
+                f"{counted.totals.macs / 1e6:.2f} M MACs  [{train_s:.0f} s]")
+    log(f"timing {len(timed)} forms interleaved, {repeats} rounds ...")
+    settings["load_average_timing"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    lat = _latencies_ms(timed, in_chans, latency_batch, repeats, threads)
+    for row in rows:
+        row.latency_ms = lat[row.model]
+        row.deploy_latency_ms = lat.get(f"{row.model}:deploy")
+        log(f"{row.model}: {row.latency_ms:.2f} ms" + (f" (deploy {row.deploy_latency_ms:.2f} ms)"
+                                                       if row.deploy_latency_ms is not None else ""))
     return MixerBenchResult(rows, settings, machine_info("cpu"))
 
 
@@ -205,9 +222,11 @@ def write_outputs(result: MixerBenchResult, out: str | os.PathLike, command: str
             f"Data: {s['data']}, {s['epochs']} epoch(s)" + (f", first {s['limit_train']} training images" if
                                                            s['limit_train'] else "")
             + f"; input {s['in_chans']}x{s['input_size']}x{s['input_size']}; batch {s['batch_size']}, lr {s['lr']}, "
-              f"seed {s['seed']}; {s['recipe']}. Latency: median of {s['repeats']} runs at batch "
-              f"{s['latency_batch']}, {s['threads']} thread(s); deploy = `convscope.deploy.transform(model, "
-              f"\"reparameterize\", \"materialize\")` (those that apply) where a mixer has a deploy form.\n",
+              f"seed {s['seed']}; {s['recipe']}. Latency: median of {s['repeats']} interleaved rounds at batch "
+              f"{s['latency_batch']}, {s['threads']} thread(s), every form timed once per round in a rotating "
+              f"order (load average {s.get('load_average_timing', '?')} when timing began); deploy = "
+              f"`convscope.deploy.transform(model, \"reparameterize\", \"materialize\")` (those that apply) where a "
+              f"mixer has a deploy form.\n",
             markdown_table(result),
             "![Pareto](mixer_bench.png)\n" if note is None else f"({note})\n"]
     (out / "mixer_bench.md").write_text("\n".join(t for t in text if t))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from convscope.analysis.timing import BenchmarkResult, LatencyStats, benchmark, measure
+from convscope.analysis.timing import BenchmarkResult, LatencyStats, benchmark, measure, measure_interleaved
 
 
 def _net(classes: int = 10) -> nn.Module:
@@ -29,6 +29,31 @@ def test_measure_stops_at_the_time_budget():
     calls = []
     stats = measure(lambda: calls.append(1) or sum(range(20000)), warmup=2, repeats=10_000, max_time_s=0.05)
     assert 3 <= stats.n < 10_000 and len(calls) == stats.n + 2
+
+
+def test_interleaved_rounds_rotate_and_rank():
+    order: list[str] = []
+
+    def work(name: str, seconds: float):
+        def fn():
+            order.append(name)
+            time.sleep(seconds)
+        return fn
+
+    stats = measure_interleaved({"slow": work("slow", 0.004), "fast": work("fast", 0.0), "mid": work("mid", 0.002)},
+                                warmup=1, rounds=6)
+    assert list(stats) == ["slow", "fast", "mid"]
+    assert [s.n for s in stats.values()] == [6, 6, 6]
+    timed = order[3:]   # after one warm-up call each
+    rounds = [timed[i:i + 3] for i in range(0, 18, 3)]
+    assert [r[0] for r in rounds] == ["slow", "fast", "mid", "slow", "fast", "mid"]   # each leads in turn
+    assert all(sorted(r) == ["fast", "mid", "slow"] for r in rounds)
+    assert stats["fast"].median_s < stats["mid"].median_s < stats["slow"].median_s
+    assert stats["slow"].median_s >= 0.004
+    with pytest.raises(ValueError, match="at least one"):
+        measure_interleaved({})
+    with pytest.raises(ValueError, match="rounds must be"):
+        measure_interleaved({"a": lambda: None}, rounds=0)
 
 
 def test_thread_clock_leaves_out_waiting():

@@ -12,8 +12,9 @@ __all__ = ["CountResult", "MACS_CONVENTIONS", "MACS_EXCEPTIONS", "MacsFidelity",
 # efficiency lab: this machine's ceilings, timing and per-layer waterline analysis (charts and HTML reports are in
 # `analysis.plots` and `analysis.report`, which need matplotlib)
 from .hardware import HardwarePeaks, hardware_peaks, machine_info  # noqa: E402
-from .timing import BenchmarkResult, LatencyStats, benchmark  # noqa: E402
+from .timing import BenchmarkResult, LatencyStats, benchmark, measure_interleaved  # noqa: E402
 from .waterline import Comparison, LayerProfile, compare_models, profile_layers, waterline_bound  # noqa: E402
 
 __all__ += ["BenchmarkResult", "Comparison", "HardwarePeaks", "LatencyStats", "LayerProfile", "benchmark",
-            "compare_models", "hardware_peaks", "machine_info", "profile_layers", "waterline_bound"]
+            "compare_models", "hardware_peaks", "machine_info", "measure_interleaved", "profile_layers",
+            "waterline_bound"]

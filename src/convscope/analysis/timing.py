@@ -107,6 +107,35 @@ def measure(fn: Callable[[], Any], *, device: str | torch.device = "cpu", warmup
     return LatencyStats.from_times(times)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], Any]], *, device: str | torch.device = "cpu", warmup: int = 2,
+                        rounds: int = 20, max_time_s: float = 60.0, min_rounds: int = 3,
+                        clock: str = "wall") -> dict[str, LatencyStats]:
+    """Time several callables against each other on a shared machine: each round calls every one of them once, in
+    an order that rotates from round to round, so a change of load hits them all alike; stop after `rounds`
+    rounds or once `max_time_s` is spent (never before `min_rounds`). Returns each callable's statistics over
+    the rounds, in the order of `fns`. Compare them as ratios of medians measured in this one call."""
+    if not fns:
+        raise ValueError("measure_interleaved needs at least one callable")
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0; got rounds={rounds}, warmup={warmup}")
+    dev = resolve_device(device)
+    check_clock(clock, dev)
+    timed = _timer(dev) if clock == "wall" else _thread_timer
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            timed(fns[name])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(timed(fns[name]))
+        if r + 1 >= min(min_rounds, rounds) and time.perf_counter() - start > max_time_s:
+            break
+    return {n: LatencyStats.from_times(times[n]) for n in names}
+
+
 # -- peak memory --------------------------------------------------------------------------------------------------
 def _proc_status(field_name: str) -> int | None:
     try:
