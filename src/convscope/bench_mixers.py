@@ -49,6 +49,11 @@ class MixerBenchResult:
     def to_dict(self) -> dict[str, Any]:
         return dict(settings=self.settings, machine=self.machine, rows=[asdict(r) for r in self.rows])
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MixerBenchResult":
+        """The result `to_dict` wrote (mixer_bench.json)."""
+        return cls([MixerRow(**r) for r in d["rows"]], d["settings"], d["machine"])
+
 
 def bench_variants(mixers: Sequence[str] | None = None) -> list[str]:
     """The registered mixer_bench variants (optionally only those of the named mixers)."""
