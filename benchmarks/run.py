@@ -46,6 +46,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "--models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t --batches 1,8 --threads 1 "
         "--waterline --out benchmarks/results/deploy_speed",
         "timm and pytest (`make install-test`), torchao for int8 (the `deploy` extra)"),
+    "demo_slow_machine": Benchmark(
+        "top-1 of `make demo`'s recipe trained for the steps its time budget plans on a slower 2-core machine "
+        "(default 670 training img/s, simulated by step count)",
+        "~6 min", ("demo_slow_machine.md",), "--out benchmarks/results/demo_slow_machine.md",
+        "Fashion-MNIST idx files (`make data`)"),
     "dwconv_layout": Benchmark(
         "depthwise conv time for kernels 3-31, NCHW vs channels-last, and the oneDNN kernel picked for each",
         "~2 min", ("dwconv_layout.md",), "--out benchmarks/results/dwconv_layout.md"),
