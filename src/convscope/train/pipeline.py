@@ -175,10 +175,11 @@ def resolve_defaults(cfg: TrainConfig, spec: DataSpec) -> tuple[TrainConfig, str
     """The settings left to the data (None in `cfg`) chosen from the data, and a line saying what and why.
 
     - batch size: 128, or 64 for a small data set (fewer than 20,000 training images), for twice the steps;
-    - learning rate: 1e-3 x batch / 128 x 2 for small data sets (short schedules need a higher peak);
+    - learning rate: 1e-3 x batch / 128, x4 for small data sets (short schedules need a higher peak);
     - warm-up: 1 epoch, or 0.5 for small data sets;
     - crops: whole images (scale 1,1, only flips) for images of 64 pixels or less, whose few pixels a crop
-      would cut into; else Inception crops, milder (0.35-1 of the area) for small data sets.
+      would cut into; else Inception crops, milder (0.35-1 of the area) for small data sets;
+    - the input size is chosen with the data (`build_data`, `folder_input_size`) and only reported here.
     """
     import dataclasses
 
