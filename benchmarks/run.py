@@ -95,7 +95,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "small_data_defaults": Benchmark(
         "top-1 and wall time of `convscope train --model convnext_atto --data DIR --epochs 10` with no other flag "
         "(the data-aware defaults) on a 10-class, 8,000-image, 28x28 grayscale folder no test uses",
-        "~5 min", ("small_data_defaults.md",), "--out benchmarks/results/small_data_defaults.md",
+        "~5 min", ("small_data_defaults.md",), "--threads 1 --out benchmarks/results/small_data_defaults.md",
         "Fashion-MNIST idx files (`make data`); Pillow"),
     "train_settings": Benchmark(
         "training-step time of the demo model by dtype, memory layout, input size, threads and OpenMP wait "
