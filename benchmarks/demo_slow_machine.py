@@ -129,8 +129,8 @@ def main() -> int:
         f"images/s and reaches its first training step {args.startup_s:g} s after the demo starts; tested on the "
         "10,000 Fashion-MNIST test images.",
         "",
-        "Reproduce: `PYTHONPATH=src python benchmarks/demo_slow_machine.py --out "
-        "benchmarks/results/demo_slow_machine.md`",
+        "Reproduce: `PYTHONPATH=src python benchmarks/demo_slow_machine.py "
+        f"{f'--threads {args.threads} ' if args.threads else ''}--out benchmarks/results/demo_slow_machine.md`",
         "",
         "What is simulated: the speed only. The budget (convscope/train/budget.py) is given the step time "
         f"{cfg.batch_size} / {args.img_per_s:g} s and a clock that advances by it per step instead of timing "
