@@ -46,6 +46,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "--models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t --batches 1,8 --threads 1 "
         "--waterline --out benchmarks/results/deploy_speed",
         "timm and pytest (`make install-test`), torchao for int8 (the `deploy` extra)"),
+    "demo_slow_machine": Benchmark(
+        "top-1 of `make demo`'s recipe trained for the steps its time budget plans on a slower 2-core machine "
+        "(default 670 training img/s, simulated by step count)",
+        "~8 min", ("demo_slow_machine.md",), "--threads 1 --out benchmarks/results/demo_slow_machine.md",
+        "Fashion-MNIST idx files (`make data`)"),
     "dwconv_layout": Benchmark(
         "depthwise conv time for kernels 3-31, NCHW vs channels-last, and the oneDNN kernel picked for each",
         "~2 min", ("dwconv_layout.md",), "--out benchmarks/results/dwconv_layout.md"),
@@ -90,7 +95,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "small_data_defaults": Benchmark(
         "top-1 and wall time of `convscope train --model convnext_atto --data DIR --epochs 10` with no other flag "
         "(the data-aware defaults) on a 10-class, 8,000-image, 28x28 grayscale folder no test uses",
-        "~5 min", ("small_data_defaults.md",), "--out benchmarks/results/small_data_defaults.md",
+        "~5 min", ("small_data_defaults.md",), "--threads 1 --out benchmarks/results/small_data_defaults.md",
         "Fashion-MNIST idx files (`make data`); Pillow"),
     "train_settings": Benchmark(
         "training-step time of the demo model by dtype, memory layout, input size, threads and OpenMP wait "

@@ -66,7 +66,7 @@ def main() -> int:
             return proc.returncode
         history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = history[-1]
-    shown = " ".join(c if c != str(data) else "DIR" for c in cmd[3:]).replace(str(run), "RUN")
+    shown = " ".join(c if c != str(data) else "DIR" for c in cmd[4:]).replace(str(run), "RUN")
     chosen = next((line for line in proc.stdout.splitlines() if line.startswith("data-aware defaults")), "")
     page = "\n".join([
         "# Data-aware defaults on a small image folder",
@@ -74,8 +74,8 @@ def main() -> int:
         f"`convscope train {shown}` on a 10-class folder of {COUNT:,} 28x28 grayscale PNGs (Fashion-MNIST test images "
         f"{FIRST:,}-{FIRST + COUNT - 1:,}, used by no test); 10% held out for evaluation.",
         "",
-        "Reproduce: `PYTHONPATH=src python benchmarks/small_data_defaults.py --out "
-        "benchmarks/results/small_data_defaults.md`",
+        "Reproduce: `PYTHONPATH=src python benchmarks/small_data_defaults.py "
+        f"{f'--threads {args.threads} ' if args.threads else ''}--out benchmarks/results/small_data_defaults.md`",
         "",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores; load average before {load_before}, after "
         f"{load_average()} (1/5/15 min).",

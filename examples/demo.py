@@ -12,7 +12,9 @@ The same run from the command line:
 The whole demo must end within 10 minutes on any 2-core machine: training gets a time budget (what is left of
 9m30s when it starts, the last 30 s being the layer profile's), and fits its schedule to the speed it measures in
 its first steps: all 7 epochs where they fit (the README's machine: about 5m30s), fewer, with the cosine schedule
-ending on time, where they do not.
+ending on time, where they do not. On a CPU with AMX-BF16 (Intel Xeon, 4th generation on) the demo first times its
+training step in fp32 and in bf16 autocast and keeps bf16 only if it is measurably faster (`choose_amp`); elsewhere
+it trains in fp32 without measuring.
 """
 from __future__ import annotations
 
@@ -82,6 +84,70 @@ def choose_threads() -> tuple[int, str]:
     return 1, why
 
 
+AMX_MARGIN = 0.95   # bf16 autocast is kept only when its step takes under 95% of fp32's (timing noise aside)
+
+
+def step_seconds(amp: str, threads: int, batch: int = CONFIG.batch_size, side: int = 32, steps: int = 4,
+                 rounds: int = 3) -> float:
+    """Median seconds per training step of the demo model (fresh, fp32 weights, channels-last, AdamW) at the demo's
+    batch of 1x`side`x`side` images (32: convnext_atto's minimum, the size Fashion-MNIST trains at), with bf16
+    autocast or without: `rounds` timings of `steps` steps each after two warm-up steps."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from convscope.models import create_model
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = create_model(CONFIG.model, num_classes=10, in_chans=1).to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(batch, 1, side, side).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,))
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(2):
+            step()
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times.append((time.perf_counter() - t) / steps)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def choose_amp(threads: int, flags: frozenset[str] | None = None, measure=None) -> tuple[str, str]:
+    """fp32, or bf16 autocast where the CPU has AMX-BF16 and the demo's training step measures faster with it.
+
+    Without AMX nothing is measured: on the README's machine (AMD EPYC, AVX-512 with BF16, no AMX) fp32
+    channels-last was the faster (benchmarks/results/train_settings.md). AMX's bf16 tile units may change that for
+    the pointwise convolutions, so there both are timed on the demo's own step (`measure(amp)`: seconds per step),
+    fp32 then bf16 then fp32 again, and bf16 is kept only if it takes under AMX_MARGIN of fp32's time."""
+    if flags is None:
+        from convscope.deploy.machine import cpu_isa
+        flags = frozenset(cpu_isa()["flags"])
+    if not {"amx_bf16", "amx_tile"} <= flags:
+        return "fp32", "fp32 (no AMX-BF16 on this CPU; nothing measured)"
+    measure = measure or (lambda amp: step_seconds(amp, threads))
+    fp32_a = measure("fp32")
+    bf16 = measure("bf16")
+    fp32 = min(fp32_a, measure("fp32"))
+    faster = bf16 < AMX_MARGIN * fp32
+    return ("bf16" if faster else "fp32"), (f"{'bf16 autocast' if faster else 'fp32'} (AMX-BF16: measured "
+                                           f"{1000 * fp32:.0f} ms per fp32 step, {1000 * bf16:.0f} ms per bf16 step)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="train convnext_atto on Fashion-MNIST and show where the time went")
     ap.add_argument("--threads", type=int, default=None,
@@ -105,7 +171,8 @@ def main() -> int:
         threads, why = choose_threads()
     elif threads < 1:
         ap.error(f"--threads must be >= 1; got {threads}")
-    cfg = dataclasses.replace(CONFIG, threads=threads, out=args.out)
+    amp, amp_why = choose_amp(threads)
+    cfg = dataclasses.replace(CONFIG, threads=threads, out=args.out, amp=amp)
     if args.smoke:
         cfg = dataclasses.replace(cfg, epochs=1, data_limit=1024, eval_limit=512)
     # what is left of the 10 minutes, less the profile's share, measured from the process start
@@ -114,7 +181,7 @@ def main() -> int:
         ap.error(f"--budget {args.budget:g} leaves no time to train")
     cfg = dataclasses.replace(cfg, time_budget=left)
     print(f"convscope {convscope.__version__}, torch {torch.__version__}, {machine_info()['cpu_model']} "
-          f"({os.cpu_count()} cores), {cfg.threads} torch thread(s): {why}\n")
+          f"({os.cpu_count()} cores), {cfg.threads} torch thread(s): {why}; {amp_why}\n")
     shutil.rmtree(cfg.out, ignore_errors=True)   # the demo starts afresh each time
     result = train(cfg)
     wall = time.perf_counter() - T0

@@ -34,3 +34,35 @@ def test_demo_smoke_run(tmp_path):
     assert load_file(str(out / "best.safetensors"))["stem.0.weight"].shape[1] == 1   # trained with in_chans=1
     html = report.read_text()
     assert html.count("data:image/png;base64,") >= 2 and "<table" in html
+
+
+def _demo_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convscope_demo", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("fp32,bf16,chosen", [(0.20, 0.12, "bf16"), (0.20, 0.195, "fp32"), (0.20, 0.30, "fp32")])
+def test_demo_keeps_bf16_only_where_amx_makes_it_measurably_faster(fp32, bf16, chosen):
+    demo = _demo_module()
+    calls = []
+
+    def measure(amp):
+        calls.append(amp)
+        return {"fp32": fp32, "bf16": bf16}[amp]
+
+    assert demo.choose_amp(1, frozenset({"avx512f", "avx512_bf16"}), measure) == \
+        ("fp32", "fp32 (no AMX-BF16 on this CPU; nothing measured)")
+    assert calls == []                                     # no AMX: nothing is timed
+    amp, why = demo.choose_amp(1, frozenset({"amx_tile", "amx_bf16", "avx512f"}), measure)
+    assert amp == chosen and calls == ["fp32", "bf16", "fp32"]
+    assert f"measured {1000 * fp32:.0f} ms per fp32 step, {1000 * bf16:.0f} ms per bf16 step" in why
+
+
+def test_demo_step_timer_runs_both_dtypes():
+    demo = _demo_module()
+    for amp in ("fp32", "bf16"):
+        assert 0 < demo.step_seconds(amp, threads=1, batch=4, steps=1, rounds=1) < 30

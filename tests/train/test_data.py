@@ -73,6 +73,28 @@ def test_image_folder_reads_and_resizes(tmp_path):
     assert gray[0][0].shape == (1, 12, 12)
 
 
+def test_image_folder_cache_decodes_each_file_once(tmp_path, monkeypatch):
+    from convscope.train import datasets
+    from convscope.train.datasets import cache_fits
+
+    root = _folder(tmp_path)
+    plain = ImageFolder(root, load_size=16)
+    expected = plain.get_batch(range(6))
+    calls = []
+    real = datasets.load_image
+    monkeypatch.setattr(datasets, "load_image", lambda *a: calls.append(a[0]) or real(*a))
+    cached = ImageFolder(root, load_size=16, cache=True)
+    assert cached.cached == 0
+    first = cached.get_batch([4, 0, 5])
+    again = cached.get_batch([0, 1, 2, 3, 4, 5])
+    assert len(calls) == 6 and len(set(calls)) == 6 and cached.cached == 6   # every file decoded exactly once
+    assert torch.equal(first[0], expected[0][[4, 0, 5]]) and torch.equal(again[0], expected[0])
+    assert torch.equal(again[1], expected[1])
+    assert plain.cached == 0
+    # the limit: 1 GiB of decoded uint8 images
+    assert cache_fits(8_000, 1, 64) and cache_fits(21_845, 3, 128) and not cache_fits(21_846, 3, 128)
+
+
 def test_image_folder_reports_and_skips_bad_files_up_front(tmp_path):
     root = _folder(tmp_path)
     (root / "dog" / "garbage.png").write_bytes(b"this is not a png")

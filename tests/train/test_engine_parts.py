@@ -164,3 +164,58 @@ def test_grayscale_data_for_a_three_channel_model():
     assert rgb.in_chans == 3 and rgb.train.images.shape == (64, 3, 28, 28) and rgb.mean == gray.mean * 3
     assert torch.equal(rgb.train.images[:, 2], gray.train.images[:, 0])
     assert rgb.input_size == gray.input_size == (32, 32) and len(rgb.eval) == 32
+
+
+def _spec(n_train: int, native: tuple[int, int], input_size: tuple[int, int], note: str = ""):
+    from convscope.train.pipeline import DataSpec
+
+    return DataSpec(train=range(n_train), eval=range(10), classes=tuple("abcdefghij"), in_chans=1,
+                    input_size=input_size, load_size=input_size, crop_pct=1.0, mean=(0.5,), std=(0.5,),
+                    description="test", native_size=native, size_note=note)
+
+
+def test_folder_input_size_raises_small_images_to_the_models_useful_size():
+    """Images smaller than the card's size train at their own size raised to twice the last stage's stride (the
+    smallest input whose last feature map is 2x2), at least the model's minimum, at most the card's size."""
+    from convscope.train.pipeline import folder_input_size, useful_input_size
+
+    with torch.device("meta"):
+        m = convscope.create_model("convnext_atto")             # stride 32 at the last stage, minimum 32x32
+        tiny = convscope.create_model("convnext_atto", **TINY_CONVNEXT)
+    assert useful_input_size(m) == 64 == useful_input_size(tiny)
+    assert useful_input_size(nn.Linear(2, 2)) == 0              # no stages declared: no useful size
+    side, why = folder_input_size(m, (28, 28), 224)
+    assert side == 64
+    assert why == "the data's 28x28 raised to 64: the smallest size at which convnext_atto's last stage (stride 32) " \
+                  "still sees 2x2"
+    assert folder_input_size(m, (48, 40), 224)[0] == 64
+    assert folder_input_size(m, (100, 100), 224) == (100, "")   # already above it: its own size
+    assert folder_input_size(m, (224, 224), 224) == (224, "")   # the card's size
+    assert folder_input_size(m, (500, 375), 224) == (224, "")   # larger images: the card's size
+    assert folder_input_size(m, (28, 28), 48) == (48, "the data's 28x28 raised to 48, the model card's size")
+    assert folder_input_size(m, (20, 20), 32) == (32, "the data's 20x20 raised to the model's minimum")
+
+
+def test_data_aware_defaults_by_data_size():
+    from convscope.train import TrainConfig
+    from convscope.train.pipeline import resolve_defaults
+
+    cfg = TrainConfig(model="convnext_atto")
+    note = "the data's 28x28 raised to 64: the smallest size at which convnext_atto's last stage (stride 32) still " \
+           "sees 2x2"
+    small, line = resolve_defaults(cfg, _spec(7_200, (28, 28), (64, 64), note))
+    assert (small.batch_size, small.lr, small.warmup_epochs) == (64, 0.002, 0.5)
+    assert (small.scale, small.ratio) == ((1.0, 1.0), (1.0, 1.0))
+    assert line.startswith("data-aware defaults: --batch-size 64 --lr 0.002 --warmup-epochs 0.5 --scale 1,1 "
+                           "--ratio 1,1; input 64x64 (the data's 28x28 raised to 64: ")
+    assert "7,200 training images (small: < 20,000)" in line
+    big, line = resolve_defaults(cfg, _spec(50_000, (224, 224), (224, 224)))
+    assert (big.batch_size, big.lr, big.warmup_epochs, big.scale) == (128, 0.001, 1.0, (0.08, 1.0))
+    assert big.ratio == pytest.approx((3 / 4, 4 / 3)) and "input" not in line and "not small" in line
+    mid, _ = resolve_defaults(cfg, _spec(7_200, (224, 224), (224, 224)))
+    assert mid.scale == (0.35, 1.0) and mid.batch_size == 64
+    # everything given: no line, unless the input size was chosen
+    given = TrainConfig(model="convnext_atto", batch_size=32, lr=1e-3, warmup_epochs=1, scale=(1, 1), ratio=(1, 1))
+    assert resolve_defaults(given, _spec(7_200, (224, 224), (224, 224)))[1] == ""
+    _, line = resolve_defaults(given, _spec(7_200, (28, 28), (64, 64), note))
+    assert line == f"data-aware defaults: input 64x64 ({note}); because: 28x28 images (pass a flag to override)"

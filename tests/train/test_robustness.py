@@ -246,10 +246,13 @@ def test_image_folder_trains_at_its_native_size_with_data_aware_defaults(tmp_pat
                  "--threads", "1", "--progress", "plain", "--out", str(out), "--batch-size", "8"]) == 0
     stdout = capsys.readouterr().out
     line = next(x for x in stdout.splitlines() if x.startswith("data-aware defaults"))
-    assert "--scale 1,1" in line and "input 32x32" in line and "28x28" in line and "--batch-size" not in line
+    assert "--scale 1,1" in line and "--batch-size" not in line
+    assert "input 64x64 (the data's 28x28 raised to 64: the smallest size at which convnext_atto's last stage " \
+           "(stride 32) still sees 2x2)" in line
     meta = read_meta(out / "last.safetensors")
-    assert meta["input_size"] == [32, 32] and meta["in_chans"] == 1 and meta["crop_pct"] == 1.0
-    assert "1x32x32" in stdout
+    assert meta["input_size"] == [64, 64] and meta["load_size"] == [64, 64]
+    assert meta["in_chans"] == 1 and meta["crop_pct"] == 1.0
+    assert "1x64x64" in stdout and "decoded once and held in memory" in stdout
 
 
 # -- 7. load_checkpoint ----------------------------------------------------------------------------------------

@@ -237,7 +237,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "(0: off)")
     g.add_argument("--msd-drop", type=float, default=d.msd_drop)
     g.add_argument("--input-size", type=int, default=None, help="model input side (default: the data's size, "
-                   "raised to the model's minimum, at most the model card's)")
+                   "raised to the model's minimum and, for an image folder, to twice its last stage's stride; at "
+                   "most the model card's)")
     g.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3; default: the data's")
     g = p.add_argument_group("data and augmentation")
     g.add_argument("--data-limit", type=int, default=None, help="use only the first N training images")

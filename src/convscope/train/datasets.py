@@ -3,7 +3,8 @@
 - `fashion_mnist()`: Fashion-MNIST (Xiao et al., arXiv 1708.07747) read from its idx files (the `.gz` files
   of Debian's dataset-fashion-mnist package by default), held in memory as one uint8 tensor.
 - `ImageFolder`: `root/<class>/<image>` directories decoded with PIL and resized to a square `load_size`;
-  unreadable files are reported by path and skipped, or raise, as the caller chooses.
+  unreadable files are reported by path and skipped, or raise, as the caller chooses. With `cache=True` each
+  image is decoded once and kept in memory as uint8 (for folders small enough to hold: `cache_fits`).
 - `synthetic()`: a small learnable in-memory dataset for tests.
 
 `fetch_batch` gathers a batch of indices: one indexing operation for in-memory data, file by file for folders.
@@ -233,11 +234,13 @@ class ImageFolder(Dataset):
     on_error: "skip" drops bad files (those found up front, and any that fail to decode later, which are reported
         with the batch they were in), "raise" stops with a ValueError naming the first bad file.
     classes: the class names to expect (e.g. a checkpoint's); by default the sorted subdirectory names.
+    cache: keep every decoded image in memory (one uint8 tensor of N x C x load_size x load_size, filled as the
+        images are first read), so each file is decoded once per process rather than once per epoch.
     """
 
     def __init__(self, root: str | os.PathLike, load_size: int, mode: str = "RGB", on_error: str = "skip",
                  check: str = "header", classes: Sequence[str] | None = None,
-                 report: Callable[[str], None] | None = None) -> None:
+                 report: Callable[[str], None] | None = None, cache: bool = False) -> None:
         if mode not in ("RGB", "L"):
             raise ValueError(f"mode must be 'RGB' or 'L'; got {mode!r}")
         if on_error not in ("skip", "raise"):
@@ -282,6 +285,11 @@ class ImageFolder(Dataset):
             samples = self._verify(samples, full=check == "decode")
         self.samples = samples
         self.labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
+        self._cache: torch.Tensor | None = None
+        self._cached: torch.Tensor | None = None
+        if cache:
+            self._cache = torch.empty(len(samples), self.in_chans, self.load_size, self.load_size, dtype=torch.uint8)
+            self._cached = torch.zeros(len(samples), dtype=torch.bool)
 
     def _verify(self, samples: list[tuple[str, int]], full: bool) -> list[tuple[str, int]]:
         from PIL import Image
@@ -328,13 +336,24 @@ class ImageFolder(Dataset):
         idx = sorted({min(total - 1, (i * total) // n) for i in range(min(n, total))})
         return IndexSubset(self, idx)
 
+    @property
+    def cached(self) -> int:
+        """How many images are held decoded in memory (0 without a cache)."""
+        return 0 if self._cached is None else int(self._cached.sum())
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[i]
+        if self._cached is not None and self._cached[i]:
+            return self._cache[i], label
         try:
-            return load_image(path, self.mode, self.load_size), label
+            image = load_image(path, self.mode, self.load_size)
         except Exception as e:
             self._bad(path, e)
             return None
+        if self._cached is not None:
+            self._cache[i] = image
+            self._cached[i] = True
+        return image, label
 
     def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
         items, bad = [], []
@@ -348,6 +367,14 @@ class ImageFolder(Dataset):
         if not items:
             return torch.empty(0, c, s, s, dtype=torch.uint8), torch.empty(0, dtype=torch.long), tuple(bad)
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]), tuple(bad)
+
+
+CACHE_BYTES = 1 << 30   # decoded folders up to 1 GiB are kept in memory (e.g. 100,000 RGB images at 64x64)
+
+
+def cache_fits(n: int, in_chans: int, load_size: int, limit: int = CACHE_BYTES) -> bool:
+    """Whether n decoded uint8 images of in_chans x load_size x load_size fit the in-memory cache's limit."""
+    return n * in_chans * load_size * load_size <= limit
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -10,8 +10,8 @@ from torch import nn
 from ..extras import require
 from ..models import model_card
 from .config import TrainConfig
-from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, fashion_mnist, is_idx_dir, probe_images,
-                       repeat_channels, split_indices, synthetic)
+from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, cache_fits, fashion_mnist, is_idx_dir,
+                       probe_images, repeat_channels, split_indices, synthetic)
 from .distributed import DistInfo
 from .loaders import Loader
 from .mixing import MixupCutMix
@@ -34,6 +34,7 @@ class DataSpec:
     std: tuple[float, ...]
     description: str
     native_size: tuple[int, int] = (0, 0)   # the images' own size (median over a sample of a folder's files)
+    size_note: str = ""   # why the input size differs from the native size, for the data-aware defaults line
 
 
 def choose_input_size(model: nn.Module, native: Sequence[int], requested: int | None) -> tuple[int, int]:
@@ -53,6 +54,40 @@ def choose_input_size(model: nn.Module, native: Sequence[int], requested: int | 
     return max(int(native[0]), mh), max(int(native[1]), mw)
 
 
+def useful_input_size(model: nn.Module) -> int:
+    """The smallest input side at which the model's last feature map is still 2x2: twice the reduction (total
+    stride) of its last stage, e.g. 64 for a stride-32 ConvNeXt; 0 for a model that declares no stages.
+
+    Below it the last stage sees a single position (ConvNeXt at 32x32 ends at 1x1), so its 7x7 depthwise kernels
+    see only their centre tap and that stage's spatial mixing is lost; at 2x2 they still mix neighbours."""
+    info = getattr(model, "feature_info", None) or []
+    reductions = [int(f["reduction"]) for f in info if isinstance(f, dict) and f.get("reduction")]
+    return 2 * reductions[-1] if reductions else 0
+
+
+def folder_input_size(model: nn.Module, native: Sequence[int], card_side: int) -> tuple[int, str]:
+    """The input side an image folder trains at when --input-size is not given, and why (for the printed line).
+
+    Images at least as large as the model card's input train at the card's size. Smaller ones train at their
+    native side raised to the larger of the model's minimum input and its useful size (`useful_input_size`),
+    never above the card's size."""
+    side = max(int(native[0]), int(native[1]))
+    name = getattr(model, "model_name", type(model).__name__)
+    if side >= card_side:
+        return card_side, ""
+    minimum = max(getattr(model, "min_input_size", (1, 1)))
+    useful = useful_input_size(model)
+    chosen = min(card_side, max(side, minimum, useful))
+    if chosen == side:
+        return side, ""
+    if chosen == useful and useful > minimum:
+        return chosen, (f"the data's {native[0]}x{native[1]} raised to {chosen}: the smallest size at which "
+                        f"{name}'s last stage (stride {useful // 2}) still sees 2x2")
+    if chosen == minimum:
+        return chosen, f"the data's {native[0]}x{native[1]} raised to the model's minimum"
+    return chosen, f"the data's {native[0]}x{native[1]} raised to {chosen}, the model card's size"
+
+
 def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = None) -> DataSpec:
     """Datasets for `cfg.data`: 'fashion-mnist', 'synthetic', a directory of Fashion-MNIST idx files, or an image
     folder (root/<class>/..., or root/train + root/val|test)."""
@@ -66,6 +101,7 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
         train, test = repeat_channels(train, in_chans), repeat_channels(test, in_chans)
         mean, std = mean * in_chans, std * in_chans
         classes, crop_pct, native, input_size = FASHION_MNIST_CLASSES, cfg.crop_pct or 1.0, train.image_size, None
+        size_note = ""
         desc = f"Fashion-MNIST ({root or 'default location'})"
     elif cfg.data == "synthetic":
         s = cfg.synthetic_image_size
@@ -74,7 +110,7 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
         test = synthetic(max(cfg.synthetic_size // 4, 2), split="test", **kw)
         mean, std = train.channel_stats()
         classes, crop_pct, native, in_chans = train.classes, cfg.crop_pct or 1.0, (s, s), train.in_chans
-        input_size = None
+        input_size, size_note = None, ""
         desc = f"synthetic ({cfg.synthetic_size} images, {cfg.synthetic_classes} classes)"
     else:
         if not path.is_dir():
@@ -90,12 +126,17 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
         card_side = max(card.input_size[1:])
         small = max(nh, nw) < card_side
         crop_pct = cfg.crop_pct or (1.0 if small else card.pretrained_cfg.crop_pct)
-        native = (min(nh, card_side), min(nw, card_side)) if small else tuple(card.input_size[1:])
-        side = max(native)
+        side, size_note = folder_input_size(probe, (nh, nw), card_side)
+        if cfg.input_size is not None:
+            size_note = ""
         input_size = choose_input_size(probe, (side, side), cfg.input_size)
+        if size_note and tuple(input_size) != (side, side):   # a model that takes one size only
+            size_note = "the only size the model takes"
         load = max(1, round(max(input_size) / crop_pct))
+        # a folder whose decoded images fit in memory is decoded once, not once per epoch
+        cache = cache_fits(len(probe_set), in_chans, load)
         kw = dict(load_size=load, mode="RGB" if in_chans == 3 else "L", on_error=cfg.on_error,
-                  check=cfg.check_images, report=warn)
+                  check=cfg.check_images, report=warn, cache=cache)
         if train_root != path:
             train = ImageFolder(train_root, **kw)
             if held_out is not None:
@@ -112,7 +153,7 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
         classes = train.classes
         native = (nh, nw)
         desc = f"image folder {path} ({len(train)} train / {len(test)} eval images, {nh}x{nw} " \
-               f"{'grayscale' if gray else 'colour'})"
+               f"{'grayscale' if gray else 'colour'}{', decoded once and held in memory' if cache else ''})"
     if cfg.data_limit is not None:
         train = train.subset(cfg.data_limit) if hasattr(train, "subset") else IndexSubset(train, range(cfg.data_limit))
     if cfg.eval_limit is not None:
@@ -120,8 +161,10 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
     if input_size is None:
         input_size = choose_input_size(probe, native, cfg.input_size)
         load = native
+        if cfg.input_size is None and tuple(input_size) != tuple(native):
+            size_note = f"the data's {native[0]}x{native[1]} raised to the model's minimum"
     return DataSpec(train, test, tuple(classes), in_chans, input_size, (load, load) if isinstance(load, int)
-                    else tuple(load), crop_pct, tuple(mean), tuple(std), desc, tuple(native))
+                    else tuple(load), crop_pct, tuple(mean), tuple(std), desc, tuple(native), size_note)
 
 
 SMALL_DATA = 20_000   # training images below which a data set counts as small
@@ -132,10 +175,11 @@ def resolve_defaults(cfg: TrainConfig, spec: DataSpec) -> tuple[TrainConfig, str
     """The settings left to the data (None in `cfg`) chosen from the data, and a line saying what and why.
 
     - batch size: 128, or 64 for a small data set (fewer than 20,000 training images), for twice the steps;
-    - learning rate: 1e-3 x batch / 128 x 2 for small data sets (short schedules need a higher peak);
+    - learning rate: 1e-3 x batch / 128, x4 for small data sets (short schedules need a higher peak);
     - warm-up: 1 epoch, or 0.5 for small data sets;
     - crops: whole images (scale 1,1, only flips) for images of 64 pixels or less, whose few pixels a crop
-      would cut into; else Inception crops, milder (0.35-1 of the area) for small data sets.
+      would cut into; else Inception crops, milder (0.35-1 of the area) for small data sets;
+    - the input size is chosen with the data (`build_data`, `folder_input_size`) and only reported here.
     """
     import dataclasses
 
@@ -157,18 +201,21 @@ def resolve_defaults(cfg: TrainConfig, spec: DataSpec) -> tuple[TrainConfig, str
     resolved = dataclasses.replace(cfg, **chosen)
     if resolved.min_lr > resolved.lr:
         raise ValueError(f"--min-lr {resolved.min_lr:g} is above the peak learning rate {resolved.lr:g}")
-    if not chosen:
+    if not chosen and not spec.size_note:
         return resolved, ""
-    why.append(f"{n:,} training images ({'small: < ' + format(SMALL_DATA, ',') if small_data else 'not small'})")
+    if chosen:   # the settings above follow the data's size; the input size only the images' size
+        why.append(f"{n:,} training images ({'small: < ' + format(SMALL_DATA, ',') if small_data else 'not small'})")
     why.append(f"{spec.native_size[0]}x{spec.native_size[1]} images" if max(spec.native_size) else "")
     shown = []
+    flags = []
     for k, v in chosen.items():
         v = ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else f"{v:g}"
-        shown.append(f"--{k.replace('_', '-')} {v}")
-    size = (f"; input {spec.input_size[0]}x{spec.input_size[1]} (the data's {spec.native_size[0]}x"
-            f"{spec.native_size[1]}, raised to the model's minimum)" if cfg.input_size is None
-            and max(spec.native_size) and tuple(spec.input_size) != tuple(spec.native_size) else "")
-    return resolved, (f"data-aware defaults: {' '.join(shown)}{size}; because: "
+        flags.append(f"--{k.replace('_', '-')} {v}")
+    if flags:
+        shown.append(" ".join(flags))
+    if spec.size_note:
+        shown.append(f"input {spec.input_size[0]}x{spec.input_size[1]} ({spec.size_note})")
+    return resolved, (f"data-aware defaults: {'; '.join(shown)}; because: "
                       + ", ".join(w for w in why if w) + " (pass a flag to override)")
 
 
