@@ -46,6 +46,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         "--models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t --batches 1,8 --threads 1 "
         "--waterline --out benchmarks/results/deploy_speed",
         "timm and pytest (`make install-test`), torchao for int8 (the `deploy` extra)"),
+    "demo_deploy": Benchmark(
+        "the Fashion-MNIST demo model's deploy targets: top-1 of int8 PTQ and of 30% MLP pruning + one epoch of "
+        "fine-tuning (--init-from) against fp32 on the 10,000 test images, file sizes, and the pruned / unpruned "
+        "latency ratio at batch 128 and 1, measured alternately",
+        "~15 min (~8 min with --checkpoint)", ("demo_deploy.md", "demo_deploy.json"),
+        "--threads 1 --out benchmarks/results/demo_deploy",
+        "Fashion-MNIST idx files (`make data`); torchao for int8 (the `deploy` extra)"),
     "dwconv_layout": Benchmark(
         "depthwise conv time for kernels 3-31, NCHW vs channels-last, and the oneDNN kernel picked for each",
         "~2 min", ("dwconv_layout.md",), "--out benchmarks/results/dwconv_layout.md"),
