@@ -82,6 +82,22 @@ def top1(run, loader, batch=None) -> float:
     return 100.0 * correct / n
 
 
+def base_config_check(run_dir, cfg) -> str:
+    """How the checkpoint's run was configured against examples/demo.py's CONFIG (from its config.json)."""
+    from convscope.train.config import NON_SEMANTIC, load_run_config
+    try:
+        run_cfg = load_run_config(Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent)
+    except (FileNotFoundError, ValueError) as e:
+        return f"its training settings are unknown ({e})"
+    a, b = dataclasses.asdict(run_cfg), dataclasses.asdict(demo_config())
+    diff = [f"{k}={a[k]!r} (CONFIG: {b[k]!r})" for k in a if k not in NON_SEMANTIC and k != "time_budget"
+            and json.dumps(a[k]) != json.dumps(b[k])]
+    budget = "no time budget" if run_cfg.time_budget is None else f"time budget {run_cfg.time_budget:.0f} s"
+    return (f"trained with examples/demo.py's CONFIG ({run_cfg.epochs} epochs, {budget}, {run_cfg.threads} "
+            "thread(s))" if not diff else "trained with settings that differ from examples/demo.py's CONFIG: "
+            + ", ".join(diff))
+
+
 def alternate(runs: dict, x, repeats: int, calls: int) -> dict[str, dict]:
     """Round-robin timing: each repeat times `calls` calls of every form in turn; per form the median time per
     call, and per form the median of its per-repeat ratio to the first form."""
@@ -153,6 +169,7 @@ def _main(args, argv) -> int:
         train(dataclasses.replace(cfg, out=run_dir))
         data["base_train_s"] = time.perf_counter() - t0
     data["checkpoint"] = run_dir
+    data["base_config"] = base_config_check(run_dir, cfg)
     model, src = load_source(run_dir)
     batch = cfg.batch_size
     chw = src["chw"]
@@ -257,8 +274,8 @@ def render(d: dict) -> str:
          f"Command: `{d['command']}`" + (" (a smoke run: tiny data, not the targets)" if d["smoke"] else "") + "\n",
          f"Machine: {d['machine']}; ISA: {d['isa']}; torch {d['torch']}; {d['threads']} thread(s); load average "
          f"(1/5/15 min) {d['load_before']} before, {d['load_after']} after (a shared 2-core machine). Checkpoint: "
-         f"`{d['checkpoint']}` (convnext_atto, 1x32x32, examples/demo.py's CONFIG). Accuracies do not depend on "
-         f"the load; latencies are ratios measured alternately in one run.\n",
+         f"`{d['checkpoint']}`, convnext_atto 1x32x32, {d['base_config']}. Accuracies do not depend on the load; "
+         f"latencies are ratios measured alternately in one run.\n",
          "## Targets\n",
          "| target | result | |", "|---|---|---|",
          f"| (a) int8 PTQ loses <= 1 point | {t['int8_change']:+.2f} points | {ok[t['int8_change'] >= -1.0]} |",
