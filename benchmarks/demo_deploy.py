@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -80,6 +79,15 @@ def top1(run, loader, batch=None) -> float:
             correct += int((run(x)[:k].argmax(1) == y).sum())
             n += k
     return 100.0 * correct / n
+
+
+def channels_last_runner(fn):
+    """x -> fn(x in channels-last memory format)."""
+    import torch
+
+    def run(x):
+        return fn(x.contiguous(memory_format=torch.channels_last))
+    return run
 
 
 def base_config_check(run_dir, cfg) -> str:
@@ -204,8 +212,7 @@ def _main(args, argv) -> int:
             fn(torch.zeros(batch, *chw).contiguous(memory_format=torch.channels_last))
             data["int8_compile_s"] = time.perf_counter() - t0
 
-            def int8_fn(x, fn=fn):
-                return fn(x.contiguous(memory_format=torch.channels_last))
+            int8_fn = channels_last_runner(fn)
             acc["int8 PTQ (compiled)"] = top1(int8_fn, test, batch)
         print(f"int8: {acc}", flush=True)
 
@@ -239,11 +246,7 @@ def _main(args, argv) -> int:
 
     # -- latency: pruned vs unpruned (deploy float form), alternately ---------------------------------------------
     tuned_prep = prepare_for_inference(copy.deepcopy(tuned)).to(memory_format=torch.channels_last)
-
-    def float_run(m):
-        def run(x):
-            return m(x.contiguous(memory_format=torch.channels_last))
-        return run
+    float_run = channels_last_runner
     latency = {}
     reps = 3 if args.smoke else args.repeats
     for b, calls in ((batch, 1), (1, 20)):
@@ -270,7 +273,7 @@ def render(d: dict) -> str:
     t = d["targets"]
     ok = {True: "met", False: "**not met**"}
     acc = d["top1"]
-    L = [f"# Demo model: int8 and pruning targets\n",
+    L = ["# Demo model: int8 and pruning targets\n",
          f"Command: `{d['command']}`" + (" (a smoke run: tiny data, not the targets)" if d["smoke"] else "") + "\n",
          f"Machine: {d['machine']}; ISA: {d['isa']}; torch {d['torch']}; {d['threads']} thread(s); load average "
          f"(1/5/15 min) {d['load_before']} before, {d['load_after']} after (a shared 2-core machine). Checkpoint: "
@@ -291,7 +294,7 @@ def render(d: dict) -> str:
     L += [f"\nPruning: {p['ratio']:.0%} asked, {p['removed']:.1%} of the MLP hidden channels removed (widths rounded "
           f"to 8, magnitude importance); parameters {p['params'][0]:,} -> {p['params'][1]:,}. Per block (hidden "
           "width before -> after): " + ", ".join(f"{k} {a}->{b}" for k, (a, b) in p["widths"].items()) + ".",
-          f"\nFine-tuning: the training engine from the pruned file (`init_from`), "
+          "\nFine-tuning: the training engine from the pruned file (`init_from`), "
           + ", ".join(f"{k}={v}" for k, v in d["finetune_config"].items() if k != "init_from")
           + f"; {d['finetune_s']:.0f} s.\n",
           "## Sizes (bytes on disk)\n", "| file | bytes |", "|---|---:|"]
