@@ -38,13 +38,21 @@ BENCHMARKS: dict[str, Benchmark] = {
         "training images/s with the loader in the main process or a worker",
         "~2 min", ("data_loading.md", "data_loading.json"), "--rounds 3",
         "Fashion-MNIST idx files (`make data`, or `--data DIR`)"),
+    "demo_deploy": Benchmark(
+        "the Fashion-MNIST demo model's deploy targets: top-1 of int8 PTQ and of 30% MLP pruning + one epoch of "
+        "fine-tuning (--init-from) against fp32 on the 10,000 test images, file sizes, and the pruned / unpruned "
+        "latency ratio at batch 128 and 1, measured alternately",
+        "~15 min (~8 min with --checkpoint)", ("demo_deploy.md", "demo_deploy.json"),
+        "--threads 1 --out benchmarks/results/demo_deploy",
+        "Fashion-MNIST idx files (`make data`); torchao for int8 (the `deploy` extra)"),
     "deploy_speed": Benchmark(
         "inference time of ConvNeXt-T, InceptionNeXt-T, CAFormer-S18 and UniRepLKNet-T, batch 1 and 8: timm eager "
         "fp32 and bf16, convscope eager fp32 and after each deploy step (fold/reparam, channels_last, bf16, "
-        "torch.compile, int8), as ratios to timm eager, with the CPU's ISA; the optimised form's layer waterline",
-        "~40 min per model", ("deploy_speed.md", "deploy_speed.json"),
+        "torch.compile, int8), as ratios to timm eager measured alternately in one run, with the CPU's ISA; the "
+        "layers of each model's fastest float form that run far below their waterline bound",
+        "~1 h on a quiet machine (compile and int8 builds)", ("deploy_speed.md", "deploy_speed.json"),
         "--models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t --batches 1,8 --threads 1 "
-        "--waterline --out benchmarks/results/deploy_speed",
+        "--repeats 15 --waterline --out benchmarks/results/deploy_speed",
         "timm and pytest (`make install-test`), torchao for int8 (the `deploy` extra)"),
     "demo_slow_machine": Benchmark(
         "top-1 of `make demo`'s recipe trained for the steps its time budget plans on a slower 2-core machine "

@@ -149,3 +149,62 @@ def test_official_parity_reads_a_checkout_or_a_bare_mirror(tmp_path):
     shutil.copytree(checkout, plain, ignore=shutil.ignore_patterns(".git"))
     assert op.resolve_sources(["inception_next"], {"inception_next": plain}, [])["inception_next"].commit(
         files) == "unversioned"
+
+
+# -- demo_deploy: every step on a few images (the targets need the full run) -------------------------------------
+def test_demo_deploy_smoke(tmp_path):
+    """Trains a 512-image base run, quantises, prunes, fine-tunes through --init-from, times, writes the page."""
+    import json
+
+    demo = _load("demo_deploy")
+    from convscope.deploy.quantize import available
+    assert demo.main(["--smoke", "--threads", "1", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "p")]) == 0
+    d = json.loads((tmp_path / "p.json").read_text())
+    acc = d["top1"]
+    assert d["n_test"] == 256 and all(0 < v <= 100 for v in acc.values())
+    assert abs(acc["fp32 prepared, channels_last"] - acc["fp32"]) <= 100 * 2 / 256   # exact up to rounding
+    assert abs(d["pruning"]["removed"] - 0.3) < 0.03
+    assert d["pruning"]["params"][1] < 0.85 * d["pruning"]["params"][0]
+    sizes = d["sizes"]
+    assert sizes["pruned (safetensors)"] < 0.85 * sizes["fp32 (safetensors)"]
+    if available():
+        assert sizes["int8 (torch.export .pt2)"] < 0.5 * sizes["fp32 (safetensors)"]
+        assert abs(d["targets"]["int8_change"] - (acc["int8 PTQ (reference, eager)"] - acc["fp32"])) < 1e-9
+    assert d["finetune_config"]["epochs"] == 1 and d["finetune_config"]["init_from"].endswith("pruned.safetensors")
+    for b in ("128", "1"):
+        forms = d["latency"][b]
+        assert forms["fp32 unpruned"]["ratio"] == 1.0 and forms["fp32 pruned + fine-tuned"]["median_ms"] > 0
+    page = (tmp_path / "p.md").read_text()
+    assert "benchmarks/demo_deploy.py --smoke" in page and "| (a) int8 PTQ loses <= 1 point |" in page
+
+
+# -- deploy_speed: the cheap form of the final command ------------------------------------------------------------
+def test_deploy_speed_smoke(tmp_path):
+    """A timm model and one timm lacks (ratios to convscope eager then), alternating repeats, the waterline."""
+    import json
+
+    ds = _load("deploy_speed")
+    out = tmp_path / "ds"
+    assert ds.main(["--models", "convnext_atto,unireplknet_a", "--size", "32", "--batches", "1", "--skip",
+                    "compile,int8", "--repeats", "2", "--waterline", "--clock", "thread", "--out", str(out)]) == 0
+    d = json.loads(out.with_suffix(".json").read_text())
+    atto, uni = d["models"]["convnext_atto"]["1"], d["models"]["unireplknet_a"]["1"]
+    assert atto["ref"] == "timm eager fp32" and uni["ref"] == "convscope eager fp32"
+    assert "timm has no unireplknet_a" in uni["forms"]["timm eager fp32"]["error"]
+    for r in (atto, uni):
+        assert r["forms"][r["ref"]]["ratio"] == 1.0
+        forms = ["convscope eager fp32", "prepare", "+channels_last", "+bf16 autocast"]
+        assert all(r["forms"][f]["ms"] > 0 and r["forms"][f]["repeats"] == 2 for f in forms)
+        assert "+torch.compile" not in r["forms"] and "int8 (compiled)" not in r["forms"]
+    for name in ("convnext_atto", "unireplknet_a"):
+        w = d["waterline"][name]
+        assert w["form"] in ds.FLOAT_FORMS and w["batch"] == 1
+        assert all(row["efficiency"] < 0.25 for row in w["far_below"]) and 0 < w["far_share"] <= 1
+        shares = [row["share"] for row in w["far_below"]]
+        assert shares == sorted(shares, reverse=True) and w["far_count"] >= len(shares)
+    page = out.with_suffix(".md").read_text()
+    assert "## unireplknet_a, batch 1 (ratios to convscope eager fp32)" in page and "ISA: **" in page
+    assert "### convnext_atto: " in page
+    assert ds.parse(["--skip", "compile"]).skip == {"compile"}
+    with pytest.raises(SystemExit):
+        ds.parse(["--skip", "fp8"])

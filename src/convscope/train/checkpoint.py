@@ -127,6 +127,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
                              **meta.get("model_kwargs", {}))
+        if meta.get("pruning"):   # a run started from a pruned model (--init-from): its pruned widths
+            from .init import apply_pruning
+            apply_pruning(model, meta["pruning"])
     except (TypeError, KeyError) as e:
         raise ValueError(f"{path}: the convscope metadata does not describe a model this version can build "
                          f"({type(e).__name__}: {e})") from None

@@ -43,6 +43,7 @@ class TrainConfig:
     msd_drop: float = 0.5
     input_size: int | None = None
     in_chans: int | None = None
+    init_from: str | None = None        # weights to start from: a pruned model (save_pruned) or a run's weights
     # data and augmentation
     data_limit: int | None = None
     eval_limit: int | None = None
@@ -240,6 +241,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "raised to the model's minimum and, for an image folder, to twice its last stage's stride; at "
                    "most the model card's)")
     g.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3; default: the data's")
+    g.add_argument("--init-from", default=None, metavar="WEIGHTS.safetensors",
+                   help="start from these weights instead of a random init: a pruned model written by "
+                        "convscope.deploy.prune.save_pruned (the model takes its pruned widths: fine-tuning after "
+                        "pruning) or a weights file written by convscope train for the same model and classes")
     g = p.add_argument_group("data and augmentation")
     g.add_argument("--data-limit", type=int, default=None, help="use only the first N training images")
     g.add_argument("--eval-limit", type=int, default=None, help="evaluate on only the first N images")

@@ -124,12 +124,19 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, num_classes=len(spec.classes), in_chans=spec.in_chans,
                              drop_path_rate=drop_path, **cfg.model_kwargs, **extra)
+        pruning = None
+        if cfg.init_from is not None:   # start from given weights (a pruned model takes its pruned widths)
+            from .init import init_from_
+            pruning = init_from_(model, cfg.init_from, model_name=card.name, num_classes=len(spec.classes),
+                                 in_chans=spec.in_chans)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(device, memory_format=memory_format)
     meta = dict(model=card.name, model_kwargs=cfg.model_kwargs, num_classes=len(spec.classes),
                 in_chans=spec.in_chans, input_size=list(spec.input_size), load_size=list(spec.load_size),
                 crop_pct=spec.crop_pct, mean=list(spec.mean), std=list(spec.std), class_names=list(spec.classes),
                 data=cfg.data)
+    if pruning:
+        meta["pruning"] = pruning   # load_model rebuilds the pruned widths from it
 
     # -- optimizer, schedule, EMA --------------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)

@@ -1,0 +1,83 @@
+"""Starting a run from weights instead of a random init (`TrainConfig.init_from`, `convscope train --init-from`).
+
+Two kinds of file are accepted:
+
+- a pruned model written by `convscope.deploy.prune.save_pruned`: its metadata holds the pruning spec (the
+  registered model and, per MLP group, the hidden width it keeps). The run's freshly built model is given those
+  widths (`apply_spec_`) and the weights are loaded strictly; this is how a pruned model is fine-tuned;
+- a weights file written by `convscope train` (best.safetensors, last.safetensors, a checkpoint's
+  model.safetensors): loaded strictly, with the pruned widths of its run when it was itself a pruned run.
+
+Either way the file must describe the run's model, classes and input channels, else ValueError naming what
+differs. The returned spec (or None) goes into the run's metadata (`meta["pruning"]`), so that every weights file
+the run writes rebuilds with `load_model` (evaluate, predict, optimize, export) at the pruned widths.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+PRUNING_KEY = "convscope_pruning_spec"
+
+
+def _file_meta(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-from: no weights file at {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types
+        raise ValueError(f"--init-from: {path} is not a safetensors file ({e})") from None
+
+
+def apply_pruning(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+    """Give `model` (built by create_model) the pruned widths of `spec`, in place."""
+    from ..deploy.prune import apply_spec_
+    return apply_spec_(model, spec)
+
+
+def init_from_(model: nn.Module, path: str | os.PathLike, *, model_name: str, num_classes: int,
+               in_chans: int) -> dict[str, Any] | None:
+    """Load the weights of `path` into the run's `model` in place (reshaping it first when the file is pruned);
+    returns the pruning spec, or None for an unpruned model."""
+    from ..models import model_card
+    from .checkpoint import META_KEY, read_meta
+
+    path = Path(path)
+    raw = _file_meta(path)
+    if PRUNING_KEY in raw:
+        spec = json.loads(raw[PRUNING_KEY])
+        what, got = "pruned model", {k: spec.get(k) for k in ("model", "num_classes", "in_chans")}
+    elif META_KEY in raw:
+        meta = read_meta(path)
+        spec = dict(meta["pruning"]) if meta.get("pruning") else None
+        what, got = "convscope weights file", {k: meta[k] for k in ("model", "num_classes", "in_chans")}
+    else:
+        raise ValueError(f"--init-from: {path} holds neither a pruning spec (deploy.prune.save_pruned) nor convscope "
+                         "metadata (a weights file written by convscope train)")
+    try:
+        got["model"] = model_card(got["model"]).name
+    except (LookupError, ValueError, TypeError):
+        pass   # not a registered name: reported as differing below
+    want = dict(model=model_name, num_classes=num_classes, in_chans=in_chans)
+    differ = [f"{k} {got[k]!r} (the run: {want[k]!r})" for k in want if got[k] not in (want[k], None)]
+    if differ:
+        raise ValueError(f"--init-from: {path} is a {what} of another model: " + ", ".join(differ))
+    if spec:
+        apply_pruning(model, spec)
+    own = model.state_dict()
+    sd = load_file(str(path))
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    shapes = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", sorted(shapes))) if keys]
+        raise ValueError(f"--init-from: {path} does not fit {model_name}: weights " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+    return spec
