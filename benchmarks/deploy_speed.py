@@ -53,7 +53,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="a layer runs far below its bound under this efficiency (bound / time); default 0.25")
     p.add_argument("--top", type=int, default=8, help="layers listed per model in the waterline section")
     p.add_argument("--clock", choices=("wall", "thread"), default="wall",
-                   help="layer timer of the waterline profile ('thread': the thread's CPU time, for a busy machine)")
+                   help="timer of every form and of the waterline profile ('thread': the calling thread's CPU time, "
+                        "with --threads 1 the work itself without the time other processes held the core, for a "
+                        "busy machine)")
     p.add_argument("--resume", action="store_true", help="keep the models OUT.json already holds from this command")
     p.add_argument("--out", default="benchmarks/results/deploy_speed", help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
@@ -119,8 +121,13 @@ def build_forms(name, b, args, timm, model):
     return runs, info, x
 
 
-def alternate(runs, x, repeats, max_s):
-    """Time every form once per repeat, in turn (order reversed every other repeat); per-form times."""
+def alternate(runs, x, repeats, max_s, clock="wall"):
+    """Time every form once per repeat, in turn (order reversed every other repeat); per-form times, by the wall
+    clock or (clock='thread', one torch thread) the calling thread's CPU time."""
+    import torch
+    from convscope.analysis.timing import check_clock
+    check_clock(clock, torch.device("cpu"))
+    timer = time.perf_counter if clock == "wall" else time.thread_time
     names = list(runs)
     times = {n: [] for n in names}
     for fn in runs.values():
@@ -128,9 +135,9 @@ def alternate(runs, x, repeats, max_s):
     start = time.perf_counter()
     for r in range(repeats):
         for n in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
+            t0 = timer()
             runs[n](x)
-            times[n].append(time.perf_counter() - t0)
+            times[n].append(timer() - t0)
         if r + 1 >= 3 and time.perf_counter() - start > max_s * len(names):
             break
     return times
@@ -146,7 +153,7 @@ def bench_model(name, args, timm):
     for b in args.batches:
         runs, info, x = build_forms(name, b, args, timm, model)
         load_before = load_average()
-        times = alternate(runs, x, args.repeats, args.max_seconds)
+        times = alternate(runs, x, args.repeats, args.max_seconds, args.clock)
         ref = "timm eager fp32" if "timm eager fp32" in times else "convscope eager fp32"
         r = {}
         for label in info:
@@ -201,7 +208,10 @@ def render(data) -> str:
              f"{data['threads']} thread(s); input {data['size']}x{data['size']}; load average (1/5/15 min) "
              f"{data['load_before']} before the run, {data.get('load_after', '-')} after (a shared 2-core machine: "
              "other processes may run beside it).\n",
-             "Each cell: median latency over repeats in which every form was timed once in turn (alternately), and "
+             f"Each cell: median latency ({data.get('clock', 'wall')} clock"
+             + ("; the thread's CPU time: with one torch thread, the work itself, without the time other processes "
+                "held the core" if data.get("clock") == "thread" else "")
+             + ") over repeats in which every form was timed once in turn (alternately), and "
              "the median per-repeat ratio to the reference form (timm eager fp32; > 1 is faster). timm has no "
              "UniRepLKNet: its ratios are to convscope eager fp32, as the heading says. `prepare` = "
              "re-parameterise + fold BatchNorm (exact); `+channels_last` and `+bf16 autocast` add to the row "
