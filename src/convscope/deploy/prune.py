@@ -51,13 +51,16 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..layers.classifier import ClassifierHead
 from ..layers.grn import GlobalResponseNorm
 from ..layers.mixers.attention import Attention
+from ..layers.mixers.inception_dw import InceptionDWConv2d
 from ..layers.mixers.sepconv import SepConv
-from ..layers.mlp import ConvMlp, GlobalResponseNormMlp, Mlp
+from ..layers.mlp import ConvMlp, GlobalResponseNormMlp, Mlp, MlpHead
+from ..layers.norm import LayerNorm2d
 from ..layers.se import SqueezeExcite
 
-SCOPES = ("mlp", "heads")
+SCOPES = ("mlp", "heads", "stage")
 
 _RULES: dict[type, tuple[str, tuple[str, ...], str]] = {
     Mlp: ("fc1", ("act", "drop"), "fc2"),
@@ -182,7 +185,32 @@ class HeadGroup:
         return model.get_submodule(self.path).num_heads
 
 
-Group = HiddenGroup | HeadGroup
+@dataclass
+class StageGroup:
+    """The residual-stream channels of one stage (scope "stage"): `members` are (path from the model's root,
+    role) pairs, role one of "out" (writes the channels: rows), "in" (reads them: columns), "dw" (a module whose
+    convs are all depthwise and whose BatchNorms are all over these channels), "norm" (BatchNorm, LayerNorm or
+    LayerNorm2d over them), "scale" (a per-channel parameter or LayerScale), "se" (a squeeze-excite over them),
+    "split" (an Inception depthwise mixer: identity / square / band parts)."""
+    path: str
+    members: tuple[tuple[str, str], ...]
+    kind = "stage"
+    unit = 1
+
+    def size(self, model: nn.Module) -> int:
+        return _width(model.get_submodule(next(p for p, r in self.members if r == "out")))
+
+    def parts(self, model: nn.Module) -> list[tuple[int, int, bool]] | None:
+        """(offset, size, needs at least one channel) per part of the stage's Inception mixers, or None."""
+        for p, r in self.members:
+            if r == "split":
+                sizes = model.get_submodule(p).split_sizes
+                offs = [0] + list(itertools.accumulate(sizes))[:-1]
+                return [(o, n, i > 0) for i, (o, n) in enumerate(zip(offs, sizes))]
+        return None
+
+
+Group = HiddenGroup | HeadGroup | StageGroup
 
 
 def hidden_groups(model: nn.Module) -> list[HiddenGroup]:
@@ -239,6 +267,125 @@ def head_groups(model: nn.Module) -> list[HeadGroup]:
     return out
 
 
+def _is_norm(m: nn.Module) -> bool:
+    """Identity, an affine BatchNorm2d, or a LayerNorm over one (channel) dimension, channels-last or NCHW."""
+    if isinstance(m, nn.Identity):
+        return True
+    if type(m) is nn.BatchNorm2d:
+        return m.affine
+    return isinstance(m, nn.LayerNorm) and type(m).forward in (nn.LayerNorm.forward, LayerNorm2d.forward) and \
+        len(m.normalized_shape) == 1
+
+
+def _role_ok(m: nn.Module | nn.Parameter, role: str, width: int) -> bool:
+    if role in ("out", "in"):
+        if not isinstance(m, _LAYERS) or (isinstance(m, nn.Conv2d) and m.groups != 1):
+            return False
+        return (_width(m) if role == "out" else m.weight.shape[1]) == width
+    if role == "dw":
+        convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+        bns = [b for b in m.modules() if isinstance(b, nn.BatchNorm2d)]
+        acts = [a for a in m.modules() if not list(a.children()) and not isinstance(a, (nn.Conv2d, nn.BatchNorm2d))]
+        return bool(convs) and all(c.in_channels == c.out_channels == c.groups == width for c in convs) and \
+            all(b.num_features == width and b.affine for b in bns) and all(_maps_zero_to_zero(a) for a in acts)
+    if role == "norm":
+        return _is_norm(m) and (isinstance(m, nn.Identity) or
+                                (m.num_features if isinstance(m, nn.BatchNorm2d) else m.normalized_shape[0]) == width)
+    if role == "scale":
+        t = m.scale if hasattr(m, "scale") and isinstance(m, nn.Module) else m
+        return isinstance(t, torch.Tensor) and t.shape == (width,)
+    if role == "se":
+        return isinstance(m, SqueezeExcite) and m.fc1.in_channels == m.fc2.out_channels == width
+    if role == "split":
+        return isinstance(m, InceptionDWConv2d) and sum(m.split_sizes) == width
+    return False
+
+
+def _resolve(model: nn.Module, path: str):
+    parent, _, leaf = path.rpartition(".")
+    try:
+        owner = model.get_submodule(parent) if parent else model
+    except AttributeError:
+        return None
+    return getattr(owner, leaf, None)
+
+
+def _opener(seq: nn.Module, path: str, is_stem: bool) -> tuple[list, list, list] | None:
+    """Split a stem / downsampling nn.Sequential at its last plain conv: (members of the previous stage, the conv,
+    members of this stage); None when it is not such a sequence."""
+    if not isinstance(seq, nn.Sequential):
+        return None
+    convs = [i for i, m in enumerate(seq) if isinstance(m, nn.Conv2d) and m.groups == 1]
+    if not convs:
+        return None
+    last = convs[-1]
+    before, after = [], []
+    for i, m in enumerate(seq):
+        if i == last:
+            continue
+        if i < last and is_stem:
+            continue  # the stem's inner layers have their own widths, left alone
+        if _is_norm(m):
+            (before if i < last else after).append((f"{path}.{i}", "norm"))
+        elif not (_elementwise(m) and _maps_zero_to_zero(m)):
+            return None
+    return before, [(f"{path}.{last}", "out")], after
+
+
+def stage_groups(model: nn.Module) -> list[StageGroup]:
+    """The residual-stream channels of each stage, for models laid out stem -> stages (downsample, blocks) ->
+    head whose blocks declare `prune_stream` ((attribute, role) pairs); [] for the others (meta device is fine)."""
+    stages, head = getattr(model, "stages", None), getattr(model, "head", None)
+    if not isinstance(stages, nn.Sequential) or not hasattr(model, "stem") or \
+            not isinstance(getattr(model, "norm_pre", nn.Identity()), nn.Identity):
+        return []
+    members: list[list[tuple[str, str]]] = []
+    for i, stage in enumerate(stages):
+        blocks = getattr(stage, "blocks", None)
+        if blocks is None or not all(hasattr(b, "prune_stream") for b in blocks):
+            return []
+        if getattr(stage, "tokens", False):
+            return []
+        split = _opener(model.stem if i == 0 else stage.downsample, "stem" if i == 0 else f"stages.{i}.downsample",
+                        i == 0)
+        if split is None:
+            return []
+        before, conv, after = split
+        if i > 0:
+            members[-1] += before + [(conv[0][0], "in")]
+        members.append(conv + after)
+        for j, b in enumerate(blocks):
+            for name, role in b.prune_stream:
+                t = _resolve(b, name)
+                if t is None or isinstance(t, nn.Identity):
+                    continue
+                members[-1].append((f"stages.{i}.blocks.{j}.{name}", role))
+    if isinstance(head, ClassifierHead):
+        if head.norm_first:
+            return []
+        if not isinstance(head.norm, nn.Identity):
+            members[-1].append(("head.norm", "norm"))
+        fc = head.fc
+        if isinstance(fc, MlpHead):
+            members[-1].append(("head.fc.fc1", "in"))
+        elif isinstance(fc, nn.Linear):
+            members[-1].append(("head.fc", "in"))
+        elif not isinstance(fc, nn.Identity):
+            return []
+    elif isinstance(head, MlpHead):
+        members[-1].append(("head.fc1", "in"))
+    else:
+        return []
+    out = []
+    for i, mem in enumerate(members):
+        g = StageGroup(f"stages.{i}", tuple(mem))
+        width = g.size(model)
+        if not all(_role_ok(_resolve(model, p), r, width) for p, r in mem):
+            return []
+        out.append(g)
+    return out
+
+
 def prunable_groups(model: nn.Module, scopes: Iterable[str] = ("mlp",)) -> list[Group]:
     scopes = _check_scopes(scopes)
     out: list[Group] = []
@@ -246,6 +393,8 @@ def prunable_groups(model: nn.Module, scopes: Iterable[str] = ("mlp",)) -> list[
         out += hidden_groups(model)
     if "heads" in scopes:
         out += head_groups(model)
+    if "stage" in scopes:
+        out += stage_groups(model)
     return out
 
 
@@ -276,6 +425,17 @@ def magnitude_scores(model: nn.Module, groups: list[Group]) -> list[torch.Tensor
     """Per unit of each group (hidden channel, head): producer rows' norm times consumer columns' norm."""
     scores = []
     for g in groups:
+        if isinstance(g, StageGroup):
+            width = g.size(model)
+            w, r = torch.zeros(width), torch.zeros(width)
+            for path, role in g.members:
+                t = _resolve(model, path)
+                if role == "out":
+                    w += t.weight.detach().flatten(1).pow(2).sum(1)
+                elif role == "in":
+                    r += t.weight.detach().transpose(0, 1).flatten(1).pow(2).sum(1)
+            scores.append(w.sqrt() * r.sqrt())
+            continue
         if isinstance(g, HeadGroup):
             m, qkv, proj = g.modules(model)
             h, d = m.num_heads, m.head_dim
@@ -290,35 +450,44 @@ def magnitude_scores(model: nn.Module, groups: list[Group]) -> list[torch.Tensor
     return scores
 
 
-def _consumer(model: nn.Module, g: Group) -> nn.Module:
-    return g.modules(model)[2] if isinstance(g, HeadGroup) else g.modules(model)[3]
+def _readers(model: nn.Module, g: Group) -> list[nn.Module]:
+    """The layers whose input holds the group's units: a hidden group's consumer, an attention's proj, every
+    layer reading a stage's channels."""
+    if isinstance(g, StageGroup):
+        return [_resolve(model, p) for p, r in g.members if r == "in"]
+    return [g.modules(model)[2] if isinstance(g, HeadGroup) else g.modules(model)[3]]
 
 
 def taylor_scores(model: nn.Module, groups: list[Group], loader: Iterable,
                   batches: int = 4) -> list[torch.Tensor]:
-    """First-order Taylor importance: sum over positions and batches of |a * dL/da| at the consumer's input (for a
-    head: proj's input, summed over the head's channels)."""
-    acts: dict[int, torch.Tensor] = {}
-    width = [_consumer(model, g).weight.shape[1] for g in groups]
-    scores = [torch.zeros(w) for w in width]
+    """First-order Taylor importance: sum over positions and batches of |a * dL/da| at the readers' input (for a
+    head: proj's input, summed over the head's channels; for a stage: every layer reading its channels)."""
+    acts: dict[tuple[int, int], torch.Tensor] = {}
+    readers = [_readers(model, g) for g in groups]
+    scores = [torch.zeros(g.size(model) if isinstance(g, StageGroup) else rs[0].weight.shape[1])
+              for g, rs in zip(groups, readers)]
     handles = []
-    for i, g in enumerate(groups):
-        def hook(mod, args, i=i):
-            a = args[0]
-            a.retain_grad()
-            acts[i] = a
-        handles.append(_consumer(model, g).register_forward_pre_hook(hook))
+    for i, rs in enumerate(readers):
+        for j, layer in enumerate(rs):
+            def hook(mod, args, key=(i, j)):
+                a = args[0]
+                if a.requires_grad:
+                    a.retain_grad()
+                acts[key] = a
+            handles.append(layer.register_forward_pre_hook(hook))
     was = model.training
     model.eval()
     try:
         for x, y in itertools.islice(loader, batches):
             model.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(x), y).backward()
-            for i, g in enumerate(groups):
-                a = acts[i]
-                ch = -1 if isinstance(_consumer(model, g), nn.Linear) else 1
-                dims = [d for d in range(a.ndim) if d != (ch % a.ndim)]
-                scores[i] += (a * a.grad).detach().abs().sum(dims)
+            for i, rs in enumerate(readers):
+                for j, layer in enumerate(rs):
+                    a = acts[(i, j)]
+                    if a.grad is None:
+                        continue
+                    ch = (-1 if isinstance(layer, nn.Linear) else 1) % a.ndim
+                    scores[i] += (a * a.grad).detach().abs().sum([d for d in range(a.ndim) if d != ch])
     finally:
         for h in handles:
             h.remove()
@@ -338,14 +507,15 @@ class PrunePlan:
 
 
 def plan_pruning(model: nn.Module, ratio: float, *, scopes: Iterable[str] = ("mlp",), head_ratio: float | None = None,
-                 importance: str = "magnitude", loader: Iterable | None = None, min_keep: float = 0.1,
-                 quantum: int = 8) -> PrunePlan:
-    """Remove about `ratio` of all hidden channels (scope "mlp") and `head_ratio` (default `ratio`) of all heads
-    (scope "heads"), the least important first across the whole model (scores normalised by their group's mean, so
-    the allocation per layer follows the scores)."""
+                 stage_ratio: float | None = None, importance: str = "magnitude", loader: Iterable | None = None,
+                 min_keep: float = 0.1, quantum: int = 8) -> PrunePlan:
+    """Remove about `ratio` of all hidden channels (scope "mlp"), `head_ratio` of all heads (scope "heads") and
+    `stage_ratio` of all stage channels (scope "stage"; both default to `ratio`), the least important first across
+    the whole model (scores normalised by their group's mean, so the allocation per layer follows the scores)."""
     scopes = _check_scopes(scopes)
     head_ratio = ratio if head_ratio is None else head_ratio
-    for what, r in (("ratio", ratio), ("head_ratio", head_ratio)):
+    stage_ratio = ratio if stage_ratio is None else stage_ratio
+    for what, r in (("ratio", ratio), ("head_ratio", head_ratio), ("stage_ratio", stage_ratio)):
         if not isinstance(r, (int, float)) or not 0 <= r < 1:
             raise ValueError(f"{what} must be in [0, 1); got {r!r}")
     if not 0 < min_keep <= 1:
@@ -355,7 +525,8 @@ def plan_pruning(model: nn.Module, ratio: float, *, scopes: Iterable[str] = ("ml
     groups = prunable_groups(model, scopes)
     for s in scopes:
         if not any(g.kind == s for g in groups):
-            what = {"mlp": "MLP hidden channels", "heads": "attention heads"}[s]
+            what = {"mlp": "MLP hidden channels", "heads": "attention heads",
+                    "stage": "stage channels (blocks declaring prune_stream)"}[s]
             raise ValueError(f"{type(model).__name__} has no prunable {what} (scope {s!r})")
     if importance == "magnitude":
         scores = magnitude_scores(model, groups)
@@ -368,9 +539,16 @@ def plan_pruning(model: nn.Module, ratio: float, *, scopes: Iterable[str] = ("ml
     keep: list[torch.Tensor | None] = [None] * len(groups)
     for scope in scopes:
         idx = [i for i, g in enumerate(groups) if g.kind == scope]
-        r = head_ratio if scope == "heads" else ratio
+        r = dict(mlp=ratio, heads=head_ratio, stage=stage_ratio)[scope]
         for i, k in zip(idx, _allocate([groups[i] for i in idx], [scores[i] for i in idx], r, min_keep,
-                                       quantum if scope == "mlp" else 1)):
+                                       1 if scope == "heads" else quantum)):
+            g = groups[i]
+            parts = g.parts(model) if isinstance(g, StageGroup) else None
+            for off, n, needed in parts or ():
+                inside = (k >= off) & (k < off + n)
+                if needed and not inside.any():  # a depthwise part keeps at least its best channel
+                    best = off + int(torch.argmax(scores[i][off:off + n]))
+                    k = torch.sort(torch.cat([k, torch.tensor([best])])).values
             keep[i] = k
     return PrunePlan(groups, keep)
 
@@ -410,6 +588,9 @@ def _dropped(width: int, keep: torch.Tensor) -> torch.Tensor:
 def mask_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Zero, in place, every parametric slice that writes a removed unit: the masked model."""
     for g, keep in zip(plan.groups, plan.keep):
+        if isinstance(g, StageGroup):
+            _mask_stage(model, g, keep)
+            continue
         if isinstance(g, HeadGroup):
             m, qkv, _ = g.modules(model)
             rows = _dropped(qkv.out_features, _head_rows(keep, m.num_heads, m.head_dim))
@@ -424,6 +605,61 @@ def mask_(model: nn.Module, plan: PrunePlan) -> nn.Module:
             if layer.bias is not None:
                 layer.bias[drop] = 0
     return model
+
+
+class KeptChannelNorm(nn.Module):
+    """A LayerNorm of the masked model over a pruned stage: statistics over the kept channels only (what the
+    slimmed model's LayerNorm computes), 0 on the removed ones. Zeroing a channel would not do: LayerNorm's mean
+    and variance over all C channels would still count it."""
+
+    def __init__(self, norm: nn.LayerNorm, keep: torch.Tensor) -> None:
+        super().__init__()
+        self.norm = norm
+        self.channel_dim = 1 if isinstance(norm, LayerNorm2d) else -1
+        self.register_buffer("keep", keep.clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm
+        xc = x.movedim(self.channel_dim, -1)
+        w = None if n.weight is None else n.weight[self.keep]
+        b = None if n.bias is None else n.bias[self.keep]
+        y = nn.functional.layer_norm(xc.index_select(-1, self.keep), (len(self.keep),), w, b, n.eps)
+        out = torch.zeros_like(xc).index_copy(-1, self.keep, y)
+        return out.movedim(-1, self.channel_dim)
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+def _zero_(layer: nn.Module, drop: torch.Tensor) -> None:
+    layer.weight[drop] = 0
+    if layer.bias is not None:
+        layer.bias[drop] = 0
+
+
+@torch.no_grad()
+def _mask_stage(model: nn.Module, g: StageGroup, keep: torch.Tensor) -> None:
+    """Removed stage channels become exactly 0 everywhere: their writers (rows, depthwise filters, BatchNorm
+    affine, Inception parts) are zeroed, LayerNorms take statistics over the kept channels."""
+    drop = _dropped(g.size(model), keep)
+    for path, role in g.members:
+        t = _resolve(model, path)
+        if role == "out":
+            _zero_(t, drop)
+        elif role == "dw":
+            for m in t.modules():
+                if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                    _zero_(m, drop)
+        elif role == "norm" and isinstance(t, nn.BatchNorm2d):
+            _zero_(t, drop)
+        elif role == "norm" and isinstance(t, nn.LayerNorm):
+            _set_module(model, path, KeptChannelNorm(t, keep))
+        elif role == "split":
+            for (off, n, _), conv in zip(g.parts(model), (None, t.dwconv_hw, t.dwconv_w, t.dwconv_h)):
+                if conv is not None:
+                    _zero_(conv, drop[off:off + n])
 
 
 def _constant_at_consumer(followers: list[nn.Module], width: int) -> torch.Tensor:
@@ -513,21 +749,82 @@ def _slim_hidden(model: nn.Module, g: HiddenGroup, keep: torch.Tensor) -> None:
             shape[f.channel_dim] = len(keep)
             f.affine_shape = tuple(shape)
         elif isinstance(f, nn.BatchNorm2d):
-            for name in ("weight", "bias"):
-                t = getattr(f, name)
-                if t is not None:
-                    setattr(f, name, nn.Parameter(t.detach()[keep].clone()))
-            f.running_mean = f.running_mean[keep].clone()
-            f.running_var = f.running_var[keep].clone()
-            f.num_features = len(keep)
+            _slim_bn(f, keep)
         elif isinstance(f, nn.Conv2d):
-            per_group = width // f.groups
-            _index_layer(f, keep, 0)
-            f.in_channels = len(keep)
-            f.groups = len(keep) // per_group
+            _slim_grouped(f, keep, width)
         elif isinstance(f, SqueezeExcite):
-            _index_layer(f.fc1, keep, 1)
-            _index_layer(f.fc2, keep, 0)
+            _slim_se(f, keep)
+
+
+def _slim_bn(f: nn.BatchNorm2d, keep: torch.Tensor) -> None:
+    for name in ("weight", "bias"):
+        t = getattr(f, name)
+        if t is not None:
+            setattr(f, name, nn.Parameter(t.detach()[keep].clone(), requires_grad=t.requires_grad))
+    f.running_mean = f.running_mean[keep].clone()
+    f.running_var = f.running_var[keep].clone()
+    f.num_features = len(keep)
+
+
+def _slim_grouped(f: nn.Conv2d, keep: torch.Tensor, width: int) -> None:
+    """A depthwise or grouped conv (in = out = width) keeps the channels `keep` (whole groups)."""
+    per_group = width // f.groups
+    _index_layer(f, keep, 0)
+    f.in_channels = len(keep)
+    f.groups = len(keep) // per_group
+
+
+def _slim_se(f: SqueezeExcite, keep: torch.Tensor) -> None:
+    _index_layer(f.fc1, keep, 1)
+    _index_layer(f.fc2, keep, 0)
+
+
+@torch.no_grad()
+def _slim_stage(model: nn.Module, g: StageGroup, keep: torch.Tensor) -> None:
+    width = g.size(model)
+    parts = g.parts(model)
+    for path, role in g.members:
+        t = _resolve(model, path)
+        if role in ("out", "in"):
+            _index_layer(t, keep, 0 if role == "out" else 1)
+        elif role == "dw":
+            for m in list(t.modules()):
+                if isinstance(m, nn.Conv2d):
+                    _slim_grouped(m, keep, width)
+                elif isinstance(m, nn.BatchNorm2d):
+                    _slim_bn(m, keep)
+        elif role == "norm":
+            if isinstance(t, KeptChannelNorm):  # slimming a masked model
+                t = t.norm
+                _set_module(model, path, t)
+            if isinstance(t, nn.BatchNorm2d):
+                _slim_bn(t, keep)
+            elif isinstance(t, nn.LayerNorm):
+                for name in ("weight", "bias"):
+                    p = getattr(t, name)
+                    if p is not None:
+                        setattr(t, name, nn.Parameter(p.detach()[keep].clone(), requires_grad=p.requires_grad))
+                t.normalized_shape = (len(keep),)
+        elif role == "scale":
+            _index_param(model, path + ".scale" if isinstance(t, nn.Module) else path, keep)
+        elif role == "se":
+            _slim_se(t, keep)
+        elif role == "split":
+            sizes = []
+            for (off, n, _), conv in zip(parts, (None, t.dwconv_hw, t.dwconv_w, t.dwconv_h)):
+                local = keep[(keep >= off) & (keep < off + n)] - off
+                sizes.append(len(local))
+                if conv is not None:
+                    _slim_grouped(conv, local, n)
+            t.split_sizes = tuple(sizes)
+    i = int(g.path.rsplit(".", 1)[1])
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and i < len(info) and isinstance(info[i], dict):
+        info[i]["num_chs"] = len(keep)
+    if i == len(model.stages) - 1:
+        model.num_features = len(keep)
+        if hasattr(model.head, "in_features"):
+            model.head.in_features = len(keep)
 
 
 @torch.no_grad()
@@ -536,6 +833,8 @@ def slim_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     for g, keep in zip(plan.groups, plan.keep):
         if isinstance(g, HeadGroup):
             _slim_heads(model, g, keep)
+        elif isinstance(g, StageGroup):
+            _slim_stage(model, g, keep)
         else:
             _slim_hidden(model, g, keep)
     return model
@@ -545,10 +844,14 @@ def slim_(model: nn.Module, plan: PrunePlan) -> nn.Module:
 def pruning_spec(model: nn.Module, name: str, groups: list[Group] | None = None) -> dict[str, Any]:
     """The architecture of a slimmed model beyond its registered name: per hidden group, its width, whether the
     consumer has a bias, GRN eps; per attention, its head count."""
-    out, heads = {}, {}
+    out, heads, stages = {}, {}, {}
     for g in groups or prunable_groups(model, SCOPES):
         if isinstance(g, HeadGroup):
             heads[g.path] = dict(num_heads=g.size(model))
+            continue
+        if isinstance(g, StageGroup):
+            parts = g.parts(model)
+            stages[g.path] = dict(width=g.size(model), **({"parts": [n for _, n, _ in parts]} if parts else {}))
             continue
         _, p, followers, c = g.modules(model)
         entry: dict[str, Any] = dict(hidden=_width(p), consumer_bias=c.bias is not None)
@@ -557,7 +860,8 @@ def pruning_spec(model: nn.Module, name: str, groups: list[Group] | None = None)
             entry["grn_eps"] = grn[0].eps
         out[g.path] = entry
     num_classes = getattr(model, "num_classes", None)
-    return dict(model=name, num_classes=num_classes, in_chans=_in_chans(model), groups=out, heads=heads)
+    return dict(model=name, num_classes=num_classes, in_chans=_in_chans(model), groups=out, heads=heads,
+                stages=stages)
 
 
 def _in_chans(model: nn.Module) -> int:
@@ -569,6 +873,18 @@ def _in_chans(model: nn.Module) -> int:
 def apply_spec_(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
     """Give a freshly built model the shapes of the spec (weights are then loaded over it)."""
     groups = {g.path: g for g in hidden_groups(model)}
+    stage = {g.path: g for g in stage_groups(model)} if spec.get("stages") else {}
+    for path, entry in spec.get("stages", {}).items():
+        if path not in stage:
+            raise ValueError(f"the spec prunes the channels of {path!r}, which {spec['model']} does not have as a "
+                             f"prunable stage")
+        g = stage[path]
+        parts = g.parts(model)
+        if parts:  # the first n channels of each part
+            keep = torch.cat([off + torch.arange(n) for (off, _, _), n in zip(parts, entry["parts"])])
+        else:
+            keep = torch.arange(entry["width"])
+        _slim_stage(model, g, keep)
     for path, entry in spec["groups"].items():
         if path not in groups:
             raise ValueError(f"the spec prunes {path!r}, which {spec['model']} does not have as an MLP group")
