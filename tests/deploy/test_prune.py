@@ -258,3 +258,25 @@ def test_load_pruned_rejects_plain_weights(tmp_path):
     path = save_weights(convscope.create_model("convnext_atto", num_classes=3), tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match="no pruning spec"):
         load_pruned(path)
+
+
+def test_cli_prune_then_optimize_source(tmp_path, capsys):
+    from convscope.cli import main
+    from convscope.deploy.optimize import load_source
+    out = tmp_path / "p.safetensors"
+    assert main(["prune", "convnext_atto", "--scopes", "mlp,stage", "--ratio", "0.3", "--stage-ratio", "0.25",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "stage: kept" in text and "mlp: kept" in text and "parameters: 3.696M ->" in text
+    model, src = load_source(str(out))  # what convscope optimize / deploy take
+    assert src["pruned"] and src["chw"] == (3, 224, 224)
+    assert sum(p.numel() for p in model.parameters()) < 0.8 * 3_695_520
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+    for bad, msg in ((["--scopes", "mlp,bogus"], "--scopes must be some of"), (["--ratio", "1.5"], "ratio must be"),
+                     (["--importance", "taylor"], "needs --data"), (["--out", str(tmp_path)], "--out must be"),
+                     (["--scopes", "heads"], "no prunable attention heads")):
+        default_out = [] if "--out" in bad else ["--out", str(tmp_path / "x.safetensors")]
+        assert main(["prune", "convnext_atto", *bad, *default_out]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -17,6 +17,13 @@ Three scopes, each a pool of prunable units ranked globally on its own:
   (`RelPosWindowAttention`'s bias table, `LengthScaledAttention`'s temperature, query embedding and the last layer
   of its position-bias MLP). A head loses its rows in q, k and v and its columns in proj; head_dim is unchanged,
   so the softmax scale (1 / sqrt(head_dim), or the module's own) is unchanged too.
+* ``"stage"``: the residual-stream channels of each stage, for models laid out stem -> stages (downsample,
+  blocks) -> head whose blocks declare ``prune_stream = ((attribute, role), ...)`` (ConvNeXt, InceptionNeXt,
+  UniRepLKNet). One group per stage spans the stem's / downsampling conv's rows and the norms after it, per block
+  the depthwise conv (every branch of a Dilated Reparam Block), norms, SE, fc1's columns, fc2's rows and the layer
+  scale, and the next downsampling norm and conv columns (the head's norm and first Linear for the last stage).
+  InceptionNeXt's mixer splits the channels into identity / square / w-band / h-band parts: a channel stays in
+  its part, the slimmed mixer gets explicit `split_sizes`, and each conv part keeps at least one channel.
 
 Masking (the "masked model", `mask_`) zeroes every parametric slice that writes a removed unit: the producer's
 row and bias, a follower conv's filters and bias, BatchNorm's and GRN's weight and bias; for a head, its rows of
@@ -25,19 +32,25 @@ removed channel is then a constant (act(0), StarReLU's bias), which slimming fol
 channel-coupled follower (GRN, squeeze-excite) must see an exact 0 there, which the discovery checks (a group
 whose activation may be non-zero at 0 before such a follower is skipped). GRN divides by the mean over channels,
 so slimming keeps its arithmetic with gamma and eps scaled by C / C'. A masked model and its slimmed form give
-equal outputs (tests: 1e-5).
+equal outputs (tests: 1e-5). A removed stage channel is exactly 0 everywhere in the masked model (its writers,
+depthwise filters and BatchNorm affine are zeroed), but a LayerNorm over the channels would still count it in
+its mean and variance: the masked model's LayerNorms over a pruned stage are `KeptChannelNorm`s, which take the
+statistics over the kept channels only, as the slimmed model's LayerNorms do.
 
 Importance: "magnitude" (per hidden channel, the L2 norm of the producer row times the consumer column; per head,
-the norm of its q, k, v rows times that of its proj columns) or "taylor" (|activation x gradient| at the consumer's
-input, summed over a few batches, and over a head's head_dim channels). `plan_pruning(model, ratio, scopes=...)`
-normalises each group's scores by their mean and, per scope, removes the lowest `ratio` (`head_ratio` for heads,
-default `ratio`) of all that scope's units in the model: hidden channels counted one by one (a grouped conv's
-units as m channels), heads one by one. It keeps at least `min_keep` of each group (and one head per attention),
-and rounds hidden widths to `quantum` (to a common multiple of quantum and m for grouped convs).
+the norm of its q, k, v rows times that of its proj columns; per stage channel, the norm of all its writers' rows
+times that of all its readers' columns) or "taylor" (|activation x gradient| at the readers' inputs, summed over a
+few batches, and over a head's head_dim channels). `plan_pruning(model, ratio, scopes=...)` normalises each
+group's scores by their mean and, per scope, removes the lowest `ratio` (`head_ratio` for heads, `stage_ratio` for
+stage channels, both default `ratio`) of all that scope's units in the model: hidden and stage channels counted one
+by one (a grouped conv's units as m channels), heads one by one. It keeps at least `min_keep` of each group (and
+one head per attention), and rounds hidden and stage widths to `quantum` (to a common multiple of quantum and m
+for grouped convs).
 
-The pruned model is saved as safetensors whose metadata holds the spec (model name, classes, input channels, per
-hidden group its width, consumer bias and GRN eps, per attention its head count); `load_pruned` rebuilds it with
-`create_model` and the spec (the model is built, then shrunk to the spec's shapes) and loads the weights strictly.
+The pruned model is saved as safetensors whose metadata holds the spec (model name and constructor arguments,
+classes, input channels, per hidden group its width, consumer bias and GRN eps, per attention its head count, per
+stage its width and Inception part sizes); `load_pruned` rebuilds it with `create_model` and the spec (the model
+is built, then shrunk to the spec's shapes) and loads the weights strictly.
 """
 from __future__ import annotations
 
@@ -146,7 +159,7 @@ def _apply_elementwise(f: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x if isinstance(f, (nn.Identity, nn.Dropout)) else f(x)
 
 
-# -- groups -------------------------------------------------------------------------------------------------------------
+# -- groups ------------------------------------------------------------------------------------------------------------
 @dataclass
 class HiddenGroup:
     """Hidden channels of one MLP-like group (scope "mlp"); `unit`: channels removed together (a grouped conv's
@@ -420,7 +433,7 @@ def _head_cols(keep: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (keep[:, None] * head_dim + torch.arange(head_dim)).flatten()
 
 
-# -- importance ---------------------------------------------------------------------------------------------------------
+# -- importance --------------------------------------------------------------------------------------------------------
 def magnitude_scores(model: nn.Module, groups: list[Group]) -> list[torch.Tensor]:
     """Per unit of each group (hidden channel, head): producer rows' norm times consumer columns' norm."""
     scores = []
@@ -496,7 +509,7 @@ def taylor_scores(model: nn.Module, groups: list[Group], loader: Iterable,
     return [s.view(g.size(model), -1).sum(1) if isinstance(g, HeadGroup) else s for g, s in zip(groups, scores)]
 
 
-# -- the plan -----------------------------------------------------------------------------------------------------------
+# -- the plan ----------------------------------------------------------------------------------------------------------
 @dataclass
 class PrunePlan:
     groups: list[Group]
@@ -577,7 +590,7 @@ def _allocate(groups: list[Group], scores: list[torch.Tensor], ratio: float, min
     return keep
 
 
-# -- masking and slimming -----------------------------------------------------------------------------------------------
+# -- masking and slimming ----------------------------------------------------------------------------------------------
 def _dropped(width: int, keep: torch.Tensor) -> torch.Tensor:
     drop = torch.ones(width, dtype=torch.bool)
     drop[keep] = False
@@ -840,10 +853,12 @@ def slim_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     return model
 
 
-# -- the spec: save and rebuild -----------------------------------------------------------------------------------------
-def pruning_spec(model: nn.Module, name: str, groups: list[Group] | None = None) -> dict[str, Any]:
-    """The architecture of a slimmed model beyond its registered name: per hidden group, its width, whether the
-    consumer has a bias, GRN eps; per attention, its head count."""
+# -- the spec: save and rebuild ----------------------------------------------------------------------------------------
+def pruning_spec(model: nn.Module, name: str, groups: list[Group] | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The architecture of a slimmed model beyond its registered name (and the constructor arguments it was built
+    with, `model_kwargs`, e.g. a checkpoint's): per hidden group, its width, whether the consumer has a bias, GRN
+    eps; per attention, its head count; per stage, its width and Inception part sizes."""
     out, heads, stages = {}, {}, {}
     for g in groups or prunable_groups(model, SCOPES):
         if isinstance(g, HeadGroup):
@@ -860,8 +875,8 @@ def pruning_spec(model: nn.Module, name: str, groups: list[Group] | None = None)
             entry["grn_eps"] = grn[0].eps
         out[g.path] = entry
     num_classes = getattr(model, "num_classes", None)
-    return dict(model=name, num_classes=num_classes, in_chans=_in_chans(model), groups=out, heads=heads,
-                stages=stages)
+    return dict(model=name, model_kwargs=dict(model_kwargs or {}), num_classes=num_classes,
+                in_chans=_in_chans(model), groups=out, heads=heads, stages=stages)
 
 
 def _in_chans(model: nn.Module) -> int:
@@ -912,6 +927,21 @@ def save_pruned(model: nn.Module, spec: dict[str, Any], path: str | Path) -> Pat
     return save_weights(model, path, metadata={"convscope_pruning_spec": json.dumps(spec)})
 
 
+def is_pruned(path: str | Path) -> dict[str, Any] | None:
+    """The pruning spec of a safetensors file written by `save_pruned`, or None (any other file or path)."""
+    p = Path(path)
+    if not (p.is_file() and p.suffix == ".safetensors"):
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # not a safetensors file: the caller's loader says so
+        return None
+    spec = meta.get("convscope_pruning_spec")
+    return json.loads(spec) if spec else None
+
+
 def load_pruned(path: str | Path) -> nn.Module:
     """Rebuild a pruned model from its safetensors file: create_model(name) shaped by the spec, weights strict."""
     from safetensors import safe_open
@@ -923,7 +953,8 @@ def load_pruned(path: str | Path) -> nn.Module:
     if "convscope_pruning_spec" not in meta:
         raise ValueError(f"{path} holds no pruning spec (not written by save_pruned)")
     spec = json.loads(meta["convscope_pruning_spec"])
-    kwargs = {k: spec[k] for k in ("num_classes", "in_chans") if spec.get(k) is not None}
+    kwargs = dict(spec.get("model_kwargs") or {})
+    kwargs.update({k: spec[k] for k in ("num_classes", "in_chans") if spec.get(k) is not None})
     # every weight is loaded over the build, so the init is skipped (meta device) unless the model has buffers
     # the state dict does not carry (index tables computed at build time)
     with torch.device("meta"):
