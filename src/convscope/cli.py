@@ -295,6 +295,48 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import itertools
+    from pathlib import Path
+
+    from .deploy.optimize import eval_loader, load_source
+    from .deploy.prune import SCOPES, plan_pruning, pruning_spec, save_pruned, slim_
+    scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
+    if not scopes or set(scopes) - set(SCOPES):
+        raise ValueError(f"--scopes must be some of {','.join(SCOPES)}; got {args.scopes!r}")
+    if args.importance == "taylor" and not args.data:
+        raise ValueError("--importance taylor needs --data (and a trained checkpoint) for its gradients")
+    if args.batches < 1:
+        raise ValueError(f"--batches must be >= 1; got {args.batches}")
+    out = Path(args.out)
+    if out.is_dir() or out.suffix != ".safetensors":
+        raise ValueError(f"--out must be a .safetensors file path; got {args.out!r}")
+    model, src = load_source(args.source)
+    if src.get("pruned"):
+        raise ValueError(f"{args.source} is already pruned; prune the model it came from")
+    loader = None
+    if args.data:
+        loader = list(itertools.islice(eval_loader(src, args.data, args.batch, 16 * args.batch, split="train"),
+                                       args.batches))
+    name = src["meta"]["model"] if src.get("meta") else args.source
+    before = sum(p.numel() for p in model.parameters())
+    plan = plan_pruning(model, args.ratio, scopes=scopes, head_ratio=args.head_ratio, stage_ratio=args.stage_ratio,
+                        importance=args.importance, loader=loader, min_keep=args.min_keep, quantum=args.quantum)
+    full = {s: sum(g.size(model) for g in plan.groups if g.kind == s) for s in scopes}
+    slim_(model, plan)
+    after = sum(p.numel() for p in model.parameters())
+    for s in scopes:
+        kept = sum(len(k) for g, k in zip(plan.groups, plan.keep) if g.kind == s)
+        unit = dict(mlp="hidden channels", heads="heads", stage="stage channels")[s]
+        print(f"{s}: kept {kept} of {full[s]} {unit} in {sum(g.kind == s for g in plan.groups)} groups")
+    print(f"parameters: {before / 1e6:.3f}M -> {after / 1e6:.3f}M ({after / before:.1%})")
+    kwargs = (src.get("meta") or {}).get("model_kwargs")
+    path = save_pruned(model, pruning_spec(model, name, model_kwargs=kwargs), out)
+    print(f"wrote {path}; load it with convscope.deploy.prune.load_pruned, or optimise it with "
+          f"convscope optimize {path}")
+    return 0
+
+
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from .analysis.timing import measure
     from .deploy.optimize import Recipe, apply_recipe
@@ -329,7 +371,8 @@ def _add_deploy_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("optimize", _cmd_optimize, "try the inference forms that can help on this machine (fold/reparam, "
              "channels_last, bf16, torch.compile, int8, threads), measure each, write the fastest within the "
              "accuracy budget and a recipe")
-    sp.add_argument("source", metavar="MODEL|CHECKPOINT", help="a registered model name or a trained checkpoint")
+    sp.add_argument("source", metavar="MODEL|CHECKPOINT", help="a registered model name, a trained checkpoint or "
+                    "a pruned model written by convscope prune")
     sp.add_argument("--batch", type=int, default=1)
     sp.add_argument("--size", default=None, help="input size, 224 or HxW (default: the card's / checkpoint's)")
     sp.add_argument("--data", default=None, help="evaluation data for top-1 (needs a checkpoint): fashion-mnist, "
@@ -341,6 +384,22 @@ def _add_deploy_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--max-threads", type=int, default=None, help="largest thread count tried (default: cores)")
     sp.add_argument("--repeats", type=int, default=10, help="timed runs per form (medians are reported)")
     sp.add_argument("--out", default="out/optimized", help="directory for recipe.json and the model")
+
+    sp = add("prune", _cmd_prune, "structured pruning (MLP hidden channels, attention heads, stage widths): plan, "
+             "remove the units physically, write safetensors with the architecture spec")
+    sp.add_argument("source", metavar="MODEL|CHECKPOINT", help="a registered model name or a trained checkpoint")
+    sp.add_argument("--ratio", type=float, default=0.3, help="fraction of all hidden channels to remove (0.3)")
+    sp.add_argument("--scopes", default="mlp", help="comma-separated: mlp, heads, stage (default mlp)")
+    sp.add_argument("--head-ratio", type=float, default=None, help="fraction of all heads (default --ratio)")
+    sp.add_argument("--stage-ratio", type=float, default=None, help="fraction of all stage channels "
+                    "(default --ratio)")
+    sp.add_argument("--importance", choices=("magnitude", "taylor"), default="magnitude")
+    sp.add_argument("--data", default=None, help="training data for Taylor importance (needs a checkpoint)")
+    sp.add_argument("--batch", type=int, default=16, help="batch size for Taylor importance")
+    sp.add_argument("--batches", type=int, default=4, help="batches for Taylor importance")
+    sp.add_argument("--min-keep", type=float, default=0.1, help="fraction of each group always kept")
+    sp.add_argument("--quantum", type=int, default=8, help="round kept widths to a multiple of this")
+    sp.add_argument("--out", default="out/pruned.safetensors", help="the .safetensors file to write")
 
     sp = add("deploy", _cmd_deploy, "apply a recipe written by optimize: rebuild the form, time it, write it")
     sp.add_argument("recipe", help="recipe.json from convscope optimize")

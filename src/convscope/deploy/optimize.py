@@ -103,8 +103,8 @@ class Recipe:
 
 # -- the model, its data ---------------------------------------------------------------------------------------------
 def load_source(source: str) -> tuple[nn.Module, dict[str, Any]]:
-    """A registered model name (random init) or a trained checkpoint (weights file or run directory):
-    (eval-mode model, {input_size: (C, H, W), checkpoint meta if any})."""
+    """A registered model name (random init), a trained checkpoint (weights file or run directory) or a pruned
+    model (`save_pruned`): (eval-mode model, {input_size: (C, H, W), checkpoint meta if any})."""
     from ..models import create_model, list_models
     if source in list_models():
         from ..models import model_card
@@ -112,6 +112,13 @@ def load_source(source: str) -> tuple[nn.Module, dict[str, Any]]:
     if not Path(source).exists():
         from ..models import model_card
         model_card(source)  # raises the registry's error naming close matches
+    from .prune import is_pruned, load_pruned
+    spec = is_pruned(source)
+    if spec:
+        model = load_pruned(source)
+        from ..models import model_card
+        chw = (spec.get("in_chans") or 3, *model_card(spec["model"]).input_size[1:])
+        return model.eval(), dict(chw=tuple(chw), meta=None, pruned=True)
     from ..train.checkpoint import load_model
     model, meta = load_model(source)
     return model.eval(), dict(chw=(meta["in_chans"], *meta["input_size"]), meta=meta)

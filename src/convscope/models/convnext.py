@@ -27,6 +27,9 @@ class ConvNeXtBlock(nn.Module):
     channels-last for Linear layers; the arithmetic is the same.
     """
 
+    # the stage's channels for structured pruning (convscope.deploy.prune): (attribute, role) pairs
+    prune_stream = (("conv_dw", "dw"), ("norm", "norm"), ("mlp.fc1", "in"), ("mlp.fc2", "out"), ("gamma", "scale"))
+
     def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: float = 4, ls_init_value: float | None = 1e-6,
                  conv_mlp: bool = False, use_grn: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()

@@ -21,6 +21,10 @@ from .registry import ArchSpec, Paper, register_family, variant
 class MetaNeXtBlock(nn.Module):
     """x + DropPath(gamma * ConvMlp(BN(token_mixer(x))))."""
 
+    # the stage's channels for structured pruning (convscope.deploy.prune): (attribute, role) pairs
+    prune_stream = (("token_mixer", "split"), ("norm", "norm"), ("mlp.fc1", "in"), ("mlp.fc2", "out"),
+                    ("gamma", "scale"))
+
     def __init__(self, dim: int, token_mixer: type[nn.Module] = InceptionDWConv2d, mixer_kwargs: dict | None = None,
                  mlp_ratio: float = 4, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
         super().__init__()

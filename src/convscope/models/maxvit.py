@@ -80,6 +80,9 @@ class Downsample(nn.Module):
 class MBConv(nn.Module):
     """Pre-norm inverted bottleneck with SE: x' = shortcut(x) + DropPath(proj(SE(dw(expand(BN(x))))))."""
 
+    # the hidden channels for structured pruning (convscope.deploy.prune): producer, followers, consumer
+    prune_hidden = ("conv1_1x1", ("norm1", "conv2_kxk", "norm2", "se"), "conv3_1x1")
+
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, expand_ratio: float = 4.0,
                  se_ratio: float = 0.25, drop_path: float = 0.0) -> None:
         super().__init__()

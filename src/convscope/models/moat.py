@@ -88,6 +88,9 @@ class MOATBlock(nn.Module):
     """MBConv (BN pre-norm, 1x1 expand, BN, GELU, 3x3 dw /stride, BN, GELU, [SE], 1x1 shrink) with a pooled /
     projected shortcut, then, unless `attention=False` (a plain MBConv block), x + Attn(LN(x))."""
 
+    # the MBConv's hidden channels for structured pruning (convscope.deploy.prune): producer, followers, consumer
+    prune_hidden = ("conv_expand", ("norm_expand", "act", "conv_dw", "norm_dw", "act", "se"), "conv_shrink")
+
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1, expansion_rate: int = 4,
                  se_ratio: float | None = 0.25, attention: bool = True, head_dim: int = 32,
                  window_size: int | tuple[int, int] | None = None, pos_embed_size: int | None = 7,

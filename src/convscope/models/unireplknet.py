@@ -36,6 +36,9 @@ class UniRepLKNetBlock(nn.Module):
 
     # the MLP's hidden channels for structured pruning (convscope.deploy.prune): producer, followers, consumer
     prune_hidden = ("pwconv1", ("act", "grn"), "pwconv2")
+    # the stage's channels: (attribute, role) pairs
+    prune_stream = (("dwconv", "dw"), ("norm", "norm"), ("se", "se"), ("pwconv1", "in"), ("pwconv2", "out"),
+                    ("ffn_bn", "norm"), ("gamma", "scale"))
 
     def __init__(self, dim: int, kernel_size: int, drop_path: float = 0.0, ls_init_value: float | None = 1e-6,
                  mlp_ratio: float = 4) -> None:

@@ -22,6 +22,8 @@ class LengthScaledAttention(nn.Module):
     """Full length-scaled cosine attention over the N = H * W tokens of the map it is built for."""
 
     channels_last = True
+    # whole heads for structured pruning (convscope.deploy.prune): qkv, proj, per-head parameters and layers
+    prune_heads = ("qkv", "proj", ("temperature", "query_embedding", "cpb_fc2"))
 
     def __init__(self, dim: int, num_heads: int, input_resolution: tuple[int, int], qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
@@ -42,7 +44,7 @@ class LengthScaledAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, H: int, W: int, rel_index: torch.Tensor,
                 rel_table: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
+        B, N, _ = x.shape
         n, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(B, N, 3 * n, d).transpose(1, 2).chunk(3, dim=1)
         bias = self.cpb_fc2(torch.relu(self.cpb_fc1(_on(rel_table, x)))).transpose(0, 1)
@@ -50,4 +52,4 @@ class LengthScaledAttention(nn.Module):
         q = (F.normalize(q, dim=-1) + self.query_embedding) * (F.softplus(self.temperature) * self.seq_length_scale)
         x = F.scaled_dot_product_attention(q, F.normalize(k, dim=-1), v, attn_mask=bias.to(q.dtype),
                                            dropout_p=self.attn_drop if self.training else 0.0, scale=1.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, n * d)))

@@ -45,6 +45,8 @@ class RelPosWindowAttention(nn.Module):
     otherwise the map's sides must be multiples of the window's (ValueError naming them)."""
 
     channels_last = False
+    # whole heads for structured pruning (convscope.deploy.prune): qkv, proj, per-head parameters
+    prune_heads = ("qkv", "proj", ("rel_pos",))
 
     def __init__(self, dim: int, head_dim: int = 32, window_size: int | tuple[int, int] | None = None,
                  pos_embed_size: int | None = 7, qkv_bias: bool = True, proj_bias: bool = True,
@@ -87,5 +89,5 @@ class RelPosWindowAttention(nn.Module):
             mask = relative_position_bias(self.rel_pos, wh, ww).to(q.dtype).unsqueeze(0)
         t = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.attn_drop if self.training else 0.0)
-        t = self.proj_drop(self.proj(t.transpose(1, 2).reshape(-1, wh * ww, C)))
+        t = self.proj_drop(self.proj(t.transpose(1, 2).reshape(-1, wh * ww, self.num_heads * self.head_dim)))
         return t.reshape(B, nh, nw, wh, ww, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
