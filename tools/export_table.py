@@ -75,6 +75,8 @@ def render(rows: dict[str, list[str]]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="*", help="shell pattern of models to (re)try")
+    p.add_argument("--skip", nargs="*", default=[], metavar="PATTERN", help="shell patterns of models not to try")
+    p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     p.add_argument("--redo", action="store_true", help="try models that already have a row again")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--out", default=str(OUT))
@@ -88,7 +90,8 @@ def main() -> int:
     import torch
     from convscope.deploy.export import export_check
     from convscope.files import atomic_write_text
-    from convscope.models import create_model, list_models
+    from convscope.models import create_model, list_models, model_card
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows = read_rows(out.read_text()) if out.exists() else {}
     if args.merge:
@@ -103,15 +106,28 @@ def main() -> int:
         atomic_write_text(out, render(rows))
         print(f"wrote {out} ({len(rows)} rows)")
         return 0
+    todo = []
     for name in list_models():
-        if not fnmatch.fnmatch(name, args.models) or (name in rows and not args.redo):
+        done = name in rows and rows[name][1] != "not run"
+        if not fnmatch.fnmatch(name, args.models) or any(fnmatch.fnmatch(name, s) for s in args.skip) or \
+                (done and not args.redo):
             continue
         with torch.device("meta"):
             m = create_model(name)
+        todo.append((sum(p.numel() for p in m.parameters()), model_card(name).family, name))
+    # each family's smallest variant first, then the rest smallest first: a run stopped early has covered every
+    # family and the most models
+    first = {}
+    for params, family, name in sorted(todo):
+        first.setdefault(family, name)
+    for _, _, name in sorted(todo, key=lambda t: (t[2] not in first.values(), t[0])):
+        with torch.device("meta"):
+            m = create_model(name)
+        step = max(32, getattr(m, "input_multiple", 32))  # HaloNet's blocks, CrossViT's two patch grids
         size = tuple(m.fixed_input_size) if m.fixed_input_size else \
-            tuple(max(args.size, -(-s // 32) * 32) for s in m.min_input_size)
+            tuple(-(-max(args.size, s) // step) * step for s in m.min_input_size)
         del m
-        r = export_check(name, size=size)
+        r = export_check(name, size=size, threads=args.threads)
         rows[name] = row(r)
         print(f"{name}: torch.export {'ok' if r.torch_export else 'FAIL'}, ONNX {'ok' if r.onnx else 'FAIL'} "
               f"({r.onnx_rel_err}) {r.seconds:.0f}s {r.torch_export_error} {r.onnx_error}", flush=True)
