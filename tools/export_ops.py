@@ -109,7 +109,7 @@ def _specs() -> dict[str, OpSpec]:
                          transforms=("materialize",)),
         "DeformConv2d": module(lambda: ops.DeformConv2d(8, 8, 3, groups=8, modulated=True), (1, 8, 10, 10)),
         "ESPCN": module(lambda: ops.ESPCN(3, 1), (1, 1, 8, 8)),
-        "HaarDWT2d": module(lambda: ops.HaarDWT2d(2), (1, 4, 8, 12)),
+        "HaarDWT2d": owner(lambda: ops.HaarDWT2d(2), lambda m, x: m(x), (1, 4, 8, 12)),  # (LL, [highs])
         "HaarIDWT2d": owner(lambda: ops.HaarIDWT2d(), lambda m, ll, h: m(ll, [h]), (1, 4, 4, 6), (1, 4, 3, 4, 6)),
         "IntegratedBatchNorm": owner(lambda: ops.IntegratedBatchNorm(8), lambda m, a, b: m([a, b]),
                                      (1, 8, 8, 8), (1, 8, 4, 4)),

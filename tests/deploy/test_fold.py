@@ -42,7 +42,7 @@ def test_no_batchnorm_left_after_prepare(name):
 def test_deploy_doc_lists_the_unfoldable_batchnorms():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
     section = doc.split("### BatchNorms that stay", 1)[-1].split("\n## ", 1)[0]
-    missing = [fam for fam in UNFOLDABLE if f"`{fam}`" not in section]
+    missing = [fam for fam, declared in UNFOLDABLE.items() if declared and f"`{fam}`" not in section]
     assert "### BatchNorms that stay" in doc and not missing, f"docs/deploy.md does not list {missing}"
 
 
