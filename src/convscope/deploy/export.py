@@ -81,8 +81,12 @@ def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int
 
 
 def _reason(e: BaseException) -> str:
-    """One line naming the failure: the exception type and the first line of its message."""
-    msg = str(e).strip().splitlines()
+    """One line naming the failure: the exception type and the first line of its message; for the ONNX exporter's
+    wrapping errors (ConversionError, ...: "Failed to convert ... step 3/3"), the innermost cause's."""
+    import re
+    while e.__cause__ is not None and type(e).__name__ in ("ConversionError", "TorchExportError", "OnnxExporterError"):
+        e = e.__cause__
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
     first = next((line for line in msg if line.strip()), "")
     return f"{type(e).__name__}: {first[:320]}"
 
@@ -175,9 +179,8 @@ def check_module(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], n
             r.onnx_mb = sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2 ** 20
             r.onnx_rel_err = check_onnx(model, path, x, threads)
             if not r.onnx_rel_err <= ONNX_TOL:
-                got = run_onnx(path, x, threads)
                 raise AssertionError(f"onnxruntime output differs from PyTorch by {r.onnx_rel_err:.2e} (bar "
-                                     f"{ONNX_TOL}){float64_diagnosis(model, xs, got)}")
+                                     f"{ONNX_TOL}){conditioning_diagnosis(model, xs, r.onnx_rel_err)}")
         r.onnx = True
     except ImportError:
         raise
@@ -188,21 +191,21 @@ def check_module(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], n
     return r
 
 
-def float64_diagnosis(model: nn.Module, xs: tuple[torch.Tensor, ...], onnx_out: torch.Tensor) -> str:
-    """Whether an onnxruntime / PyTorch difference is float32 conditioning rather than an export error: the model
-    run in float64 is the reference, and both float32 outputs are compared with it (relative to its largest
-    magnitude). When PyTorch's own float32 output is as far from it as onnxruntime's, the network amplifies
-    rounding (a random-weight network can be chaotic) and the exported graph is not at fault."""
-    import copy
+def conditioning_diagnosis(model: nn.Module, xs: tuple[torch.Tensor, ...], onnx_err: float, seed: int = 1,
+                           eps: float = 1e-6) -> str:
+    """Whether an onnxruntime / PyTorch difference is an export error or the network's float32 conditioning: the
+    first input is perturbed by `eps` (relative; a few float32 ulps) and PyTorch run again. When that moves the
+    output as much as onnxruntime differs, the network amplifies rounding (a random-weight network can be
+    chaotic: UniRepLKNet's layer scales of ~1, LSNet's unscaled branches) and any other float32 implementation of
+    the same graph differs as much."""
+    g = torch.Generator().manual_seed(seed)
     try:
         with torch.no_grad():
-            ref = copy.deepcopy(model).double()(*(t.double() for t in xs))
-            ours = model(*xs).double()
+            want = model(*xs)
+            x0 = xs[0] * (1 + eps * torch.randn(xs[0].shape, generator=g))
+            moved = ((model(x0, *xs[1:]) - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
     except Exception as e:  # noqa: BLE001 - the diagnosis is best effort; the failure stands either way
-        return f"; no float64 reference ({_reason(e)})"
-    scale = ref.abs().max().clamp_min(1e-300)
-    e_pt = ((ours - ref).abs().max() / scale).item()
-    e_ort = ((onnx_out.double() - ref).abs().max() / scale).item()
-    verdict = ("float32 conditioning, not an export error" if e_ort <= 2 * e_pt
-               else "onnxruntime is further from float64 than PyTorch: an export error")
-    return f"; vs a float64 run: PyTorch float32 {e_pt:.1e}, onnxruntime {e_ort:.1e} ({verdict})"
+        return f"; no conditioning check ({_reason(e)})"
+    verdict = ("ill-conditioned in float32, not an export error" if moved >= 0.1 * onnx_err
+               else "an export error: the network is not that sensitive")
+    return f"; a {eps:g} relative input perturbation moves PyTorch's output by {moved:.1e} ({verdict})"
