@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,15 +15,19 @@ from torch import nn
 import convscope
 from convscope.deploy import reparameterize_
 from convscope.layers import ConvBnAct, ParallelConvBn
+from convscope.layers.mixers.bottleneck_attention import BottleneckAttention
+from convscope.layers.mixers.conv_attention import ConvProjectionAttention
 from convscope.models import load_checkpoint, model_card, save_weights
+from convscope.models.halonet import HaloBlock
 from convscope.models.inception_next import MetaNeXtBlock
 from convscope.models.lsnet import LSNetHead, RepVGGDW, lsnet_condition_
+from convscope.models.moat import MOATBlock
 from convscope.models.replknet import ConvFFN, RepLKBlock
 from convscope.models.rmt import RMTHead, RMTStage
 from convscope.models.unireplknet import UniRepLKNetBlock
 
 from ..conftest import contract_models, meta_model, random_model, rel_err, reparameterizable_models
-from .zoo import PENDING_REPARAM, pending
+from .zoo import unfoldable
 
 MODELS = reparameterizable_models()
 # Models up to this size are compared through reparameterize_model (a copy); larger ones are re-parameterised in
@@ -58,8 +63,8 @@ def _key(t: torch.Tensor) -> tuple[int, int]:
     return t.data_ptr(), t.numel()  # a view (permute) of a tensor has the same key
 
 
-def _unpadded(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or all(p == 0 for p in m.padding)
+def _unpadded(m: nn.Module) -> bool:  # (a BatchNorm before a transposed conv is never folded)
+    return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and all(p == 0 for p in m.padding))
 
 
 def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
@@ -70,11 +75,15 @@ def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
     keep: list[torch.Tensor] = []
     names = {m: n for n, m in model.named_modules()}
 
+    shapes: dict[tuple[int, int], tuple[int, ...]] = {}
+
     def hook(mod, args, out):
         calls.append((names[mod], mod, _key(args[0]), _key(out)))
+        shapes[_key(out)] = tuple(out.shape)
         keep.extend((args[0], out))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, _BN))]
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, _BN))]
     try:
         with torch.no_grad():
             y = model(x)
@@ -92,13 +101,14 @@ def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
             if inp in produced:
                 problems.append(f"{produced[inp]} -> {name} (BatchNorm after a conv)")
             unpadded = [c for c in consumers.get(out, []) if _unpadded(model.get_submodule(c))]
-            if unpadded:
+            if unpadded and isinstance(getattr(mod, "act", None) or nn.Identity(), nn.Identity):
+                # (a BatchNorm-activation module's output is past its activation)
                 problems.append(f"{name} -> {unpadded} (BatchNorm before an unpadded conv)")
     # parallel branches: layers of one kind with equal output shapes reading the same tensor (what could merge;
     # BiFormer's LePE conv and qkv Linear both read the normalised map, by design)
     mergeable: dict[tuple, list[str]] = {}
     for name, mod, inp, out in layers:
-        mergeable.setdefault((inp, type(mod), out[1]), []).append(name)
+        mergeable.setdefault((inp, type(mod), shapes[out]), []).append(name)
     problems += [f"parallel branches {c}" for c in mergeable.values() if len(set(c)) > 1]
     return y, problems
 
@@ -117,7 +127,23 @@ def _convs(m: nn.Module) -> list[nn.Conv2d]:
 
 
 def _bias_gap(layer: nn.Module) -> int:
-    return 0 if layer.bias is not None else layer.weight.shape[0]
+    out = layer.out_channels if isinstance(layer, nn.ConvTranspose2d) else layer.weight.shape[0]
+    return 0 if layer.bias is not None else out
+
+
+def _bn_params(*bns: nn.Module) -> int:
+    return sum(_n(b) for b in bns)
+
+
+def _halo_block(m: HaloBlock) -> int:
+    """ConvBnAct units fold; the BatchNorm after bottleneck attention folds into its qkv (which gains a bias), the
+    one after halo attention stays."""
+    total = sum(expected_deploy_params(c) for n, c in m.named_children() if n not in ("self_attn", "post_attn"))
+    if isinstance(getattr(m, "self_attn", None), BottleneckAttention):
+        total += _n(m.self_attn) + _bias_gap(m.self_attn.qkv)
+    elif hasattr(m, "self_attn"):
+        total += _n(m.self_attn) + _n(m.post_attn)
+    return total
 
 
 RULES: list[tuple[type, callable]] = [
@@ -138,6 +164,12 @@ RULES: list[tuple[type, callable]] = [
     # RMT: q, k, v projections of one input become one Linear(C, 3C); the head's BatchNorm folds into its proj
     (RMTStage, lambda m: expected_deploy_params(m.downsample) + _n(m.blocks)),
     (RMTHead, lambda m: _n(m.proj) + _bias_gap(m.proj) + _n(m.fc)),
+    (HaloBlock, _halo_block),
+    # pre-norm -> 1x1 expand conv, norm_expand and norm_dw after their convs: the two convs gain biases
+    (MOATBlock, lambda m: _n(m) - _bn_params(m.pre_norm, m.norm_expand, m.norm_dw) + _bias_gap(m.conv_expand)
+     + _bias_gap(m.conv_dw)),
+    # each dw conv -> BN becomes a biased dw conv; k and v merge into one conv of the same size
+    (ConvProjectionAttention, lambda m: sum(expected_deploy_params(c) for c in m.children())),
 ]
 
 
@@ -154,7 +186,7 @@ def expected_deploy_params(module: nn.Module) -> int:
     total = own
     for i, c in enumerate(children):  # a BatchNorm next to a conv/linear (before it: unpadded) disappears
         prev, nxt = (children[i - 1] if i else None), (children[i + 1] if i + 1 < len(children) else None)
-        if isinstance(c, _BN) and isinstance(prev, (nn.Conv2d, nn.Linear)):
+        if isinstance(c, _BN) and isinstance(prev, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             total += _bias_gap(prev)
         elif isinstance(c, _BN) and isinstance(nxt, (nn.Conv2d, nn.Linear)) and _unpadded(nxt):
             total += _bias_gap(nxt)
@@ -191,11 +223,12 @@ def test_deploy_form_matches_train_form(name):
     else:
         deployed = reparameterize_(model)
     got, problems = traced_forward(deployed, x)
+    # a declared unfoldable BatchNorm (zoo.UNFOLDABLE, with its reason) may look foldable to the trace, which does
+    # not see residual sums (WaveMix's stem BatchNorm feeds the first block's 1x1 conv and its shortcut)
+    declared = [p for p, _ in unfoldable(name)]
+    problems = [p for p in problems if not any(re.match(d + r"\b", p) for d in declared)]
     err = rel_err(got, want)
     assert err < 1e-5, err
-    if pending(name, PENDING_REPARAM):  # declared open work: outputs equal, foldable BatchNorms remain
-        assert problems, f"{name} folds completely now: remove it from zoo.PENDING_REPARAM"
-        return
     assert not problems, problems
     assert _n(deployed) == expected_deploy_params(meta_model(name))
     state = {k: v.clone() for k, v in deployed.state_dict().items()}

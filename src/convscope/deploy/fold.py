@@ -10,7 +10,14 @@ linear layer it can be folded into:
   H x W commutes with a per-channel affine map, so `fc(mean(s * x + t)) = (fc.weight * s) mean(x) + fc(t)`
   (RepLKNet's head BatchNorm, which its official deploy form keeps);
 - any module that declares its own `fold_batchnorm()` method (the hook for blocks that know the order of their
-  layers; such a method works in place and is idempotent).
+  layers; such a method works in place, is idempotent, and folds every BatchNorm child of the module, unless the
+  module also declares `foldable_batchnorms()`, the names of those it folds: MaxViT's MBConv and stem, GLNet's
+  final BatchNorm through pooling into the classifier).
+
+A BatchNorm whose affine map no neighbouring layer can take exactly stays: before a zero-padded conv (the padded
+zeros would have to become -shift/scale per channel), after a data-dependent operator that is not followed by a
+linear layer (LSNet's SKA), after halo attention (its keys and values are zero-padded after the projection), or
+on a residual stream (WaveMix's stem). docs/deploy.md lists those of the zoo; tests/deploy/zoo.py holds them.
 
 Blocks that fold BatchNorms as part of their `reparameterize()` (InceptionNeXt's BN -> fc1, RepLKNet's pre-BN)
 are left to the re-parameterisation; `prepare_for_inference(model)` composes both: re-parameterise, then fold
@@ -48,7 +55,9 @@ def batchnorm_folds(model: nn.Module) -> list[str]:
     out = []
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
-        if callable(getattr(m, "fold_batchnorm", None)):
+        if callable(getattr(m, "foldable_batchnorms", None)):
+            out += [f"{prefix}{n}" for n in m.foldable_batchnorms()]
+        elif callable(getattr(m, "fold_batchnorm", None)):
             out += [f"{prefix}{n}" for n, c in m.named_children() if isinstance(c, _BN)]
         elif _plain_sequential(m):
             out += [f"{prefix}{bn}" for bn, _, _ in sequential_bn_folds(m)]

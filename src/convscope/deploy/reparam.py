@@ -35,7 +35,7 @@ def _plain_sequential(module: nn.Module) -> bool:
 
 
 def _bn_matches(layer: nn.Module, bn: nn.Module) -> bool:
-    return (isinstance(layer, nn.Conv2d) and type(bn) is nn.BatchNorm2d) or \
+    return (isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and type(bn) is nn.BatchNorm2d) or \
         (isinstance(layer, nn.Linear) and type(bn) is nn.BatchNorm1d)
 
 

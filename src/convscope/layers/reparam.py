@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: The layers a BatchNorm or per-channel affine map folds into.
-FOLDABLE = (nn.Conv2d, nn.Linear)
+#: The layers a BatchNorm or per-channel affine map folds into (a transposed conv only from after: its output
+#: positions each get the bias, but its input positions are not read as a conv reads them).
+FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
 
 # -- tensor arithmetic ---------------------------------------------------------------------------------------------
@@ -94,13 +95,20 @@ def _view_out(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def fuse_affine_after_(layer: nn.Module, scale: torch.Tensor | None = None,
                        shift: torch.Tensor | None = None) -> nn.Module:
-    """Fold `y -> scale * y + shift` (per output channel; None: 1 and 0) applied after a Conv2d / Linear into it,
-    in place."""
+    """Fold `y -> scale * y + shift` (per output channel; None: 1 and 0) applied after a Conv2d / ConvTranspose2d /
+    Linear into it, in place."""
     w = layer.weight
-    b = layer.bias if layer.bias is not None else w.new_zeros(w.shape[0])
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    out_ch = layer.out_channels if transposed else w.shape[0]
+    b = layer.bias if layer.bias is not None else w.new_zeros(out_ch)
     scale = torch.ones_like(b) if scale is None else scale
     shift = torch.zeros_like(b) if shift is None else shift
-    _set_weight_bias(layer, w * _view_out(scale, w), b * scale + shift)
+    if transposed:  # weight (in, out / groups, kh, kw): output channel g * out/groups + j is weight[group g rows, j]
+        g = layer.groups
+        per_w = scale.reshape(g, 1, out_ch // g).expand(g, w.shape[0] // g, out_ch // g).reshape(*w.shape[:2], 1, 1)
+    else:
+        per_w = _view_out(scale, w)
+    _set_weight_bias(layer, w * per_w, b * scale + shift)
     return layer
 
 
@@ -110,6 +118,8 @@ def fuse_affine_before_(layer: nn.Module, scale: torch.Tensor, shift: torch.Tens
 
     Exact only where every input the layer reads went through the affine map: a conv without padding.
     """
+    if isinstance(layer, nn.ConvTranspose2d):
+        raise ValueError(f"a per-channel affine map before {layer} is not folded: only after a transposed conv")
     if isinstance(layer, nn.Conv2d) and any(p != 0 for p in _padding(layer)):
         raise ValueError(f"cannot fold a per-channel affine map into {layer}: its zero padding would not see the "
                          "shift")
@@ -137,6 +147,22 @@ def fuse_bn_into_conv_(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) ->
 def fuse_bn_before_conv_(bn: nn.modules.batchnorm._BatchNorm, layer: nn.Module) -> nn.Module:
     """BN -> conv (the conv without padding) becomes one conv with a bias (in place on `layer`)."""
     return fuse_affine_before_(layer, *bn_affine(bn))
+
+
+def fold_bn_act_after_(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """conv / linear -> BN (+ the activation a BatchNormAct module carries as `act`) folds into `layer` in place;
+    returns what should replace `bn`: its activation, or an Identity."""
+    fuse_bn_into_conv_(layer, bn)
+    return getattr(bn, "act", None) or nn.Identity()
+
+
+def fold_bn_before_(bn: nn.modules.batchnorm._BatchNorm, layer: nn.Module) -> nn.Module:
+    """BN (without an activation) -> unpadded conv / linear folds into `layer` in place; returns an Identity to
+    replace `bn`."""
+    if not isinstance(getattr(bn, "act", None) or nn.Identity(), nn.Identity):
+        raise ValueError(f"{type(bn).__name__} carries an activation: it cannot fold into the layer after it")
+    fuse_bn_before_conv_(bn, layer)
+    return nn.Identity()
 
 
 def _padding(conv: nn.Conv2d) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..layers import ClassifierHead, LayerNorm2d, drop_path_or_identity
 from ..layers.mixers.glmix import GLMix, SlotAttention
+from ..layers.reparam import bn_affine, fuse_affine_before_
 from .base import ConvScopeModel
 from .registry import ArchSpec, Paper, register_family, variant
 
@@ -155,6 +156,21 @@ class GLNet(ConvScopeModel):
         self.norm_pre = nn.BatchNorm2d(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, drop_rate=drop_rate)
         self.apply(self._init_weights)
+
+    def foldable_batchnorms(self) -> list[str]:
+        """`norm_pre` folds through global average pooling into the classifier when the head is pool -> fc."""
+        ok = isinstance(self.norm_pre, nn.BatchNorm2d) and self.norm_pre.running_mean is not None and \
+            isinstance(self.head.norm, nn.Identity) and isinstance(self.head.fc, nn.Linear)
+        return ["norm_pre"] if ok else []
+
+    @torch.no_grad()
+    def fold_batchnorm(self) -> None:
+        """The final BatchNorm into the classifier: mean over H x W commutes with a per-channel affine map, so
+        fc(mean(s x + t)) = (fc.weight s) mean(x) + fc(t). The deploy form's forward_features (and
+        forward_intermediates(norm=True)) then return the map before that BatchNorm; the logits are unchanged."""
+        if self.foldable_batchnorms():
+            fuse_affine_before_(self.head.fc, *bn_affine(self.norm_pre))
+            self.norm_pre = nn.Identity()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -121,6 +121,23 @@ class HaloBlock(nn.Module):
             x = self.attn(self.conv2_kxk(x))
         return self.act(self.drop_path(self.conv3_1x1(x)) + shortcut)
 
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the conv-BN units (ConvBnAct does), and the BatchNorm after bottleneck attention into its value
+        projection (`BottleneckAttention.fuse_output_affine_`; its activation stays). The BatchNorm after halo
+        attention stays: halo attention zero-pads its keys and values *after* the kv projection and the padded
+        positions take part in the softmax, so a shift folded into the values would miss them (the reason a
+        BatchNorm does not fold into a zero-padded conv either); and its activation separates it from conv3.
+        Idempotent."""
+        for m in (self.shortcut, self.conv1_1x1, getattr(self, "conv2_kxk", None), self.conv3_1x1):
+            if isinstance(m, ConvBnAct):
+                m.reparameterize()
+        if isinstance(getattr(self, "self_attn", None), BottleneckAttention) and \
+                isinstance(self.post_attn, nn.BatchNorm2d):
+            from ..layers.reparam import bn_affine
+            self.self_attn.fuse_output_affine_(*bn_affine(self.post_attn))
+            self.post_attn = self.post_attn.act
+
 
 class HaloStage(nn.Sequential):
     """One stage's blocks (keys `stages.{i}.{j}`, as timm's)."""

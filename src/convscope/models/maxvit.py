@@ -28,6 +28,7 @@ from torch import nn
 
 from ..layers import LayerNorm, Mlp, SqueezeExcite, drop_path_or_identity, to_2tuple
 from ..layers.mixers.partition_attention import PartitionAttention, RelPosBias2d
+from ..layers.reparam import fold_bn_act_after_, fold_bn_before_
 from .base import ConvScopeModel
 from .registry import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, Paper, register_family, variant
 
@@ -105,6 +106,17 @@ class MBConv(nn.Module):
         x = self.se(self.norm2(self.conv2_kxk(x)))
         return self.drop_path(self.conv3_1x1(x)) + shortcut
 
+    @torch.no_grad()
+    def fold_batchnorm(self) -> None:
+        """The pre-norm BatchNorm into the 1x1 expand conv (unpadded: exact), norm1 and norm2 into the convs
+        before them (their GELUs stay); idempotent."""
+        if isinstance(self.pre_norm, nn.BatchNorm2d):
+            self.pre_norm = fold_bn_before_(self.pre_norm, self.conv1_1x1)
+        if isinstance(self.norm1, nn.BatchNorm2d):
+            self.norm1 = fold_bn_act_after_(self.conv1_1x1, self.norm1)
+        if isinstance(self.norm2, nn.BatchNorm2d):
+            self.norm2 = fold_bn_act_after_(self.conv2_kxk, self.norm2)
+
 
 class PartitionBlock(nn.Module):
     """x + DropPath(attn(LN(x))); x + DropPath(MLP(LN(x))), on a channels-last (B, H, W, C) map, the attention
@@ -155,6 +167,12 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.norm1(self.conv1(x)))
+
+    @torch.no_grad()
+    def fold_batchnorm(self) -> None:
+        """norm1 into conv1 (its GELU stays); idempotent."""
+        if isinstance(self.norm1, nn.BatchNorm2d):
+            self.norm1 = fold_bn_act_after_(self.conv1, self.norm1)
 
 
 class NormMlpHead(nn.Module):

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..layers import ClassifierHead, LayerNorm, LayerNorm2d, RelPosWindowAttention, SqueezeExcite, \
     drop_path_or_identity
+from ..layers.reparam import fold_bn_act_after_, fold_bn_before_
 from .base import ConvScopeModel
 from .registry import ArchSpec, Paper, register_family, variant
 
@@ -123,6 +124,17 @@ class MOATBlock(nn.Module):
         if self.attn is not None:
             x = x + self.drop_path(self.attn(self.norm_attn(x)))
         return x
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold the MBConv's BatchNorms: the pre-norm into the 1x1 expand conv (unpadded: exact), norm_expand and
+        norm_dw into the convs before them. Idempotent."""
+        if isinstance(self.pre_norm, nn.BatchNorm2d):
+            self.pre_norm = fold_bn_before_(self.pre_norm, self.conv_expand)
+        if isinstance(self.norm_expand, nn.BatchNorm2d):
+            self.norm_expand = fold_bn_act_after_(self.conv_expand, self.norm_expand)
+        if isinstance(self.norm_dw, nn.BatchNorm2d):
+            self.norm_dw = fold_bn_act_after_(self.conv_dw, self.norm_dw)
 
 
 class MOAT(ConvScopeModel):

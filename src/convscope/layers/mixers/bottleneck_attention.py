@@ -62,3 +62,17 @@ class BottleneckAttention(nn.Module):
         rel = (lh[..., :, None] + lw[..., None, :]).reshape(B, nh, H * W, H * W)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=rel, scale=self.scale)
         return self.pool(out.transpose(-1, -2).reshape(B, nh * dv, H, W))
+
+    @torch.no_grad()
+    def fuse_output_affine_(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        """Fold `out -> scale * out + shift` (per output channel) into the value rows of `qkv`, in place: every
+        output is a convex combination of values (softmax weights sum to 1, no padded keys) and the 2x2 average
+        pool is one too, so an affine map of the values is the same affine map of the output. Exact."""
+        nh, dq = self.num_heads, self.dim_head_qk
+        w = self.qkv.weight
+        b = self.qkv.bias if self.qkv.bias is not None else w.new_zeros(w.shape[0])
+        s = torch.ones_like(b)
+        t = torch.zeros_like(b)
+        s[2 * nh * dq:], t[2 * nh * dq:] = scale, shift  # the values are the last nh * dv channels, head-major
+        self.qkv.weight = nn.Parameter(w * s.view(-1, 1, 1, 1), requires_grad=w.requires_grad)
+        self.qkv.bias = nn.Parameter(b * s + t, requires_grad=w.requires_grad)

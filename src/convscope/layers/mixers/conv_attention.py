@@ -44,8 +44,9 @@ class ConvProjectionAttention(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self.attn_drop = attn_drop
         self.conv_proj_q = conv_projection(dim, kernel_size, stride_q)
-        self.conv_proj_k = conv_projection(dim, kernel_size, stride_kv)
-        self.conv_proj_v = conv_projection(dim, kernel_size, stride_kv)
+        self.conv_proj_k: nn.Module | None = conv_projection(dim, kernel_size, stride_kv)
+        self.conv_proj_v: nn.Module | None = conv_projection(dim, kernel_size, stride_kv)
+        self.conv_proj_kv: nn.Conv2d | None = None  # the deploy form's merged k / v projection
         self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
@@ -61,10 +62,37 @@ class ConvProjectionAttention(nn.Module):
         H, W = hw
         prefix, tokens = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
         fmap = tokens.transpose(1, 2).reshape(B, C, H, W)
-        q, k, v = (torch.cat([prefix, conv(fmap).flatten(2).transpose(1, 2)], dim=1)
-                   for conv in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v))
+        if self.conv_proj_kv is None:
+            maps = (self.conv_proj_q(fmap), self.conv_proj_k(fmap), self.conv_proj_v(fmap))
+        else:  # channels (2c, 2c + 1) of the merged conv are channel c of k and of v
+            kv = self.conv_proj_kv(fmap)
+            kv = kv.reshape(B, C, 2, *kv.shape[-2:])
+            maps = (self.conv_proj_q(fmap), kv[:, :, 0], kv[:, :, 1])
+        q, k, v = (torch.cat([prefix, m.flatten(2).transpose(1, 2)], dim=1) for m in maps)
         q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0,
                                            scale=self.scale)
         x = x.transpose(1, 2).reshape(B, -1, C)
         return self.proj_drop(self.proj(x))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold each projection's BatchNorm into its depthwise conv, and merge the k and v projections (same input,
+        kernel and stride) into one depthwise conv with two outputs per channel (groups = dim, 2 dim outputs:
+        channel 2c is k's channel c, 2c + 1 is v's). Exact; idempotent."""
+        from ...deploy.reparam import fold_sequential_
+        fold_sequential_(self.conv_proj_q)
+        if self.conv_proj_kv is not None:
+            return
+        for seq in (self.conv_proj_k, self.conv_proj_v):
+            fold_sequential_(seq)
+        ck, cv = self.conv_proj_k.conv, self.conv_proj_v.conv
+        merged = nn.Conv2d(ck.in_channels, 2 * ck.out_channels, ck.kernel_size, stride=ck.stride,
+                           padding=ck.padding, groups=ck.groups, bias=True, device=ck.weight.device,
+                           dtype=ck.weight.dtype)
+        zeros = ck.weight.new_zeros(ck.out_channels)
+        merged.weight.copy_(torch.stack([ck.weight, cv.weight], dim=1).flatten(0, 1))
+        merged.bias.copy_(torch.stack([ck.bias if ck.bias is not None else zeros,
+                                       cv.bias if cv.bias is not None else zeros], dim=1).flatten())
+        self.conv_proj_kv = merged
+        self.conv_proj_k = self.conv_proj_v = None

@@ -89,6 +89,8 @@ class HaloAttention(nn.Module):
         rel = self.rel_logits(q)
         if self.scale_pos_embed:
             rel = rel * self.scale
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=rel, scale=self.scale)
+        # heads and blocks share one batch axis: 4-D attention (what the ONNX exporter translates)
+        q4, k4, v4, rel4 = (t.flatten(1, 2) for t in (q, k, v, rel))
+        out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=rel4, scale=self.scale)
         out = out.reshape(B, self.num_heads, nh, nw, bq, bq, dv).permute(0, 1, 6, 2, 4, 3, 5)
         return out.reshape(B, self.num_heads * dv, nh * bq, nw * bq)

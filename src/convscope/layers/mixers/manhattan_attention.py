@@ -130,13 +130,15 @@ class ManhattanSelfAttention(nn.Module):
         v = v.reshape(B, H, W, n, d).permute(0, 3, 1, 2, 4)
         if self.decomposed:
             mask_h, mask_w = rel_pos[2], rel_pos[3]
+            # (rows / columns join the batch axis: 4-D attention, what the ONNX exporter translates)
             # along W within each row: (B, H, n, W, d)
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                 attn_mask=mask_w)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2).flatten(0, 1), k.transpose(1, 2).flatten(0, 1),
+                                                 v.transpose(1, 2).flatten(0, 1), attn_mask=mask_w).unflatten(0, (B, H))
             # along H within each column: (B, W, n, H, d)
-            out = F.scaled_dot_product_attention(q.permute(0, 3, 1, 2, 4), k.permute(0, 3, 1, 2, 4),
-                                                 out.permute(0, 3, 2, 1, 4), attn_mask=mask_h)
-            out = out.permute(0, 3, 1, 2, 4).reshape(B, H, W, C)
+            out = F.scaled_dot_product_attention(q.permute(0, 3, 1, 2, 4).flatten(0, 1),
+                                                 k.permute(0, 3, 1, 2, 4).flatten(0, 1),
+                                                 out.permute(0, 3, 2, 1, 4).flatten(0, 1), attn_mask=mask_h)
+            out = out.unflatten(0, (B, W)).permute(0, 3, 1, 2, 4).reshape(B, H, W, C)
         else:
             out = F.scaled_dot_product_attention(q.flatten(2, 3), k.flatten(2, 3), v.flatten(2, 3),
                                                  attn_mask=rel_pos[2])  # (B, n, HW, d)
