@@ -448,7 +448,8 @@ def merge_rows(page: str, new_rows: list[str], models: list[str], note: str) -> 
         at = same[-1] + 1 if same else len(out)
         out[at:at] = by_model[m]
         placed.add(m)
-    blank = out.index("")  # the header ends at the first blank line
+    table = next(i for i, line in enumerate(out) if line.startswith("| ours "))
+    blank = max(i for i in range(table) if out[i] == "") if "" in out[:table] else table  # the header's end
     out.insert(blank, note)
     return "\n".join(out) + "\n"
 
