@@ -240,7 +240,9 @@ register_family(
                         "@c8a9974; drop path and input size: classification/configs/transnext_micro_AAAA_256.py; "
                         "crop: datasets.py (224/256 below 384)"),
                 notes="A-A-A-A: aggregated attention in all four stages (pooling sr = 16, 8, 4, 2: a 4x4 pooled "
-                      "grid at every stage at 256), no full-attention stage")),
+                      "grid at every stage at 256), no full-attention stage. MACs: our count (fvcore "
+                      "convention) is 3.345 G, +1.4% from the README's 3.3 G but within its one-decimal rounding; "
+                      "fvcore was not run on the official code for this variant")),
         "transnext_small_384": variant(
             depths=(5, 5, 22, 5), dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), img_size=384,
             pretrain_size=224, card=dict(
