@@ -39,6 +39,10 @@ PENDING_FOLD: dict[str, str] = {
 PENDING_REPARAM: dict[str, str] = {
     "cvt": "the k and v projections (parallel dw conv + BN on one input) are not merged",
     "halonet": "BatchNorm before the 1x1 conv after attention, and the parallel shortcut conv",
+    "glnet_4g_tklb": "norm_pre (BatchNorm) feeds the token-labelling head's Linear and the pooled head: folding it "
+                     "into both would change forward_features",
+    "glnet_9g_tklb": "norm_pre (BatchNorm) feeds the token-labelling head's Linear and the pooled head: folding it "
+                     "into both would change forward_features",
     "moat": "MBConv pre-norm BatchNorm and the expand conv's BatchNorm are not folded by the block",
 }
 
