@@ -5,12 +5,18 @@ it is part of convscope. For each pair, the official model gets random weights, 
 `load_checkpoint(..., source="official")`, and the logits are compared at 224x224 and at a non-square size.
 
     python benchmarks/official_parity.py --official-root DIR [--official FAMILY=PATH ...]
-        [--families convnext,metaformer] [--write-keys tests/data/official_keys] [--out FILE.md]
+        [--families convnext,metaformer] [--models convnext_tiny,...] [--write-keys tests/data/official_keys]
+        [--out FILE.md | --merge FILE.md]
 
 A family's code is found at PATH given by `--official FAMILY=PATH`, else under `--official-root DIR` as
 DIR/<name> (what `git clone` makes) or DIR/<owner>+<name>/repo or DIR/<owner>+<name> (a git mirror). PATH is a
 checked-out source tree or a git directory, bare included (its files are read with `git show HEAD:...`). The
 families and their repositories are listed by --help.
+
+--models restricts the run to some of our variants (their families are implied). --merge updates an existing
+results page instead of writing a new one: the rows of the variants run replace that page's rows of the same
+variants in place (a variant new to the page goes after the last row from the same official repository), and the
+page's header gains a line with the command, the machine and the date of the run.
 
 --write-keys records each checked official state dict's key names and shapes as JSON, the fixtures with which
 tests/models/test_official_keys.py checks the converters without the official code.
@@ -69,12 +75,18 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
     "replknet": ("DingXiaoH/RepLKNet-pytorch", ["replknet.py"], {
         "replknet_31b": "RepLKNet(large_kernel_sizes=[31, 29, 27, 13], layers=[2, 2, 18, 2], "
                         "channels=[128, 256, 512, 1024], drop_path_rate=0, small_kernel=5, use_sync_bn=False)",
+        "replknet_31l": "RepLKNet(large_kernel_sizes=[31, 29, 27, 13], layers=[2, 2, 18, 2], "
+                        "channels=[192, 384, 768, 1536], drop_path_rate=0, small_kernel=5, use_sync_bn=False)",
         "replknet_xl": "RepLKNet(large_kernel_sizes=[27, 27, 27, 13], layers=[2, 2, 18, 2], "
                        "channels=[256, 512, 1024, 2048], drop_path_rate=0, small_kernel=None, dw_ratio=1.5, "
                        "use_sync_bn=False)",
     }),
     "glnet": ("rayleizhu/GLMix", ["models/glnet.py"], {
         v: f"{v}()" for v in ("glnet_4g", "glnet_9g", "glnet_16g", "glnet_stl", "glnet_stl_paramslot")
+    }),
+    # the token-labelling models subclass models/glnet.py's GLNet with an auxiliary head over the tokens
+    "glnet_tklb": ("rayleizhu/GLMix", ["models/glnet_tklb.py", "models/glnet.py"], {
+        v: f"{v}()" for v in ("glnet_4g_tklb", "glnet_9g_tklb")
     }),
     "unireplknet": ("AILab-CVC/UniRepLKNet", ["unireplknet.py"], {
         f"unireplknet_{v}": f"unireplknet_{v}(attempt_use_lk_impl=False)" for v in ("a", "f", "t")
@@ -103,6 +115,11 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
         f"lsnet_{v}": f"LSNet(img_size=224, patch_size=8, embed_dim={e}, depth={d}, num_heads=[3, 3, 3, 4])"
         for v, e, d in (("t", [64, 128, 256, 384], [0, 2, 8, 10]), ("s", [96, 192, 320, 448], [1, 2, 8, 10]),
                         ("b", [128, 256, 384, 512], [4, 6, 8, 10]))
+    } | {  # the distilled checkpoints' layout (the official lsnet_{t,s,b}_distill): a second BN-Linear head
+        f"lsnet_{v}_distill": f"LSNet(img_size=224, patch_size=8, embed_dim={e}, depth={d}, num_heads=[3, 3, 3, 4], "
+                              "distillation=True)"
+        for v, e, d in (("t", [64, 128, 256, 384], [0, 2, 8, 10]), ("s", [96, 192, 320, 448], [1, 2, 8, 10]),
+                        ("b", [128, 256, 384, 512], [4, 6, 8, 10]))
     }),
     # The legacy BRA (ops/bra_legacy.py) is the layout of the released checkpoints; einops is needed.
     "biformer": ("rayleizhu/BiFormer", ["models/biformer.py", "ops/bra_legacy.py", "models/_common.py"], {
@@ -113,11 +130,14 @@ OFFICIAL: dict[str, tuple[str, list[str], dict[str, str]]] = {
     }),
     "rmt": ("qhfan/RMT", ["classfication_release/RMT.py"], {
         "rmt_tiny": "RMT_T3(None)", "rmt_small": "RMT_S(None)", "rmt_base": "RMT_M2(None)",
+        "rmt_large": "RMT_L6(None)",
     }),
     # the CUDA-free attention_native.py (the swattention extension is never looked for)
     "transnext": ("DaiShiResearch/TransNeXt", ["classification/transnext.py", "classification/attention_native.py"], {
         "transnext_micro": "transnext_micro()", "transnext_tiny": "transnext_tiny()",
+        "transnext_small": "transnext_small()", "transnext_base": "transnext_base()",
         "transnext_small_384": "transnext_small(img_size=384, pretrain_size=224)",
+        "transnext_micro_aaaa_256": "transnext_micro_AAAA(img_size=256)",
     }),
     # official names carry the large branch's 224 / 384; timm's (ours) the small branch's 240 / 408
     "crossvit": ("IBM/CrossViT", ["models/crossvit.py"], {
@@ -134,11 +154,12 @@ OFFICIAL_DEPLOY: dict[str, list[str]] = {
 # inputs for the larger models, whose 31x31 depthwise convs are slow on a CPU in NCHW; LSNet's official attention
 # biases fit a 4x4 stage-4 map only (inputs of 193-256 pixels a side); the official BiFormers (auto_pad=False) take
 # sides that are multiples of 112 only
-SIZES = {"replknet_xl": [(128, 128), (96, 160)], "transnext_small_384": [(384, 384)],
+SIZES = {"replknet_xl": [(128, 128), (96, 160)], "replknet_31l": [(128, 128), (96, 160)],
+         "transnext_small_384": [(384, 384)], "transnext_micro_aaaa_256": [(256, 256)],
          # the official CrossViT resizes any input to the branch sizes it was built for: compared at those
          **{n: [(240, 240)] for n in ("crossvit_tiny_240", "crossvit_9_dagger_240")},
          "crossvit_15_dagger_408": [(408, 408)],
-         "wavemix_256_16_l4": [(256, 256), (192, 320)]} | {f"lsnet_{v}": [(224, 224), (256, 208)] for v in "tsb"} | {
+         "wavemix_256_16_l4": [(256, 256), (192, 320)]} | {f"lsnet_{v}{d}": [(224, 224), (256, 208)] for v in "tsb" for d in ("", "_distill")} | {
     f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base", "stl")}
 
 
@@ -289,6 +310,7 @@ def _load_official_module(source: OfficialSource, files: list[str], tmp: Path) -
         src = src.replace("from .ska import SKA", "SKA = None  # a Triton kernel; OFFICIAL_PATCHES supplies SKA")
         src = src.replace("from ops.bra_legacy import", "from bra_legacy import")
         src = src.replace("from ._common import", "from _common import")
+        src = src.replace("from .glnet import", "from glnet import")  # GLMix's glnet_tklb.py
         src = src.replace("from fvcore.nn import FlopCountAnalysis, flop_count_table", "")  # RMT: unused
         src = src.replace("from einops import einsum", "")  # RMT: unused
         src = src.replace("import pkg_resources", "")  # TransNeXt: only to look for its CUDA extension,
@@ -374,17 +396,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--official", action="append", default=[], metavar="FAMILY=PATH",
                    help="one family's official repository: a source tree or a git directory (bare included); "
                         "repeatable, takes precedence over --official-root")
-    p.add_argument("--families", default=",".join(OFFICIAL), help="comma-separated (default: all)")
+    p.add_argument("--families", default=None,
+                   help="comma-separated (default: all, or those of --models)")
     p.add_argument("--write-keys", default=None, metavar="DIR",
                    help="record each official state dict's keys and shapes as JSON here (and in DIR_deploy/)")
-    p.add_argument("--out", default=None, help="write the markdown results page here")
+    p.add_argument("--models", default=None, metavar="NAMES",
+                   help="comma-separated variants of ours to compare (default: every pair of the families)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default=None, help="write the markdown results page here")
+    out.add_argument("--merge", default=None, metavar="FILE.md",
+                     help="replace the rows of the variants run in this existing results page (and note the run "
+                          "in its header)")
     return p
+
+
+def _row_model(line: str) -> str | None:
+    """The variant a results-table row is about (its first cell's first word), None for other lines."""
+    if not line.startswith("| ") or line.startswith(("| ours ", "|---")):
+        return None
+    return line[2:].split(" ", 1)[0]
+
+
+def _row_repo(line: str) -> str:
+    """A row's official repository (owner/name, without the commit)."""
+    return line.split(" | ")[1].split("@")[0]
+
+
+def merge_rows(page: str, new_rows: list[str], models: list[str], note: str) -> str:
+    """`page` with its rows for `models` replaced by `new_rows` (see --merge) and `note` added to its header."""
+    lines = page.rstrip("\n").split("\n")
+    if not any(line.startswith("| ours ") for line in lines):
+        raise ValueError("not an official_parity results page (no '| ours |' table header)")
+    by_model: dict[str, list[str]] = {}
+    for row in new_rows:
+        by_model.setdefault(_row_model(row), []).append(row)
+    out: list[str] = []
+    placed = set()
+    for line in lines:
+        m = _row_model(line)
+        if m in by_model:
+            if m not in placed:
+                out += by_model[m]
+                placed.add(m)
+            continue
+        out.append(line)
+    for m in models:
+        if m in placed:
+            continue
+        repo = _row_repo(by_model[m][0])
+        same = [i for i, line in enumerate(out) if _row_model(line) and _row_repo(line) == repo]
+        at = same[-1] + 1 if same else len(out)
+        out[at:at] = by_model[m]
+        placed.add(m)
+    table = next(i for i, line in enumerate(out) if line.startswith("| ours "))
+    blank = max(i for i in range(table) if out[i] == "") if "" in out[:table] else table  # the header's end
+    out.insert(blank, note)
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    families = [f for f in args.families.split(",") if f]
+    families = [f for f in (args.families or ",".join(OFFICIAL)).split(",") if f]
+    only = None
+    if args.models is not None:
+        only = [m for m in args.models.split(",") if m]
+        where = {m: f for f, (_, _, pairs) in OFFICIAL.items() for m in pairs}
+        unknown_models = [m for m in only if m not in where]
+        if unknown_models:
+            p.error(f"no official pair for {', '.join(unknown_models)}; known: {', '.join(where)}")
+        if args.families is None:
+            families = list(dict.fromkeys(where[m] for m in only))
+        elif any(where[m] not in families for m in only):
+            p.error(f"--models {args.models} is not within --families {args.families}")
+    if args.merge and not Path(args.merge).is_file():
+        p.error(f"--merge takes an existing results page; {args.merge} is not a file")
     explicit = {}
     for item in args.official:
         family, sep, path = item.partition("=")
@@ -413,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             if family in OFFICIAL_PATCHES:
                 OFFICIAL_PATCHES[family](module)
             for ours_name, ctor in pairs.items():
+                if only is not None and ours_name not in only:
+                    continue
                 torch.manual_seed(0)
                 with contextlib.redirect_stdout(io.StringIO()):  # HorNet's gnconv prints its configuration
                     official = _randomize_checkpointed(eval(ctor, vars(module)), randomize_)
@@ -443,15 +531,26 @@ def main(argv: list[str] | None = None) -> int:
 
     worst = max(r[-1] for r in rows)
     print(f"worst {worst:.2e} over {len(rows)} comparisons")
+    table = [f"| {a} | {b} | `{c}` | {d} | {e:.1e} |" for a, b, c, d, e in rows]
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"torch {torch.__version__}, fp32")
+    if args.merge:
+        import datetime
+        ran = list(dict.fromkeys(r[0].split(" ", 1)[0] for r in rows))
+        note = (f"Merged {datetime.date.today().isoformat()}: `python benchmarks/official_parity.py --official-root DIR "
+                f"--models {','.join(ran)} --merge {args.merge}` ({machine}) re-measured the rows of "
+                f"{', '.join(ran)}.")
+        page = Path(args.merge)
+        page.write_text(merge_rows(page.read_text(), table, ran, note))
     if args.out:
         family_arg = "" if families == list(OFFICIAL) else f" --families {','.join(families)}"
+        family_arg += f" --models {','.join(only)}" if only is not None else ""
         lines = [
             "# convscope vs the official model code",
             "",
             f"Command: `python benchmarks/official_parity.py --official-root DIR{family_arg} --out {args.out}`, DIR "
             "holding clones of the official repositories at the commits below.",
-            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, fp32.",
+            f"Machine: {machine}.",
             "Random weights (tests.conftest.randomize_) in the official model, loaded into ours with "
             "`load_checkpoint(source=\"official\")`; batch 2; error = max|ours - official| / max|official|.",
             "Rows '<model> reparameterize_model': our re-parameterised model against the official one after the "
@@ -463,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "| ours | official repository | official constructor | input | max rel err |",
             "|---|---|---|---|---|",
-        ] + [f"| {a} | {b} | `{c}` | {d} | {e:.1e} |" for a, b, c, d, e in rows]
+        ] + table
         Path(args.out).write_text("\n".join(lines) + "\n")
     return 0 if worst < 1e-5 else 1
 

@@ -83,3 +83,44 @@ def test_converter_reshapes_layer_scale():
                         "stages.0.blocks.0.token_mixer.relation_mha.in_proj_bias", "norm_pre.running_mean",
                         "head.fc.weight"}
     assert out["stages.2.blocks.0.gamma1"].shape == (8,)
+
+
+def _tklb_small(**kw):
+    return convscope.create_model("glnet_4g_tklb", depths=(1, 1, 2, 1), num_classes=7, **kw)
+
+
+def test_token_labelling_head_output_is_cls_plus_half_max_of_aux():
+    m = randomize_(_tklb_small(), seed=2).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = m.forward_features(x)                        # (2, 512, 2, 3)
+        tokens = feats.flatten(2).transpose(1, 2)            # (2, 6, 512)
+        cls = tokens.mean(1) @ m.head.fc.weight.T + m.head.fc.bias
+        aux = tokens @ m.aux_head.weight.T + m.aux_head.bias  # (2, 6, 7)
+        want = cls + 0.5 * aux.max(1).values
+        got = m(x)
+        dense_cls, dense_aux = m.forward_dense(x)
+    assert rel_err(got, want) < 1e-6
+    assert dense_aux.shape == (2, 6, 7) and rel_err(dense_aux, aux) < 1e-6 and rel_err(dense_cls, cls) < 1e-6
+    assert torch.equal(m.forward_head(feats, pre_logits=True), tokens.mean(1))
+    plain = convscope.create_model("glnet_4g", depths=(1, 1, 2, 1), num_classes=7)
+    assert plain.aux_head is None
+    with pytest.raises(ValueError, match="use_aux_head=True"):
+        plain.forward_dense(x)
+
+
+def test_token_labelling_head_follows_reset_and_pruning():
+    m = _tklb_small()
+    m.reset_classifier(3)
+    assert m.aux_head.out_features == 3
+    m.reset_classifier(0)
+    assert m.aux_head is None
+    m = _tklb_small()
+    m.prune_intermediate_layers(2)
+    assert m.aux_head is None
+
+
+def test_converter_maps_the_token_labelling_head():
+    from convscope.models.glnet import convert_official
+    out = convert_official({"tklb_aux_head.weight": torch.ones(2, 4), "tklb_aux_head.bias": torch.ones(2)}, None)
+    assert set(out) == {"aux_head.weight", "aux_head.bias"}

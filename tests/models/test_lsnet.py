@@ -86,3 +86,40 @@ def test_zero_init_last_is_the_official_init():
     assert (m.stages[0].blocks[0].ffn.pw2.bn.weight == 0).all()
     assert (m.stages[3].blocks[1].mixer.proj[1].bn.weight == 0).all()
     assert (_tiny().stages[0].blocks[0].ffn.pw2.bn.weight == 1).all()
+
+
+def test_distilled_heads_mean_in_eval_pair_on_request():
+    m = lsnet_condition_(randomize_(_tiny(distilled=True, num_classes=5), seed=2)).eval()
+    x = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        feats = m.forward_features(x)
+        a, b = m.head(feats), m.head_dist(feats)
+        assert rel_err(m(x), (a + b) / 2) < 1e-6 and rel_err(a, b) > 1e-2  # two different heads, averaged
+        m.train()
+        assert isinstance(m(x), torch.Tensor)  # the mean in training too, unless asked for the pair
+        m.set_distilled_training(True)
+        pair = m(x)
+        assert isinstance(pair, tuple) and len(pair) == 2 and pair[0].shape == (2, 5)
+        m.eval()
+        assert isinstance(m(x), torch.Tensor)  # evaluation always averages, as the official model does
+    with pytest.raises(ValueError, match="distilled=True"):
+        _tiny().set_distilled_training(True)
+    m.reset_classifier(3)
+    assert m.head_dist.fc.out_features == 3
+    m.prune_intermediate_layers(1)
+    assert m.head_dist is None
+
+
+def test_distilled_deploy_form_folds_both_heads():
+    m = lsnet_condition_(randomize_(_tiny(distilled=True), seed=3)).eval()
+    x = torch.randn(2, 3, 96, 72)
+    d = convscope.reparameterize_model(m)
+    with torch.no_grad():
+        assert rel_err(d(x), m(x)) < 1e-5
+    assert not any(isinstance(mod, torch.nn.BatchNorm1d) for mod in d.modules())
+
+
+def test_converter_maps_the_distillation_head():
+    from convscope.models.lsnet import convert_official
+    sd = {"head_dist.bn.weight": torch.ones(4), "head_dist.l.weight": torch.ones(2, 4), "head.l.bias": torch.ones(2)}
+    assert set(convert_official(sd, None)) == {"head_dist.norm.weight", "head_dist.fc.weight", "head.fc.bias"}

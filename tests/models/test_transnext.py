@@ -57,3 +57,14 @@ def test_converter_maps_every_official_key():
     got = convert_official({k: torch.zeros(s) for k, s in official.items()}, m)
     for k, v in got.items():
         assert k in ours and ours[k].shape == v.shape, k
+
+
+def test_micro_aaaa_256_aggregates_in_every_stage():
+    m = _meta("transnext_micro_aaaa_256")
+    attns = [s.blocks[0].attn for s in m.stages]
+    assert [type(a) for a in attns] == [AggregatedAttention] * 4  # A-A-A-A: no full-attention stage
+    assert [a.pool_size for a in attns] == [(4, 4)] * 4  # 64/16, 32/8, 16/4, 8/2
+    assert m.fixed_input_size == (256, 256) and m.card.input_size == (3, 256, 256)
+    # relative coordinates scaled to its own 256 grid (64 at stride 4): pre-trained at 256
+    index, table = relative_position_cpb((64, 64), (4, 4), (64, 64))
+    assert torch.equal(m.stages[0].rel_index, index) and torch.equal(m.stages[0].rel_table, table)

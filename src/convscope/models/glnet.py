@@ -15,7 +15,14 @@ start from an 8x8 adaptive average pool of the block input (or a learnt table: `
 Block norms are LayerNorms with eps 1e-6 (timm's LayerNorm2d on maps), as the official blocks default to.
 State-dict keys follow the official blocks; `convert_official` maps the official model-level layout
 (downsample_layers / stages.i.blocks.j / norm / head) and moves the mixer's tensors under `token_mixer`.
-The token-labelling variants (glnet_4g_tklb, glnet_9g_tklb: models/glnet_tklb.py) are not registered.
+
+Token-labelling variants (glnet_4g_tklb, glnet_9g_tklb; official models/glnet_tklb.py): the same networks with an
+auxiliary linear head applied to every token of the last (normalised) stage map, as VOLO's. The official model
+returns, in evaluation, the class logits plus 0.5 x the per-class maximum over the tokens of the auxiliary logits;
+`forward` does the same here in both modes (`use_aux_head=True`), and `forward_dense` gives (class logits, per-token
+auxiliary logits) for a token-labelling loss. Departure: the official training forward also applies its
+"MixToken" CutMix inside the network (on the stem's output, undone on the auxiliary logits) and returns a tuple;
+that augmentation is not implemented here.
 """
 from __future__ import annotations
 
@@ -127,8 +134,8 @@ class GLNet(ConvScopeModel):
                  mlp_ratio: float = 3.0, head_dim: int = 32,
                  mixing_modes: Sequence[str] = ("glmix", "glmix", "glmix.mha", "mha"), local_kernel_size: int = 5,
                  slot_init: str = "ada_avgpool", num_slots: int = 64, cpe_ks: int = 3, overlapped: bool = True,
-                 mlp_dw: bool = True, layerscale: float = -1.0, in_chans: int = 3, num_classes: int = 1000,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
+                 mlp_dw: bool = True, layerscale: float = -1.0, use_aux_head: bool = False, in_chans: int = 3,
+                 num_classes: int = 1000, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
         if any(m not in ("glmix", "glmix.mha", "mha", "transformer") for m in mixing_modes):
             raise ValueError(f"mixing_modes must be 'glmix', 'glmix.mha', 'mha' or 'transformer'; got {mixing_modes}")
@@ -155,10 +162,13 @@ class GLNet(ConvScopeModel):
         self.build_stages(depths, dims, drop_path_rate, block=block, downsample=downsample)
         self.norm_pre = nn.BatchNorm2d(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, drop_rate=drop_rate)
+        self.use_aux_head = use_aux_head
+        self.aux_head = nn.Linear(dims[-1], num_classes) if use_aux_head and num_classes > 0 else None
         self.apply(self._init_weights)
 
     def foldable_batchnorms(self) -> list[str]:
-        """`norm_pre` folds through global average pooling into the classifier when the head is pool -> fc."""
+        """`norm_pre` folds through global average pooling into the classifier when the head is pool -> fc (and into
+        the token-labelling head, a Linear on every token, where there is one)."""
         ok = isinstance(self.norm_pre, nn.BatchNorm2d) and self.norm_pre.running_mean is not None and \
             isinstance(self.head.norm, nn.Identity) and isinstance(self.head.fc, nn.Linear)
         return ["norm_pre"] if ok else []
@@ -167,9 +177,13 @@ class GLNet(ConvScopeModel):
     def fold_batchnorm(self) -> None:
         """The final BatchNorm into the classifier: mean over H x W commutes with a per-channel affine map, so
         fc(mean(s x + t)) = (fc.weight s) mean(x) + fc(t). The deploy form's forward_features (and
-        forward_intermediates(norm=True)) then return the map before that BatchNorm; the logits are unchanged."""
+        forward_intermediates(norm=True)) then return the map before that BatchNorm; the logits are unchanged. The
+        token-labelling head reads each token of the same normalised map, so the affine map folds into it alike."""
         if self.foldable_batchnorms():
-            fuse_affine_before_(self.head.fc, *bn_affine(self.norm_pre))
+            scale, shift = bn_affine(self.norm_pre)
+            for fc in (self.head.fc, self.aux_head):
+                if fc is not None:
+                    fuse_affine_before_(fc, scale, shift)
             self.norm_pre = nn.Identity()
 
     @staticmethod
@@ -178,6 +192,35 @@ class GLNet(ConvScopeModel):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    # -- token-labelling head ------------------------------------------------------------------------------------
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Class logits; with the auxiliary head, plus 0.5 x the per-class max over the tokens of its logits."""
+        out = self.head(x, pre_logits=pre_logits)
+        if pre_logits or self.aux_head is None:
+            return out
+        return out + 0.5 * self.aux_head(x.flatten(2).transpose(1, 2)).amax(dim=1)
+
+    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits, per-token auxiliary logits (B, H*W, classes)) for a token-labelling loss."""
+        if self.aux_head is None:
+            raise ValueError("forward_dense needs the auxiliary head (use_aux_head=True and num_classes > 0)")
+        x = self.forward_features(x)
+        return self.head(x), self.aux_head(x.flatten(2).transpose(1, 2))
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        dev = next(self.parameters()).device
+        self.aux_head = (nn.Linear(self.num_features, num_classes, device=dev)
+                         if self.use_aux_head and num_classes > 0 else None)
+        if self.aux_head is not None:
+            self._init_weights(self.aux_head)
+
+    def prune_intermediate_layers(self, indices=None, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        take = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        if prune_head:
+            self.aux_head = None
+        return take
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
@@ -189,13 +232,15 @@ class GLNet(ConvScopeModel):
 def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """rayleizhu/GLMix keys -> ours: downsample_layers.0 is the stem, downsample_layers.i opens stage i, norm is
     norm_pre, head is head.fc; a GLMix block's relation_mha / feature_conv / slot_scale / init_slots go under
-    token_mixer; layer scales ls{1,2}.gamma ((C,) or (1, C, 1, 1)) become gamma{1,2} (C,)."""
+    token_mixer; layer scales ls{1,2}.gamma ((C,) or (1, C, 1, 1)) become gamma{1,2} (C,); the token-labelling
+    models' tklb_aux_head is aux_head."""
     out = {}
     for k, v in state_dict.items():
         k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
         k = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", k)
         k = re.sub(r"^norm\.", "norm_pre.", k)
         k = re.sub(r"^head\.", "head.fc.", k)
+        k = re.sub(r"^tklb_aux_head\.", "aux_head.", k)
         k = re.sub(r"\.(relation_mha|feature_conv|slot_scale|init_slots)\b", r".token_mixer.\1", k)
         m = re.search(r"\.ls([12])\.gamma$", k)
         if m:
@@ -207,6 +252,10 @@ def convert_official(state_dict: dict, model: nn.Module) -> dict:
 # -- variants ----------------------------------------------------------------------------------------------------
 _SRC = ("rayleizhu/GLMix@3c93dbf README model card (top-1, FLOPs (MACs)); params: the exact count of the official "
         "models/glnet.py constructor, which the README rounds to integer millions")
+
+_SRC_TKLB = ("rayleizhu/GLMix@3c93dbf README model card (top-1 with token labelling, FLOPs (MACs), params rounded "
+             "to integer millions) and drop path (0.1 for the token-labelling models); params: the exact count of "
+             "the official models/glnet_tklb.py constructor (GLNet plus its tklb_aux_head)")
 
 _NOTE_9G = ("README FLOPs (MACs) 9.7 G: the count is 9.626 G under the fvcore convention (-0.8%, within 1%, but "
             "it rounds to 9.6 while the other variants round to their figures; a listed exception in "
@@ -225,6 +274,10 @@ register_family(
             params_m=60.011, macs_g=9.7, notes=_NOTE_9G, top1=84.5, drop_path_rate=0.3, source=_SRC)),
         "glnet_16g": variant(depths=(4, 4, 18, 4), dims=(128, 256, 512, 1024), layerscale=1e-4, card=dict(
             params_m=106.055, macs_g=16.7, top1=85.0, drop_path_rate=0.4, source=_SRC)),
+        "glnet_4g_tklb": variant(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), use_aux_head=True, card=dict(
+            params_m=27.5146, macs_g=4.5, top1=84.4, drop_path_rate=0.1, source=_SRC_TKLB)),
+        "glnet_9g_tklb": variant(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), use_aux_head=True, card=dict(
+            params_m=60.7796, macs_g=9.7, top1=85.3, drop_path_rate=0.1, source=_SRC_TKLB)),
         "glnet_stl": variant(
             depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), mlp_ratio=4.0,
             mixing_modes=("glmix", "glmix", "glmix", "transformer"), cpe_ks=0, overlapped=False, mlp_dw=False,

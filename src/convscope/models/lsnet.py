@@ -13,6 +13,12 @@ parameters and FLOPs. Keys follow the official code inside blocks with this libr
 `stages.i.downsample.j`, `stages.i.blocks.j`, conv-BN `conv` / `bn`, `head.norm` / `head.fc`);
 `load_checkpoint(..., source="official")` maps the official keys.
 
+Distilled variants (lsnet_{t,s,b}_distill, the official `distillation=True` models trained with a teacher):
+a second BN-Linear head `head_dist` on the same pooled features. As in the official code, evaluation returns the
+mean of the two heads' logits; in training the mean too, unless `set_distilled_training(True)` asks for the pair
+(head, head_dist) that a distillation loss takes (timm's convention for its distilled models; the official model
+returns the pair whenever it is training).
+
 Input sizes: both sides above 64 (below, the stage-4 attention sees a single token). The stage-4 attention biases are a table over the (|dy|, |dx|) offsets of the stage-4 map at
 `img_size` (4x4 at 224). Maps up to that size take the biases of their offsets; larger inputs raise ValueError
 (build with a larger `img_size`, which changes the bias table, as the official code does).
@@ -189,6 +195,8 @@ class LSNet(ConvScopeModel):
     zero_init_last: initialise the last BatchNorm weight of the FFN and attention branches to zero, as the
         official code does for training from scratch; off by default so that every parameter receives a gradient
         at initialisation (this library's contract).
+    distilled: add the distillation head `head_dist` (the official `distillation=True`); the logits are the mean
+        of both heads (see `set_distilled_training` for the pair).
     """
 
     stem_reduction = 8
@@ -197,8 +205,8 @@ class LSNet(ConvScopeModel):
 
     def __init__(self, embed_dim: tuple[int, ...] = (64, 128, 256, 384), depth: tuple[int, ...] = (0, 2, 8, 10),
                  num_heads: tuple[int, ...] = (3, 3, 3, 4), key_dim: int = 16,
-                 img_size: int | tuple[int, int] = 224, zero_init_last: bool = False, *, in_chans: int = 3,
-                 num_classes: int = 1000, drop_path_rate: float = 0.0) -> None:
+                 img_size: int | tuple[int, int] = 224, zero_init_last: bool = False, distilled: bool = False, *,
+                 in_chans: int = 3, num_classes: int = 1000, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
         if len(embed_dim) != 4 or len(depth) != 4 or len(num_heads) != 4:
             raise ValueError("LSNet has four stages: embed_dim, depth and num_heads take four entries each")
@@ -218,6 +226,9 @@ class LSNet(ConvScopeModel):
                                               num_heads=num_heads[i], resolution=self.attn_resolution,
                                               drop_path=dp))
         self.head = LSNetHead(embed_dim[-1], num_classes)
+        self.distilled = distilled
+        self.distilled_training = False
+        self.head_dist = LSNetHead(embed_dim[-1], num_classes) if distilled else None
         if zero_init_last:
             self._zero_init_last()
 
@@ -228,6 +239,33 @@ class LSNet(ConvScopeModel):
                 nn.init.zeros_(m.pw2.bn.weight)
             elif isinstance(m, LeViTAttention):
                 nn.init.zeros_(m.proj[1].bn.weight)
+
+    # -- distillation head ---------------------------------------------------------------------------------------
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """In training mode, return (head logits, head_dist logits) instead of their mean (distilled models)."""
+        if self.head_dist is None and enable:
+            raise ValueError(f"{self.model_name} has no distillation head; build it with distilled=True")
+        self.distilled_training = enable
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        if self.head_dist is None or pre_logits:
+            return self.head(x, pre_logits=pre_logits)
+        out, dist = self.head(x), self.head_dist(x)
+        if self.distilled_training and self.training:
+            return out, dist
+        return (out + dist) / 2
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
+        if self.head_dist is not None:
+            self.head_dist.reset(num_classes)
+
+    def prune_intermediate_layers(self, indices=None, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        take = super().prune_intermediate_layers(indices, prune_norm, prune_head)
+        if prune_head:
+            self.head_dist = None
+            self.distilled_training = False
+        return take
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
@@ -265,8 +303,8 @@ def lsnet_condition_(model: nn.Module, scale: float = 0.1) -> nn.Module:
 def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """jameslahm/lsnet keys -> ours (train form): `patch_embed.{0,2,4}` -> `stem.{0,1,2}`, `blocks{i}.{0,1}`
     of stages 2-4 -> `stages.{i-1}.downsample`, `Conv2d_BN.c` -> `conv`, `Residual.m` unwrapped, `head.bn/l` ->
-    `head.norm/fc`; the derived `attention_bias_idxs` buffers are dropped. The distilled checkpoints' second
-    head (`head_dist`, averaged with `head` at evaluation) has no place here, so they do not load."""
+    `head.norm/fc` (and the distilled checkpoints' `head_dist.bn/l` -> `head_dist.norm/fc`, which load into the
+    `*_distill` variants); the derived `attention_bias_idxs` buffers are dropped."""
     out = {}
     for k, v in state_dict.items():
         if k.endswith(".attention_bias_idxs"):  # derived: recomputed from the resolution
@@ -282,8 +320,8 @@ def convert_official(state_dict: dict, model: nn.Module) -> dict:
         k = k.replace(".mixer.m.", ".mixer.").replace(".ffn.m.", ".ffn.")
         k = re.sub(r"\.c\.(weight|bias)$", r".conv.\1", k)
         k = re.sub(r"\.proj\.1\.c\.", ".proj.1.conv.", k)
-        k = re.sub(r"^head\.bn\.", "head.norm.", k)
-        k = re.sub(r"^head\.l\.", "head.fc.", k)
+        k = re.sub(r"^(head|head_dist)\.bn\.", r"\1.norm.", k)
+        k = re.sub(r"^(head|head_dist)\.l\.", r"\1.fc.", k)
         out[k] = v
     return out
 
@@ -298,6 +336,12 @@ _SRC = ("top-1 (non-distilled): jameslahm/lsnet README @cbe737c; macs_g: the off
         "G); params_m: the official model/lsnet.py @cbe737c counted in its train form, deploy_params_m: the same "
         "after utils.replace_batchnorm (the README's 11.4 / 16.1 / 23.2 M)")
 
+_SRC_DISTILL = ("top-1 (the README's figure marked * for distillation): jameslahm/lsnet README @cbe737c; params_m / "
+                "deploy_params_m: the official model/lsnet.py @cbe737c with distillation=True counted in its train "
+                "form / after utils.replace_batchnorm (the README prints the non-distilled model's); macs_g: the "
+                "non-distilled model's flops.py figure plus the second head's C x 1000 multiply-accumulates (the "
+                "README prints none for the distilled model)")
+
 register_family(
     "lsnet", LSNet, paper=Paper("LSNet: See Large, Focus Small", "2503.23135", "jameslahm/lsnet"),
     spec=ArchSpec(depths="depth", widths="embed_dim", width_quantum=_heads_quantum,
@@ -308,14 +352,23 @@ register_family(
         "lsnet_t": variant(
             embed_dim=(64, 128, 256, 384), depth=(0, 2, 8, 10), num_heads=(3, 3, 3, 4),
             card=dict(params_m=11.409832, deploy_params_m=11.370488, macs_g=0.3163, top1=74.9,
-                      notes="76.1 with distillation (a second head)")),
+                      notes="76.1 with distillation: lsnet_t_distill")),
         "lsnet_s": variant(
             embed_dim=(96, 192, 320, 448), depth=(1, 2, 8, 10), num_heads=(3, 3, 3, 4),
             card=dict(params_m=16.146304, deploy_params_m=16.098232, macs_g=0.5385, top1=77.8,
-                      notes="79.0 with distillation (a second head)")),
+                      notes="79.0 with distillation: lsnet_s_distill")),
         "lsnet_b": variant(
             embed_dim=(128, 256, 384, 512), depth=(4, 6, 8, 10), num_heads=(3, 3, 3, 4),
             card=dict(params_m=23.313608, deploy_params_m=23.249320, macs_g=1.2475, top1=80.3,
-                      notes="81.6 with distillation (a second head); the README's 1.3 G is not what its flops.py "
+                      notes="81.6 with distillation (lsnet_b_distill); the README's 1.3 G is not what its flops.py "
                             "gives (1.2475 G, which prints as 1.2)")),
+        "lsnet_t_distill": variant(
+            embed_dim=(64, 128, 256, 384), depth=(0, 2, 8, 10), num_heads=(3, 3, 3, 4), distilled=True,
+            card=dict(params_m=11.795600, deploy_params_m=11.755488, macs_g=0.3167, top1=76.1, source=_SRC_DISTILL)),
+        "lsnet_s_distill": variant(
+            embed_dim=(96, 192, 320, 448), depth=(1, 2, 8, 10), num_heads=(3, 3, 3, 4), distilled=True,
+            card=dict(params_m=16.596200, deploy_params_m=16.547232, macs_g=0.5389, top1=79.0, source=_SRC_DISTILL)),
+        "lsnet_b_distill": variant(
+            embed_dim=(128, 256, 384, 512), depth=(4, 6, 8, 10), num_heads=(3, 3, 3, 4), distilled=True,
+            card=dict(params_m=23.827632, deploy_params_m=23.762320, macs_g=1.2480, top1=81.6, source=_SRC_DISTILL)),
     })

@@ -230,6 +230,19 @@ register_family(
             depths=(5, 5, 23, 5), dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), card=dict(
                 params_m=89.7, macs_g=18.4, top1=84.8, drop_path_rate=0.6,
                 source=_SRC.format(p=89.7, g=18.4, t=84.8, ctor="transnext_base", cfg="transnext_base"))),
+        "transnext_micro_aaaa_256": variant(
+            depths=(2, 2, 15, 2), dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), sr_ratios=(16, 8, 4, 2),
+            img_size=256, card=dict(
+                params_m=13.1, macs_g=3.3, top1=82.6, drop_path_rate=0.15, input_size=(3, 256, 256),
+                source=("params, MACs ('FLOPs') and top-1: DaiShiResearch/TransNeXt README @c8a9974, 'ImageNet-1K "
+                        "256x256 pre-trained model fully utilizing aggregated attention at all stages' (13.1M, "
+                        "3.3G, 82.6); build: classification/transnext.py transnext_micro_AAAA(img_size=256) "
+                        "@c8a9974; drop path and input size: classification/configs/transnext_micro_AAAA_256.py; "
+                        "crop: datasets.py (224/256 below 384)"),
+                notes="A-A-A-A: aggregated attention in all four stages (pooling sr = 16, 8, 4, 2: a 4x4 pooled "
+                      "grid at every stage at 256), no full-attention stage. MACs: our count (fvcore "
+                      "convention) is 3.345 G, +1.4% from the README's 3.3 G but within its one-decimal rounding; "
+                      "fvcore was not run on the official code for this variant")),
         "transnext_small_384": variant(
             depths=(5, 5, 22, 5), dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), img_size=384,
             pretrain_size=224, card=dict(
