@@ -100,6 +100,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "MACs, activations and parameters of one model scaled by the rules of \"Fast and Accurate Model Scaling\"",
         "<1 min", ("scaling_convnext_tiny_x4.md",),
         "convnext_tiny 4 --out benchmarks/results/scaling_convnext_tiny_x4.md"),
+    "small_data_cnn": Benchmark(
+        "top-1 of a textbook 2-3-layer CNN (Adam, 10 epochs, three seeds) on small_data_defaults' folder and split: "
+        "the yardstick for its >= 90% target",
+        "~4 min", ("small_data_cnn.md",), "--out benchmarks/results/small_data_cnn.md",
+        "Fashion-MNIST idx files (`make data`); Pillow"),
     "small_data_defaults": Benchmark(
         "top-1 and wall time of `convscope train --model convnext_atto --data DIR --epochs 10` with no other flag "
         "(the data-aware defaults) on a 10-class, 8,000-image, 28x28 grayscale folder no test uses",
