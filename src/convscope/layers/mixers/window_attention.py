@@ -89,5 +89,7 @@ class RelPosWindowAttention(nn.Module):
             mask = relative_position_bias(self.rel_pos, wh, ww).to(q.dtype).unsqueeze(0)
         t = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.attn_drop if self.training else 0.0)
-        t = self.proj_drop(self.proj(t.transpose(1, 2).reshape(-1, wh * ww, self.num_heads * self.head_dim)))
+        # heads side by side, as transpose(1, 2).reshape would give; a concatenation, because the reshape of the
+        # transposed attention output is traced as a view that the ONNX exporter's fake tensors cannot take
+        t = self.proj_drop(self.proj(torch.cat(t.unbind(1), dim=-1)))
         return t.reshape(B, nh, nw, wh, ww, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
