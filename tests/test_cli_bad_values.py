@@ -102,6 +102,7 @@ TRAIN = {
     "--eval-batch-size": ints_below(1), "--eval-every": ints_below(1), "--checkpoint-every": ints_below(0),
     "--time-budget": st.sampled_from(["0", "-1m", "x", "9q", "nan", "1e999", "0s", "m"]),
     "--keep-last": ints_below(1), "--progress": words, "--dist-timeout": floats_outside(0, None),
+    "--init-from": "weights",   # a missing file, a text file, a directory, an image
     "--out": None,  # filled per world: a file, under a file
     "--resume": None, "--channels-last": None, "--compile": None, "--quiet": None,
 }
