@@ -301,6 +301,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     from .deploy.optimize import eval_loader, load_source
     from .deploy.prune import SCOPES, plan_pruning, pruning_spec, save_pruned, slim_
+    from .files import check_output_file
     scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
     if not scopes or set(scopes) - set(SCOPES):
         raise ValueError(f"--scopes must be some of {','.join(SCOPES)}; got {args.scopes!r}")
@@ -311,6 +312,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir() or out.suffix != ".safetensors":
         raise ValueError(f"--out must be a .safetensors file path; got {args.out!r}")
+    check_output_file(out, "--out")
     model, src = load_source(args.source)
     if src.get("pruned"):
         raise ValueError(f"{args.source} is already pruned; prune the model it came from")

@@ -275,9 +275,18 @@ def test_cli_prune_then_optimize_source(tmp_path, capsys):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
     for bad, msg in ((["--scopes", "mlp,bogus"], "--scopes must be some of"), (["--ratio", "1.5"], "ratio must be"),
                      (["--importance", "taylor"], "needs --data"), (["--out", str(tmp_path)], "--out must be"),
-                     (["--scopes", "heads"], "no prunable attention heads")):
+                     (["--scopes", "heads"], "no prunable attention heads"),
+                     (["--out", str(tmp_path / "x.safetensors" / "y.safetensors")], "is a file, not a directory")):
         default_out = [] if "--out" in bad else ["--out", str(tmp_path / "x.safetensors")]
+        if "is a file" in msg:
+            (tmp_path / "x.safetensors").write_text("a file in the way\n")
         assert main(["prune", "convnext_atto", *bad, *default_out]) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
+        if "is a file" in msg:
+            assert (tmp_path / "x.safetensors").read_text() == "a file in the way\n"
+            (tmp_path / "x.safetensors").unlink()
     assert not (tmp_path / "x.safetensors").exists()
+    assert main(["prune", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at" in err and len(err.strip().splitlines()) == 1, err

@@ -110,6 +110,8 @@ def load_source(source: str) -> tuple[nn.Module, dict[str, Any]]:
         from ..models import model_card
         return create_model(source).eval(), dict(chw=tuple(model_card(source).input_size), meta=None)
     if not Path(source).exists():
+        if source.endswith(".safetensors") or os.sep in source:
+            raise ValueError(f"no checkpoint at {source} (and it is not a registered model name)")
         from ..models import model_card
         model_card(source)  # raises the registry's error naming close matches
     from .prune import is_pruned, load_pruned
