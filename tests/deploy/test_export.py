@@ -4,13 +4,13 @@ model, each failure with its reason."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from convscope.models import list_models
+from tools import export_table
 
 from .zoo import smallest_per_family
 
@@ -19,17 +19,8 @@ export = pytest.importorskip("convscope.deploy.export")
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
-def _table():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import export_table
-    finally:
-        sys.path.pop(0)
-    return export_table
-
-
 def test_export_table_lists_every_registered_model():
-    tool = _table()
+    tool = export_table
     rows = tool.read_rows((ROOT / "docs" / "export.md").read_text())
     missing = sorted(set(list_models()) - set(rows))
     assert not missing, f"no row in docs/export.md for {missing}: run python tools/export_table.py"
@@ -43,7 +34,7 @@ def test_export_table_lists_every_registered_model():
 def _claimed_exportable() -> list[str]:
     """The smallest variant of each family whose docs/export.md row says it exports both ways: the test re-checks
     the table's claims (rows that say **no** or not run carry their reason, checked above)."""
-    rows = _table().read_rows((ROOT / "docs" / "export.md").read_text())
+    rows = export_table.read_rows((ROOT / "docs" / "export.md").read_text())
     return [n for n in smallest_per_family() if rows.get(n, [None, ""])[1:3] == ["yes", "yes"]]
 
 

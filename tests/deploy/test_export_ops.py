@@ -4,33 +4,23 @@ an export spec, and each row's claim holds on a fresh run (small inputs: exports
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 import convscope.ops as ops
+from tools import export_ops
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
 
 
-def _tool():
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import export_ops
-    finally:
-        sys.path.pop(0)
-    return export_ops
-
-
 def _rows() -> dict[str, list[str]]:
-    tool = _tool()
-    return tool.read_rows((ROOT / "docs" / "export.md").read_text())
+    return export_ops.read_rows((ROOT / "docs" / "export.md").read_text())
 
 
 def test_every_operator_has_a_row_and_a_spec():
-    tool, rows = _tool(), _rows()
+    tool, rows = export_ops, _rows()
     assert not sorted(set(ops.__all__) - set(rows)), "docs/export.md lacks operators: run python tools/export_ops.py"
     assert not sorted(set(rows) - set(ops.__all__)), "docs/export.md lists operators convscope.ops no longer has"
     assert not sorted(set(ops.__all__) - set(tool.operators())), "tools/export_ops.py has no spec for some operator"
@@ -43,7 +33,7 @@ def test_every_operator_has_a_row_and_a_spec():
 @pytest.mark.skipif(not HAVE_ONNX, reason="ONNX export needs onnx, onnxruntime and onnxscript")
 @pytest.mark.parametrize("name", sorted(ops.__all__))
 def test_operator_row_holds(name):
-    tool = _tool()
+    tool = export_ops
     cells = _rows()[name]
     r = tool.run(name)
     got = tool.row(name, r)
