@@ -102,13 +102,19 @@ BENCHMARKS: dict[str, Benchmark] = {
         "convnext_tiny 4 --out benchmarks/results/scaling_convnext_tiny_x4.md"),
     "small_data_cnn": Benchmark(
         "top-1 of a textbook 2-3-layer CNN (Adam, 10 epochs, three seeds) on small_data_defaults' folder and split: "
-        "the yardstick for its >= 90% target",
-        "~4 min", ("small_data_cnn.md",), "--out benchmarks/results/small_data_cnn.md",
+        "the yardstick for its >= 90% target; with `--source train`, on a folder of training images instead",
+        "~4 min", ("small_data_cnn.md", "small_data_cnn_train_images.md"), "--out benchmarks/results/small_data_cnn.md",
         "Fashion-MNIST idx files (`make data`); Pillow"),
     "small_data_defaults": Benchmark(
         "top-1 and wall time of `convscope train --model convnext_atto --data DIR --epochs 10` with no other flag "
         "(the data-aware defaults) on a 10-class, 8,000-image, 28x28 grayscale folder no test uses",
         "~5 min", ("small_data_defaults.md",), "--threads 1 --out benchmarks/results/small_data_defaults.md",
+        "Fashion-MNIST idx files (`make data`); Pillow"),
+    "small_data_sweep": Benchmark(
+        "top-1 of small_data_defaults' run with one setting changed per trial (learning rate, label smoothing, "
+        "EMA, stochastic depth, weight decay, crops, RandAugment, input size, 20 and 30 epochs, seeds, other images)",
+        "~50 min", ("small_data_sweep.md", "small_data_sweep.json"),
+        "--parallel 2 --out benchmarks/results/small_data_sweep.md",
         "Fashion-MNIST idx files (`make data`); Pillow"),
     "train_settings": Benchmark(
         "training-step time of the demo model by dtype, memory layout, input size, threads and OpenMP wait "

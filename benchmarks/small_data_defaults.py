@@ -24,17 +24,23 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRST, COUNT = 2000, 8000
 
 
-def write_folder(root: Path) -> None:
+# Where the folder's images come from: the benchmark's own (test images 2,000-9,999, which no test uses), or, to
+# see how much the images themselves decide, the first 8,000 training images (the demo trains on those).
+SOURCES = {"test": ("test", FIRST), "train": ("train", 0)}
+
+
+def write_folder(root: Path, source: str = "test") -> None:
     from PIL import Image
 
     from convscope.train import fashion_mnist
     from convscope.train.datasets import FASHION_MNIST_CLASSES
 
-    test = fashion_mnist(split="test")
-    for i in range(FIRST, FIRST + COUNT):
-        d = root / FASHION_MNIST_CLASSES[int(test.labels[i])].replace("/", "-")
+    split, first = SOURCES[source]
+    images = fashion_mnist(split=split)
+    for i in range(first, first + COUNT):
+        d = root / FASHION_MNIST_CLASSES[int(images.labels[i])].replace("/", "-")
         d.mkdir(exist_ok=True)
-        Image.fromarray(test.images[i, 0].numpy()).save(d / f"{i:05d}.png")
+        Image.fromarray(images.images[i, 0].numpy()).save(d / f"{i:05d}.png")
 
 
 def main() -> int:

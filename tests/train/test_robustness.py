@@ -255,6 +255,24 @@ def test_image_folder_trains_at_its_native_size_with_data_aware_defaults(tmp_pat
     assert "1x64x64" in stdout and "decoded once and held in memory" in stdout
 
 
+
+def test_folder_cache_counts_the_held_out_split_too(tmp_path, monkeypatch):
+    """train/ + val/: the 1 GiB cache check counts both splits, since both are decoded into memory."""
+    from convscope.train import pipeline
+    from convscope.train.pipeline import build_data
+
+    root = tmp_path / "d"
+    _folder(root / "train", n=5)
+    _folder(root / "val", n=3)
+    counted = []
+    monkeypatch.setattr(pipeline, "cache_fits", lambda n, c, s: counted.append(n) or n <= 10)
+    cfg = TrainConfig(model="convnext_atto", data=str(root), model_kwargs={"depths": [1, 1, 1, 1],
+                                                                           "dims": [8, 16, 24, 32]})
+    spec = build_data(cfg, create_model("convnext_atto", num_classes=2, in_chans=1, **cfg.model_kwargs))
+    assert counted == [16] and len(spec.train) == 10 and len(spec.eval) == 6
+    assert "held in memory" not in spec.description    # 16 decoded images exceed the (patched) limit of 10
+    assert spec.train._cache is None and spec.eval._cache is None
+
 # -- 7. load_checkpoint ----------------------------------------------------------------------------------------
 def test_load_checkpoint_non_strict_returns_the_incompatible_keys():
     from convscope.models import load_checkpoint

@@ -133,8 +133,11 @@ def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = Non
         if size_note and tuple(input_size) != (side, side):   # a model that takes one size only
             size_note = "the only size the model takes"
         load = max(1, round(max(input_size) / crop_pct))
-        # a folder whose decoded images fit in memory is decoded once, not once per epoch
-        cache = cache_fits(len(probe_set), in_chans, load)
+        # a folder whose decoded images (training and held-out) fit in memory is decoded once, not once per epoch
+        n_images = len(probe_set)
+        if held_out is not None and train_root != path:
+            n_images += len(ImageFolder(held_out, 1, check="none", classes=probe_set.classes, report=lambda m: None))
+        cache = cache_fits(n_images, in_chans, load)
         kw = dict(load_size=load, mode="RGB" if in_chans == 3 else "L", on_error=cfg.on_error,
                   check=cfg.check_images, report=warn, cache=cache)
         if train_root != path:
