@@ -11,8 +11,8 @@ pooling ("gap head"). Top-1 on the 800 held-out images after every epoch, for se
     PYTHONPATH=src python benchmarks/small_data_cnn.py [--seeds 0,1,2] [--epochs 10] [--source test|train]
         [--out PAGE.md]
 
-`--source train` writes the folder from Fashion-MNIST's first 8,000 training images instead (what the images
-themselves decide: the same CNN does better on those).
+`--source train` writes the folder from Fashion-MNIST's first 8,000 training images instead, to see how much the
+images and the held-out split themselves decide.
 """
 from __future__ import annotations
 

@@ -55,6 +55,10 @@ TRIALS: dict[str, tuple[str, list[str], str]] = {
     "train-images": ("the defaults on a folder of training images 0-7,999 instead", [], "train"),
 }
 
+# the settings run at three seeds (seeds 0, 1, 2 in order), compared seed by seed
+SEEDS = {"defaults": ("defaults", "seed1", "seed2"),
+         "drop-path+wd0.3": ("drop-path+wd0.3", "drop-path+wd0.3-seed1", "drop-path+wd0.3-seed2")}
+
 
 def cost(name: str) -> float:
     """A trial's compute relative to the defaults': epochs x pixels."""
@@ -94,8 +98,12 @@ def main() -> int:
         return 0
     names = [n for n in args.trials.split(",") if n]
     unknown = [n for n in names if n not in TRIALS]
-    if unknown or args.parallel < 1:
-        print(f"unknown trial(s) {unknown} (see --list)" if unknown else "--parallel must be >= 1", file=sys.stderr)
+    problem = (f"unknown trial(s) {unknown} (see --list)" if unknown else
+               "--parallel must be >= 1" if args.parallel < 1 else
+               "--merge needs --out (the page whose .json holds the other trials)" if args.merge and not args.out
+               else "")
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import cpu_name, load_average
@@ -110,8 +118,13 @@ def main() -> int:
             folders[source] = tmp / f"data-{source}"
             folders[source].mkdir()
             write_folder(folders[source], source)
-        with ThreadPoolExecutor(args.parallel) as pool:   # the longest first, so that the pool ends together
-            done = dict(pool.map(lambda n: (n, run_trial(n, tmp, folders)), sorted(names, key=cost, reverse=True)))
+        try:
+            with ThreadPoolExecutor(args.parallel) as pool:   # the longest first, so that the pool ends together
+                order = sorted(names, key=cost, reverse=True)
+                done = dict(pool.map(lambda n: (n, run_trial(n, tmp, folders)), order))
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
         results = [done[n] for n in names]
     total = time.perf_counter() - t0
     merged_note = ""
@@ -166,18 +179,15 @@ def render(results: list[dict], args, load_before: str, load_after: str, total: 
         *rows,
         "",
     ]
-    for base in ("defaults", "drop-path+wd0.3"):   # the settings run at three seeds
-        group = [base, *(f"{base}-seed{k}" if base != "defaults" else f"seed{k}" for k in (1, 2))]
+    for base, group in SEEDS.items():
         seeds = [last[n] for n in group if n in last]
         if len(seeds) > 1:
             lines.append(f"{base} over {len(seeds)} seeds: median {statistics.median(seeds):.2f}% "
                          f"(range {min(seeds):.2f}-{max(seeds):.2f}).")
-    if all(n in last for n in ("defaults", "seed1", "seed2", "drop-path+wd0.3", "drop-path+wd0.3-seed1",
-                               "drop-path+wd0.3-seed2")):
-        gains = [last[a] - last[b] for a, b in (("drop-path+wd0.3", "defaults"), ("drop-path+wd0.3-seed1", "seed1"),
-                                                ("drop-path+wd0.3-seed2", "seed2"))]
+    pairs = list(zip(*SEEDS.values()))   # (defaults, drop-path+wd0.3) per seed
+    if all(a in last and b in last for b, a in pairs):
         lines.append("drop-path+wd0.3 minus the defaults, seed by seed: "
-                     + ", ".join(f"{g:+.2f}" for g in gains) + " points.")
+                     + ", ".join(f"{last[a] - last[b]:+.2f}" for b, a in pairs) + " points.")
     if ten:
         lasts = [r["top1"][-1] for r in ten]
         lines.append(f"All {len(ten)} ten-epoch trials on the benchmark's folder end between {min(lasts):.2f}% and "

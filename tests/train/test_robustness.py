@@ -255,7 +255,6 @@ def test_image_folder_trains_at_its_native_size_with_data_aware_defaults(tmp_pat
     assert "1x64x64" in stdout and "decoded once and held in memory" in stdout
 
 
-
 def test_folder_cache_counts_the_held_out_split_too(tmp_path, monkeypatch):
     """train/ + val/: the 1 GiB cache check counts both splits, since both are decoded into memory."""
     from convscope.train import pipeline
@@ -272,6 +271,7 @@ def test_folder_cache_counts_the_held_out_split_too(tmp_path, monkeypatch):
     assert counted == [16] and len(spec.train) == 10 and len(spec.eval) == 6
     assert "held in memory" not in spec.description    # 16 decoded images exceed the (patched) limit of 10
     assert spec.train._cache is None and spec.eval._cache is None
+
 
 # -- 7. load_checkpoint ----------------------------------------------------------------------------------------
 def test_load_checkpoint_non_strict_returns_the_incompatible_keys():
