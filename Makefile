@@ -11,13 +11,18 @@ TORCHVISION := torchvision==0.28.0
 STAMP := .make
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test install install-test data chromium readme-table bench-train bench clean
+.PHONY: demo test lint install install-test data chromium readme-table bench-train bench clean
 
 demo: $(STAMP)/install $(STAMP)/data
 	$(PYTHON) examples/demo.py
 
-test: $(STAMP)/install-test $(STAMP)/data $(STAMP)/chromium
+test: lint $(STAMP)/data $(STAMP)/chromium
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --timeout=1200 tests
+
+# ruff's rule set is in pyproject.toml (pyflakes, pycodestyle, isort, bugbear, pyupgrade); the import contract
+# (the layers' arrows) is tests/test_import_contract.py, run by `make test`.
+lint: $(STAMP)/install-test
+	$(PYTHON) -m ruff check src tests benchmarks tools examples
 
 install: $(STAMP)/install
 install-test: $(STAMP)/install-test

@@ -77,13 +77,12 @@ def main() -> None:
                     help="Fashion-MNIST idx files (default: /usr/share/datasets/fashion-mnist, `make data`)")
     args = ap.parse_args()
     import torch
+    from common import cpu_name, load_average
     from torch.utils.data import DataLoader
 
     from convscope.train.datasets import fashion_mnist
     from convscope.train.loaders import Loader
     from convscope.train.transforms import TrainTransform
-
-    from common import cpu_name, load_average
 
     torch.set_num_threads(1)
     ds = fashion_mnist(args.data, split="train")

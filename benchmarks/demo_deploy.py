@@ -125,7 +125,7 @@ def alternate(runs: dict, x, repeats: int, calls: int) -> dict[str, dict]:
                 times[n].append((time.perf_counter() - t0) / calls)
     first = names[0]
     return {n: dict(median_ms=1e3 * statistics.median(t), min_ms=1e3 * min(t),
-                    ratio=statistics.median(a / b for a, b in zip(t, times[first])), repeats=len(t))
+                    ratio=statistics.median(a / b for a, b in zip(t, times[first], strict=False)), repeats=len(t))
             for n, t in times.items()}
 
 
@@ -145,6 +145,7 @@ def _main(args, argv) -> int:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import cpu_name, load_average
+
     from convscope.deploy import prepare_for_inference
     from convscope.deploy.machine import cpu_isa
     from convscope.deploy.optimize import eval_loader, load_source

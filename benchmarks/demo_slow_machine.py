@@ -92,11 +92,11 @@ def main() -> int:
     import shutil
 
     import torch
-
     from common import cpu_name, load_average
+    from demo import CONFIG
+
     from convscope.deploy.machine import cpu_isa
     from convscope.train import engine, train
-    from demo import CONFIG
 
     threads = args.threads or len(os.sched_getaffinity(0))
     left = DEMO_BUDGET_S - PROFILE_RESERVE_S - args.startup_s

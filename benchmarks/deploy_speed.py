@@ -78,6 +78,7 @@ def build_forms(name, b, args, timm, model):
     import copy
 
     import torch
+
     from convscope.deploy.optimize import Form, build_form
     runs, info = {}, {}
     try:
@@ -125,6 +126,7 @@ def alternate(runs, x, repeats, max_s, clock="wall"):
     """Time every form once per repeat, in turn (order reversed every other repeat); per-form times, by the wall
     clock or (clock='thread', one torch thread) the calling thread's CPU time."""
     import torch
+
     from convscope.analysis.timing import check_clock
     check_clock(clock, torch.device("cpu"))
     timer = time.perf_counter if clock == "wall" else time.thread_time
@@ -145,8 +147,9 @@ def alternate(runs, x, repeats, max_s, clock="wall"):
 
 def bench_model(name, args, timm):
     import torch
-    from convscope import create_model
     from common import load_average
+
+    from convscope import create_model
     torch.manual_seed(0)
     model = create_model(name).eval()
     rows = {}
@@ -161,7 +164,7 @@ def bench_model(name, args, timm):
             if label in times:
                 t = times[label]
                 v.update(ms=1e3 * statistics.median(t), repeats=len(t),
-                         ratio=statistics.median(a / c for a, c in zip(times[ref], t)))
+                         ratio=statistics.median(a / c for a, c in zip(times[ref], t, strict=False)))
             r[label] = v
             print(f"  {name} b{b} {label}: {v}", flush=True)
         rows[str(b)] = dict(forms=r, ref=ref, load_before=load_before, load_after=load_average())
@@ -245,7 +248,8 @@ def render(data) -> str:
             note = " (torch.compile was fastest; profiled: the same settings in eager mode)" \
                 if w["eager_of_compiled"] else ""
             lines.append(f"\n### {name}: {w['form']}{note}\n")
-            lines.append(f"{w['far_count']} of {w['leaves']} layers with work run under {100 * data['far_below']:.0f}% of "
+            lines.append(f"{w['far_count']} of {w['leaves']} layers with work run under "
+                         f"{100 * data['far_below']:.0f}% of "
                          f"their bound and take {100 * w['far_share']:.0f}% of the layer time; whole-model "
                          f"efficiency {100 * w['efficiency']:.1f}%.\n")
             lines.append("| layer | kind | ms | time share | efficiency | limited by | GFLOP/s |")
@@ -264,6 +268,7 @@ def main(argv=None) -> int:
     sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
     import torch
     from common import cpu_name, load_average
+
     from convscope.deploy.machine import cpu_isa
     from convscope.files import atomic_write_text
     from convscope.utils import threads_set

@@ -52,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
     import torch.nn.functional as F
-
     from reparam_speed import cpu_model
 
     torch.set_num_threads(args.threads)

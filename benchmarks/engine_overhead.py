@@ -49,7 +49,7 @@ def bare_run(steps: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> fl
     model = convscope.create_model(MODEL, num_classes=CLASSES, in_chans=1).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=2e-3)
     model.train()
-    for epoch in range(2):
+    for _epoch in range(2):
         t0 = time.perf_counter()
         for x, y in batches:
             loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
@@ -68,17 +68,16 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only, do not update benchmarks/results")
     args = ap.parse_args()
     import torch
+    from common import cpu_name, load_average
 
     from convscope.train.datasets import synthetic
-
-    from common import cpu_name, load_average
 
     torch.set_num_threads(args.threads)
 
     ds = synthetic(args.steps * BATCH, CLASSES, SIZE, 1, seed=0)
     mean, std = ds.channel_stats()
     x_all = ((ds.images.float() / 255 - mean[0]) / std[0]).contiguous(memory_format=torch.channels_last)
-    batches = list(zip(x_all.split(BATCH), ds.labels.split(BATCH)))
+    batches = list(zip(x_all.split(BATCH), ds.labels.split(BATCH), strict=False))
 
     engine, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,10 +96,13 @@ def main() -> None:
         return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "engine_overhead.json").write_text(json.dumps(res, indent=1) + "\n")
-    rows = "\n".join(f"| {i + 1} | {x:.0f} | {y:.0f} | {x / y:.3f} |" for i, (x, y) in enumerate(zip(engine, bare)))
+    rows = "\n".join(f"| {i + 1} | {x:.0f} | {y:.0f} | {x / y:.3f} |"
+                     for i, (x, y) in enumerate(zip(engine, bare, strict=True)))
+    command = (f"PYTHONPATH=src python benchmarks/engine_overhead.py --rounds {args.rounds} --steps {args.steps} "
+               f"--threads {args.threads}")
     (RESULTS / "engine_overhead.md").write_text(f"""# Training engine overhead
 
-`PYTHONPATH=src python benchmarks/engine_overhead.py --rounds {args.rounds} --steps {args.steps} --threads {args.threads}`
+`{command}`
 
 Machine: {machine}.
 

@@ -68,10 +68,10 @@ def main() -> None:
     args = ap.parse_args()
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     import torch
+    from common import cpu_name, load_average
 
     import convscope
     from convscope import load_checkpoint
-    from common import cpu_name, load_average
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -82,7 +82,7 @@ def main() -> None:
         # transformers' CvT uses exact GELU where the official code has QuickGELU: build ours in that form
         ours = convscope.create_model(name, **(dict(mlp_act="gelu") if source == "transformers" else {})).eval()
         load_checkpoint(ours, ref.state_dict(), source=source)
-        run_ref = (lambda x: ref(x).logits) if source == "transformers" else ref
+        run_ref = (lambda x, ref=ref: ref(x).logits) if source == "transformers" else ref
         for b in (int(v) for v in args.batches.split(",")):
             x = torch.randn(b, *card.input_size, generator=torch.Generator().manual_seed(0))
             with torch.inference_mode():

@@ -159,7 +159,8 @@ SIZES = {"replknet_xl": [(128, 128), (96, 160)], "replknet_31l": [(128, 128), (9
          # the official CrossViT resizes any input to the branch sizes it was built for: compared at those
          **{n: [(240, 240)] for n in ("crossvit_tiny_240", "crossvit_9_dagger_240")},
          "crossvit_15_dagger_408": [(408, 408)],
-         "wavemix_256_16_l4": [(256, 256), (192, 320)]} | {f"lsnet_{v}{d}": [(224, 224), (256, 208)] for v in "tsb" for d in ("", "_distill")} | {
+         "wavemix_256_16_l4": [(256, 256), (192, 320)]} | {
+    f"lsnet_{v}{d}": [(224, 224), (256, 208)] for v in "tsb" for d in ("", "_distill")} | {
     f"biformer_{v}": [(224, 224), (224, 336)] for v in ("tiny", "small", "base", "stl")}
 
 
@@ -537,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         import datetime
         ran = list(dict.fromkeys(r[0].split(" ", 1)[0] for r in rows))
-        note = (f"Merged {datetime.date.today().isoformat()}: `python benchmarks/official_parity.py --official-root DIR "
+        note = (f"Merged {datetime.date.today().isoformat()}: "
+                "`python benchmarks/official_parity.py --official-root DIR "
                 f"--models {','.join(ran)} --merge {args.merge}` ({machine}) re-measured the rows of "
                 f"{', '.join(ran)}.")
         page = Path(args.merge)

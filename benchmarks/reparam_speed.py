@@ -78,7 +78,7 @@ def bench(name: str, batch: int, fmt: str, train: torch.nn.Module, deploy: torch
             order = ("train", "deploy") if r % 2 == 0 else ("deploy", "train")
             for form in order:
                 times[form].append(_time(train if form == "train" else deploy, x))
-    ratios = [t / d for t, d in zip(times["train"], times["deploy"])]
+    ratios = [t / d for t, d in zip(times["train"], times["deploy"], strict=False)]
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     row = dict(model=name, batch=batch, memory_format=fmt, input=f"{size[1]}x{size[2]}",
                train_ms=statistics.median(times["train"]) * 1e3, deploy_ms=statistics.median(times["deploy"]) * 1e3,

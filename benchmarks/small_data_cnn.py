@@ -71,7 +71,6 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
-
     from common import cpu_name, load_average
     from small_data_defaults import write_folder
 
@@ -103,7 +102,8 @@ def main() -> int:
              "| head | seed | " + " | ".join(f"ep {e + 1}" for e in range(args.epochs)) + " | best | last |",
              "|---|---|" + "---:|" * (args.epochs + 2)]
     for (h, s), accs in results.items():
-        lines.append(f"| {h} | {s} | " + " | ".join(f"{a:.2f}" for a in accs) + f" | {max(accs):.2f} | {accs[-1]:.2f} |")
+        cells = " | ".join(f"{a:.2f}" for a in accs)
+        lines.append(f"| {h} | {s} | {cells} | {max(accs):.2f} | {accs[-1]:.2f} |")
     for h in ("fc", "gap"):
         last = [results[(h, s)][-1] for s in seeds]
         best = [max(results[(h, s)]) for s in seeds]

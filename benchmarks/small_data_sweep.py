@@ -184,7 +184,7 @@ def render(results: list[dict], args, load_before: str, load_after: str, total: 
         if len(seeds) > 1:
             lines.append(f"{base} over {len(seeds)} seeds: median {statistics.median(seeds):.2f}% "
                          f"(range {min(seeds):.2f}-{max(seeds):.2f}).")
-    pairs = list(zip(*SEEDS.values()))   # (defaults, drop-path+wd0.3) per seed
+    pairs = list(zip(*SEEDS.values(), strict=False))   # (defaults, drop-path+wd0.3) per seed
     if all(a in last and b in last for b, a in pairs):
         lines.append("drop-path+wd0.3 minus the defaults, seed by seed: "
                      + ", ".join(f"{last[a] - last[b]:+.2f}" for b, a in pairs) + " points.")

@@ -90,7 +90,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args()
     import torch
-
     from common import cpu_name, load_average
 
     times: dict[str, list[float]] = {s[0]: [] for s in SETTINGS}

@@ -189,7 +189,7 @@ def main() -> int:
     f = result.final
     print(f"\ntest accuracy: top-1 {f['top1']:.2f}%, top-5 {f['top5']:.2f}% on {f['n']:,} Fashion-MNIST test images")
     per_class = [row[i] / max(sum(row), 1) * 100 for i, row in enumerate(f["confusion"])]
-    print("per class: " + ", ".join(f"{c} {a:.0f}%" for c, a in zip(f["class_names"], per_class)))
+    print("per class: " + ", ".join(f"{c} {a:.0f}%" for c, a in zip(f["class_names"], per_class, strict=True)))
 
     t = result.timers
     steps = {k: t.get(k, 0.0) for k in ("data", "forward", "backward", "optimizer")}

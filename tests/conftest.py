@@ -85,14 +85,14 @@ def count_params(model: torch.nn.Module, trainable: bool | None = None) -> int:
     return sum(p.numel() for p in model.parameters() if trainable is None or p.requires_grad == trainable)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def meta_model(name: str) -> torch.nn.Module:
     """The default build of `name` on the meta device (no memory, no init), cached: do not modify it."""
     with torch.device("meta"):
         return convscope.create_model(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def meta_param_count(name: str) -> tuple[int, int]:
     """(trainable, frozen) parameter counts of a variant built on the meta device (no memory, no init)."""
     m = meta_model(name)

@@ -218,7 +218,8 @@ def test_official_parity_merge_replaces_rows_in_place():
         "| a_1 | o/a@1 | `a1()` | 224x224 | 1.0e-07 |", "| a_1 | o/a@1 | `a1()` | 160x288 | 2.0e-07 |",
         "| a_1 reparameterize_model | o/a@1 | `a1().r()` | 224x224 | 3.0e-07 |",
         "| b_1 | o/b@1 | `b1()` | 224x224 | 4.0e-07 |", ""])
-    new = ["| a_1 | o/a@2 | `a1()` | 224x224 | 5.0e-07 |", "| a_1 reparameterize_model | o/a@2 | `a1().r()` | 224x224 | 6.0e-07 |",
+    new = ["| a_1 | o/a@2 | `a1()` | 224x224 | 5.0e-07 |",
+           "| a_1 reparameterize_model | o/a@2 | `a1().r()` | 224x224 | 6.0e-07 |",
            "| a_2 | o/a@2 | `a2()` | 224x224 | 7.0e-07 |", "| c_1 | o/c@1 | `c1()` | 224x224 | 8.0e-07 |"]
     out = op.merge_rows(page, new, ["a_1", "a_2", "c_1"], "Merged: note.").split("\n")
     assert out[:6] == ["# title", "", "Command: x", "Machine: m.", "Merged: note.", ""]

@@ -16,7 +16,8 @@ def test_docs_stand_alone():
     root = Path(__file__).resolve().parents[1]
     files = [root / "README.md", *root.glob("docs/*.md"), *root.glob("benchmarks/*.md"),
              *(root / "src").rglob("*.py"), *(root / "benchmarks").glob("*.py")]
-    offenders = [str(f.relative_to(root)) for f in files if "../shared" in f.read_text() or "DESIGN.md" in f.read_text()]
+    offenders = [str(f.relative_to(root)) for f in files
+                 if "../shared" in f.read_text() or "DESIGN.md" in f.read_text()]
     assert not offenders
     for doc in ("architecture.md", "conventions.md"):
         assert (root / "docs" / doc).is_file() and f"docs/{doc}" in (root / "README.md").read_text()

@@ -11,7 +11,8 @@ with the reason, never left out: tests/deploy/test_export.py checks the table ha
 model. Models run one at a time, each family's smallest variant first, then by size, so a run stopped early has
 covered every family; `--merge FILE... --mark-missing` writes the rows of several runs and marks the rest.
 An ONNX output outside the bar comes with a conditioning check (`conditioning_diagnosis`: how far a 1e-6 input
-perturbation moves PyTorch's own output), to tell an ill-conditioned random network from an export error. Takes a few hours on 2 shared CPU cores for the whole zoo.
+perturbation moves PyTorch's own output), to tell an ill-conditioned random network from an export error. Takes a few
+hours on 2 shared CPU cores for the whole zoo.
 """
 from __future__ import annotations
 
@@ -75,9 +76,10 @@ def tail_of(text: str) -> str:
 
 def render(rows: dict[str, list[str]], tail: str = "") -> str:
     sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
     from convscope.deploy.machine import cpu_isa
     from convscope.utils import markdown_table
-    import torch
     names = sorted(rows)
     ok = sum(rows[n][1] == "yes" and rows[n][2] == "yes" for n in names)
     not_run = sum(rows[n][1] == "not run" for n in names)
@@ -105,6 +107,7 @@ def main() -> int:
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     import torch
+
     from convscope.deploy.export import export_check
     from convscope.files import atomic_write_text
     from convscope.models import create_model, list_models, model_card
@@ -143,7 +146,7 @@ def main() -> int:
     # each family's smallest variant first, then the rest smallest first: a run stopped early has covered every
     # family and the most models
     first = {}
-    for params, family, name in sorted(todo):
+    for _params, family, name in sorted(todo):
         first.setdefault(family, name)
     for _, _, name in sorted(todo, key=lambda t: (t[2] not in first.values(), t[0])):
         with torch.device("meta"):

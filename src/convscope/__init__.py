@@ -1,7 +1,15 @@
 """convscope: modern ConvNets and conv/attention hybrids, faithful to their papers, with an efficiency lab."""
-from .models import (ModelCard, UnknownModelError, create_model, list_families, list_models, load_checkpoint,
-                     model_card, save_weights)
 from .deploy import reparameterize_model
+from .models import (
+                     ModelCard,
+                     UnknownModelError,
+                     create_model,
+                     list_families,
+                     list_models,
+                     load_checkpoint,
+                     model_card,
+                     save_weights,
+)
 
 __version__ = "0.1.0"
 

@@ -12,9 +12,10 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -50,7 +51,7 @@ class MixerBenchResult:
         return dict(settings=self.settings, machine=self.machine, rows=[asdict(r) for r in self.rows])
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MixerBenchResult":
+    def from_dict(cls, d: dict[str, Any]) -> MixerBenchResult:
         """The result `to_dict` wrote (mixer_bench.json)."""
         return cls([MixerRow(**r) for r in d["rows"]], d["settings"], d["machine"])
 
@@ -194,7 +195,7 @@ def plot_pareto(result: MixerBenchResult, path: str | os.PathLike) -> str | None
                             f"{result.settings['latency_batch']} (ms, best form)"), (axes[1], "macs_m", "MACs (M)")):
         pts = [(getattr(r, key), r.top1) for r in rows]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts])
-        for r, (x, y) in zip(rows, pts):
+        for r, (x, y) in zip(rows, pts, strict=False):
             ax.annotate(r.mixer, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
         front = pareto_front(pts)
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", alpha=0.6)

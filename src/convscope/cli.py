@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -328,7 +328,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     slim_(model, plan)
     after = sum(p.numel() for p in model.parameters())
     for s in scopes:
-        kept = sum(len(k) for g, k in zip(plan.groups, plan.keep) if g.kind == s)
+        kept = sum(len(k) for g, k in zip(plan.groups, plan.keep, strict=False) if g.kind == s)
         unit = dict(mlp="hidden channels", heads="heads", stage="stage channels")[s]
         print(f"{s}: kept {kept} of {full[s]} {unit} in {sum(g.kind == s for g in plan.groups)} groups")
     print(f"parameters: {before / 1e6:.3f}M -> {after / 1e6:.3f}M ({after / before:.1%})")

@@ -6,8 +6,15 @@ import json
 import pytest
 import torch
 
-from convscope.analysis.hardware import (HardwarePeaks, cache_dir, hardware_peaks, machine_info, measure_conv,
-                                         measure_copy, measure_matmul)
+from convscope.analysis.hardware import (
+    HardwarePeaks,
+    cache_dir,
+    hardware_peaks,
+    machine_info,
+    measure_conv,
+    measure_copy,
+    measure_matmul,
+)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from torch import nn
 import convscope
 from convscope.analysis import MACS_EXCEPTIONS, count, macs_fidelity
 from convscope.analysis.counting import MACS_CONVENTIONS
-from convscope.analysis.fidelity import REL_TOL, MacsFidelity
+from convscope.analysis.fidelity import MacsFidelity
 from convscope.models import list_models, model_card
 from convscope.models.registry import MACS_CONVENTION_NAMES
 

@@ -70,7 +70,7 @@ def test_family_width_constraints():
     inc = scale("inception_next_tiny", 2.0, "dWr")
     with torch.device("meta"):
         model = inc.build()
-    for stage, dim in zip(model.stages, inc.kwargs["dims"]):
+    for stage, dim in zip(model.stages, inc.kwargs["dims"], strict=False):
         mixer = stage.blocks[0].token_mixer
         assert mixer.dwconv_hw.in_channels * 8 == dim  # the 1/8 branch ratio stays exact
     # RandFormer's random matrices follow the token count, and its input stays a multiple of 32
@@ -97,7 +97,7 @@ def _check(cfg, target):
     assert cfg.achieved_multiplier == pytest.approx(target, rel=0.10), (cfg.model_name, cfg.rule, cfg.summary())
     spec = family_of(cfg.model_name).spec
     arch = {**model_arch(cfg.model_name), **cfg.kwargs}
-    assert all(wd % q == 0 for wd, q in zip(cfg.widths, spec.quanta(arch))), cfg.summary()
+    assert all(wd % q == 0 for wd, q in zip(cfg.widths, spec.quanta(arch), strict=False)), cfg.summary()
     with torch.device("meta"):
         model = cfg.build()
     assert [f["num_chs"] for f in model.feature_info] == list(cfg.widths)

@@ -11,8 +11,14 @@ from torch.profiler import ProfilerActivity, profile
 import convscope
 from convscope.analysis.counting import OpRecord, count
 from convscope.analysis.hardware import hardware_peaks
-from convscope.analysis.waterline import (LayerProfile, compare_models, kernel_bound, layer_kind, profile_layers,
-                                          waterline_bound)
+from convscope.analysis.waterline import (
+    LayerProfile,
+    compare_models,
+    kernel_bound,
+    layer_kind,
+    profile_layers,
+    waterline_bound,
+)
 from convscope.analysis.waterline.profiler import _Scopes, _self_times
 
 

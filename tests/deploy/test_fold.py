@@ -12,8 +12,16 @@ import torch
 from torch import nn
 
 import convscope
-from convscope.deploy import (FOLD_BATCHNORM, PREPARE, TRANSFORMS, batchnorm_folds, fold_batchnorm_,
-                              prepare_for_inference, prepare_for_inference_, remaining_batchnorms)
+from convscope.deploy import (
+    FOLD_BATCHNORM,
+    PREPARE,
+    TRANSFORMS,
+    batchnorm_folds,
+    fold_batchnorm_,
+    prepare_for_inference,
+    prepare_for_inference_,
+    remaining_batchnorms,
+)
 from convscope.layers.classifier import ClassifierHead
 from convscope.models import list_models
 

@@ -11,9 +11,21 @@ from torch import nn
 
 import convscope
 from convscope.deploy.export import cheap_random_model
-from convscope.deploy.prune import (SCOPES, apply_spec_, head_groups, hidden_groups, load_pruned, mask_,
-                                    plan_pruning, prunable_groups, pruning_spec, save_pruned, slim_, stage_groups,
-                                    taylor_scores)
+from convscope.deploy.prune import (
+    SCOPES,
+    apply_spec_,
+    head_groups,
+    hidden_groups,
+    load_pruned,
+    mask_,
+    plan_pruning,
+    prunable_groups,
+    pruning_spec,
+    save_pruned,
+    slim_,
+    stage_groups,
+    taylor_scores,
+)
 
 from ..conftest import input_size_for, meta_model, randomize_, rel_err
 from .zoo import smallest_per_family
@@ -55,7 +67,7 @@ def test_masked_equals_slimmed_and_rebuilds(name, tmp_path):
     assert rel_err(b, a) < 1e-5
     assert rel_err(a, orig) > 1e-4  # the mask changed something: units really were removed
     for scope in scopes:
-        pairs = [(g, k) for g, k in zip(plan.groups, plan.keep) if g.kind == scope]
+        pairs = [(g, k) for g, k in zip(plan.groups, plan.keep, strict=False) if g.kind == scope]
         kept = sum(len(k) for _, k in pairs)
         full = sum(g.size(model) for g, _ in pairs)
         if scope == "heads":  # few heads per attention and at least one kept: about the budget
@@ -63,7 +75,7 @@ def test_masked_equals_slimmed_and_rebuilds(name, tmp_path):
         else:
             assert abs(1 - kept / full - 0.3) < 0.02, (scope, kept, full)
     assert _n(slim) < _n(model)
-    assert _widths(slim, scopes) == {(g.kind, g.path): len(k) for g, k in zip(plan.groups, plan.keep)}
+    assert _widths(slim, scopes) == {(g.kind, g.path): len(k) for g, k in zip(plan.groups, plan.keep, strict=False)}
     path = save_pruned(slim, pruning_spec(slim, name), tmp_path / "pruned.safetensors")
     rebuilt = load_pruned(path)
     assert _widths(rebuilt, scopes) == _widths(slim, scopes)
@@ -94,7 +106,7 @@ def test_convnext_shrinks_by_the_removed_slices():
     assert counted(model) == _n(model) == 3_695_520  # the card's 3.70M
     plan = plan_pruning(model, 0.4, scopes=("mlp", "stage"), stage_ratio=0.25, quantum=8)
     slim = slim_(copy.deepcopy(model), plan)
-    widths = {g.path: len(k) for g, k in zip(plan.groups, plan.keep)}
+    widths = {g.path: len(k) for g, k in zip(plan.groups, plan.keep, strict=False)}
     stage_w = [widths[f"stages.{i}"] for i in range(4)]
     hidden = [[widths[f"stages.{i}.blocks.{j}.mlp"] for j in range(depths[i])] for i in range(4)]
     assert all(h % 8 == 0 for hs in hidden for h in hs) and all(w % 8 == 0 for w in stage_w)
@@ -106,7 +118,7 @@ def test_caformer_heads_and_sepconv_shrink_by_the_removed_slices():
     model = cheap_random_model("caformer_s18", seed=2)
     plan = plan_pruning(model, 0.25, scopes=("mlp", "heads"), head_ratio=0.5, quantum=1)
     expected = 0
-    for g, keep in zip(plan.groups, plan.keep):
+    for g, keep in zip(plan.groups, plan.keep, strict=False):
         r = g.size(model) - len(keep)
         mod = model.get_submodule(g.path)
         if g.kind == "heads":  # no biases in CAFormer's attention: 3 rows of q, k, v and a proj column per channel
@@ -118,11 +130,11 @@ def test_caformer_heads_and_sepconv_shrink_by_the_removed_slices():
         else:  # the MLP (no biases): StarReLU's bias of the removed channels is folded into a new fc2 bias
             c = mod.fc1.weight.shape[1]
             expected += r * 2 * c - (c if r else 0)
-    heads = [(len(k), g.size(model)) for g, k in zip(plan.groups, plan.keep) if g.kind == "heads"]
+    heads = [(len(k), g.size(model)) for g, k in zip(plan.groups, plan.keep, strict=False) if g.kind == "heads"]
     assert sum(k for k, _ in heads) == round(0.5 * sum(n for _, n in heads))
     slim = slim_(copy.deepcopy(model), plan)
     assert _n(model) - _n(slim) == expected > 0
-    for g, keep in zip(plan.groups, plan.keep):
+    for g, keep in zip(plan.groups, plan.keep, strict=False):
         if g.kind == "heads":
             att = slim.get_submodule(g.path)
             assert att.num_heads == len(keep) and att.head_dim == 32 and att.attn_dim == 32 * len(keep)
@@ -161,7 +173,7 @@ def test_grouped_conv_loses_whole_groups():
     slim = slim_(copy.deepcopy(model), plan)
     with torch.no_grad():
         assert rel_err(slim(x), masked(x)) < 1e-5 and rel_err(masked(x), model(x)) > 1e-3
-    for blk, keep in zip(slim, plan.keep):
+    for blk, keep in zip(slim, plan.keep, strict=False):
         assert blk.conv.groups == len(keep) // 4 and blk.se.fc1.in_channels == len(keep)
     # StarReLU may be non-zero at 0: an SE behind it would see the removed channels, so the group is not prunable
     from convscope.layers import StarReLU
@@ -210,9 +222,9 @@ def test_taylor_importance_and_quantum():
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 4, (4,), generator=g)) for _ in range(2)]
     plan = plan_pruning(model, 0.3, scopes=("mlp", "stage"), importance="taylor", loader=data, quantum=8)
-    assert all(len(k) % 8 == 0 or len(k) == g.size(model) for g, k in zip(plan.groups, plan.keep))
-    mlp = [len(k) for g, k in zip(plan.groups, plan.keep) if g.kind == "mlp"]
-    stage = [len(k) / g.size(model) for g, k in zip(plan.groups, plan.keep) if g.kind == "stage"]
+    assert all(len(k) % 8 == 0 or len(k) == g.size(model) for g, k in zip(plan.groups, plan.keep, strict=False))
+    mlp = [len(k) for g, k in zip(plan.groups, plan.keep, strict=False) if g.kind == "mlp"]
+    stage = [len(k) / g.size(model) for g, k in zip(plan.groups, plan.keep, strict=False) if g.kind == "stage"]
     assert len(set(mlp)) > 1 and len(set(stage)) > 1  # a global budget: the widths differ per layer
     with pytest.raises(ValueError, match="needs a loader"):
         plan_pruning(model, 0.3, importance="taylor")

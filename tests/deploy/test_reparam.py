@@ -70,7 +70,8 @@ def _unpadded(m: nn.Module) -> bool:  # (a BatchNorm before a transposed conv is
 def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """model(x), and what a deploy form must not have: a BatchNorm reading a conv/linear output (through views
     only) or feeding an unpadded conv/linear, and two conv (or two linear) layers with outputs of one size reading
-    the same tensor (parallel branches). Every traced tensor is kept alive, so equal data pointers mean the same memory."""
+    the same tensor (parallel branches). Every traced tensor is kept alive, so equal data pointers mean the same
+    memory."""
     calls: list[tuple[str, nn.Module, tuple, tuple]] = []
     keep: list[torch.Tensor] = []
     names = {m: n for n, m in model.named_modules()}
@@ -93,7 +94,7 @@ def traced_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, lis
     layers = [c for c in calls if not isinstance(c[1], _BN)]
     produced = {out: name for name, _, _, out in layers}
     consumers: dict[tuple, list[str]] = {}
-    for name, mod, inp, _ in layers:
+    for name, _mod, inp, _ in layers:
         consumers.setdefault(inp, []).append(name)
     problems = []
     for name, mod, inp, out in calls:

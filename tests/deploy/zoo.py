@@ -8,7 +8,7 @@ from convscope.models import list_models, model_card
 from ..conftest import meta_param_count
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def smallest_per_family() -> list[str]:
     """The smallest registered variant of every family (by parameter count), sorted by name."""
     best: dict[str, tuple[int, str]] = {}
@@ -33,7 +33,8 @@ UNFOLDABLE: dict[str, list[tuple[str, str]]] = {
                "after SKA (per-position kernels generated from the input, shared by interleaved channel groups, so "
                "a per-channel scale cannot enter them), and its output goes into the residual sum, not a linear "
                "layer; the official deploy form keeps it too")],
-    "mixer_bench_lsconv": [(r"stages\.\d+\.blocks\.\d+\.token_mixer\.bn", "LS conv's BatchNorm after SKA, as in lsnet")],
+    "mixer_bench_lsconv": [(r"stages\.\d+\.blocks\.\d+\.token_mixer\.bn",
+                            "LS conv's BatchNorm after SKA, as in lsnet")],
     "wavemix": [(r"stem\.4",
                  "the stem's last BatchNorm, after a GELU: its output is the residual stream of the first block "
                  "(x + mixer(x)), which no single linear layer reads")],

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from convscope.layers.mixers.aggregated_attention import AggregatedAttention, relative_position_cpb
 from convscope.layers.mixers.length_scaled_attention import LengthScaledAttention
+
 from ..conftest import randomize_
 
 

@@ -48,7 +48,7 @@ def test_gnconv_follows_the_paper_recursion(order):
     assert m.dims == tuple(16 // 2 ** (order - 1 - k) for k in range(order))
     assert m.proj_in.out_channels == 32 and m.dwconv.in_channels == sum(m.dims) == 32 - m.dims[0]
     assert m.dwconv.kernel_size == (7, 7) and m.dwconv.bias is not None
-    assert [(g.in_channels, g.out_channels) for g in m.pws] == list(zip(m.dims, m.dims[1:]))
+    assert [(g.in_channels, g.out_channels) for g in m.pws] == list(zip(m.dims, m.dims[1:], strict=False))
     x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
     torch.testing.assert_close(m(x), _paper_gnconv(m, x), rtol=1e-12, atol=1e-12)
 
@@ -169,7 +169,7 @@ def test_gf_filters_are_built_for_the_card_input_size(name):
     orders = [stage.blocks[0].gnconv.order for stage in model.stages]
     assert orders == [2, 3, 4, 5]
     sizes = []
-    for info, stage in zip(model.feature_info, model.stages):
+    for info, stage in zip(model.feature_info, model.stages, strict=False):
         side = card.input_size[1] // info["reduction"]
         for blk in stage.blocks:
             if isinstance(blk.gnconv.dwconv, GlobalLocalFilter):

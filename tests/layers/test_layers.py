@@ -5,9 +5,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convscope.layers import (MIXERS, Attention, DropPath, GlobalResponseNorm, GroupNorm1, InceptionDWConv2d,
-                              LayerNorm2d, LayerScale, Pooling, RandomMixing, SepConv, SqueezeExcite, StarReLU,
-                              drop_path_rates)
+from convscope.layers import (
+    MIXERS,
+    Attention,
+    DropPath,
+    GlobalResponseNorm,
+    GroupNorm1,
+    InceptionDWConv2d,
+    LayerNorm2d,
+    LayerScale,
+    Pooling,
+    RandomMixing,
+    SepConv,
+    SqueezeExcite,
+    StarReLU,
+    drop_path_rates,
+)
 from convscope.models.metaformer import MetaFormer
 
 torch.manual_seed(0)
@@ -70,7 +83,7 @@ def test_drop_path_rates_rise_linearly():
     flat = [r for stage in rates for r in stage]
     assert [len(s) for s in rates] == [2, 2, 6, 2]
     assert flat[0] == 0 and flat[-1] == pytest.approx(0.3)
-    assert all(b > a for a, b in zip(flat, flat[1:]))
+    assert all(b > a for a, b in zip(flat, flat[1:], strict=False))
 
 
 def test_layer_scale_layouts():

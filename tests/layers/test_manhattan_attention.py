@@ -6,8 +6,12 @@ import math
 import pytest
 import torch
 
-from convscope.layers.mixers.manhattan_attention import (ManhattanRelPos, ManhattanSelfAttention, rotate_pairs,
-                                                         theta_shift)
+from convscope.layers.mixers.manhattan_attention import (
+    ManhattanRelPos,
+    ManhattanSelfAttention,
+    rotate_pairs,
+    theta_shift,
+)
 
 
 def test_decay_values_follow_the_official_formula():

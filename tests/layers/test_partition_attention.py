@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from convscope.layers.mixers.partition_attention import (PartitionAttention, RelPosBias2d, grid_partition,
-                                                         grid_unpartition, window_partition, window_unpartition)
+from convscope.layers.mixers.partition_attention import (
+    PartitionAttention,
+    RelPosBias2d,
+    grid_partition,
+    grid_unpartition,
+    window_partition,
+    window_unpartition,
+)
 
 
 def test_rejects_unknown_option_and_bad_arguments():
@@ -24,8 +30,8 @@ def test_bias_is_indexed_by_key_minus_query_offset():
     table = rp.relative_position_bias_table
     bias = rp((3, 4))
     assert bias.shape == (2, 12, 12)
-    for (i, j, k, l) in [(0, 0, 2, 3), (2, 3, 0, 0), (1, 2, 1, 0), (1, 1, 1, 1)]:
-        assert bias[:, i * 4 + j, k * 4 + l].tolist() == table[:, k - i + 2, l - j + 3].tolist()
+    for (i, j, k, m) in [(0, 0, 2, 3), (2, 3, 0, 0), (1, 2, 1, 0), (1, 1, 1, 1)]:
+        assert bias[:, i * 4 + j, k * 4 + m].tolist() == table[:, k - i + 2, m - j + 3].tolist()
 
 
 @pytest.mark.parametrize("partition", ["block", "grid"])

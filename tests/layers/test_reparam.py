@@ -15,8 +15,15 @@ from convscope.deploy import is_reparameterizable, match_reparam_form_, reparame
 from convscope.deploy.reparam import sequential_bn_folds
 from convscope.layers import MIXERS, DilatedReparamBlock, ReparamLargeKernelConv
 from convscope.layers.mixers.dilated_reparam import DILATED_BRANCHES
-from convscope.layers.reparam import (dilate_kernel, effective_kernel_size, fuse_affine_before_, fuse_bn_before_conv_,
-                                      fuse_bn_into_conv_, merge_parallel_convs, pad_kernel)
+from convscope.layers.reparam import (
+    dilate_kernel,
+    effective_kernel_size,
+    fuse_affine_before_,
+    fuse_bn_before_conv_,
+    fuse_bn_into_conv_,
+    merge_parallel_convs,
+    pad_kernel,
+)
 from convscope.models import list_models, model_card
 
 from ..conftest import meta_model, meta_param_count, randomize_, rel_err, reparameterizable_models
@@ -137,7 +144,7 @@ def test_sequential_rule_folds_neighbours_only_in_plain_sequentials():
 def test_dilated_reparam_block_every_official_kernel_size(kernel_size):
     block = _random(DilatedReparamBlock(6, kernel_size))
     ks, rs = DILATED_BRANCHES[kernel_size]
-    assert [(b.conv.kernel_size[0], b.conv.dilation[0]) for b in block.branches] == list(zip(ks, rs))
+    assert [(b.conv.kernel_size[0], b.conv.dilation[0]) for b in block.branches] == list(zip(ks, rs, strict=False))
     assert all(b.conv.bias is None for b in block.branches) and block.lk_conv.conv.bias is None
     x = _x(6)
     want = block(x)
@@ -186,7 +193,7 @@ def _record(cases: dict, label: str, name: str, path: str, module: nn.Module, ar
     cases.setdefault(label, (name, path, args[0].shape[1], tuple(args[0].shape[1:]), args[1:]))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def module_cases() -> dict[str, tuple]:
     """One instance of every re-parameterisable module type (and nn.Sequential fold pattern) in the registry:
     label -> (model, module path, input channels), found by a meta-device forward of each family's smallest

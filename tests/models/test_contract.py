@@ -90,7 +90,7 @@ def test_intermediates_match_feature_info(name):
         feats = model.forward_features(x)
     info = model.feature_info
     assert len(inter) == len(info)
-    for t, f in zip(inter, info):
+    for t, f in zip(inter, info, strict=False):
         assert t.shape[1] == f["num_chs"], f
         assert _side_fits(t.shape[-2], h, f["reduction"]) and _side_fits(t.shape[-1], w, f["reduction"]), (t.shape, f)
     torch.testing.assert_close(final, feats)
@@ -114,7 +114,7 @@ def test_features_only(name):
     with torch.no_grad():
         maps = backbone(x)
     assert [m.shape[1] for m in maps] == backbone.feature_info.channels()
-    for m, r in zip(maps, backbone.feature_info.reduction()):
+    for m, r in zip(maps, backbone.feature_info.reduction(), strict=False):
         assert _side_fits(m.shape[-2], h, r) and _side_fits(m.shape[-1], w, r), (tuple(m.shape), r)
     picked = convscope.create_model(name, features_only=True, out_indices=(1, -1))
     assert picked.feature_info.channels() == [ref.feature_info[1]["num_chs"], ref.feature_info[-1]["num_chs"]]

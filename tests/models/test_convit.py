@@ -70,7 +70,7 @@ def test_class_token_joins_after_the_local_blocks():
     with torch.no_grad():
         m.cls_token.add_(1.0)
         maps2 = m.forward_intermediates(x, intermediates_only=True)
-    for a, b in zip(maps[:3], maps2[:3]):
+    for a, b in zip(maps[:3], maps2[:3], strict=False):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(maps[3], maps2[3])
 

@@ -10,8 +10,18 @@ import torch
 from torch import nn
 
 import convscope
-from convscope.models import (ArchSpec, ConvScopeModel, Paper, create_model, family_of, list_models, model_arch,
-                              model_card, register_family, variant)
+from convscope.models import (
+    ArchSpec,
+    ConvScopeModel,
+    Paper,
+    create_model,
+    family_of,
+    list_models,
+    model_arch,
+    model_card,
+    register_family,
+    variant,
+)
 from convscope.models.registry import _unregister_family
 
 SRC = Path(convscope.__file__).parent

@@ -66,7 +66,8 @@ def _parity_sizes(name):
 
 def _timm_at_size(timm, name: str, theirs: torch.nn.Module, size: tuple[int, int]) -> torch.nn.Module:
     """timm's model for an input size: itself where it takes any size; for the token models whose timm builds are
-    fixed-size (CrossViT: resized to the built branch sizes) (a position embedding for one grid, a size check in the patch embedding), timm's model built for
+    fixed-size (CrossViT: resized to the built branch sizes) (a position embedding for one grid, a size check in the
+    patch embedding), timm's model built for
     `size` holding the same weights with the position embedding resampled by timm's own resampling function
     (bicubic, antialiased), which is what ours does at run time."""
     family = model_card(name).family
@@ -76,7 +77,7 @@ def _timm_at_size(timm, name: str, theirs: torch.nn.Module, size: tuple[int, int
     sd = dict(theirs.state_dict())
     ref = timm.create_model(model_card(name).timm_name, img_size=size, device="meta")
     if family == "crossvit":  # timm resizes any input to the branch sizes it was built for: build it for `size`
-        for b, (old, new) in enumerate(zip(theirs.patch_embed, ref.patch_embed)):
+        for b, (old, new) in enumerate(zip(theirs.patch_embed, ref.patch_embed, strict=False)):
             sd[f"pos_embed_{b}"] = resample_abs_pos_embed(
                 sd[f"pos_embed_{b}"], [new.img_size[0] // new.patch_size[0], new.img_size[1] // new.patch_size[1]],
                 old_size=[old.img_size[0] // old.patch_size[0], old.img_size[1] // old.patch_size[1]])

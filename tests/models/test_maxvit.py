@@ -6,9 +6,15 @@ import pytest
 import torch
 
 import convscope
-from convscope.layers.mixers.partition_attention import (PartitionAttention, RelPosBias2d, grid_partition,
-                                                         grid_unpartition, resize_rel_pos_table, window_partition,
-                                                         window_unpartition)
+from convscope.layers.mixers.partition_attention import (
+    PartitionAttention,
+    RelPosBias2d,
+    grid_partition,
+    grid_unpartition,
+    resize_rel_pos_table,
+    window_partition,
+    window_unpartition,
+)
 from convscope.models.maxvit import MaxViT, PartitionBlock
 
 from ..conftest import rel_err

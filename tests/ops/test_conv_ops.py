@@ -147,7 +147,7 @@ def test_deform_conv_with_zero_offsets_and_unit_masks_is_conv2d(stride, padding,
     y = conv(x)
     off = torch.zeros(2, 2 * offset_groups * 9, *y.shape[-2:])
     mask = torch.ones(2, offset_groups * 9, *y.shape[-2:])
-    for m in (None, mask):
+    for _m in (None, mask):
         out = deform_conv2d(x, off, conv.weight, conv.bias, stride, padding, dilation, groups, mask)
         torch.testing.assert_close(out, y, rtol=1e-5, atol=1e-5)
 

@@ -1,5 +1,4 @@
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from convscope.ops import Conv2Plus1d, SeparableConv3d, SeparableConv4d, conv4d

@@ -5,9 +5,23 @@ import torch
 
 from convscope.analysis import count
 from convscope.layers.mixers import WaveBlock
-from convscope.ops import (ASPP, AtrousConv2d, Conv2Plus1d, ConvGLU, CoordConv2d, ESPCN, HaarDWT2d, OneWayConv2d,
-                           PHMConv2d, PyramidConv, SeparableConv3d, SeparableConv4d, SpatialMessagePassing,
-                           SubPixelConv2d, WeightedConv2d)
+from convscope.ops import (
+    ASPP,
+    ESPCN,
+    AtrousConv2d,
+    Conv2Plus1d,
+    ConvGLU,
+    CoordConv2d,
+    HaarDWT2d,
+    OneWayConv2d,
+    PHMConv2d,
+    PyramidConv,
+    SeparableConv3d,
+    SeparableConv4d,
+    SpatialMessagePassing,
+    SubPixelConv2d,
+    WeightedConv2d,
+)
 
 
 class _DWTRoundTrip(torch.nn.Module):

@@ -12,10 +12,18 @@ from torch import nn
 
 import convscope
 import convscope.files
-from convscope.train import checkpoint as ck
 from convscope.files import atomic_write_json, read_json
-from convscope.train.checkpoint import (CheckpointManager, load_model, optimizer_from_tensors, optimizer_to_tensors,
-                                        read_meta, rng_state_json, save_model_file, set_rng_state_json)
+from convscope.train import checkpoint as ck
+from convscope.train.checkpoint import (
+    CheckpointManager,
+    load_model,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    read_meta,
+    rng_state_json,
+    save_model_file,
+    set_rng_state_json,
+)
 
 META = dict(model="convnext_atto", model_kwargs=dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]), num_classes=3,
             in_chans=1, input_size=[32, 32], load_size=[28, 28], crop_pct=1.0, mean=[0.5], std=[0.25],
@@ -124,7 +132,7 @@ def test_optimizer_state_round_trip_continues_identically():
     for m, o in ((model, opt), (twin, opt2)):
         m(x).square().sum().backward()
         o.step()
-    for a, b in zip(model.parameters(), twin.parameters()):
+    for a, b in zip(model.parameters(), twin.parameters(), strict=False):
         assert torch.equal(a, b)
 
 
@@ -162,7 +170,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     assert set(loaded.optimizer["state"]) == set(range(len(list(model.parameters()))))
     rebuilt, meta = load_model(tmp_path)                  # a run directory resolves to best.safetensors
     assert meta["class_names"] == ["a", "b", "c"] and meta["format"] == "convscope-weights/1"
-    for (k, a), b in zip(model.state_dict().items(), rebuilt.state_dict().values()):
+    for (k, a), b in zip(model.state_dict().items(), rebuilt.state_dict().values(), strict=False):
         assert torch.equal(a, b), k
 
 

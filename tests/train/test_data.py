@@ -169,9 +169,9 @@ def test_batches_are_a_function_of_epoch_and_step():
     full = _collect(main, epoch=2)
     assert len(full) == 8
     workers = Loader(ds, tf, 8, train=True, seed=3, mixer=mixer, workers=2)
-    for a, b in zip(full, _collect(workers, epoch=2)):               # worker processes: same batches
+    for a, b in zip(full, _collect(workers, epoch=2), strict=False):               # worker processes: same batches
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    for a, b in zip(full[5:], _collect(main, epoch=2, start=5)):       # resumed at step 5: same batches
+    for a, b in zip(full[5:], _collect(main, epoch=2, start=5), strict=False):       # resumed at step 5: same batches
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     other = _collect(main, epoch=3)
     assert not torch.equal(full[0][0], other[0][0])                   # a new epoch reshuffles
@@ -187,7 +187,7 @@ def test_two_ranks_together_see_the_single_process_batches():
     ranks = [Loader(ds, tf, 8, train=True, seed=5, rank=r, world_size=2) for r in range(2)]
     for r in ranks:
         r.set_epoch(1)
-    for (xs, ys), (x0, y0), (x1, y1) in zip(single, *ranks):
+    for (xs, ys), (x0, y0), (x1, y1) in zip(single, *ranks, strict=False):
         assert sorted(ys.tolist()) == sorted(torch.cat([y0, y1]).tolist())
         key = lambda x: sorted(map(tuple, x.flatten(1).tolist()))  # noqa: E731
         assert key(xs) == key(torch.cat([x0, x1]))

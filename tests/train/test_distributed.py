@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import load_file
 
 import convscope
-
 from convscope.train import TrainConfig, train
 
 from ..conftest import SRC

@@ -131,7 +131,7 @@ def test_evaluate_top1_top5_and_confusion():
     assert r["top5"] == pytest.approx(100 * (top5 == labels[:, None]).any(1).float().mean().item())
     assert r["loss"] == pytest.approx(nn.functional.cross_entropy(table, labels).item(), rel=1e-6)
     expected = torch.zeros(c, c, dtype=torch.long)
-    for t, p in zip(labels, pred):
+    for t, p in zip(labels, pred, strict=False):
         expected[t, p] += 1
     assert r["confusion"] == expected.tolist()
 

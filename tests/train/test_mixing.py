@@ -8,8 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convscope.train.mixing import (MixupCutMix, classification_loss, cutmix, cutmix_box, mixup, smooth_one_hot,
-                                    soft_target_cross_entropy)
+from convscope.train.mixing import (
+    MixupCutMix,
+    classification_loss,
+    cutmix,
+    cutmix_box,
+    mixup,
+    smooth_one_hot,
+    soft_target_cross_entropy,
+)
 
 
 def _constant_batch(n=6, c=2, h=17, w=23):

@@ -6,8 +6,18 @@ import math
 import pytest
 import torch
 
-from convscope.train.transforms import (EvalTransform, RandAugmentLite, TrainTransform, center_crop, crop_affine,
-                                        normalize, random_resized_crop_boxes, resize, to_float, warp)
+from convscope.train.transforms import (
+    EvalTransform,
+    RandAugmentLite,
+    TrainTransform,
+    center_crop,
+    crop_affine,
+    normalize,
+    random_resized_crop_boxes,
+    resize,
+    to_float,
+    warp,
+)
 
 
 def _images(n=6, c=3, h=28, w=28, seed=0):

@@ -5,7 +5,8 @@ names (`ModelCard.macs_convention`; see `counting.MACS_CONVENTIONS`), on the for
 counts (`ModelCard.macs_form`: the re-parameterised deploy form for RepLKNet and UniRepLKNet). A figure is
 reproduced when the count agrees with it to the published precision (rounding, as timm's tables do, or
 truncating, as the sail-sg/metaformer README does: ConvFormer-S18 3.959 -> "3.9", gives the figure) and is within
-1% of it, or within the figure's own rounding where that is coarser (UniRepLKNet-A's 0.642 G printed "0.6"). `MACS_EXCEPTIONS` lists the variants that miss the 1% bound, each with the reason and the error it is
+1% of it, or within the figure's own rounding where that is coarser (UniRepLKNet-A's 0.642 G printed "0.6").
+`MACS_EXCEPTIONS` lists the variants that miss the 1% bound, each with the reason and the error it is
 allowed instead.
 
     PYTHONPATH=src python benchmarks/macs_fidelity.py      # the table for every registered variant

@@ -29,9 +29,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -112,7 +113,8 @@ def machine_info(device: str | torch.device | None = "cpu") -> dict[str, Any]:
 
 def describe_machine(info: dict[str, Any]) -> str:
     """One line: 'AMD EPYC (2 cores, 2 threads), torch 2.13.0+cpu, cpu'."""
-    s = f"{info['cpu_model']} ({info['physical_cores']} cores, {info['threads']} threads), torch {info['torch_version']}"
+    s = (f"{info['cpu_model']} ({info['physical_cores']} cores, {info['threads']} threads), "
+         f"torch {info['torch_version']}")
     if str(info.get("device", "cpu")).startswith("cuda"):
         s += f", {info['device_name']}"
     return s
@@ -266,7 +268,7 @@ class HardwarePeaks:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HardwarePeaks":
+    def from_dict(cls, d: dict[str, Any]) -> HardwarePeaks:
         names = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -38,7 +38,7 @@ class ModuleTracker:
     def on_exit(self, path: str, module: nn.Module) -> None:
         """Called when `module`'s forward ends, before its parent becomes the current module again."""
 
-    def install(self) -> "ModuleTracker":
+    def install(self) -> ModuleTracker:
         for path, mod in self.modules.items():
             self._handles.append(mod.register_forward_pre_hook(self._pre_hook(path)))
             self._handles.append(mod.register_forward_hook(self._post_hook(path), always_call=True))
@@ -49,7 +49,7 @@ class ModuleTracker:
             h.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "ModuleTracker":
+    def __enter__(self) -> ModuleTracker:
         return self.install()
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -172,7 +173,7 @@ def pareto_chart(models: Sequence[dict[str, Any]], path: str | os.PathLike | Non
     fig = Figure(figsize=(5.0 * panels, 4.6))
     axes = [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
     specs = [("params", 1e6, "parameters (M)"), ("macs", 1e9, "MACs (G)")]
-    for ax, (key, scale, label) in zip(axes, specs):
+    for ax, (key, scale, label) in zip(axes, specs, strict=False):
         for i, m in enumerate(models):
             ax.scatter([m[key] / scale], [m["latency_s"] * 1e3], s=40, zorder=3,
                        facecolors="C0" if i in front or not front else "none", edgecolors="C0")

@@ -10,8 +10,9 @@ import base64
 import datetime as _dt
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..files import atomic_write_text
 from . import plots

@@ -26,8 +26,9 @@ depth) is corrected by a few secant steps on the counted MACs. The achieved mult
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -162,7 +163,7 @@ class _Scaler:
 
     def candidate(self, d: float, w: float, r: float) -> _Candidate:
         depths = tuple(max(1, round(n * d)) for n in self.depths)
-        widths = tuple(max(q, round(c * w / q) * q) for c, q in zip(self.widths, self.quanta))
+        widths = tuple(max(q, round(c * w / q) * q) for c, q in zip(self.widths, self.quanta, strict=False))
         c, h, wd = self.base_size
         size = (c, max(self.step, round(h * r / self.step) * self.step),
                 max(self.step, round(wd * r / self.step) * self.step))

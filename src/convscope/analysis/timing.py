@@ -17,9 +17,10 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,7 @@ class LatencyStats:
     n: int
 
     @classmethod
-    def from_times(cls, times: Sequence[float]) -> "LatencyStats":
+    def from_times(cls, times: Sequence[float]) -> LatencyStats:
         if not times:
             raise ValueError("no timings to summarise")
         s = sorted(times)
@@ -219,7 +220,7 @@ class BenchmarkResult(JsonRecord):
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BenchmarkResult":
+    def from_dict(cls, d: dict[str, Any]) -> BenchmarkResult:
         d = dict(d)
         d["input_size"] = tuple(d["input_size"])
         d["points"] = [BatchPoint(**dict(p, latency=LatencyStats(**p["latency"]))) for p in d["points"]]

@@ -52,7 +52,8 @@ def export_onnx(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], pa
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8 * 2 ** 30
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), x if isinstance(x, tuple) else (x,), dynamo=True, opset_version=opset, verbose=False,
+        program = torch.onnx.export(model.eval(), x if isinstance(x, tuple) else (x,), dynamo=True,
+                                    opset_version=opset, verbose=False,
                                     optimize=True)
         program.save(str(path), external_data=big)
     return path
@@ -67,7 +68,7 @@ def run_onnx(path: str | Path, x: torch.Tensor | tuple[torch.Tensor, ...], threa
         opts.inter_op_num_threads = threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     xs = x if isinstance(x, tuple) else (x,)
-    out = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), xs)})[0]
+    out = sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), xs, strict=False)})[0]
     return torch.from_numpy(out)
 
 

@@ -26,13 +26,13 @@ what is left. Outputs equal the eval-mode outputs of the original up to float ro
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
 from ..layers.classifier import ClassifierHead
-from ..layers.reparam import fuse_affine_before_, bn_affine
-from .reparam import _children_first, _plain_sequential, fold_sequential_, sequential_bn_folds, reparameterize_
+from ..layers.reparam import bn_affine, fuse_affine_before_
+from .reparam import _children_first, _plain_sequential, fold_sequential_, reparameterize_, sequential_bn_folds
 from .transform import ModelTransform, register_transform
 
 _BN = nn.modules.batchnorm._BatchNorm

@@ -11,7 +11,7 @@ idempotent in-place `materialize()` and a `deployed` flag.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 

@@ -23,9 +23,10 @@ import copy
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ class Recipe:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Recipe":
+    def load(cls, path: str | os.PathLike) -> Recipe:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"no recipe at {p}")
@@ -215,8 +216,9 @@ def _top1(run: Callable, loader: Iterable, batch: int) -> float:
 def measure_form(model: nn.Module, form: Form, size: Sequence[int], *, loader: Iterable | None = None,
                  reference: tuple[torch.Tensor, torch.Tensor] | None = None, calibration: Iterable | None = None,
                  repeats: int = 10, max_time_s: float = 10.0) -> tuple[Measurement, dict]:
-    from ..analysis.timing import _PeakMemory, measure
     import time
+
+    from ..analysis.timing import _PeakMemory, measure
     x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
     with threads_set(form.threads):
         t0 = time.perf_counter()

@@ -57,9 +57,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,7 +133,7 @@ def _zero_reaches(followers: list[nn.Module], kinds: list[str]) -> bool:
     """Whether every channel-coupled follower sees an exact 0 from a masked channel (decided without values:
     a parametrised activation may be non-zero at 0)."""
     zero = True
-    for f, k in zip(followers, kinds):
+    for f, k in zip(followers, kinds, strict=False):
         if k in ("conv", "bn"):
             zero = True
             for c in f.children():  # BatchNormAct2d's activation
@@ -219,7 +220,7 @@ class StageGroup:
             if r == "split":
                 sizes = model.get_submodule(p).split_sizes
                 offs = [0] + list(itertools.accumulate(sizes))[:-1]
-                return [(o, n, i > 0) for i, (o, n) in enumerate(zip(offs, sizes))]
+                return [(o, n, i > 0) for i, (o, n) in enumerate(zip(offs, sizes, strict=False))]
         return None
 
 
@@ -248,7 +249,7 @@ def hidden_groups(model: nn.Module) -> list[HiddenGroup]:
         if None in kinds or not _zero_reaches(followers, kinds):
             continue
         unit = 1
-        for f, k in zip(followers, kinds):
+        for f, k in zip(followers, kinds, strict=False):
             if k == "conv":
                 unit = math.lcm(unit, width // f.groups)
         out.append(HiddenGroup(name, prod, fols, cons, unit))
@@ -478,7 +479,7 @@ def taylor_scores(model: nn.Module, groups: list[Group], loader: Iterable,
     acts: dict[tuple[int, int], torch.Tensor] = {}
     readers = [_readers(model, g) for g in groups]
     scores = [torch.zeros(g.size(model) if isinstance(g, StageGroup) else rs[0].weight.shape[1])
-              for g, rs in zip(groups, readers)]
+              for g, rs in zip(groups, readers, strict=False)]
     handles = []
     for i, rs in enumerate(readers):
         for j, layer in enumerate(rs):
@@ -506,7 +507,8 @@ def taylor_scores(model: nn.Module, groups: list[Group], loader: Iterable,
             h.remove()
         model.zero_grad(set_to_none=True)
         model.train(was)
-    return [s.view(g.size(model), -1).sum(1) if isinstance(g, HeadGroup) else s for g, s in zip(groups, scores)]
+    return [s.view(g.size(model), -1).sum(1) if isinstance(g, HeadGroup) else s
+            for g, s in zip(groups, scores, strict=True)]
 
 
 # -- the plan ----------------------------------------------------------------------------------------------------------
@@ -516,7 +518,7 @@ class PrunePlan:
     keep: list[torch.Tensor]  # per group, sorted indices of the kept hidden channels / heads
 
     def widths(self) -> dict[str, int]:
-        return {g.path: len(k) for g, k in zip(self.groups, self.keep)}
+        return {g.path: len(k) for g, k in zip(self.groups, self.keep, strict=False)}
 
 
 def plan_pruning(model: nn.Module, ratio: float, *, scopes: Iterable[str] = ("mlp",), head_ratio: float | None = None,
@@ -554,7 +556,7 @@ def plan_pruning(model: nn.Module, ratio: float, *, scopes: Iterable[str] = ("ml
         idx = [i for i, g in enumerate(groups) if g.kind == scope]
         r = dict(mlp=ratio, heads=head_ratio, stage=stage_ratio)[scope]
         for i, k in zip(idx, _allocate([groups[i] for i in idx], [scores[i] for i in idx], r, min_keep,
-                                       1 if scope == "heads" else quantum)):
+                                       1 if scope == "heads" else quantum), strict=False):
             g = groups[i]
             parts = g.parts(model) if isinstance(g, StageGroup) else None
             for off, n, needed in parts or ():
@@ -570,15 +572,15 @@ def _allocate(groups: list[Group], scores: list[torch.Tensor], ratio: float, min
               quantum: int) -> list[torch.Tensor]:
     """Kept indices per group: units ranked globally by score / group mean; a unit of m channels counts m."""
     units = []
-    for g, s in zip(groups, scores):
+    for g, s in zip(groups, scores, strict=False):
         u = g.unit
         us = s.view(-1, u).mean(1)
         units.append(us / us.mean().clamp_min(1e-12))
-    flat = torch.cat([us.repeat_interleave(g.unit) for g, us in zip(groups, units)])
+    flat = torch.cat([us.repeat_interleave(g.unit) for g, us in zip(groups, units, strict=False)])
     n_remove = int(round(ratio * len(flat)))
     threshold = flat.kthvalue(n_remove).values.item() if n_remove > 0 else -math.inf
     keep = []
-    for g, us in zip(groups, units):
+    for g, us in zip(groups, units, strict=False):
         n, u = len(us), g.unit
         k = int((us > threshold).sum())
         k = max(k, math.ceil(min_keep * n), 1)
@@ -600,7 +602,7 @@ def _dropped(width: int, keep: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def mask_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Zero, in place, every parametric slice that writes a removed unit: the masked model."""
-    for g, keep in zip(plan.groups, plan.keep):
+    for g, keep in zip(plan.groups, plan.keep, strict=False):
         if isinstance(g, StageGroup):
             _mask_stage(model, g, keep)
             continue
@@ -670,7 +672,7 @@ def _mask_stage(model: nn.Module, g: StageGroup, keep: torch.Tensor) -> None:
         elif role == "norm" and isinstance(t, nn.LayerNorm):
             _set_module(model, path, KeptChannelNorm(t, keep))
         elif role == "split":
-            for (off, n, _), conv in zip(g.parts(model), (None, t.dwconv_hw, t.dwconv_w, t.dwconv_h)):
+            for (off, n, _), conv in zip(g.parts(model), (None, t.dwconv_hw, t.dwconv_w, t.dwconv_h), strict=False):
                 if conv is not None:
                     _zero_(conv, drop[off:off + n])
 
@@ -824,7 +826,7 @@ def _slim_stage(model: nn.Module, g: StageGroup, keep: torch.Tensor) -> None:
             _slim_se(t, keep)
         elif role == "split":
             sizes = []
-            for (off, n, _), conv in zip(parts, (None, t.dwconv_hw, t.dwconv_w, t.dwconv_h)):
+            for (off, n, _), conv in zip(parts, (None, t.dwconv_hw, t.dwconv_w, t.dwconv_h), strict=False):
                 local = keep[(keep >= off) & (keep < off + n)] - off
                 sizes.append(len(local))
                 if conv is not None:
@@ -843,7 +845,7 @@ def _slim_stage(model: nn.Module, g: StageGroup, keep: torch.Tensor) -> None:
 @torch.no_grad()
 def slim_(model: nn.Module, plan: PrunePlan) -> nn.Module:
     """Remove the pruned units physically, in place; outputs equal those of `mask_(model, plan)`."""
-    for g, keep in zip(plan.groups, plan.keep):
+    for g, keep in zip(plan.groups, plan.keep, strict=False):
         if isinstance(g, HeadGroup):
             _slim_heads(model, g, keep)
         elif isinstance(g, StageGroup):
@@ -896,7 +898,7 @@ def apply_spec_(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         g = stage[path]
         parts = g.parts(model)
         if parts:  # the first n channels of each part
-            keep = torch.cat([off + torch.arange(n) for (off, _, _), n in zip(parts, entry["parts"])])
+            keep = torch.cat([off + torch.arange(n) for (off, _, _), n in zip(parts, entry["parts"], strict=False)])
         else:
             keep = torch.arange(entry["width"])
         _slim_stage(model, g, keep)

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,8 +53,8 @@ def _require_torchao():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from torchao.quantization.pt2e import quantize_pt2e
             import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+            from torchao.quantization.pt2e import quantize_pt2e
     except ImportError as e:
         raise ImportError(f"{EXTRA_HINT} ({e})") from e
     return quantize_pt2e, xiq

@@ -21,7 +21,7 @@ running statistics, i.e. its eval-mode behaviour.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -46,7 +46,7 @@ def sequential_bn_folds(seq: nn.Module) -> list[tuple[str, str, str]]:
         return []
     items = [(n, m) for n, m in seq.named_children() if not isinstance(m, nn.Identity)]
     folds, used = [], set()
-    for (n1, m1), (n2, m2) in zip(items, items[1:]):
+    for (n1, m1), (n2, m2) in zip(items, items[1:], strict=False):
         if n1 in used:
             continue
         if isinstance(m1, FOLDABLE) and _bn_matches(m1, m2) and m2.running_mean is not None:

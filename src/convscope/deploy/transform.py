@@ -15,7 +15,7 @@ folding) or within a measured budget (int8, pruning). It
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 from torch import nn
 

@@ -1,7 +1,7 @@
 """The classification head shared by the hierarchical models."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

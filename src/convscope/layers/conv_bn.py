@@ -1,7 +1,7 @@
 """Convolution followed by BatchNorm (and an activation): the train-time unit of the re-parameterised models."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn

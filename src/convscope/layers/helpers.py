@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import collections.abc
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn

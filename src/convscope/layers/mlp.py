@@ -1,7 +1,7 @@
 """Channel MLPs and MLP classifier heads."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

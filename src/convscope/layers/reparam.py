@@ -9,7 +9,7 @@ bias.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ def dilate_kernel(kernel: torch.Tensor, dilation: int | tuple[int, int]) -> torc
 
 def effective_kernel_size(conv: nn.Conv2d) -> tuple[int, int]:
     """Extent of a conv's kernel once dilation is written out: r(k-1)+1 per dimension."""
-    return tuple(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation))
+    return tuple(d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation, strict=False))
 
 
 def merge_parallel_convs(convs: Iterable[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """The model contract shared by every registered network (timm-compatible)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ class ConvScopeModel(nn.Module):
             raise ValueError(f"depths and dims must have one entry per stage; got {len(depths)} and {len(dims)}")
         dpr = drop_path_rates(drop_path_rate, depths)
         stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for i, (depth, dim) in enumerate(zip(depths, dims, strict=False)):
             down = downsample(i) if i > 0 else None
             blocks = []
             for j in range(depth):

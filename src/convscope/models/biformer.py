@@ -129,7 +129,8 @@ class BiFormer(ConvScopeModel):
 
 def convert_official(state_dict: dict, model: nn.Module) -> dict:
     """rayleizhu/BiFormer keys -> ours: `downsample_layers.0` -> `stem`, `downsample_layers.i` ->
-    `stages.i.downsample`, `stages.i.j` -> `stages.i.blocks.j` (STL: already `stages.i.blocks.j`), `attn.qkv.qkv` -> `attn.qkv`, `router.emb` ->
+    `stages.i.downsample`, `stages.i.j` -> `stages.i.blocks.j` (STL: already `stages.i.blocks.j`), `attn.qkv.qkv` ->
+    `attn.qkv`, `router.emb` ->
     `router_emb`, `norm` / `head` -> `head.norm` / `head.fc`."""
     out = {}
     for k, v in state_dict.items():

@@ -116,7 +116,8 @@ class ConViT(TokenModel):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool not in (None, "token"):
-            raise ValueError(f"ConViT classifies from its class token; global_pool must be 'token'; got {global_pool!r}")
+            raise ValueError("ConViT classifies from its class token; global_pool must be 'token'; "
+                             f"got {global_pool!r}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0; got {num_classes}")
         self.num_classes = num_classes

@@ -14,8 +14,18 @@ import re
 import torch
 from torch import nn
 
-from ..layers import (ClassifierHead, GlobalResponseNormMlp, LayerNorm, LayerNorm2d, Mlp, drop_path_or_identity,
-                      init_trunc_normal, layer_scale, layer_scale_parameter, scale_classifier_)
+from ..layers import (
+    ClassifierHead,
+    GlobalResponseNormMlp,
+    LayerNorm,
+    LayerNorm2d,
+    Mlp,
+    drop_path_or_identity,
+    init_trunc_normal,
+    layer_scale,
+    layer_scale_parameter,
+    scale_classifier_,
+)
 from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
 from .registry import ArchSpec, Paper, register_family, variant
 

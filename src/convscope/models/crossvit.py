@@ -29,8 +29,8 @@ timm's; timm also offers the earlier blocks' tokens, which are not taps here).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,7 @@ class MultiScaleBlock(nn.Module):
         self.revert_projs = nn.ModuleList(_proj(dims[(b + 1) % n], dims[b]) for b in range(n))
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [blocks(x) for blocks, x in zip(self.blocks, xs)]
+        xs = [blocks(x) for blocks, x in zip(self.blocks, xs, strict=False)]
         outs = []
         for b in range(self.num_branches):
             other = xs[(b + 1) % self.num_branches]
@@ -139,7 +139,7 @@ def _multiple(img_scale: Sequence[float], patch_sizes: Sequence[int]) -> int:
     """Smallest side m for which every branch's image (m times its scale) is a whole number of its patches."""
     fracs = [Fraction(s).limit_denominator(1000) for s in img_scale]
     m = 1
-    while not all((m * f).denominator == 1 and (m * f) % p == 0 for f, p in zip(fracs, patch_sizes)):
+    while not all((m * f).denominator == 1 and (m * f) % p == 0 for f, p in zip(fracs, patch_sizes, strict=False)):
         m += 1
     return m
 
@@ -178,8 +178,9 @@ class CrossViT(TokenModel):
         self.min_input_size = (self.input_multiple, self.input_multiple)
         if img_size % self.input_multiple:
             raise ValueError(f"img_size must be a multiple of {self.input_multiple}; got {img_size}")
-        self.grids = [(int(img_size * s) // p,) * 2 for s, p in zip(self.img_scale, patch_size)]
-        self.patch_embed = nn.ModuleList(PatchEmbed(in_chans, d, p, multi_conv) for d, p in zip(embed_dim, patch_size))
+        self.grids = [(int(img_size * s) // p,) * 2 for s, p in zip(self.img_scale, patch_size, strict=False)]
+        self.patch_embed = nn.ModuleList(PatchEmbed(in_chans, d, p, multi_conv)
+                                         for d, p in zip(embed_dim, patch_size, strict=True))
         for b in range(n):
             setattr(self, f"pos_embed_{b}", nn.Parameter(torch.zeros(1, 1 + self.grids[b][0] ** 2, embed_dim[b])))
             setattr(self, f"cls_token_{b}", nn.Parameter(torch.zeros(1, 1, embed_dim[b])))
@@ -245,13 +246,13 @@ class CrossViT(TokenModel):
     def tap(self, state: list[torch.Tensor], index: int, norm: bool, hw: tuple[int, int]) -> torch.Tensor:
         b = self.feature_info[index]["branch"]
         x = self.norm[b](state[b]) if norm else state[b]
-        h, w = (s // p for s, p in zip(self.branch_sizes(hw)[b], (self.patch_size[b],) * 2))
+        h, w = (s // p for s, p in zip(self.branch_sizes(hw)[b], (self.patch_size[b],) * 2, strict=False))
         return x[:, 1:].reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
 
     def finish(self, state: list[torch.Tensor]) -> torch.Tensor:
         if self.head is None:
             raise RuntimeError("this CrossViT was pruned to a feature backbone; use forward_intermediates")
-        return torch.cat([norm(x[:, :1]) for norm, x in zip(self.norm, state)], dim=-1)
+        return torch.cat([norm(x[:, :1]) for norm, x in zip(self.norm, state, strict=False)], dim=-1)
 
     def prune_tail(self) -> None:
         self.norm = nn.ModuleList(nn.Identity() for _ in range(self.num_branches))
@@ -294,7 +295,7 @@ class CrossViT(TokenModel):
         if pre_logits or isinstance(self.head[0], nn.Identity):
             return x
         parts = x.split(list(self.embed_dim), dim=-1)
-        return torch.stack([head(p) for head, p in zip(self.head, parts)]).mean(0)
+        return torch.stack([head(p) for head, p in zip(self.head, parts, strict=False)]).mean(0)
 
     def get_classifier(self) -> nn.Module:
         return self.head

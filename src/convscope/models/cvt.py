@@ -18,7 +18,7 @@ forward_intermediates and features_only give each stage's map as (B, C, H, W), t
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -259,7 +259,8 @@ _SRC = ("top-1 and MACs: microsoft/CvT README @f851e68 (GFLOPs column: MACs); pa
 # The README's 224 figures (4.5, 7.1 G) and W24's 193.2 G are not what the official code counts: ptflops 0.7.5
 # (the repo's counter) with the repo's own Attention.compute_macs hook gives 4.580, 7.199 and 194.55 G on
 # cls_cvt.py @f851e68 (16.33 and 24.94 G for the 384 variants, which do match). Those cards carry the README's
-# figure, say so in `notes`, and are listed in convscope.analysis.fidelity.MACS_EXCEPTIONS; our counts: 4.566 / 7.178 / 194.22 G pure MACs, 4.585 / 7.206 / 194.49 G fvcore.
+# figure, say so in `notes`, and are listed in convscope.analysis.fidelity.MACS_EXCEPTIONS; our counts: 4.566 / 7.178
+# / 194.22 G pure MACs, 4.585 / 7.206 / 194.49 G fvcore.
 _MACS_NOTE = ("README MACs {g} G not reproduced: the official code's own count (ptflops 0.7.5 with its "
               "Attention.compute_macs hook) gives {off} G, ours {ours} G (fvcore convention)")
 _CVT13 = dict(depths=(1, 2, 10), embed_dims=(64, 192, 384), num_heads=(1, 3, 6))

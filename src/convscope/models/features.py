@@ -1,7 +1,7 @@
 """Intermediate feature maps: index selection, feature_info, and the `features_only` wrapper."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

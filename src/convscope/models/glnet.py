@@ -27,7 +27,7 @@ that augmentation is not implemented here.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -29,13 +29,20 @@ that every parameter gets a gradient from a fresh build.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..layers import ClassifierHead, ConvBnAct, SqueezeExcite, checkpoint_seq, drop_path_or_identity, drop_path_rates
-from ..layers import make_divisible
+from ..layers import (
+    ClassifierHead,
+    ConvBnAct,
+    SqueezeExcite,
+    checkpoint_seq,
+    drop_path_or_identity,
+    drop_path_rates,
+    make_divisible,
+)
 from ..layers.mixers.bottleneck_attention import BottleneckAttention
 from ..layers.mixers.halo_attention import HaloAttention
 from .base import ConvScopeModel
@@ -160,7 +167,7 @@ class Stem(nn.Sequential):
         super().__init__()
         if kind == "tiered":
             widths, strides = (3 * chs // 8, chs // 2, chs), [2, 1, 1 if pool else 2]
-            for i, (c, s) in enumerate(zip(widths, strides)):
+            for i, (c, s) in enumerate(zip(widths, strides, strict=False)):
                 self.add_module(f"conv{i + 1}", ConvBnAct(in_chans, c, 3, stride=s, act_layer=act_layer))
                 in_chans = c
         elif kind == "7x7":
@@ -204,7 +211,7 @@ class HaloNet(ConvScopeModel):
                           (num_heads, "num_heads"), (block_sizes, "block_sizes")):
             if len(arg) != n:
                 raise ValueError(f"{name} must have one entry per stage ({n}); got {len(arg)}")
-        for i, (d, pattern) in enumerate(zip(depths, blocks)):
+        for i, (d, pattern) in enumerate(zip(depths, blocks, strict=False)):
             if len(pattern) != d:
                 raise ValueError(f"blocks[{i}] must give the kind of each of the stage's {d} blocks; got {pattern}")
         if act not in _ACTS:
@@ -288,6 +295,13 @@ class HaloNet(ConvScopeModel):
         return take
 
 
+def _fit_block(hw: tuple[int, int], red: int, step: int, want: int) -> int:
+    """The multiple of `step` dividing both map sides at reduction `red` nearest `want` in ratio (smaller on a tie)."""
+    sides = [s // red for s in hw]
+    ks = [k for k in range(step, min(sides) + 1, step) if all(side % k == 0 for side in sides)]
+    return min(ks, key=lambda k: (abs(math.log(k / want)), k))
+
+
 def _block_sizes_at(arch: dict, hw: tuple[int, int]) -> dict:
     """Block sizes for an input size: per stage, the common divisor of the attention blocks' map sides nearest the
     variant's block size (in ratio; the smaller on a tie), even for a stage opened by a strided attention block (its
@@ -297,14 +311,8 @@ def _block_sizes_at(arch: dict, hw: tuple[int, int]) -> dict:
         want = arch.get("block_sizes", (8,) * len(arch["blocks"]))[i]
         want = want if isinstance(want, int) else max(want)
         stride = arch.get("strides", (1, 2, 2, 2))[i]
-
-        def fit(red: int, step: int) -> int:
-            sides = [s // red for s in hw]
-            ks = [k for k in range(step, min(sides) + 1, step) if all(side % k == 0 for side in sides)]
-            return min(ks, key=lambda k: (abs(math.log(k / want)), k))
-
-        first = fit(reduction, stride) if pattern[0] == "attn" else want
-        rest = fit(reduction * stride, 1) if "attn" in pattern[1:] else first
+        first = _fit_block(hw, reduction, stride, want) if pattern[0] == "attn" else want
+        rest = _fit_block(hw, reduction * stride, 1, want) if "attn" in pattern[1:] else first
         first = rest if pattern[0] != "attn" else first
         sizes.append(first if first == rest else (first, rest))
         reduction *= stride

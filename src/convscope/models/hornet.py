@@ -11,14 +11,25 @@ timm does not carry HorNet: the state-dict keys are convscope's own, and
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..layers import (ClassifierHead, GlobalLocalFilter, GnConv, LayerNorm, LayerNorm2d, Mlp, drop_path_or_identity,
-                      init_trunc_normal, layer_scale, layer_scale_parameter, scale_classifier_)
+from ..layers import (
+    ClassifierHead,
+    GlobalLocalFilter,
+    GnConv,
+    LayerNorm,
+    LayerNorm2d,
+    Mlp,
+    drop_path_or_identity,
+    init_trunc_normal,
+    layer_scale,
+    layer_scale_parameter,
+    scale_classifier_,
+)
 from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
 from .convnext import official_layout_key
 from .registry import ArchSpec, Paper, register_family, variant

@@ -11,8 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import (ConvMlp, InceptionDWConv2d, LayerNorm, MlpHead, drop_path_or_identity, init_trunc_normal,
-                      layer_scale, layer_scale_parameter)
+from ..layers import (
+    ConvMlp,
+    InceptionDWConv2d,
+    LayerNorm,
+    MlpHead,
+    drop_path_or_identity,
+    init_trunc_normal,
+    layer_scale,
+    layer_scale_parameter,
+)
 from ..layers.reparam import fuse_bn_before_conv_
 from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
 from .registry import ArchSpec, Paper, register_family, variant

@@ -19,7 +19,8 @@ mean of the two heads' logits; in training the mean too, unless `set_distilled_t
 (head, head_dist) that a distillation loss takes (timm's convention for its distilled models; the official model
 returns the pair whenever it is training).
 
-Input sizes: both sides above 64 (below, the stage-4 attention sees a single token). The stage-4 attention biases are a table over the (|dy|, |dx|) offsets of the stage-4 map at
+Input sizes: both sides above 64 (below, the stage-4 attention sees a single token). The stage-4 attention biases are
+a table over the (|dy|, |dx|) offsets of the stage-4 map at
 `img_size` (4x4 at 224). Maps up to that size take the biases of their offsets; larger inputs raise ValueError
 (build with a larger `img_size`, which changes the bias table, as the official code does).
 """

@@ -17,17 +17,30 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..layers import (Attention, ClassifierHead, GroupNorm1, LayerNorm, LayerNorm2d, LayerScale, Mlp, MlpHead,
-                      SquaredReLU, RandomMixing, StarReLU, drop_path_or_identity, get_mixer, init_trunc_normal)
+from ..layers import (
+    Attention,
+    ClassifierHead,
+    GroupNorm1,
+    LayerNorm,
+    LayerNorm2d,
+    LayerScale,
+    Mlp,
+    MlpHead,
+    RandomMixing,
+    SquaredReLU,
+    StarReLU,
+    drop_path_or_identity,
+    get_mixer,
+    init_trunc_normal,
+)
 from .base import ConvScopeModel, NormFactory, Stage
 from .registry import ArchSpec, Paper, register_family, variant
-
 
 _NO_BIAS_GN = partial(GroupNorm1, eps=1e-6, bias=False)
 _NO_BIAS_LN2D = partial(LayerNorm2d, bias=False)
@@ -119,7 +132,7 @@ class MetaFormer(ConvScopeModel):
     def __init__(self, depths: Sequence[int] = (2, 2, 6, 2), dims: Sequence[int] = (64, 128, 320, 512), *,
                  in_chans: int = 3, num_classes: int = 1000, token_mixers="pooling", mixer_kwargs=None,
                  norm_layers=None,
-                 downsample_norm: NormFactory | None = partial(LayerNorm2d, bias=False),
+                 downsample_norm: NormFactory | None = _NO_BIAS_LN2D,
                  mlp_act: Callable[[], nn.Module] = StarReLU, mlp_bias: bool = False,
                  layer_scale_init_values=None, res_scale_init_values=(None, None, 1.0, 1.0),
                  output_norm: NormFactory = LayerNorm, pre_pool_norm: bool = False,
@@ -131,7 +144,7 @@ class MetaFormer(ConvScopeModel):
         mixer_kwargs = _per_stage(mixer_kwargs or {}, n)
         tokens = [getattr(m, "channels_last", False) for m in mixers]
         norm_layers = [norm or (_NO_BIAS_LN if tok else _NO_BIAS_GN) for norm, tok in
-                       zip(_per_stage(norm_layers, n), tokens)]
+                       zip(_per_stage(norm_layers, n), tokens, strict=False)]
         ls_inits = _per_stage(layer_scale_init_values, n)
         rs_inits = _per_stage(res_scale_init_values, n)
 
@@ -149,7 +162,7 @@ class MetaFormer(ConvScopeModel):
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=output_norm, norm_first=pre_pool_norm,
                                    drop_rate=0.0 if use_mlp_head else drop_rate, fc_factory=fc)
         init_trunc_normal(self)
-        for i, (mixer, kw) in enumerate(zip(mixers, mixer_kwargs)):
+        for i, (mixer, kw) in enumerate(zip(mixers, mixer_kwargs, strict=False)):
             if issubclass(mixer, RandomMixing):  # a fixed token count fixes the input size
                 side = math.isqrt(kw.get("num_tokens", 196)) * self.feature_info[i]["reduction"]
                 self.fixed_input_size = (side, side)

@@ -17,7 +17,8 @@ A new mixer joins with a `MIXER_OPTIONS` entry (if it needs options) and one lit
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .metaformer import MetaFormer
 from .registry import ArchSpec, Paper, register_family, variant
@@ -45,7 +46,7 @@ class MixerBench(MetaFormer):
         n = len(depths)
         if mixer == "tvconv":  # per-stage map sizes from the stem (7x7/4, pad 2) and 3x3/2 (pad 1) arithmetic
             side, kwargs = (input_size + 4 - 7) // 4 + 1, []
-            for i in range(n):
+            for _i in range(n):
                 kwargs.append(dict(size=side))
                 side = (side - 1) // 2 + 1
         else:

@@ -24,14 +24,13 @@ There is no official PyTorch checkpoint, so state-dict keys are our own layout a
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import ClassifierHead, LayerNorm, LayerNorm2d, RelPosWindowAttention, SqueezeExcite, \
-    drop_path_or_identity
+from ..layers import ClassifierHead, LayerNorm, LayerNorm2d, RelPosWindowAttention, SqueezeExcite, drop_path_or_identity
 from ..layers.reparam import fold_bn_act_after_, fold_bn_before_
 from .base import ConvScopeModel
 from .registry import ArchSpec, Paper, register_family, variant
@@ -245,7 +244,8 @@ register_family(
         "tiny_moat_0": variant(depths=(2, 3, 7, 2), dims=(32, 64, 128, 256), stem_dim=32, card=dict(
             params_m=3.355, macs_g=1.1, notes=_NOTES + (
                 "; official FLOPs (MACs) 1.1 G: the count, 1.063 G under the fvcore convention, rounds to it (-3.4%, "
-                "within the rounding of a one-decimal figure)"), top1=76.6, input_size=(3, 256, 256), source=_SRC_TINY)),
+                "within the rounding of a one-decimal figure)"), top1=76.6, input_size=(3, 256, 256),
+            source=_SRC_TINY)),
         "tiny_moat_1": variant(depths=(2, 3, 7, 2), dims=(40, 80, 160, 320), stem_dim=40, card=dict(
             params_m=5.123, macs_g=1.6, top1=79.2, input_size=(3, 256, 256), source=_SRC_TINY)),
         "tiny_moat_2": variant(depths=(2, 3, 7, 2), dims=(56, 112, 224, 448), stem_dim=56, card=dict(

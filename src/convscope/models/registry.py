@@ -17,8 +17,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -160,7 +161,7 @@ class ArchSpec:
         """The constructor arguments that change for new depths, widths and (optionally) input size."""
         out: dict[str, Any] = {self.depths: tuple(int(d) for d in depths), self.widths: tuple(int(w) for w in widths)}
         for name in self.per_block:
-            out[name] = tuple(_resample(stage, d) for stage, d in zip(arch[name], depths))
+            out[name] = tuple(_resample(stage, d) for stage, d in zip(arch[name], depths, strict=False))
         if input_hw is not None and self.at_input_size is not None:
             out.update(self.at_input_size({**arch, **out}, input_hw))
         return out
@@ -222,7 +223,8 @@ _FAMILIES: dict[str, Family] = {}
 
 def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper, variants: Mapping[str, Variant],
                     spec: ArchSpec | None = ArchSpec(), converter: Callable[[dict, nn.Module], dict] | None = None,
-                    converters: Mapping[str, Callable[[dict, nn.Module], dict]] | None = None, timm: bool = False, card: Mapping[str, Any] | None = None,
+                    converters: Mapping[str, Callable[[dict, nn.Module], dict]] | None = None, timm: bool = False,
+                    card: Mapping[str, Any] | None = None,
                     arch: Mapping[str, Any] | None = None) -> Family:
     """Register a family and all of its variants.
 

@@ -15,7 +15,7 @@ the state dict, as the official checkpoints keep them.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import drop_path_or_identity, init_trunc_normal, layer_scale, layer_scale_parameter
-from ..layers.reparam import fuse_bn_into_conv_
 from ..layers.mixers.manhattan_attention import ManhattanRelPos, ManhattanSelfAttention
+from ..layers.reparam import fuse_bn_into_conv_
 from .base import ConvScopeModel, Stage
 from .registry import ArchSpec, Paper, register_family, variant
 

@@ -19,7 +19,7 @@ timm does not carry TransNeXt: the state-dict keys are convscope's own, and
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -18,8 +18,19 @@ import re
 import torch
 from torch import nn
 
-from ..layers import (ClassifierHead, DilatedReparamBlock, GlobalResponseNorm, LayerNorm, LayerNorm2d, SqueezeExcite,
-                      drop_path_or_identity, init_trunc_normal, layer_scale, layer_scale_parameter, scale_classifier_)
+from ..layers import (
+    ClassifierHead,
+    DilatedReparamBlock,
+    GlobalResponseNorm,
+    LayerNorm,
+    LayerNorm2d,
+    SqueezeExcite,
+    drop_path_or_identity,
+    init_trunc_normal,
+    layer_scale,
+    layer_scale_parameter,
+    scale_classifier_,
+)
 from ..layers.mixers.dilated_reparam import DILATED_BRANCHES
 from ..layers.reparam import fuse_affine_after_, fuse_bn_into_conv_
 from .base import ConvScopeModel
@@ -116,7 +127,7 @@ class UniRepLKNet(ConvScopeModel):
 
 def _dilated_branch_index(kernel_size: int) -> dict[str, int]:
     ks, rs = DILATED_BRANCHES[kernel_size]
-    return {f"k{k}_{r}": i for i, (k, r) in enumerate(zip(ks, rs))}
+    return {f"k{k}_{r}": i for i, (k, r) in enumerate(zip(ks, rs, strict=False))}
 
 
 def convert_official(state_dict: dict, model: nn.Module) -> dict:

@@ -17,7 +17,8 @@ each feature_info entry is taken) and implements `embed`, `run_unit` (optional),
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -111,13 +111,14 @@ class VOLO(TokenModel):
                  use_aux_head: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
         if len(layers) != 4 or len(embed_dims) != 4 or len(head_dims) != 4:
-            raise ValueError(f"layers, embed_dims and head_dims need 4 entries; got {layers}, {embed_dims}, {head_dims}")
+            raise ValueError("layers, embed_dims and head_dims need 4 entries; "
+                             f"got {layers}, {embed_dims}, {head_dims}")
         if len(set(embed_dims[1:])) != 1:
             raise ValueError(f"stages 2-4 share one width (no downsampling between them); got {embed_dims}")
-        for d, hd in zip(embed_dims, head_dims):
+        for d, hd in zip(embed_dims, head_dims, strict=False):
             if d % hd:
                 raise ValueError(f"each width must be a multiple of its head dim; got {embed_dims} and {head_dims}")
-        heads = [d // hd for d, hd in zip(embed_dims, head_dims)]
+        heads = [d // hd for d, hd in zip(embed_dims, head_dims, strict=False)]
         self.input_multiple = patch_size * 2
         img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         dim = embed_dims[-1]

@@ -57,7 +57,8 @@ class WaveMix(ConvScopeModel):
                                       nn.Conv2d(dim // 2, dim, patch_size, patch_size), nn.GELU(), nn.BatchNorm2d(dim))
             reduction = patch_size
         elif stem == "strided":
-            self.stem = nn.Sequential(nn.Conv2d(in_chans, dim // 2, 3, stride, 1), nn.Conv2d(dim // 2, dim, 3, stride, 1))
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, dim // 2, 3, stride, 1),
+                                      nn.Conv2d(dim // 2, dim, 3, stride, 1))
             reduction = stride * stride
         else:
             raise ValueError(f"stem must be 'patchify' or 'strided'; got {stem!r}")
@@ -88,7 +89,8 @@ def _group_of(index: int, depths: list[int]) -> tuple[int, int]:
 
 
 def convert_official(state_dict: dict, model: nn.Module) -> dict:
-    """pranavphoenix/WaveMix keys -> ours: conv -> stem, layers.i -> stages.g.blocks.j.mixer (block i of the groups), pool.2 -> head.fc."""
+    """pranavphoenix/WaveMix keys -> ours: conv -> stem, layers.i -> stages.g.blocks.j.mixer (block i of the groups),
+    pool.2 -> head.fc."""
     depths = [len(stage.blocks) for stage in model.stages]
     out = {}
     for k, v in state_dict.items():

@@ -9,7 +9,7 @@ by BN + ReLU, concatenates them and projects with 1x1 conv + BN + ReLU (+ dropou
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -8,7 +8,7 @@ NCHW map (the same arithmetic as TransNeXt's Linear layers on tokens), so it map
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -49,7 +49,7 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, b
     x (B, C, H, W); weight (O, C/groups, kh, kw); offset (B, 2*G*kh*kw, Ho, Wo) with (dy, dx) per tap, G the
     offset groups (C divisible by G); mask (B, G*kh*kw, Ho, Wo) or None (v1)."""
     B, C, H, W = x.shape
-    O, _, kh, kw = weight.shape
+    out_ch, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     Ho, Wo = _out_size(H, kh, sh, ph, dh), _out_size(W, kw, sw, pw, dw)
     K = kh * kw
@@ -75,8 +75,8 @@ def deform_conv2d(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, b
     if mask is not None:
         cols = cols * mask.view(B, G, 1, K, Ho, Wo).to(dt)
     cols = cols.reshape(B, groups, (C // groups) * K, Ho * Wo)
-    w = weight.to(dt).reshape(groups, O // groups, (C // groups) * K)
-    out = torch.matmul(w, cols).reshape(B, O, Ho, Wo)  # (B, g, O/g, L)
+    w = weight.to(dt).reshape(groups, out_ch // groups, (C // groups) * K)
+    out = torch.matmul(w, cols).reshape(B, out_ch, Ho, Wo)  # (B, g, O/g, L)
     return out if bias is None else out + bias.to(dt)[:, None, None]
 
 

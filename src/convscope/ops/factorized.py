@@ -88,7 +88,7 @@ class SeparableConv4d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._along(x, self.w1, 2)
-        for axis, conv in zip((3, 4, 5), self.dw):
+        for axis, conv in zip((3, 4, 5), self.dw, strict=False):
             x = self._along(x, conv, axis)
         return x
 

@@ -41,7 +41,7 @@ class OneWayConv2d(nn.Module):
         return torch.einsum("or,ri,rh,rw->oihw", u, v, kh, kw)
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d) -> "OneWayConv2d":
+    def from_dense(cls, conv: nn.Conv2d) -> OneWayConv2d:
         """The full-rank (R = C_in kh kw) factorisation of a dense stride-1 conv: rank r = (i, h, w) has
         V = e_i, Kh = e_h, Kw = e_w and U[:, r] = W[:, i, h, w]."""
         if conv.groups != 1 or conv.dilation != (1, 1) or isinstance(conv.padding, str):

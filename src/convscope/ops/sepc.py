@@ -10,7 +10,7 @@ plain PConv + iBN ("SEPC-lite" without deformable parts).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ class IntegratedBatchNorm(nn.Module):
         sizes = [f.shape[2] * f.shape[3] for f in feats]
         flat = torch.cat([f.flatten(2) for f in feats], dim=2)
         out = self.bn(flat).split(sizes, dim=2)
-        return [o.reshape(f.shape).contiguous(memory_format=_format(f)) for o, f in zip(out, feats)]
+        return [o.reshape(f.shape).contiguous(memory_format=_format(f)) for o, f in zip(out, feats, strict=False)]
 
 
 def _format(x: torch.Tensor) -> torch.memory_format:

@@ -61,7 +61,7 @@ class SGConv1d(nn.Module):
 
     def _raw_kernel(self) -> torch.Tensor:  # (heads, C, kernel_size)
         pieces = [F.interpolate(k, scale_factor=2 ** max(0, i - 1), mode="linear") * s if i > 1 else k * s
-                  for i, (k, s) in enumerate(zip(self.kernel_list, self.scale_weights))]
+                  for i, (k, s) in enumerate(zip(self.kernel_list, self.scale_weights, strict=False))]
         return torch.cat(pieces, dim=-1)
 
     def kernel(self) -> torch.Tensor:
@@ -131,7 +131,7 @@ class SGConv2d(nn.Module):
     def _raw_kernel(self) -> torch.Tensor:  # (C, K, K)
         K = self.kernel_size
         total = 0
-        for i, (k, s) in enumerate(zip(self.kernel_list, self.scale_weights)):
+        for i, (k, s) in enumerate(zip(self.kernel_list, self.scale_weights, strict=False)):
             side = self.kernel_dim * 2 ** i
             up = F.interpolate(k, size=(side, side), mode="bilinear", align_corners=False) if i else k
             lo = (K - side) // 2

@@ -8,7 +8,7 @@ the plain convolution's, and den = all ones is the plain convolution.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -120,7 +120,8 @@ class TrainConfig:
             (self.crop_pct is None or 0 < self.crop_pct <= 1, f"crop_pct must be in (0, 1]; got {self.crop_pct}"),
             (self.scale is None or 0 < self.scale[0] <= self.scale[1] <= 1,
              f"scale must be 0 < min <= max <= 1; got {self.scale}"),
-            (self.ratio is None or 0 < self.ratio[0] <= self.ratio[1], f"ratio must be 0 < min <= max; got {self.ratio}"),
+            (self.ratio is None or 0 < self.ratio[0] <= self.ratio[1],
+             f"ratio must be 0 < min <= max; got {self.ratio}"),
             (0 <= self.hflip <= 1, f"hflip must be in [0, 1]; got {self.hflip}"),
             (self.randaug_ops >= 0, f"randaug_ops must be >= 0; got {self.randaug_ops}"),
             (0 <= self.randaug_magnitude <= 30, f"randaug_magnitude must be in [0, 30]; got {self.randaug_magnitude}"),
@@ -160,14 +161,14 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown training settings {unknown}")
         return cls(**d)
 
-    def semantic_diff(self, other: "TrainConfig") -> list[str]:
+    def semantic_diff(self, other: TrainConfig) -> list[str]:
         """Settings that differ and change what the run computes (checked on resume)."""
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in a

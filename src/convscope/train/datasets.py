@@ -14,9 +14,9 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class TensorImageDataset(Dataset):
         std = (s2 / n - mean * mean).clamp_min(0).sqrt()
         return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
-    def subset(self, n: int) -> "TensorImageDataset":
+    def subset(self, n: int) -> TensorImageDataset:
         """The first n items (a view)."""
         return TensorImageDataset(self.images[:n], self.labels[:n], self.classes, self.name)
 
@@ -328,7 +328,7 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def subset(self, n: int) -> "IndexSubset":
+    def subset(self, n: int) -> IndexSubset:
         """n images spread evenly over the folder (every class represented when n allows), in folder order."""
         if n < 1:
             raise ValueError(f"a subset needs n >= 1; got {n}")

@@ -1,17 +1,28 @@
 """A run's input pipeline: the datasets, transforms and loaders a TrainConfig asks for, and the model input size."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 
 from ..extras import require
 from ..models import model_card
 from .config import TrainConfig
-from .datasets import (FASHION_MNIST_CLASSES, ImageFolder, IndexSubset, cache_fits, fashion_mnist, is_idx_dir,
-                       probe_images, repeat_channels, split_indices, synthetic)
+from .datasets import (
+    FASHION_MNIST_CLASSES,
+    ImageFolder,
+    IndexSubset,
+    cache_fits,
+    fashion_mnist,
+    is_idx_dir,
+    probe_images,
+    repeat_channels,
+    split_indices,
+    synthetic,
+)
 from .distributed import DistInfo
 from .loaders import Loader
 from .mixing import MixupCutMix

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -75,5 +76,5 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.Path
     k = min(topk, len(classes))
     top = probs.topk(k, dim=1)
     return [dict(image=str(p), top=[dict(label=classes[i], index=int(i), prob=float(v))
-                                    for v, i in zip(vals.tolist(), idx.tolist())])
-            for p, vals, idx in zip(images, top.values, top.indices)]
+                                    for v, i in zip(vals.tolist(), idx.tolist(), strict=False)])
+            for p, vals, idx in zip(images, top.values, top.indices, strict=False)]

@@ -85,7 +85,7 @@ class ModelEma:
     def update(self, model: nn.Module, step: int) -> None:
         d = self.decay_at(step)
         ema_f, cur_f = [], []
-        for e, c in zip(self.module.state_dict().values(), model.state_dict().values()):
+        for e, c in zip(self.module.state_dict().values(), model.state_dict().values(), strict=False):
             if e.is_floating_point():
                 ema_f.append(e)
                 cur_f.append(c.detach())

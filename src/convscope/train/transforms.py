@@ -10,7 +10,7 @@ into one affine matrix per image and applied by a single `grid_sample`; the colo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

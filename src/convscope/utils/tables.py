@@ -1,7 +1,8 @@
 """Plain-text and markdown tables: the one writer every summary, CLI listing and results page uses."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _cells(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
@@ -23,7 +24,8 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str
     widths = [max([len(h)] + [len(r[i]) for r in body]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)).rstrip()
+        padded = (c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align, strict=False))
+        return "  ".join(padded).rstrip()
 
     lines = [line(headers)]
     if rule:

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -3,7 +3,8 @@ FlopCountAnalysis (its default handles, and HorNet's FFT handler) that the "fvco
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch._ops import OpOverloadPacket

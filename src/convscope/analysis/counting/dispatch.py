@@ -26,7 +26,7 @@ _METADATA_QUERIES = {
 def _footprint(t: torch.Tensor) -> int:
     """Bytes of the distinct elements a tensor addresses: broadcast (stride-0) dimensions count once."""
     n = 1
-    for size, stride in zip(t.shape, t.stride()):
+    for size, stride in zip(t.shape, t.stride(), strict=False):
         if stride != 0:
             n *= size
     return n * t.element_size() if t.numel() else 0

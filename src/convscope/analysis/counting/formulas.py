@@ -8,7 +8,8 @@ same packet as the functional op, and in-place packets (`aten.add_`) take the fu
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch._ops import OpOverloadPacket
@@ -206,7 +207,7 @@ def _elementwise(cost: int, complex_product: bool) -> Formula:
     return fn
 
 
-for _op, _cost in zip(packets(ELEMENTWISE_COST), ELEMENTWISE_COST.values()):
+for _op, _cost in zip(packets(ELEMENTWISE_COST), ELEMENTWISE_COST.values(), strict=False):
     register(_op)(_elementwise(_cost, _op in (aten.mul, aten.div)))
 
 
@@ -231,7 +232,7 @@ def _reduction(cost: int, finishes: bool) -> Formula:
     return fn
 
 
-for _op, (_name, _cost) in zip(packets(_REDUCTION_COST), _REDUCTION_COST.items()):
+for _op, (_name, _cost) in zip(packets(_REDUCTION_COST), _REDUCTION_COST.items(), strict=False):
     register(_op)(_reduction(_cost, _name in _REDUCTION_FINISH))
 
 
@@ -305,7 +306,7 @@ def _interpolation(cost: int) -> Formula:
     return fn
 
 
-for _op, _cost in zip(packets(_INTERP_COST), _INTERP_COST.values()):
+for _op, _cost in zip(packets(_INTERP_COST), _INTERP_COST.values(), strict=False):
     register(_op)(_interpolation(_cost))
 
 

@@ -2,8 +2,9 @@
 groups them by operator, module and module type and prints them."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ...utils import text_table
 from .conventions import macs_under
@@ -51,7 +52,7 @@ class Totals:
         """(FLOPs + element-wise FLOPs) per byte moved; 0 when nothing is moved."""
         return (self.flops + self.elementwise_flops) / self.bytes if self.bytes else 0.0
 
-    def add(self, r: OpRecord | "Totals") -> "Totals":
+    def add(self, r: OpRecord | Totals) -> Totals:
         self.macs += r.macs
         self.flops += r.flops
         self.elementwise_flops += r.elementwise_flops
@@ -91,7 +92,7 @@ class CountResult:
     device: str = "meta"
 
     @classmethod
-    def from_records(cls, records: list[OpRecord], uncounted: dict[str, int], **fields: Any) -> "CountResult":
+    def from_records(cls, records: list[OpRecord], uncounted: dict[str, int], **fields: Any) -> CountResult:
         totals = Totals()
         for r in records:
             totals.add(r)

@@ -2,7 +2,8 @@
 peak bandwidth), and a sequence of kernels the sum of those; and the ceilings a result stores with it."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -2,8 +2,9 @@
 count, and places it against this machine's ceilings (`Comparison`, one `ModelRow` per model)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ class Comparison(RunSetting):
                     rows=[r.to_dict() for r in self.rows])
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Comparison":
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
         names = set(ModelRow.__dataclass_fields__)
         rows = [ModelRow(**{k: (LatencyStats(**v) if k == "latency" else v) for k, v in r.items() if k in names})
                 for r in d["rows"]]

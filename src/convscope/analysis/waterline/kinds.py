@@ -2,7 +2,7 @@
 norm, activation, pool, identity, a container's own forward (glue), or the class name."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -2,8 +2,9 @@
 type) and `LayerProfile` (all of them with the model's totals, JSON and text tables)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ...files import JsonRecord
 from ...utils import text_table
@@ -171,7 +172,7 @@ class LayerProfile(RunSetting):
                     by_kind=[g.to_dict() for g in self.by_kind], by_type=[g.to_dict() for g in self.by_type])
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LayerProfile":
+    def from_dict(cls, d: dict[str, Any]) -> LayerProfile:
         row_fields = set(LayerRow.__dataclass_fields__)
         return cls(model=d["model"], input_size=tuple(d["input_size"]), dtype=d["dtype"],
                    channels_last=d["channels_last"], threads=d["threads"], device=d["device"],

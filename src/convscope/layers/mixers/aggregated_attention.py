@@ -35,7 +35,7 @@ def relative_position_cpb(query_size: tuple[int, int], key_size: tuple[int, int]
     """
     pretrain_size = pretrain_size or query_size
     axes = []
-    for q, k, p in zip(query_size, key_size, pretrain_size):
+    for q, k, p in zip(query_size, key_size, pretrain_size, strict=False):
         aq = torch.arange(q, dtype=torch.float32, device="cpu")
         ak = F.adaptive_avg_pool1d(aq[None], k)[0]
         axes.append((aq, ak, p))

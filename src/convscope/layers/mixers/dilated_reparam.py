@@ -31,5 +31,5 @@ class DilatedReparamBlock(ParallelConvBn):
             raise ValueError(f"DilatedReparamBlock takes kernel_size in {sorted(DILATED_BRANCHES)}; "
                              f"got {kernel_size}")
         kernel_sizes, dilations = DILATED_BRANCHES[kernel_size]
-        super().__init__(dim, dim, kernel_size, tuple(zip(kernel_sizes, dilations)), groups=dim)
+        super().__init__(dim, dim, kernel_size, tuple(zip(kernel_sizes, dilations, strict=False)), groups=dim)
         self.kernel_sizes, self.dilations = kernel_sizes, dilations

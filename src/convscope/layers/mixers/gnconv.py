@@ -1,7 +1,7 @@
 """Recursive gated convolution, gnConv (HorNet, Rao et al., arXiv 2207.14284)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ class GnConv(nn.Module):
         p, q = torch.split(self.proj_in(x), self.split_sizes, dim=1)
         dw = torch.split(self.dwconv(q) * self.scale, self.dims, dim=1)
         p = p * dw[0]
-        for g, f_q in zip(self.pws, dw[1:]):
+        for g, f_q in zip(self.pws, dw[1:], strict=False):
             p = g(p) * f_q
         return self.proj_out(p)
 

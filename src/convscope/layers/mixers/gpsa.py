@@ -10,7 +10,8 @@ Each head mixes content attention with a positional attention that depends only 
 The two softmaxes are explicit, not `scaled_dot_product_attention`: SDPA would give (1 - g) SDPA(q, k, v) +
 g softmax(r . w) v, the same values but a second N x N x C product per block (+5.6% MACs on ConViT-Ti), whereas
 mixing the two attention matrices first needs one A v. The positional softmax is input-independent (one N x N
-matrix per head per forward). The official code renormalises A by its row sums, which are 1 up to rounding: skipped. With the local init (`local_init`), v is the identity and head h's positional
+matrix per head per forward). The official code renormalises A by its row sums, which are 1 up to rounding: skipped.
+With the local init (`local_init`), v is the identity and head h's positional
 attention peaks at offset h of a sqrt(heads) x sqrt(heads) patch, scaled by `locality_strength`: a convolution.
 Input and output are channels-last maps (B, H, W, C) of patch tokens (no class token: ConViT joins it later).
 """

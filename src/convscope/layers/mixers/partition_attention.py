@@ -171,8 +171,9 @@ class PartitionAttention(nn.Module):
     #: not in `MIXERS` (MetaFormer hands its mixers one of those two layouts).
     layout = "NHWC"
 
-    def __init__(self, dim: int, partition: str = "block", head_dim: int = 32, partition_size: int | Size2 | None = None,
-                 splits: int | None = None, window_size: int | Size2 | None = None, qkv_bias: bool = True,
+    def __init__(self, dim: int, partition: str = "block", head_dim: int = 32,
+                 partition_size: int | Size2 | None = None, splits: int | None = None,
+                 window_size: int | Size2 | None = None, qkv_bias: bool = True,
                  proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         if partition not in ("block", "grid"):

@@ -1,7 +1,7 @@
 """Inverted separable convolution token mixer (ConvFormer, MetaFormer Baselines, arXiv 2210.13452)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
