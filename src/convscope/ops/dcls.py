@@ -22,11 +22,11 @@ groups=dim); `kernel_count = k*k // 3` keeps a k x k depthwise conv's parameter 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .init import conv_default_init_
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -59,10 +59,7 @@ class Dcls2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.weight[0].numel())
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_default_init_(self.weight, self.bias)
         with torch.no_grad():
             nn.init.normal_(self.P, 0, 0.5)
             self.clamp_parameters()

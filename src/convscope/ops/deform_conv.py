@@ -25,11 +25,11 @@ conv, as both papers do. Hardware-friendly variants (each a flag, combinable):
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .init import conv_default_init_
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -123,10 +123,7 @@ class DeformConv2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.weight[0].numel())
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_default_init_(self.weight, self.bias)
         if isinstance(self.offset, nn.Parameter):
             nn.init.zeros_(self.offset)
         else:  # zero offsets, masks sigmoid(0) = 0.5 at the start

@@ -31,7 +31,25 @@ def _decay_weights(n_scales: int, decay: float) -> list[float]:
     return [decay ** i for i in range(n_scales)]
 
 
-class SGConv1d(nn.Module):
+class _Materializable(nn.Module):
+    """The deploy step both SGConv layers share: the kernel they generate from sub-kernels becomes a buffer."""
+
+    kernel_list: nn.ParameterList
+    deployed: bool
+
+    def kernel(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def materialize(self) -> None:
+        """Keep the materialised kernel as a buffer (the sub-kernels are only a parametrisation)."""
+        if not self.deployed:
+            self.register_buffer("kernel_buffer", self.kernel().detach().clone())
+            del self.kernel_list
+            self.deployed = True
+
+
+class SGConv1d(_Materializable):
     """Depthwise structured global convolution over (B, C, L) sequences.
 
     dim: channels C; kernel_dim: d, the taps of each sub-kernel; n_scales: sub-kernels (the kernel spans
@@ -92,16 +110,8 @@ class SGConv1d(nn.Module):
         y = torch.fft.irfft(torch.fft.rfft(x.to(ct), n=n) * k_f, n=n)[..., :L]
         return (y + x.to(ct) * self.D.to(ct)[:, None]).to(x.dtype)
 
-    @torch.no_grad()
-    def materialize(self) -> None:
-        """Keep the materialised kernel as a buffer (the sub-kernels are only a parametrisation)."""
-        if not self.deployed:
-            self.register_buffer("kernel_buffer", self.kernel().detach().clone())
-            del self.kernel_list
-            self.deployed = True
 
-
-class SGConv2d(nn.Module):
+class SGConv2d(_Materializable):
     """Depthwise structured global convolution over (B, C, H, W) maps (a token mixer: same shape out).
 
     dim: channels; kernel_dim: d, the side of each sub-kernel; n_scales: sub-kernels (the kernel is
@@ -164,14 +174,6 @@ class SGConv2d(nn.Module):
         oh, ow = kh - 1 - ch, kw - 1 - cw
         y = y[..., oh:oh + H, ow:ow + W]
         return (y + x.to(ct) * self.D.to(ct)[:, None, None]).to(x.dtype)
-
-    @torch.no_grad()
-    def materialize(self) -> None:
-        """Keep the materialised kernel as a buffer (the sub-kernels are only a parametrisation)."""
-        if not self.deployed:
-            self.register_buffer("kernel_buffer", self.kernel().detach().clone())
-            del self.kernel_list
-            self.deployed = True
 
     def extra_repr(self) -> str:
         return f"{self.dim}, kernel_dim={self.kernel_dim}, n_scales={self.n_scales}, kernel_size={self.kernel_size}"
