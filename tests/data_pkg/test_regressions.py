@@ -117,3 +117,18 @@ def test_images_are_decoded_upright_as_their_exif_orientation_says(tmp_path, ori
     assert torch.equal(tagged, load_image(tmp_path / "upright.png", "L", 20))
     assert not torch.equal(tagged, load_image(tmp_path / "raw.png", "L", 20))
     assert probe_images([str(tmp_path / "tagged.png")])[:2] == ((30, 20) if orientation == 6 else (20, 30))
+
+
+def test_the_adapted_batch_counts_the_images_of_one_process():
+    from convscope.train import TrainConfig
+    from convscope.train.pipeline import DataSpec, resolve_defaults
+
+    spec = DataSpec(train=range(90), eval=range(10), classes=("a", "b"), in_chans=1, input_size=(64, 64),
+                    load_size=(64, 64), crop_pct=1.0, mean=(0.5,), std=(0.5,), description="test",
+                    native_size=(28, 28))
+    cfg = TrainConfig(model="convnext_atto")
+    assert resolve_defaults(cfg, spec)[0].batch_size == 64                    # 90 images: the default fits
+    four, line = resolve_defaults(cfg, spec, world_size=4)                    # 23 images per process
+    assert four.batch_size == 23 and four.lr == round(1e-3 * 23 / 128 * 4, 6) and "--batch-size 23 " in line
+    given = TrainConfig(model="convnext_atto", batch_size=32)
+    assert resolve_defaults(given, spec, world_size=4)[0].batch_size == 32   # a given batch is left as given

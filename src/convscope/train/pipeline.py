@@ -6,10 +6,10 @@ from typing import Any
 
 from torch import nn
 
-from ..data.datasets import IndexSubset, cache_fits
+from ..data.datasets import IndexSubset, TensorImageDataset, cache_fits
 from ..data.loaders import Loader
 from ..data.mixing import MixupCutMix
-from ..data.open import DataFacts, SyntheticOptions, open_dataset, probe_data
+from ..data.open import DataFacts, OpenedData, SyntheticOptions, open_dataset, probe_data
 from ..data.sizes import decide_input_size
 from ..data.transforms import EvalTransform, RandAugmentLite, TrainTransform
 from ..models import model_card
@@ -48,12 +48,12 @@ def model_size_facts(name: str, probe: nn.Module) -> dict[str, Any]:
                 card_side=max(model_card(name).input_size[1:]), last_stride=reductions[-1] if reductions else 0)
 
 
-def _normalisation(cfg: TrainConfig, facts: DataFacts, opened, in_chans: int) -> tuple[tuple, tuple]:
+def _normalisation(cfg: TrainConfig, facts: DataFacts, opened: OpenedData, in_chans: int) -> tuple[tuple, tuple]:
     """Mean and std: measured on in-memory training images (before any limit), the card's for a folder."""
     if facts.in_memory:
         ds = opened.dataset
         if facts.gray and in_chans > 1:   # repeated grayscale: measure one channel, repeat its figures
-            ds = type(ds)(ds.images[:, :1], ds.labels, ds.classes, ds.name)
+            ds = TensorImageDataset(ds.images[:, :1], ds.labels, ds.classes, ds.name)
         mean, std = ds.channel_stats()
         return (mean * in_chans, std * in_chans) if len(mean) != in_chans else (mean, std)
     pre = model_card(cfg.model).pretrained_cfg
