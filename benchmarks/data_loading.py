@@ -80,9 +80,9 @@ def main() -> None:
     from common import cpu_name, load_average
     from torch.utils.data import DataLoader
 
-    from convscope.train.datasets import fashion_mnist
-    from convscope.train.loaders import Loader
-    from convscope.train.transforms import TrainTransform
+    from convscope.data.datasets import fashion_mnist
+    from convscope.data.loaders import Loader
+    from convscope.data.transforms import TrainTransform
 
     torch.set_num_threads(1)
     ds = fashion_mnist(args.data, split="train")

@@ -70,7 +70,7 @@ def main() -> None:
     import torch
     from common import cpu_name, load_average
 
-    from convscope.train.datasets import synthetic
+    from convscope.data.datasets import synthetic
 
     torch.set_num_threads(args.threads)
 

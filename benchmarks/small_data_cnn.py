@@ -3,7 +3,7 @@
 
 The same 10-class folder of 8,000 28x28 grayscale PNGs (Fashion-MNIST test images 2,000-9,999, written by
 small_data_defaults.write_folder), read through convscope's ImageFolder, split as `convscope train` splits it
-(convscope.train.datasets.split_indices, 10% held out, seed 0), and a textbook CNN trained on it at 28x28 with
+(convscope.data.datasets.split_indices, 10% held out, seed 0), and a textbook CNN trained on it at 28x28 with
 Adam (lr 1e-3, batch 64) for 10 epochs, no augmentation: conv3x3(32)-BN-ReLU-maxpool, conv3x3(64)-BN-ReLU-maxpool,
 then either a 128-unit fully connected layer ("fc head") or a third conv3x3(128)-BN-ReLU and global average
 pooling ("gap head"). Top-1 on the 800 held-out images after every epoch, for several seeds.
@@ -74,7 +74,7 @@ def main() -> int:
     from common import cpu_name, load_average
     from small_data_defaults import write_folder
 
-    from convscope.train.datasets import ImageFolder, split_indices
+    from convscope.data.datasets import ImageFolder, split_indices
 
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]

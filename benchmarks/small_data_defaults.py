@@ -32,8 +32,8 @@ SOURCES = {"test": ("test", FIRST), "train": ("train", 0)}
 def write_folder(root: Path, source: str = "test") -> None:
     from PIL import Image
 
-    from convscope.train import fashion_mnist
-    from convscope.train.datasets import FASHION_MNIST_CLASSES
+    from convscope.data import fashion_mnist
+    from convscope.data.datasets import FASHION_MNIST_CLASSES
 
     split, first = SOURCES[source]
     images = fashion_mnist(split=split)

@@ -107,11 +107,12 @@ def run_mixer_bench(data: str = "fashion-mnist", epochs: int = 1, limit_train: i
     folder or 'synthetic'), at 32x32."""
     from .analysis import count
     from .analysis.hardware import machine_info
+    from .data import probe_data
     from .deploy import transform
     from .train import TrainConfig, train
 
     names = bench_variants(mixers)
-    in_chans = 1 if data != "synthetic" else 3
+    in_chans = 1 if probe_data(data).gray else 3   # the data's own channels
     settings = dict(data=data, epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, batch_size=batch_size,
                     lr=lr, seed=seed, input_size=INPUT_SIZE, in_chans=in_chans, threads=threads or
                     torch.get_num_threads(), latency_batch=latency_batch, repeats=repeats,

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from convscope.cli import main
-from convscope.train import fashion_mnist, load_model, read_meta
-from convscope.train.datasets import FASHION_MNIST_CLASSES
-from convscope.train.transforms import EvalTransform
+from convscope.data import fashion_mnist
+from convscope.data.datasets import FASHION_MNIST_CLASSES
+from convscope.data.transforms import EvalTransform
+from convscope.train import load_model, read_meta
 
 from ..conftest import run_cli
 

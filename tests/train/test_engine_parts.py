@@ -8,12 +8,11 @@ import torch
 from torch import nn
 
 import convscope
-from convscope.train.datasets import TensorImageDataset
+from convscope.data.datasets import TensorImageDataset
+from convscope.data.loaders import Loader
+from convscope.data.transforms import EvalTransform
 from convscope.train.evaluation import evaluate
-from convscope.train.loaders import Loader
-from convscope.train.pipeline import choose_input_size
 from convscope.train.recipe import ModelEma, TrainModule, WarmupCosine, loss_fn, param_groups
-from convscope.train.transforms import EvalTransform
 
 TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
 
@@ -136,20 +135,6 @@ def test_evaluate_top1_top5_and_confusion():
     assert r["confusion"] == expected.tolist()
 
 
-def test_choose_input_size():
-    with torch.device("meta"):
-        m = convscope.create_model("convnext_atto")
-        rf = convscope.create_model("randformer_s12")
-    assert choose_input_size(m, (28, 28), None) == (32, 32)      # raised to the model's minimum
-    assert choose_input_size(m, (64, 48), None) == (64, 48)
-    assert choose_input_size(m, (28, 28), 40) == (40, 40)
-    assert choose_input_size(rf, (28, 28), None) == (224, 224)   # fixed-size model
-    with pytest.raises(ValueError, match="at least 32x32"):
-        choose_input_size(m, (28, 28), 16)
-    with pytest.raises(ValueError, match="only takes 224x224"):
-        choose_input_size(rf, (28, 28), 64)
-
-
 def test_grayscale_data_for_a_three_channel_model():
     """Fashion-MNIST is 1-channel: in_chans=1 by default, or the channel repeated (a view) for in_chans=3."""
     from convscope.train import TrainConfig
@@ -172,28 +157,6 @@ def _spec(n_train: int, native: tuple[int, int], input_size: tuple[int, int], no
     return DataSpec(train=range(n_train), eval=range(10), classes=tuple("abcdefghij"), in_chans=1,
                     input_size=input_size, load_size=input_size, crop_pct=1.0, mean=(0.5,), std=(0.5,),
                     description="test", native_size=native, size_note=note)
-
-
-def test_folder_input_size_raises_small_images_to_the_models_useful_size():
-    """Images smaller than the card's size train at their own size raised to twice the last stage's stride (the
-    smallest input whose last feature map is 2x2), at least the model's minimum, at most the card's size."""
-    from convscope.train.pipeline import folder_input_size, useful_input_size
-
-    with torch.device("meta"):
-        m = convscope.create_model("convnext_atto")             # stride 32 at the last stage, minimum 32x32
-        tiny = convscope.create_model("convnext_atto", **TINY_CONVNEXT)
-    assert useful_input_size(m) == 64 == useful_input_size(tiny)
-    assert useful_input_size(nn.Linear(2, 2)) == 0              # no stages declared: no useful size
-    side, why = folder_input_size(m, (28, 28), 224)
-    assert side == 64
-    assert why == "the data's 28x28 raised to 64: the smallest size at which convnext_atto's last stage (stride 32) " \
-                  "still sees 2x2"
-    assert folder_input_size(m, (48, 40), 224)[0] == 64
-    assert folder_input_size(m, (100, 100), 224) == (100, "")   # already above it: its own size
-    assert folder_input_size(m, (224, 224), 224) == (224, "")   # the card's size
-    assert folder_input_size(m, (500, 375), 224) == (224, "")   # larger images: the card's size
-    assert folder_input_size(m, (28, 28), 48) == (48, "the data's 28x28 raised to 48, the model card's size")
-    assert folder_input_size(m, (20, 20), 32) == (32, "the data's 20x20 raised to the model's minimum")
 
 
 def test_data_aware_defaults_by_data_size():

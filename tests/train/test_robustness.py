@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from convscope.cli import main
+from convscope.data.datasets import ImageFolder, load_image
 from convscope.files import atomic_write_text
 from convscope.models import create_model
 from convscope.train import TrainConfig, read_meta, train
 from convscope.train.budget import TimeBudget, parse_duration
-from convscope.train.datasets import ImageFolder, load_image
 from convscope.train.report import plot_curves, write_metrics
 from convscope.train.summary import dumps_confusion
 
@@ -212,7 +212,7 @@ def _weights(tmp_path: Path, classes=("a", "b")) -> Path:
 def test_eval_reports_unreadable_images_and_honours_limit_on_folders(tmp_path, capsys, monkeypatch):
     root = _folder(tmp_path / "d", n=5)
     w = _weights(tmp_path)
-    import convscope.train.datasets as datasets
+    import convscope.data.datasets as datasets
 
     real = datasets.load_image
     bad = str(root / "b" / "3.png")

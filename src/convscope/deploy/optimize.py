@@ -133,19 +133,12 @@ def eval_loader(info: dict[str, Any], data: str, batch: int, limit: int | None, 
     if meta is None:
         raise ValueError("--data needs a trained checkpoint (its classes and preprocessing); a bare model name has "
                          "neither")
-    from ..train.datasets import ImageFolder, fashion_mnist, is_idx_dir, repeat_channels
-    from ..train.loaders import Loader
-    from ..train.transforms import EvalTransform
-    path = Path(data)
-    if data == "fashion-mnist" or (path.is_dir() and is_idx_dir(path)):
-        ds = repeat_channels(fashion_mnist(None if data == "fashion-mnist" else path, split), meta["in_chans"])
-    elif path.is_dir():
-        sub = path / split if (path / split).is_dir() else path
-        ds = ImageFolder(sub, load_size=meta["load_size"][0], mode="RGB" if meta["in_chans"] == 3 else "L",
-                         classes=tuple(meta["class_names"]))
-    else:
-        raise FileNotFoundError(f"--data {data!r} is neither 'fashion-mnist' nor a directory")
-    if limit is not None and hasattr(ds, "subset"):
+    from ..data.loaders import Loader
+    from ..data.open import open_dataset
+    from ..data.transforms import EvalTransform
+    ds = open_dataset(data, split, in_chans=meta["in_chans"], load_size=meta["load_size"][0],
+                      classes=tuple(meta["class_names"])).dataset
+    if limit is not None:
         ds = ds.subset(limit)
     tf = EvalTransform(meta["input_size"], meta["mean"], meta["std"], meta["crop_pct"])
     return Loader(ds, tf, batch, train=False, workers=0)

@@ -1,20 +1,14 @@
-"""Training: datasets and batch transforms, Mixup/CutMix, the engine, checkpoints, and torchrun DDP."""
+"""Training: the engine, checkpoints, evaluation and prediction, torchrun DDP (its data: `convscope.data`)."""
 from .checkpoint import CheckpointManager, load_model, read_meta, save_model_file
 from .config import TrainConfig, add_train_arguments, config_from_args
-from .datasets import ImageFolder, TensorImageDataset, fashion_mnist, synthetic
 from .engine import train
 from .evaluation import evaluate
-from .loaders import Loader
-from .mixing import MixupCutMix, cutmix, mixup, smooth_one_hot, soft_target_cross_entropy
 from .predict import evaluate_checkpoint, predict_images
 from .recipe import ModelEma, WarmupCosine, param_groups
 from .summary import TrainResult, summarize
-from .transforms import EvalTransform, RandAugmentLite, TrainTransform
 
 __all__ = [
-    "CheckpointManager", "EvalTransform", "ImageFolder", "Loader", "MixupCutMix", "ModelEma", "RandAugmentLite",
-    "TensorImageDataset", "TrainConfig", "TrainResult", "TrainTransform", "WarmupCosine", "add_train_arguments",
-    "config_from_args", "cutmix", "evaluate", "evaluate_checkpoint", "fashion_mnist", "load_model", "mixup",
-    "param_groups", "predict_images", "read_meta", "save_model_file", "smooth_one_hot", "soft_target_cross_entropy",
-    "summarize", "synthetic", "train",
+    "CheckpointManager", "ModelEma", "TrainConfig", "TrainResult", "WarmupCosine", "add_train_arguments",
+    "config_from_args", "evaluate", "evaluate_checkpoint", "load_model", "param_groups", "predict_images",
+    "read_meta", "save_model_file", "summarize", "train",
 ]

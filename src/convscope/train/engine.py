@@ -117,7 +117,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
             raise ValueError(f"--model-kwargs {json.dumps(cfg.model_kwargs)} do not build {cfg.model}: "
                              f"{type(e).__name__}: {e}") from None
         spec = build_data(cfg, probe, console)
-        cfg, defaults_line = resolve_defaults(cfg, spec)
+        cfg, defaults_line = resolve_defaults(cfg, spec, dist.world_size)
         train_loader, eval_loader = make_loaders(cfg, spec, dist)
         drop_path = card.drop_path_rate if cfg.drop_path is None else cfg.drop_path
         extra = {} if cfg.drop_rate is None else dict(drop_rate=cfg.drop_rate)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.loaders import Loader
 from .distributed import DistInfo, all_reduce_sum
-from .loaders import Loader
 from .state import RunState
 
 

@@ -1,6 +1,7 @@
 """Using a trained model: evaluate it on a dataset, or classify image files, from its weights file alone."""
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -8,48 +9,40 @@ from typing import Any
 
 import torch
 
+from ..data.datasets import load_image
+from ..data.loaders import Loader
+from ..data.open import open_dataset
+from ..data.transforms import EvalTransform
 from ..extras import require
 from ..utils import resolve_device
 from .checkpoint import load_model
-from .datasets import FASHION_MNIST_CLASSES, ImageFolder, fashion_mnist, is_idx_dir, load_image, repeat_channels
 from .evaluation import evaluate
-from .loaders import Loader
-from .transforms import EvalTransform
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, split: str = "test", batch_size: int = 256,
                         limit: int | None = None, device: str = "auto", workers: int = 0) -> dict[str, Any]:
-    """Top-1/top-5, loss and confusion matrix of a trained model on 'fashion-mnist' (split 'train' or 'test'), a
-    Fashion-MNIST idx directory, or an image folder (its `split` subdirectory if it has one, else itself)."""
+    """Top-1/top-5, loss and confusion matrix of a trained model on `split` of any spec `open_dataset` takes.
+
+    `images` counts the files evaluated and those that could not be read; `skipped` names the unreadable ones
+    (found up front or while decoding), which are not counted in `n`."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1; got {limit}")
     device = resolve_device(device)
     model, meta = load_model(checkpoint, device)
     classes = tuple(meta["class_names"])
-    path = Path(data)
-    if data == "fashion-mnist" or (path.is_dir() and is_idx_dir(path)):
-        ds = repeat_channels(fashion_mnist(None if data == "fashion-mnist" else path, split), meta["in_chans"])
-        data_classes = FASHION_MNIST_CLASSES
-    elif path.is_dir():
-        require("PIL", "reading an image folder")
-        sub = path / split if (path / split).is_dir() else path
-        ds = ImageFolder(sub, load_size=meta["load_size"][0], mode="RGB" if meta["in_chans"] == 3 else "L",
-                         classes=classes)
-        data_classes = ds.classes
-    else:
-        raise FileNotFoundError(f"--data {data!r} is neither 'fashion-mnist' nor a directory")
-    if tuple(data_classes) != classes:
-        raise ValueError(f"the data's classes {list(data_classes)} differ from the checkpoint's {list(classes)}")
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1; got {limit}")
-        ds = ds.subset(limit)
+    opened = open_dataset(data, split, in_chans=meta["in_chans"], load_size=meta["load_size"][0], classes=classes,
+                          report=lambda msg: None)   # unreadable files are returned in the result, by path
+    ds = opened.dataset if limit is None else opened.dataset.subset(limit)
     tf = EvalTransform(meta["input_size"], meta["mean"], meta["std"], meta["crop_pct"])
     loader = Loader(ds, tf, batch_size, train=False, workers=workers)
     result = evaluate(model, loader, len(classes), device)
-    skipped = list(loader.stats.skipped)
+    skipped = [*opened.skipped, *loader.stats.skipped]
     if result["n"] == 0:
         raise ValueError(f"none of the {len(ds)} images of {data} could be read: " + "; ".join(skipped[:5]))
+    if not math.isfinite(result["loss"]):
+        raise ValueError(f"{checkpoint} gives non-finite outputs (NaN or infinity) on {data}: its weights are broken")
     return dict(result, checkpoint=str(checkpoint), model=meta["model"], class_names=list(classes),
-                images=len(ds), skipped=skipped)
+                images=len(ds) + len(opened.skipped), skipped=skipped)
 
 
 def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.PathLike], topk: int = 3,
@@ -73,6 +66,10 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str | os.Path
             raise ValueError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
     with torch.inference_mode():
         probs = model(tf(torch.stack(batch)).to(device)).float().softmax(-1)
+    broken = [str(p) for p, row in zip(images, probs, strict=True) if not torch.isfinite(row).all()]
+    if broken:
+        raise ValueError(f"{checkpoint} gives non-finite outputs (NaN or infinity) for {', '.join(broken[:3])}"
+                         f"{' ...' if len(broken) > 3 else ''}: its weights are broken")
     k = min(topk, len(classes))
     top = probs.topk(k, dim=1)
     return [dict(image=str(p), top=[dict(label=classes[i], index=int(i), prob=float(v))

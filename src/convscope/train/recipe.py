@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mixing import classification_loss
+from ..data.mixing import classification_loss
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

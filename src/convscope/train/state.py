@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.loaders import Loader
 from .checkpoint import CheckpointManager, TrainingCheckpoint, rng_state_json, save_model_file, set_rng_state_json
 from .config import TrainConfig
 from .distributed import DistInfo, all_gather_tensors
-from .loaders import Loader
 from .recipe import ModelEma, WarmupCosine
 from .report import PhaseTimer
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from convscope.train.transforms import (
+from convscope.data.transforms import (
     EvalTransform,
     RandAugmentLite,
     TrainTransform,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convscope.train.mixing import (
+from convscope.data.mixing import (
     MixupCutMix,
     classification_loss,
     cutmix,

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope.train.datasets import FASHION_MNIST_DIR, ImageFolder, fashion_mnist, read_idx, synthetic
-from convscope.train.loaders import BatchRequest, Loader
-from convscope.train.mixing import MixupCutMix
-from convscope.train.transforms import EvalTransform, TrainTransform
+from convscope.data.datasets import FASHION_MNIST_DIR, ImageFolder, fashion_mnist, read_idx, synthetic
+from convscope.data.loaders import BatchRequest, Loader
+from convscope.data.mixing import MixupCutMix
+from convscope.data.transforms import EvalTransform, TrainTransform
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_image_folder_reads_and_resizes(tmp_path):
 
 
 def test_image_folder_cache_decodes_each_file_once(tmp_path, monkeypatch):
-    from convscope.train import datasets
-    from convscope.train.datasets import cache_fits
+    from convscope.data import datasets
+    from convscope.data.datasets import cache_fits
 
     root = _folder(tmp_path)
     plain = ImageFolder(root, load_size=16)

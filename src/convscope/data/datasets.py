@@ -2,9 +2,10 @@
 
 - `fashion_mnist()`: Fashion-MNIST (Xiao et al., arXiv 1708.07747) read from its idx files (the `.gz` files
   of Debian's dataset-fashion-mnist package by default), held in memory as one uint8 tensor.
-- `ImageFolder`: `root/<class>/<image>` directories decoded with PIL and resized to a square `load_size`;
-  unreadable files are reported by path and skipped, or raise, as the caller chooses. With `cache=True` each
-  image is decoded once and kept in memory as uint8 (for folders small enough to hold: `cache_fits`).
+- `ImageFolder`: `root/<class>/<image>` directories decoded with PIL (EXIF orientation applied) and resized to a
+  square `load_size`; unreadable files are reported by path and skipped, or raise, as the caller chooses. With
+  `cache=True` each image is decoded once and kept in memory as uint8 (for folders small enough to hold:
+  `cache_fits`).
 - `synthetic()`: a small learnable in-memory dataset for tests.
 
 `fetch_batch` gathers a batch of indices: one indexing operation for in-memory data, file by file for folders.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import warnings
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,11 @@ def synthetic(n: int = 512, num_classes: int = 4, size: int = 32, in_chans: int 
 
 
 # -- image folders -----------------------------------------------------------------------------------------------
+def print_warning(msg: str) -> None:
+    """A notice about the data as one line on stderr (whatever the Python warning filters say)."""
+    print(f"convscope: warning: {msg}", file=sys.stderr, flush=True)
+
+
 def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """A single-channel high-bit-depth image as uint8: 16-bit (PIL modes I;16*, and I holding 16-bit values)
     scaled by 255/65535, 32-bit integers by their full range, floats taken as [0, 1] (or [0, 255] when larger)."""
@@ -176,9 +182,14 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.nan_to_num(a * scale), 0, 255).round().astype(np.uint8)
 
 
+EXIF_ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)   # EXIF orientations that turn the image by 90 degrees (width and height swap)
+
+
 def probe_images(paths: Sequence[str], sample: int = 64) -> tuple[int, int, bool]:
     """(height, width, grayscale) of a folder's images from the headers of up to `sample` files spread over
-    `paths`: the median size, and whether every sampled file is single-channel."""
+    `paths`: the median size as displayed (after EXIF orientation), and whether every sampled file is
+    single-channel."""
     from PIL import Image
 
     if not paths:
@@ -189,6 +200,8 @@ def probe_images(paths: Sequence[str], sample: int = 64) -> tuple[int, int, bool
         try:
             with Image.open(p) as img:
                 w, h = img.size
+                if img.getexif().get(EXIF_ORIENTATION) in TURNED:
+                    w, h = h, w
                 gray = gray and (img.mode in ("1", "L", "LA", "P") and _palette_gray(img)
                                  or img.mode.startswith("I") or img.mode == "F")
         except Exception:  # unreadable files are reported by the header check; skip them here
@@ -209,12 +222,14 @@ def _palette_gray(img) -> bool:
 
 
 def load_image(path: str | os.PathLike, mode: str, load_size: int) -> torch.Tensor:
-    """Decode an image file with PIL into a uint8 (C, load_size, load_size) tensor: converted to `mode` ('RGB' or
-    'L'), shorter side resized to load_size, centre-cropped square."""
-    from PIL import Image
+    """Decode an image file with PIL into a uint8 (C, load_size, load_size) tensor: turned upright as its EXIF
+    orientation says, converted to `mode` ('RGB' or 'L'), shorter side resized to load_size, centre-cropped
+    square."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         img.draft(mode, (load_size, load_size))   # JPEG: decode at a reduced scale when that is enough
+        ImageOps.exif_transpose(img, in_place=True)
         if img.mode.startswith("I") or img.mode == "F":   # 16/32-bit integer or float: scale, do not saturate
             arr = _to_uint8(np.asarray(img), img.mode)
             if mode == "RGB":
@@ -234,6 +249,7 @@ class ImageFolder(Dataset):
     on_error: "skip" drops bad files (those found up front, and any that fail to decode later, which are reported
         with the batch they were in), "raise" stops with a ValueError naming the first bad file.
     classes: the class names to expect (e.g. a checkpoint's); by default the sorted subdirectory names.
+    report: where notices about the files go (one line each); by default `print_warning` (stderr).
     cache: keep every decoded image in memory (one uint8 tensor of N x C x load_size x load_size, filled as the
         images are first read), so each file is decoded once per process rather than once per epoch.
     """
@@ -251,7 +267,7 @@ class ImageFolder(Dataset):
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
         self.root, self.load_size, self.mode, self.on_error = root, int(load_size), mode, on_error
-        self.report = report or (lambda msg: warnings.warn(msg, stacklevel=2))
+        self.report = report or print_warning
         found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         given = classes
         if classes is None:
