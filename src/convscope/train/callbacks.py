@@ -4,9 +4,9 @@
 
     EMA, FitTimeBudget (budget.py), Evaluation, Checkpointing, Metrics, Progress
 
-so after a step the EMA is updated before a checkpoint holds it; at an epoch's end the evaluation runs before
-the best weights are chosen, the time budget re-plans before the checkpoint records the plan, and the metric files
-and the console line follow the checkpoint.
+so at an epoch's end the evaluation runs before the best weights are chosen and the metric files and the
+console line follow. Checkpoints are written once every callback has seen the event (`Loop.after_event`), so they
+hold every callback's state after it (the EMA's update, the time budget's plan, the epoch's record).
 """
 from __future__ import annotations
 
@@ -142,14 +142,14 @@ class Checkpointing(Callback):
             self.check_finite(loop, "the training loss", loop.loss_sum)
             self.check_finite(loop, "a weight")
         if due:
-            save_checkpoint(loop, self.manager, self.meta, self.extra)
+            loop.after_event(lambda: save_checkpoint(loop, self.manager, self.meta, self.extra))
 
     def on_epoch_end(self, loop: Loop, record: dict[str, Any]) -> None:
         scores = self.evaluation.scores
         if scores is not None and self._improves(scores[self.metrics.primary]):
             self.best = dict(epoch=loop.epoch, **{k: scores[k] for k in self.metrics.labels})
             self.save_weights(loop, "best.safetensors", loop.epoch, scores)
-        save_checkpoint(loop, self.manager, self.meta, self.extra)
+        loop.after_event(lambda: save_checkpoint(loop, self.manager, self.meta, self.extra))
 
     def on_fit_end(self, loop: Loop) -> None:
         self.save_weights(loop, "last.safetensors", loop.epochs, self.evaluation.final)
@@ -175,14 +175,13 @@ class Checkpointing(Callback):
 
 class Metrics(Callback):
     """The run's history, one record per epoch: metrics.jsonl and curves.png (`plot`, when matplotlib is there)
-    rewritten after each epoch's checkpoint, and the evaluator's files (e.g. confusion.json) at the end; rank 0
-    writes into `out`."""
+    rewritten after each epoch, and the evaluator's files (e.g. confusion.json) at the end; rank 0 writes into
+    `out`."""
 
     name = "metrics"
 
-    def __init__(self, out: str | Path, evaluation: Evaluation, plot: bool = True, title: str = "",
-                 write: bool = True) -> None:
-        self.out, self.evaluation, self.plot, self.title, self.write = Path(out), evaluation, plot, title, write
+    def __init__(self, out: str | Path, evaluation: Evaluation, plot: bool = True, title: str = "") -> None:
+        self.out, self.evaluation, self.plot, self.title = Path(out), evaluation, plot, title
         self.history: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
@@ -191,11 +190,9 @@ class Metrics(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = state["history"]
 
-    def on_validation(self, loop: Loop, record: dict[str, Any]) -> None:
-        self.history.append(record)   # before the epoch's checkpoint, which holds the history
-
     def on_epoch_end(self, loop: Loop, record: dict[str, Any]) -> None:
-        if not (self.write and loop.dist.is_main):
+        self.history.append(record)
+        if not loop.dist.is_main:
             return
         write_metrics(self.out / "metrics.jsonl", self.history)
         if self.plot:
@@ -205,7 +202,7 @@ class Metrics(Callback):
                         {f"{n}_{m.primary}": f"{n.upper()} {m.labels[m.primary]}" for n in names})
 
     def on_fit_end(self, loop: Loop) -> None:
-        if self.write and loop.dist.is_main:
+        if loop.dist.is_main:
             for name, content in self.evaluation.metrics.files(self.evaluation.final).items():
                 atomic_write_json(self.out / name, content)
 

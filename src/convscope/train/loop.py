@@ -11,14 +11,15 @@ gradient accumulation and clipping, the learning-rate schedule, DDP wrapping and
     on_fit_end, or on_exception(error) when the run fails
 
 A callback may change the planned length (`set_total_steps`: the cosine schedule ends there, and the run, in a
-partial last epoch when the end falls inside one) or end the run (`request_stop`). Each callback has a `name`
-and `state_dict()` / `load_state_dict()`; a checkpoint (state.py) holds them all with the loop's own state, so a
-resume from any checkpoint continues bit for bit.
+partial last epoch when the end falls inside one), end the run (`request_stop`), or ask for an action once every
+callback has seen the current event (`after_event`: a checkpoint written then holds every callback's state after
+it, whatever their order). Each callback has a `name` and `state_dict()` / `load_state_dict()`; a checkpoint
+(state.py) holds them all with the loop's own state, so a resume from any checkpoint continues bit for bit.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -89,6 +90,7 @@ class Loop:
         self.seen = 0                       # the samples in loss_sum
         self.lr = schedule.lr_at(0)         # the last step's learning rate
         self.step_samples = self.epoch_samples = self.samples = 0   # this rank's: last step, this epoch, this fit
+        self._pending: list[Callable[[], None]] = []   # after_event's actions
         self._ddp = self._step_module = task.train_module
         if self.dist.enabled:
             self._ddp = nn.parallel.DistributedDataParallel(
@@ -119,6 +121,10 @@ class Loop:
         (validation, checkpoint), then the fit ends."""
         self.set_total_steps(self.global_step)
 
+    def after_event(self, action: Callable[[], None]) -> None:
+        """Run `action` once every callback has seen the current event."""
+        self._pending.append(action)
+
     def fit(self) -> None:
         """Train to the planned end, calling the callbacks at each event."""
         try:
@@ -132,8 +138,11 @@ class Loop:
             raise
 
     def _emit(self, event: str, *args: Any) -> None:
+        self._pending = []
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
+        for action in self._pending:
+            action()
 
     def _train_epoch(self) -> float:
         """The epoch's remaining optimizer steps; returns its wall time."""

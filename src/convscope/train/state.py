@@ -86,19 +86,25 @@ def save_checkpoint(loop: Loop, manager: CheckpointManager, meta: Mapping[str, A
 
 def restore_checkpoint(loop: Loop, ck: TrainingCheckpoint) -> None:
     """Put a checkpoint back into `loop`: weights, optimizer, plan, position, every callback's state and every
-    generator. ValueError when the data or the callbacks differ from the checkpoint's."""
+    generator. ValueError when the data differ from the checkpoint's, or the callbacks with state (a callback
+    without state may come or go)."""
     data = data_description(loop)
     if ck.state["data"] != dict(data, epoch_order=ck.state["data"]["epoch_order"]):
         raise ValueError(f"the data differs from the checkpoint's: {ck.state['data']} vs {data}")
-    saved, names = ck.state["callbacks"], [cb.name for cb in loop.callbacks]
-    if sorted(saved) != sorted(names):
-        raise ValueError(f"the checkpoint {ck.path} was written with callbacks {sorted(saved)}; this run has "
-                         f"{sorted(names)}")
+    saved = {n: dict(js, **ck.tensors.get(n, {})) for n, js in ck.state["callbacks"].items()}
+    names = {cb.name for cb in loop.callbacks}
+    lost = sorted(n for n, st in saved.items() if st and n not in names)
+    missing = sorted(cb.name for cb in loop.callbacks if cb.name not in saved and cb.state_dict())
+    if lost or missing:
+        raise ValueError(f"the callbacks differ from the checkpoint's ({ck.path}): "
+                         + "; ".join([f"this run has no {lost} to take their state"] * bool(lost)
+                                     + [f"it holds no state for {missing}"] * bool(missing)))
     loop.load_state_dict(ck.state)
     loop.model.load_state_dict(ck.model)
     loop.optimizer.load_state_dict(ck.optimizer)
     for cb in loop.callbacks:
-        cb.load_state_dict(dict(saved[cb.name], **ck.tensors.get(cb.name, {})))
+        if cb.name in saved:
+            cb.load_state_dict(saved[cb.name])
     if loop.epoch < loop.epochs and ck.state["data"]["epoch_order"] != _order_digest(loop.train_loader, loop.epoch):
         raise ValueError("the training data order differs from the checkpoint's (did the dataset change?)")
     torch.set_rng_state(ck.rng[f"torch.rank{loop.dist.rank}"])
