@@ -4,6 +4,7 @@ same loop and callbacks as classification."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from convscope.train.budget import FitTimeBudget
 from convscope.train.callbacks import EMA, Checkpointing, Evaluation, Metrics
 from convscope.train.checkpoint import CheckpointManager, read_meta
 from convscope.train.datasets import TensorImageDataset
@@ -214,21 +216,22 @@ def test_callback_state_survives_a_checkpoint_round_trip(tmp_path):
         restore_checkpoint(bare, cbs["checkpointing"].manager.load(path))
 
 
-def test_stop_request_ends_the_run_after_that_step(tmp_path):
-    loop, cbs = _loop(tmp_path, StopAt(3), every=3)
+@pytest.mark.parametrize("stop", [1, 3])   # 1: inside the warm-up (2 steps), which the stop shortens
+def test_stop_request_ends_the_run_after_that_step(tmp_path, stop):
+    loop, cbs = _loop(tmp_path, StopAt(stop), every=3)
     seed_all(1)
     loop.fit()
-    assert (loop.global_step, loop.epochs, loop.total_steps) == (3, 1, 3)
+    assert (loop.global_step, loop.epochs, loop.total_steps) == (stop, 1, stop)
     history = cbs["metrics"].history
-    assert [h["step"] for h in history] == [3] and "mse" in history[0] and "ema_mse" in history[0]
+    assert [h["step"] for h in history] == [stop] and "mse" in history[0] and "ema_mse" in history[0]
     assert read_meta(tmp_path / "last.safetensors")["epoch"] == 1
-    assert [p.name for p in cbs["checkpointing"].manager.list()] == ["step-00000003"]
-    state = json.loads((tmp_path / "checkpoints" / "step-00000003" / "state.json").read_text())
+    assert [p.name for p in cbs["checkpointing"].manager.list()] == [f"step-{stop:08d}"]
+    state = json.loads((tmp_path / "checkpoints" / f"step-{stop:08d}" / "state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["epochs"]) == (1, 0, 1)   # the stop is the plan
-    resumed, _ = _loop(tmp_path, StopAt(3), every=3)
-    restore_checkpoint(resumed, cbs["checkpointing"].manager.load())
+    resumed, _ = _loop(tmp_path, every=3)
+    restore_checkpoint(resumed, cbs["checkpointing"].manager.load())   # the shortened warm-up is put back too
     resumed.fit()
-    assert resumed.global_step == 3 and resumed.total_steps == 3
+    assert resumed.global_step == stop and resumed.total_steps == stop
 
 
 def test_a_second_task_trains_checkpoints_and_resumes_bit_for_bit(tmp_path):
@@ -266,3 +269,17 @@ def test_a_second_task_trains_checkpoints_and_resumes_bit_for_bit(tmp_path):
 def test_sub_second_durations_are_not_rounded_to_zero():
     assert [format_duration(s) for s in (0.5, 0.042, 2.34, 9.96, 12, 59.4, 61, 3725)] == \
         ["0.5s", "0.042s", "2.3s", "10s", "12s", "59s", "1m01s", "1h02m05s"]
+
+
+def test_time_budget_plans_the_second_task_and_names_a_sub_second_budget(tmp_path):
+    """0.5 s is spent before the first epoch ends (too short to time step by step): the plan is one step more,
+    inside epoch 2, and the line says 0.5s (it said 0s)."""
+    lines: list[str] = []
+    budget = FitTimeBudget(0.5, time.perf_counter(), 8, 8, 1, log=lines.append, warn=lines.append)
+    loop, cbs = _loop(tmp_path, budget, every=0)
+    seed_all(1)
+    loop.fit()
+    assert len(lines) == 1 and lines[0].startswith("time budget 0.5s: measured ") and "(5 steps) fit" in lines[0]
+    assert [h["step"] for h in cbs["metrics"].history] == [4, 5] and loop.total_steps == 5
+    state = json.loads((tmp_path / "checkpoints" / "step-00000005" / "state.json").read_text())
+    assert state["callbacks"]["time_budget"] == {"fitted": True} and state["schedule"]["total_steps"] == 5
