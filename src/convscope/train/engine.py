@@ -95,8 +95,9 @@ def _model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple[nn.M
 
 
 def _callbacks(cfg: TrainConfig, task: ClassificationTask, eval_loader: Loader, ckpts: CheckpointManager, *,
-               meta: dict, title: str, plot: bool, console: Console, dist: DistInfo, t_start: float) -> list[Callback]:
-    """The loop's plug-ins, in the order they act (callbacks.py)."""
+               meta: dict, title: str, plot: bool, console: Console, dist: DistInfo,
+               t_start: float) -> dict[str, Callback]:
+    """The loop's plug-ins by name, in the order they act (callbacks.py)."""
     ema = EMA(task.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
     models = {"": task.model, **({"ema": ema.module} if ema is not None else {})}
     evaluation = Evaluation(task, eval_loader, models, cfg.eval_every)
@@ -108,7 +109,8 @@ def _callbacks(cfg: TrainConfig, task: ClassificationTask, eval_loader: Loader, 
     checkpointing = Checkpointing(ckpts, evaluation, models[weights], weights or "model", meta, cfg.checkpoint_every,
                                   dict(config=cfg.to_dict()), DIVERGED_HINT)
     metrics = Metrics(ckpts.directory.parent, evaluation, plot, title)
-    return [cb for cb in (ema, budget, evaluation, checkpointing, metrics, Progress(console, evaluation)) if cb]
+    return {cb.name: cb for cb in (ema, budget, evaluation, checkpointing, metrics, Progress(console, evaluation))
+            if cb is not None}
 
 
 def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> TrainResult:
@@ -141,8 +143,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
                             total_steps)
     callbacks = _callbacks(cfg, task, eval_loader, ckpts, meta=meta, title=f"{meta['model']} on {spec.description}",
                            plot=plot, console=console, dist=dist, t_start=t_start)
-    loop = Loop(task, optimizer, schedule, train_loader, callbacks=callbacks, accum_steps=cfg.accum_steps,
-                clip_grad=cfg.clip_grad, dist=dist, compile=cfg.compile, timer=timer)
+    loop = Loop(task, optimizer, schedule, train_loader, callbacks=list(callbacks.values()),
+                accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad, dist=dist, compile=cfg.compile, timer=timer)
 
     # -- fresh start or resume ---------------------------------------------------------------------------------
     if cfg.resume:
@@ -167,14 +169,14 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
     # -- the run -----------------------------------------------------------------------------------------------
     loop.fit()
     _report_skipped(console, train_loader, eval_loader)
-    evaluation, checkpointing, metrics = (next(cb for cb in callbacks if isinstance(cb, kind))
-                                          for kind in (Evaluation, Checkpointing, Metrics))
-    final = dict(evaluation.final, **checkpointing.best_scores(), class_names=list(spec.classes))
+    final = dict(callbacks["evaluation"].final, **callbacks["checkpointing"].best_scores(),
+                 class_names=list(spec.classes))
     barrier(dist)
-    ema = next((cb.module for cb in callbacks if isinstance(cb, EMA)), None)
-    return TrainResult(out=out, model=model, ema=ema, history=metrics.history, final=final, timers=timer.summary(),
-                       wall_s=time.perf_counter() - t_start, train_images=loop.samples * dist.world_size,
-                       resumed_from=loop.resumed_from, rank=dist.rank, meta=meta)
+    ema = callbacks["ema"].module if "ema" in callbacks else None
+    return TrainResult(out=out, model=model, ema=ema, history=callbacks["metrics"].history, final=final,
+                       timers=timer.summary(), wall_s=time.perf_counter() - t_start,
+                       train_images=loop.samples * dist.world_size, resumed_from=loop.resumed_from, rank=dist.rank,
+                       meta=meta)
 
 
 def _report_skipped(console: Console, train_loader: Loader, eval_loader: Loader) -> None:

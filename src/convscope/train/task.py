@@ -110,9 +110,9 @@ class ClassificationTask:
     """Images (B, C, H, W) and class indices (or Mixup/CutMix soft targets); cross-entropy with label smoothing,
     an optional multi-sample dropout head (recipe.TrainModule), bf16 autocast and channels-last when asked."""
 
-    def __init__(self, model: nn.Module, class_names: Sequence[str], device: torch.device, *, dist: DistInfo | None =
-                 None, label_smoothing: float = 0.0, amp: str = "fp32", channels_last: bool = False,
-                 msd_samples: int = 0, msd_drop: float = 0.5) -> None:
+    def __init__(self, model: nn.Module, class_names: Sequence[str], device: torch.device, *,
+                 dist: DistInfo | None = None, label_smoothing: float = 0.0, amp: str = "fp32",
+                 channels_last: bool = False, msd_samples: int = 0, msd_drop: float = 0.5) -> None:
         self.model, self.device, self.amp, self.label_smoothing = model, device, amp, label_smoothing
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.train_module = TrainModule(model, msd_samples, msd_drop)
