@@ -91,7 +91,7 @@ class Loop:
         self.lr = schedule.lr_at(0)         # the last step's learning rate
         self.step_samples = self.epoch_samples = self.samples = 0   # this rank's: last step, this epoch, this fit
         self._pending: list[Callable[[], None]] = []   # after_event's actions
-        self._ddp = self._step_module = task.train_module
+        self._ddp: nn.Module = task.train_module
         if self.dist.enabled:
             self._ddp = nn.parallel.DistributedDataParallel(
                 task.train_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
