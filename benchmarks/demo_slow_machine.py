@@ -96,7 +96,7 @@ def main() -> int:
     from demo import CONFIG
 
     from convscope.deploy.machine import cpu_isa
-    from convscope.train import engine, train
+    from convscope.train import budget, train
 
     threads = args.threads or len(os.sched_getaffinity(0))
     left = DEMO_BUDGET_S - PROFILE_RESERVE_S - args.startup_s
@@ -111,7 +111,7 @@ def main() -> int:
     if args.plan_only:
         return 0
     shutil.rmtree(cfg.out, ignore_errors=True)
-    engine.TimeBudget = simulated_budget_class(args.img_per_s, args.startup_s)
+    budget.TimeBudget = simulated_budget_class(args.img_per_s, args.startup_s)
     load_before = load_average()
     t0 = time.perf_counter()
     result = train(cfg)

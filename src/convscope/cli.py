@@ -534,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:   # --help, --version (0) and usage errors (2), already printed
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    from .train.engine import TrainingDiverged
+    from .train.callbacks import TrainingDiverged
     try:
         return int(args.func(args) or 0)
     except TrainingDiverged as e:

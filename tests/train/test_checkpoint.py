@@ -157,7 +157,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     model(torch.randn(2, 1, 32, 32)).sum().backward()
     opt.step()
     mgr.save(1, model=model.state_dict(), optimizer=opt.state_dict(), state={"epoch": 0}, meta=META,
-             rng={"torch.rank0": torch.get_rng_state()}, ema=model.state_dict())
+             rng={"torch.rank0": torch.get_rng_state()}, tensors={"ema": model.state_dict()})
     save_model_file(tmp_path / "best.safetensors", model.state_dict(), META)
 
     def forbidden(*args, **kwargs):

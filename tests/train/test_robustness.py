@@ -85,17 +85,17 @@ def test_lr_inf_and_huge_are_refused(tmp_path, capsys):
 
 
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    import convscope.train.engine as engine
+    import convscope.train.task as task
 
     calls = {"n": 0}
-    real = engine.loss_fn
+    real = task.loss_fn
 
     def loss_fn(logits, targets, smoothing):   # NaN from the 6th micro-step on: epoch 2 of 4 steps each
         calls["n"] += 1
         loss = real(logits, targets, smoothing)
         return loss * float("nan") if calls["n"] >= 6 else loss
 
-    monkeypatch.setattr(engine, "loss_fn", loss_fn)
+    monkeypatch.setattr(task, "loss_fn", loss_fn)
     out = tmp_path / "run"
     rc = main([*BASE, "--epochs", "3", "--out", str(out)])
     err = capsys.readouterr().err

@@ -7,11 +7,18 @@ that many steps would have had. The plan is in steps, so the last epoch may be a
 whole epochs). At every epoch end the plan is checked against the pace the last epoch really had (evaluation and
 checkpoint included) and shortened if the machine became slower; it is never lengthened. The plan is checkpointed,
 so a resumed run keeps it.
+
+`TimeBudget` does the arithmetic; `FitTimeBudget` is the loop's callback that times the run and plans it.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import Any
+
+from .loop import Callback, Loop
+from .report import format_duration
 
 # Evaluation runs the forward pass only: about a third of a training step's work per image. 0.5 is on the safe side.
 EVAL_COST = 0.5
@@ -91,3 +98,74 @@ class TimeBudget:
         """At an epoch end: the planned total steps, shortened (never lengthened) if the rest no longer fits at
         `step_s` per step (the last epoch's pace, its evaluation included)."""
         return min(planned, max(done, self.fit_steps(done, step_s)))
+
+
+class FitTimeBudget(Callback):
+    """Fits the run's planned steps to `seconds` counted from `t_start` (perf_counter time), at most the loop's
+    plan at the start (--epochs): once after the first timed steps (or after the first epoch, when it is too short
+    to time step by step), then shortened at each epoch end if the pace (evaluation included) fell. `log` and
+    `warn` say what was decided. Its state is whether the plan was made: a resumed run keeps the checkpointed plan
+    and fits no more (its clock started again)."""
+
+    name = "time_budget"
+
+    def __init__(self, seconds: float, t_start: float, images_per_step: int, eval_images: int, eval_every: int,
+                 log: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> None:
+        self.seconds, self.t_start = seconds, t_start
+        self.images_per_step, self.eval_images, self.eval_every = images_per_step, eval_images, eval_every
+        self.log, self.warn = log, warn
+        self.fitted = False
+        self.budget: TimeBudget | None = None   # None once fitted in an earlier process: nothing left to do
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(fitted=self.fitted)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fitted = bool(state["fitted"])
+
+    def on_fit_start(self, loop: Loop) -> None:
+        self.max_steps = loop.total_steps
+        if not self.fitted:
+            self.budget = TimeBudget(self.seconds, self.t_start, loop.steps_per_epoch, loop.epochs,
+                                     self.images_per_step, self.eval_images, self.eval_every,
+                                     loop.schedule.warmup_steps)
+
+    def on_epoch_start(self, loop: Loop) -> None:
+        self.t_epoch = time.perf_counter()
+
+    def on_step_end(self, loop: Loop) -> None:
+        b = self.budget
+        if b is not None and not self.fitted:
+            total = b.after_step(loop.global_step)
+            if total is not None:
+                self._plan(loop, total, f"{b.images_per_step / b.step_s:.0f} img/s over steps 3-{b.probe_steps + 2}")
+
+    def on_validation(self, loop: Loop, record: dict[str, Any]) -> None:
+        """An epoch too short to time step by step: fit from the epoch's pace (before its evaluation is due)."""
+        b = self.budget
+        if b is not None and not self.fitted:
+            epoch_time = record["epoch_time_s"]
+            b.step_s = epoch_time / max(loop.global_step - (loop.resumed_from or 0), 1)
+            speed = f"{loop.epoch_samples / max(epoch_time, 1e-9):.0f} img/s over epoch {loop.epoch}"
+            self._plan(loop, b.fit_steps(loop.global_step, b.step_s), speed)
+
+    def on_epoch_end(self, loop: Loop, record: dict[str, Any]) -> None:
+        """Shorten the plan when the epoch's pace, its evaluation included, no longer fits it."""
+        if self.budget is None or not self.fitted or loop.epoch >= loop.epochs:
+            return
+        pace = (time.perf_counter() - self.t_epoch) / max(loop.global_step - (loop.epoch - 1) * loop.steps_per_epoch, 1)
+        fitted = self.budget.refit(loop.global_step, loop.total_steps, pace)
+        if fitted < loop.total_steps:
+            self.warn(f"the machine got slower: {fitted} steps fit in the time budget instead of {loop.total_steps}; "
+                      "the schedule ends there")
+            loop.set_total_steps(fitted)
+
+    def _plan(self, loop: Loop, total_steps: int, speed: str) -> None:
+        """Fix the run's length to what fits (at most the plan it started with) and say why."""
+        b = self.budget
+        self.fitted = True
+        loop.set_total_steps(max(1, min(total_steps, self.max_steps)))
+        self.log(f"time budget {format_duration(b.seconds)}: measured {speed}, "
+                 f"~{format_duration(b.epoch_estimate(b.step_s))} per epoch with evaluation; "
+                 f"{loop.total_steps / loop.steps_per_epoch:.2f} of at most {b.max_epochs} epochs "
+                 f"({loop.total_steps} steps) fit ({format_duration(b.elapsed())} used so far)")

@@ -4,11 +4,11 @@ A run directory holds:
 
     checkpoints/step-00000468/   one directory per checkpoint, the last `keep_last` kept
         model.safetensors        the weights, with the model description in the safetensors metadata
-        ema.safetensors          the EMA weights (when EMA is on)
         optimizer.safetensors    the optimizer's tensors (AdamW moments and step counts)
         rng.safetensors          torch (and CUDA) generator states, one per rank
-        state.json               epoch, step, schedule, data order, metric history, optimizer hyper-parameters,
-                                 numpy and python RNG states
+        <name>.safetensors       a callback's tensors, e.g. ema.safetensors: the EMA weights (when EMA is on)
+        state.json               epoch, step, schedule, data order, the callbacks' states (metric history, best
+                                 score, ...), optimizer hyper-parameters, numpy and python RNG states
     best.safetensors             the weights that scored best so far (self-describing, for eval/predict)
     last.safetensors             the final weights
 
@@ -39,8 +39,10 @@ from ..models.weights import save_weights
 
 META_KEY = "convscope"
 WEIGHTS_FORMAT = "convscope-weights/1"
-STATE_FORMAT = "convscope-train-state/1"
+STATE_FORMAT = "convscope-train-state/2"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+_TENSOR_FILE = re.compile(r"^[a-z][a-z0-9_]*$")
+_OWN_FILES = frozenset({"model", "optimizer", "rng"})
 
 
 # -- self-describing weights files -------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ class TrainingCheckpoint:
 
     path: Path
     model: dict[str, torch.Tensor]
-    ema: dict[str, torch.Tensor] | None
+    tensors: dict[str, dict[str, torch.Tensor]]   # the callbacks' tensors by callback name (e.g. "ema")
     optimizer: dict[str, Any]
     rng: dict[str, torch.Tensor]
     state: dict[str, Any]
@@ -226,8 +228,15 @@ class CheckpointManager:
 
     def save(self, step: int, *, model: Mapping[str, torch.Tensor], optimizer: Mapping[str, Any],
              state: Mapping[str, Any], meta: Mapping[str, Any], rng: Mapping[str, torch.Tensor],
-             ema: Mapping[str, torch.Tensor] | None = None) -> Path:
-        """Write checkpoint `step` and prune old ones; returns its directory."""
+             tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Path:
+        """Write checkpoint `step` and prune old ones; returns its directory. `tensors` maps a name to the
+        tensors of `<name>.safetensors`, which carries the model description `meta` too (ema.safetensors is a
+        weights file eval and predict take)."""
+        tensors = dict(tensors or {})
+        bad = [n for n in tensors if not _TENSOR_FILE.match(n) or n in _OWN_FILES]
+        if bad:
+            raise ValueError(f"checkpoint tensor names must be lower-case identifiers other than "
+                             f"{sorted(_OWN_FILES)}; got {bad}")
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"step-{step:08d}"
         tmp = self.directory / f".tmp-{name}-{os.getpid()}"
@@ -235,12 +244,13 @@ class CheckpointManager:
         tmp.mkdir()
         try:
             save_model_file(tmp / "model.safetensors", model, dict(meta, weights="model"))
-            if ema is not None:
-                save_model_file(tmp / "ema.safetensors", ema, dict(meta, weights="ema"))
+            for group, values in tensors.items():
+                save_model_file(tmp / f"{group}.safetensors", values, dict(meta, weights=group))
             opt_tensors, opt_json = optimizer_to_tensors(optimizer)
             save_weights(opt_tensors, tmp / "optimizer.safetensors")
             save_weights(dict(rng), tmp / "rng.safetensors")
-            atomic_write_json(tmp / "state.json", dict(state, format=STATE_FORMAT, optimizer=opt_json))
+            atomic_write_json(tmp / "state.json", dict(state, format=STATE_FORMAT, optimizer=opt_json,
+                                                       tensor_files=sorted(tensors)))
             fsync_dir(tmp)
             final = self.directory / name
             old = None
@@ -293,8 +303,11 @@ class CheckpointManager:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{path}: unsupported state format {state.get('format')!r}; expected {STATE_FORMAT}")
         opt_json = state.pop("optimizer")
-        ema = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").is_file() else None
+        names = state.pop("tensor_files")
+        if not all(isinstance(n, str) and _TENSOR_FILE.match(n) and n not in _OWN_FILES for n in names):
+            raise ValueError(f"{path}: state.json names impossible tensor files {names!r}")
         return TrainingCheckpoint(
-            path=path, model=load_file(str(path / "model.safetensors")), ema=ema,
+            path=path, model=load_file(str(path / "model.safetensors")),
+            tensors={n: load_file(str(path / f"{n}.safetensors")) for n in names},
             optimizer=optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")), opt_json),
             rng=load_file(str(path / "rng.safetensors")), state=state, meta=read_meta(path / "model.safetensors"))

@@ -9,7 +9,6 @@ from torch import nn
 
 from ..data.loaders import Loader
 from .distributed import DistInfo, all_reduce_sum
-from .state import RunState
 
 
 @torch.no_grad()
@@ -46,9 +45,3 @@ def evaluate(model: nn.Module, loader: Loader, num_classes: int, device: torch.d
                 loss=float(loss_sum) / total, n=int(n),
                 confusion=confusion.view(num_classes, num_classes).cpu().tolist())
 
-
-def evaluate_run(run: RunState, model: nn.Module) -> dict[str, Any]:
-    """`evaluate` with a run's eval loader, classes, device, dtype and memory format (the model's or the EMA's)."""
-    cfg = run.cfg
-    return evaluate(model, run.eval_loader, run.meta["num_classes"], run.device, cfg.amp, cfg.channels_last,
-                    run.dist)

@@ -5,7 +5,7 @@ import io
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,11 @@ class PhaseTimer:
 
 
 def format_duration(seconds: float) -> str:
+    """'1h02m03s', '2m03s', '12s'; under 10 s to a tenth ('2.5s'), under 0.1 s to two digits ('0.042s'), so that a
+    short duration never reads as 0s."""
+    if seconds < 9.95:
+        text = f"{seconds:.1f}" if seconds >= 0.095 or seconds <= 0 else f"{seconds:.2g}"
+        return text.removesuffix(".0") + "s"
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -65,26 +70,32 @@ def strict_json(obj: Any) -> Any:
     return obj
 
 
-def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "") -> None:
-    """Loss and accuracy per epoch as a PNG (matplotlib, Agg backend)."""
+ACCURACY = {"top1": "top-1", "top5": "top-5"}
+
+
+def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "",
+                scores: Mapping[str, str] = ACCURACY, axis: str = "accuracy (%)",
+                dashed: Mapping[str, str] | None = None) -> None:
+    """Loss and scores per epoch as a PNG (matplotlib, Agg backend): `scores` maps the records' keys to the
+    legend, `dashed` too for scores drawn dashed (an EMA's, default: ema_top1 as "EMA top-1")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    dashed = {"ema_top1": "EMA top-1"} if dashed is None else dashed
     epochs = [r["epoch"] for r in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ev = [r for r in history if "eval_loss" in r]
     if ev:
         ax1.plot([r["epoch"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval")
-        ax2.plot([r["epoch"] for r in ev], [r["top1"] for r in ev], "o-", label="top-1")
-        ax2.plot([r["epoch"] for r in ev], [r["top5"] for r in ev], "o-", label="top-5")
-        if any("ema_top1" in r for r in ev):
-            ax2.plot([r["epoch"] for r in ev if "ema_top1" in r], [r["ema_top1"] for r in ev if "ema_top1" in r],
-                     "o--", label="EMA top-1")
+    for keys, style in ((scores, "o-"), (dashed, "o--")):
+        for key, label in keys.items():
+            if any(key in r for r in ev):
+                ax2.plot([r["epoch"] for r in ev if key in r], [r[key] for r in ev if key in r], style, label=label)
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax2.set(xlabel="epoch", ylabel=axis, title=axis.split(" (")[0])
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:   # no evaluated epoch yet: nothing to label on the accuracy axes
@@ -108,6 +119,9 @@ def _same_terminal() -> bool:
                                                                                  os.fstat(sys.stderr.fileno()))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+SHOWN = (("top1", "top-1 {:.2f}%"), ("top5", "top-5 {:.2f}%"), ("ema_top1", "EMA top-1 {:.2f}%"))
 
 
 class Console:
@@ -186,12 +200,11 @@ class Console:
         ips = self._epoch_images / max(now - self._epoch_t0, 1e-9)
         self.progress.update(self.epoch_task, advance=1, info=f"loss {loss():.4f}  {ips:7.0f} img/s")
 
-    def epoch_end(self, record: dict[str, Any], eta_s: float | None) -> None:
+    def epoch_end(self, record: dict[str, Any], eta_s: float | None,
+                  shown: Sequence[tuple[str, str]] = SHOWN) -> None:
+        """The epoch's line: loss, the `shown` scores the record has (key, format), lr, speed, time, ETA."""
         parts = [f"epoch {record['epoch']:>3}", f"loss {record['train_loss']:.4f}"]
-        if "top1" in record:
-            parts += [f"top-1 {record['top1']:.2f}%", f"top-5 {record['top5']:.2f}%"]
-        if "ema_top1" in record:
-            parts.append(f"EMA top-1 {record['ema_top1']:.2f}%")
+        parts += [fmt.format(record[key]) for key, fmt in shown if key in record]
         parts += [f"lr {record['lr']:.2e}", f"{record['train_img_per_s']:.0f} img/s",
                   f"{record['epoch_time_s']:.1f} s"]
         if eta_s is not None:

@@ -9,9 +9,10 @@ from typing import Any
 
 from torch import nn
 
+from .config import TrainConfig
+from .loop import Loop
 from .pipeline import DataSpec
 from .report import format_duration
-from .state import RunState
 
 
 @dataclass
@@ -31,14 +32,14 @@ class TrainResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def describe_run(run: RunState, spec: DataSpec) -> str:
+def describe_run(cfg: TrainConfig, spec: DataSpec, loop: Loop, name: str) -> str:
     """The line a run opens with: model, data, schedule, global batch, dtype and device."""
-    cfg, dist = run.cfg, run.dist
-    n_params = sum(p.numel() for p in run.model.parameters())
-    return (f"{run.meta['model']}: {n_params / 1e6:.3f} M parameters, input {spec.in_chans}x{spec.input_size[0]}x"
+    dist = loop.dist
+    n_params = sum(p.numel() for p in loop.model.parameters())
+    return (f"{name}: {n_params / 1e6:.3f} M parameters, input {spec.in_chans}x{spec.input_size[0]}x"
             f"{spec.input_size[1]}, {len(spec.classes)} classes; {spec.description}; "
-            f"{run.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch "
-            f"{cfg.batch_size * cfg.accum_steps * dist.world_size}, {cfg.amp}, {run.device}"
+            f"{loop.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch "
+            f"{cfg.batch_size * cfg.accum_steps * dist.world_size}, {cfg.amp}, {loop.device}"
             + (f", {dist.world_size} processes" if dist.enabled else ""))
 
 
