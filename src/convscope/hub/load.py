@@ -18,8 +18,8 @@ from torch import nn
 from ..models.registry import create_model, official_converter, resolve_name
 from ..models.weights import read_state_dict, save_weights
 from .adapt import adapt_input_conv, transfer_layers
-from .download import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
 from .registry import HUB, MANUAL, RELEASES, SAFETENSORS, TIMM, Release, find_release, release_by_tag
+from .remote import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
 
 logger = logging.getLogger(__name__)
 
@@ -211,12 +211,22 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str | os.Pat
     return LoadReport(path, release, keys, tuple(reset), tuple(adapted), tuple(notes))
 
 
+def check_release_keys(release: Release, state_dict: dict[str, torch.Tensor]) -> None:
+    """ValueError in one line unless `state_dict`, in the release's key convention, maps onto the keys and shapes of
+    its variant (classifier aside). The variant is built on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        model = create_model(release.model)
+    ours, _ = _to_our_keys(model, dict(state_dict), release.keys)
+    own = model.state_dict()
+    _check_fit(release.model, ours, own, _adapt_head(ours, own, transfer_layers(release.model)[1]))
+
+
 def import_file(path: str | os.PathLike, tag: str) -> Path:
     """Verify a weights file downloaded by hand for the release `tag`, and cache it for `pretrained=tag`.
 
     The file is read without unpickling anything but tensors, checked against the release's SHA-256 (when the
-    publisher gives one) and against the variant (its converter must map it onto the model's keys and shapes,
-    classifier aside), then written as `<tag>.safetensors` in torch.hub's checkpoint directory (atomically)."""
+    publisher gives one) and against the variant (`check_release_keys`), then written as `<tag>.safetensors` in
+    torch.hub's checkpoint directory (atomically), in the release's own keys."""
     release = release_by_tag(tag)
     path = Path(path).expanduser()
     if not path.is_file():
@@ -226,9 +236,5 @@ def import_file(path: str | os.PathLike, tag: str) -> Path:
         if got != release.sha256:
             raise ValueError(f"{path} has SHA-256 {got}; {tag} is published with {release.sha256}")
     sd = read_state_dict(path)
-    with torch.device("meta"):
-        model = create_model(release.model)
-    ours, _ = _to_our_keys(model, dict(sd), release.keys)
-    own = model.state_dict()
-    _check_fit(release.model, ours, own, _adapt_head(ours, own, transfer_layers(release.model)[1]))
+    check_release_keys(release, sd)
     return save_weights(sd, imported_path(release), metadata={"tag": tag, "keys": release.keys})

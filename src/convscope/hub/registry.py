@@ -76,8 +76,8 @@ class Release:
             problems.append(f"keys must be one of {KEY_CONVENTIONS}; got {self.keys!r}")
         if self.sha256 is not None and not _SHA256.match(self.sha256):
             problems.append(f"sha256 must be 64 lower-case hex digits; got {self.sha256!r}")
-        if self.source == URL and not self.location.startswith("https://"):
-            problems.append(f"a url release needs an https:// location; got {self.location!r}")
+        if self.source in (URL, MANUAL) and not self.location.startswith(("https://", "http://")):
+            problems.append(f"a {self.source} release needs an http(s) location; got {self.location!r}")
         if self.source == HUB and (self.location.count("/") != 1 or not self.filename):
             problems.append(f"a hf-hub release needs 'org/repo' and a filename; got {self.location!r}, "
                             f"{self.filename!r}")
