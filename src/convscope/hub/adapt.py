@@ -14,8 +14,8 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
     One channel: the filters summed over the input channels (a grey image x gives what the original gives on x
     repeated in every channel); when the weight has a multiple of 3 channels, each group of three is summed. More
-    channels: the RGB filters repeated and cut to `in_chans`, scaled by 3 / in_chans (so an image with all channels
-    equal gives the same output as before). ValueError for any other change.
+    channels: the RGB filters repeated and cut to `in_chans`, scaled by 3 / in_chans (for a multiple of 3
+    channels, an image with all channels equal gives the same output as before). ValueError for any other change.
     """
     if weight.dim() != 4:
         raise ValueError(f"an input convolution weight has 4 dimensions; got shape {tuple(weight.shape)}")

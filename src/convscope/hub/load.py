@@ -141,7 +141,7 @@ def _adapt_head(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], heads
     """Drop the classifier tensors that do not fit the model (another number of classes, or no classifier);
     the model keeps its freshly initialised ones. Returns the dropped keys."""
     dropped = []
-    for key in [k for k in sd if k.rpartition(".")[0] in heads]:
+    for key in sorted(k for k in sd if k.rpartition(".")[0] in heads):
         if key not in own or own[key].shape != sd[key].shape:
             del sd[key]
             dropped.append(key)
