@@ -36,7 +36,7 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(dtype)
 
 
-def _classifier_names(model: nn.Module, num_classes: int) -> list[str]:
+def classifier_names(model: nn.Module, num_classes: int) -> list[str]:
     """Names of the Linear layers that give class scores (`num_classes` outputs: the head, VOLO's aux_head, ...)."""
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
 
@@ -56,7 +56,7 @@ def transfer_layers(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
     with torch.device("meta"):
         model = create_model(name, num_classes=1000, in_chans=3)
-    return tuple(_input_conv_names(model, 3)), tuple(_classifier_names(model, 1000))
+    return tuple(_input_conv_names(model, 3)), tuple(classifier_names(model, 1000))
 
 
 def pretrained_cfg_layers(name: str) -> dict[str, str | tuple[str, ...] | None]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..models.registry import create_model, official_converter, resolve_name
 from ..models.weights import read_state_dict, save_weights
-from .adapt import adapt_input_conv, transfer_layers
+from .adapt import adapt_input_conv, classifier_names, transfer_layers
 from .registry import HUB, MANUAL, RELEASES, SAFETENSORS, TIMM, Release, find_release, release_by_tag
 from .remote import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
 
@@ -215,10 +215,10 @@ def check_release_keys(release: Release, state_dict: dict[str, torch.Tensor]) ->
     """ValueError in one line unless `state_dict`, in the release's key convention, maps onto the keys and shapes of
     its variant (classifier aside). The variant is built on the meta device: nothing is allocated."""
     with torch.device("meta"):
-        model = create_model(release.model)
+        model = create_model(release.model, num_classes=1000)
     ours, _ = _to_our_keys(model, dict(state_dict), release.keys)
     own = model.state_dict()
-    _check_fit(release.model, ours, own, _adapt_head(ours, own, transfer_layers(release.model)[1]))
+    _check_fit(release.model, ours, own, _adapt_head(ours, own, tuple(classifier_names(model, 1000))))
 
 
 def import_file(path: str | os.PathLike, tag: str) -> Path:
