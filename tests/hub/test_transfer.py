@@ -39,6 +39,8 @@ def test_grey_model_equals_rgb_model_on_the_repeated_image(atto_file):
     assert report.stem_adapted == ("stem.0.weight (3 -> 1 channels)",) and report.head_reset == ()
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
+        # the stem conv itself (the LayerNorm after it would hide a wrong scale), then the logits
+        assert torch.allclose(grey.stem[0](x), rgb.stem[0](x.repeat(1, 3, 1, 1)), atol=1e-5, rtol=1e-5)
         assert torch.allclose(grey(x), rgb(x.repeat(1, 3, 1, 1)), atol=1e-4, rtol=1e-4)
 
 
