@@ -1,6 +1,7 @@
 """Fixtures for the hub tests: a loopback HTTP server serving generated checkpoints, isolated caches."""
 from __future__ import annotations
 
+import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,14 +20,35 @@ class _Files:
         self.requests: list[tuple[str, str | None]] = []
 
 
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
 def _handler(state: _Files) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def _missing(self) -> None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")   # what the Hub says for a file a repository lacks
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_HEAD(self) -> None:  # noqa: N802  (the Hub's metadata request, as huggingface_hub sends it)
+            state.requests.append(("HEAD " + self.path, None))
+            data = state.files.get(self.path)
+            if data is None:
+                self._missing()
+                return
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", HUB_COMMIT)
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+
         def do_GET(self) -> None:  # noqa: N802  (http.server's name)
             rng = self.headers.get("Range")
             state.requests.append((self.path, rng))
             data = state.files.get(self.path)
             if data is None:
-                self.send_error(404)
+                self._missing()
                 return
             start = int(rng.split("=")[1].split("-")[0]) if rng else 0
             self.send_response(206 if rng else 200)

@@ -156,6 +156,23 @@ def test_hub_release_from_a_seeded_cache_offline(caches):
         assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items())
 
 
+def test_hub_endpoint_on_loopback_downloads_once_with_the_bin_fallback(server, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    from huggingface_hub import constants
+    base, state = server
+    monkeypatch.setattr(constants, "ENDPOINT", base)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
+    source = _random_state_dict("convnext_atto")
+    state.files["/someone/atto/resolve/main/pytorch_model.bin"] = _torch_bytes(source)   # no model.safetensors
+    for _ in range(2):
+        model = _meta_model("convnext_atto")
+        report = hub.load_pretrained(model, "convnext_atto", "hf-hub:someone/atto")
+        assert report.path.name == "pytorch_model.bin" and report.release is None
+        assert torch.equal(model.stem[0].weight, source["stem.0.weight"])
+    gets = [p for p, _ in state.requests if "/resolve/" in p and not p.startswith("HEAD ")]
+    assert gets == ["/someone/atto/resolve/main/pytorch_model.bin"], "the second load downloaded again"
+
+
 def test_hub_release_not_cached_offline_says_so(caches):
     pytest.importorskip("huggingface_hub")
     hub.set_offline(True)

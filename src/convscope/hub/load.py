@@ -3,10 +3,12 @@ is unpickled beyond tensors), map its keys to convscope's with the family's conv
 input convolutions, load.
 
 `pretrained` may be True (the variant's default release), a tag (`convnext_tiny.fb_in1k`, or only `fb_in1k`),
-`hf-hub:org/repo` (its `model.safetensors`) or `hf-hub:org/repo/path/in/repo`, an http(s) URL, or a local path.
+`hf-hub:org/repo` (its `model.safetensors`, else its `pytorch_model.bin`, as timm's repositories hold them) or
+`hf-hub:org/repo/path/in/repo`, an http(s) URL, or a local path.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from torch import nn
 from ..models.registry import create_model, official_converter, resolve_name
 from ..models.weights import read_state_dict, save_weights
 from .adapt import adapt_input_conv, classifier_names, transfer_layers
-from .registry import HUB, MANUAL, RELEASES, SAFETENSORS, TIMM, Release, find_release, release_by_tag
+from .registry import HUB, MANUAL, PYTORCH_BIN, RELEASES, SAFETENSORS, TIMM, URL, Release, find_release, release_by_tag
 from .remote import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,15 @@ def imported_path(release: Release) -> Path:
     return checkpoint_dir() / f"{release.tag}.safetensors"
 
 
+def _url_dest(url: str, release: Release | None) -> Path:
+    """Where a URL's file is cached in torch.hub's checkpoint directory: the release's file name, else the URL's,
+    else `<tag>.pth`, else a name made from the URL's SHA-256."""
+    name = (release.filename if release else None) or url_file_name(url)
+    if name is None:
+        name = f"{release.tag}.pth" if release else f"url-{hashlib.sha256(url.encode()).hexdigest()[:16]}.pth"
+    return checkpoint_dir() / name
+
+
 def fetch(release: Release) -> Path:
     """The local file of a release: from the Hub cache or torch.hub's, downloading it when online; a manual
     release must have been imported (`import_file`). ValueError in one line saying what is missing and how to get it."""
@@ -58,9 +69,10 @@ def fetch(release: Release) -> Path:
     if release.source == MANUAL:
         raise ValueError(f"{release.tag} cannot be downloaded by a program; {_import_hint(release)}")
     if release.source == HUB:
-        return hub_download(release.location, release.filename, hint=_import_hint(release))
-    name = release.filename or f"{release.tag}.pth"
-    return download_url(release.location, checkpoint_dir() / name, release.sha256, hint=_import_hint(release))
+        fallback = PYTORCH_BIN if release.filename == SAFETENSORS else None
+        return hub_download(release.location, release.filename, hint=_import_hint(release), fallback=fallback)
+    return download_url(release.location, _url_dest(release.location, release), release.sha256,
+                        hint=_import_hint(release))
 
 
 def download(tag: str) -> Path:
@@ -103,11 +115,12 @@ def resolve(name: str, pretrained: bool | str | os.PathLike) -> tuple[Path, Rele
     if pretrained.startswith("hf-hub:"):
         repo_id, filename = _split_hub(pretrained)
         release = _matching_release(name, HUB, repo_id, filename)
-        return hub_download(repo_id, filename or SAFETENSORS), release
+        if filename is None:       # timm's layout: model.safetensors, else pytorch_model.bin
+            return hub_download(repo_id, SAFETENSORS, fallback=PYTORCH_BIN), release
+        return hub_download(repo_id, filename), release
     if pretrained.startswith(("http://", "https://")):
-        release = _matching_release(name, "url", pretrained, None)
-        dest = checkpoint_dir() / ((release.filename if release else None) or url_file_name(pretrained))
-        return download_url(pretrained, dest, release.sha256 if release else None), release
+        release = _matching_release(name, URL, pretrained, None)
+        return download_url(pretrained, _url_dest(pretrained, release), release.sha256 if release else None), release
     if _is_path(pretrained) or Path(pretrained).exists():
         path = Path(pretrained).expanduser()
         if not path.is_file():

@@ -49,12 +49,10 @@ def checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def url_file_name(url: str) -> str:
-    """The cache file name of a URL: the last part of its path, else a name made from its SHA-256."""
+def url_file_name(url: str) -> str | None:
+    """The file name at the end of a URL's path (`name.ext`), None when the path does not end in one."""
     name = Path(urlparse(url).path).name
-    if re.fullmatch(r"[A-Za-z0-9._-]+", name) and name not in (".", ".."):
-        return name
-    return "url-" + hashlib.sha256(url.encode()).hexdigest()[:16] + ".pth"
+    return name if re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.[A-Za-z0-9]+", name) else None
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -137,8 +135,11 @@ def download_url(url: str, dest: str | os.PathLike, sha256: str | None = None, *
     return dest
 
 
-def hub_download(repo_id: str, filename: str, *, revision: str | None = None, hint: str = "") -> Path:
-    """A file of a Hugging Face Hub repository, through huggingface_hub's cache (only the cache when offline).
+def hub_download(repo_id: str, filename: str, *, revision: str | None = None, hint: str = "",
+                 fallback: str | None = None) -> Path:
+    """A file of a Hugging Face Hub repository, through huggingface_hub's cache (only the cache when offline);
+    `fallback`: the file to take when the repository (or the cache) lacks `filename` (timm: pytorch_model.bin
+    for model.safetensors).
 
     ValueError in one line when huggingface_hub is not installed (naming the extra), when offline and the file
     is not cached (ending with `hint`), or when the Hub does not have it."""
@@ -146,14 +147,22 @@ def hub_download(repo_id: str, filename: str, *, revision: str | None = None, hi
         raise ValueError(f"downloading hf-hub:{repo_id} needs huggingface_hub, which is not installed: "
                          f"{HUB_EXTRA_HINT} (or pass the path of a local weights file)")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     offline = is_offline()
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline))
-    except LocalEntryNotFoundError:
-        why = "offline and it is not in the Hugging Face cache" if offline else "the Hub could not be reached"
+    except EntryNotFoundError as e:      # LocalEntryNotFoundError included: not in the cache, or Hub unreachable
+        if fallback is not None:
+            try:
+                return hub_download(repo_id, fallback, revision=revision)
+            except ValueError:
+                pass
+        if not isinstance(e, LocalEntryNotFoundError):
+            why = "the repository has no such file"
+        else:
+            why = "offline and it is not in the Hugging Face cache" if offline else "the Hub could not be reached"
         raise ValueError(f"hf-hub:{repo_id}/{filename}: {why}" + (f"; {hint}" if hint else "")) from None
-    except Exception as e:  # huggingface_hub's HTTP, repository and entry errors
+    except Exception as e:  # huggingface_hub's HTTP and repository errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"could not download hf-hub:{repo_id}/{filename}: {first}") from None
