@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -12,12 +13,14 @@ from convscope import hub
 
 class _Files:
     """What the server serves: path -> bytes; `short[path] = n` sends only the first n bytes of a file while
-    announcing its full length (a transfer that breaks off); `requests` records (path, Range header)."""
+    announcing its full length (a transfer that breaks off); `requests` records (path, Range header); `delay`
+    holds each body back."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.short: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.delay = 0.0        # seconds to wait before sending a body
 
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -57,6 +60,7 @@ def _handler(state: _Files) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data) - start))
             self.end_headers()
             body = data[start:state.short.get(self.path, len(data))]
+            time.sleep(state.delay)
             self.wfile.write(body)
             self.close_connection = True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,11 @@ def _torch_bytes(obj: object) -> bytes:
     return buf.getvalue()
 
 
+def _cached(directory: Path) -> list[str]:
+    """The files in a cache directory, less the download lock files (which stay, empty)."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock")) if directory.exists() else []
+
+
 def _release(base: str, sha256: str | None) -> Release:
     return Release("convnext_atto", "convnext_atto.test_official", URL, f"{base}/atto.pth", "atto_official.pth",
                    sha256, "ImageNet-1k", 224, None, "mit", OFFICIAL, 1000, "generated for the test")
@@ -75,7 +81,7 @@ def test_hash_mismatch_refuses_and_caches_nothing(server, caches, damage):
     release = _release(base, hashlib.sha256(data).hexdigest())
     with pytest.raises(ValueError, match="SHA-256 .* corrupted or truncated; nothing was cached"):
         hub.fetch(release)
-    assert not caches["torch"].exists() or list(caches["torch"].iterdir()) == []
+    assert _cached(caches["torch"]) == []
 
 
 def test_broken_transfer_is_refused_then_resumed(server, caches):
@@ -91,7 +97,21 @@ def test_broken_transfer_is_refused_then_resumed(server, caches):
     path = hub.fetch(release)
     assert path.read_bytes() == data
     assert state.requests[-1] == ("/atto.pth", "bytes=4096-"), "the second try did not resume"
-    assert [p.name for p in caches["torch"].iterdir()] == ["atto_official.pth"]
+    assert _cached(caches["torch"]) == ["atto_official.pth"]
+
+
+def test_two_downloads_of_one_file_fetch_it_once(server, caches):
+    base, state = server
+    state.files["/w.bin"] = b"weights" * 1000
+    state.delay = 0.5               # the first download is still running when the second starts
+    dest = caches["torch"] / "w.bin"
+    threads = [threading.Thread(target=hub.download_url, args=(f"{base}/w.bin", dest)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert dest.read_bytes() == state.files["/w.bin"]
+    assert state.requests == [("/w.bin", None)], "both downloaded: the lock did not hold the second back"
 
 
 @pytest.mark.parametrize("switch", ["function", "CONVSCOPE_OFFLINE", "HF_HUB_OFFLINE"])

@@ -2,14 +2,16 @@
 
 Hugging Face Hub files go through `huggingface_hub.hf_hub_download` (its cache: HF_HOME / HF_HUB_CACHE; it resumes
 and writes atomically itself). URL files go to torch.hub's cache, `TORCH_HOME/hub/checkpoints` (what
-`torch.hub.download_url_to_file` uses), through a download of our own that torch's lacks two things for: it resumes an
-interrupted transfer (HTTP Range on a `.partial` file beside the target) and it refuses a body shorter than its
-Content-Length; the SHA-256 is checked before the file is renamed into place, so a corrupted or truncated file is
-never cached. Offline (`set_offline(True)`, CONVSCOPE_OFFLINE=1 or HF_HUB_OFFLINE=1) nothing is downloaded: a file
-that is not cached is named in one line with the way to import it.
+`torch.hub.download_url_to_file` uses), through a download of our own, for what torch's lacks: it resumes an
+interrupted transfer (HTTP Range on a `.partial` file beside the target), refuses a body shorter than its
+Content-Length and keeps two processes off the same download (a POSIX lock file). The SHA-256 is checked before the
+file is renamed into place, so a corrupted or truncated file is never cached. Offline (`set_offline(True)`,
+CONVSCOPE_OFFLINE=1 or HF_HUB_OFFLINE=1) nothing is downloaded: a file that is not cached is named in one line with
+the way to import it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -107,23 +109,8 @@ def _transfer(url: str, partial: Path) -> None:
         raise ValueError(f"download of {url} ended after {size} of {total} bytes; run again to resume")
 
 
-def download_url(url: str, dest: str | os.PathLike, sha256: str | None = None, *, hint: str = "") -> Path:
-    """Fetch `url` to `dest` unless it is there already (a cache hit does not touch the network).
-
-    The file is written to a `.partial` file beside `dest` (kept for resuming when the transfer breaks), checked
-    against `sha256` when given (a mismatch deletes it: nothing is cached) and renamed to `dest`. Offline, a missing
-    `dest` is a ValueError in one line ending with `hint` (how to get the file otherwise)."""
-    dest = Path(dest)
-    if dest.is_file():
-        return dest
-    if is_offline():
-        raise ValueError(f"offline and {dest} is not cached (from {url})" + (f"; {hint}" if hint else ""))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(f".{dest.name}.partial")
-    try:
-        _transfer(url, partial)
-    except (urllib.error.URLError, OSError) as e:
-        raise ValueError(f"could not download {url}: {getattr(e, 'reason', e)}") from None
+def _verify_and_place(url: str, partial: Path, dest: Path, sha256: str | None) -> None:
+    """Check a finished `.partial` file against `sha256` (a mismatch deletes it) and rename it to `dest`."""
     if sha256 is not None:
         got = sha256_of(partial)
         if got != sha256.lower():
@@ -132,6 +119,30 @@ def download_url(url: str, dest: str | os.PathLike, sha256: str | None = None, *
                              "nothing was cached")
     os.replace(partial, dest)
     fsync_dir(dest.parent)
+
+
+def download_url(url: str, dest: str | os.PathLike, sha256: str | None = None, *, hint: str = "") -> Path:
+    """Fetch `url` to `dest` unless it is there already (a cache hit does not touch the network).
+
+    The file is written to a `.partial` file beside `dest` (kept for resuming when the transfer breaks), checked
+    against `sha256` when given (a mismatch deletes it: nothing is cached) and renamed to `dest`. One process
+    downloads a given file at a time (a lock file beside it); the others wait, then find it cached. Offline, a
+    missing `dest` is a ValueError in one line ending with `hint` (how to get the file otherwise)."""
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    if is_offline():
+        raise ValueError(f"offline and {dest} is not cached (from {url})" + (f"; {hint}" if hint else ""))
+    partial = dest.with_name(f".{dest.name}.partial")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest.with_name(f".{dest.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not dest.is_file():
+                _transfer(url, partial)
+                _verify_and_place(url, partial, dest, sha256)
+    except (urllib.error.URLError, OSError) as e:
+        raise ValueError(f"could not download {url} to {dest}: {getattr(e, 'reason', e)}") from None
     return dest
 
 
