@@ -80,12 +80,10 @@ def download(tag: str) -> Path:
     return fetch(release_by_tag(tag))
 
 
-def _matching_release(name: str, source: str, location: str, filename: str | None) -> Release | None:
-    """The registry's release of `name` at this location, if there is one (to know its key convention)."""
-    for r in RELEASES:
-        if r.model == name and r.source == source and r.location == location and (filename in (None, r.filename)):
-            return r
-    return None
+def _registered(name: str, **fields: str | None) -> Release | None:
+    """The registry's release of `name` with these field values (source, location, ...), if there is one: to know
+    the key convention and hash of a file given by its Hub repository or URL."""
+    return next((r for r in RELEASES if r.model == name and all(getattr(r, k) == v for k, v in fields.items())), None)
 
 
 def _split_hub(spec: str) -> tuple[str, str | None]:
@@ -114,12 +112,12 @@ def resolve(name: str, pretrained: bool | str | os.PathLike) -> tuple[Path, Rele
                         f"got {pretrained!r}")
     if pretrained.startswith("hf-hub:"):
         repo_id, filename = _split_hub(pretrained)
-        release = _matching_release(name, HUB, repo_id, filename)
+        release = _registered(name, source=HUB, location=repo_id, filename=filename or SAFETENSORS)
         if filename is None:       # timm's layout: model.safetensors, else pytorch_model.bin
             return hub_download(repo_id, SAFETENSORS, fallback=PYTORCH_BIN), release
         return hub_download(repo_id, filename), release
     if pretrained.startswith(("http://", "https://")):
-        release = _matching_release(name, URL, pretrained, None)
+        release = _registered(name, source=URL, location=pretrained)
         return download_url(pretrained, _url_dest(pretrained, release), release.sha256 if release else None), release
     if _is_path(pretrained) or Path(pretrained).exists():
         path = Path(pretrained).expanduser()
