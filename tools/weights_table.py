@@ -32,6 +32,17 @@ Every public release of trained weights for the registered variants, generated f
   at the tag's resolution); `-` where none is reported (e.g. no 1k classifier).
 - **keys**: the state-dict convention, mapped to convscope's by the family's converter when it is not timm's.
 - Offline (`convscope.hub.set_offline(True)`, `CONVSCOPE_OFFLINE=1` or `HF_HUB_OFFLINE=1`) only cached files load.
+
+```python
+import convscope
+from convscope import hub
+
+model = convscope.create_model("convnext_tiny", num_classes=10, in_chans=1)
+report = hub.load_pretrained(model, "convnext_tiny", True, num_classes=10, in_chans=1)  # or a tag, 'hf-hub:org/repo',
+print(report.notes)      # a URL or a path; the classifier is re-initialised, the stem summed to one channel
+hub.list_pretrained("convnext_tiny*")                                # the tags
+hub.import_file("RepLKNet-31B_ImageNet-1K_224.pth", "replknet_31b.official_in1k")   # a file downloaded by hand
+```
 """
 
 
