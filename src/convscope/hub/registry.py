@@ -106,7 +106,8 @@ _REPLK = ("DingXiaoH/RepLKNet-pytorch@b76808a README.md (Google Drive or Baidu o
           "evaluation and fine-tuning commands)")
 _REPLK_DRIVE = "https://drive.google.com/file/d/{}/view?usp=sharing"
 _UNIREPLK = "AILab-CVC/UniRepLKNet@b5677d8 README.md (top-1) and unireplknet.py huggingface_file_names (files)"
-_HORNET = "raoyongming/HorNet@ac9e210 README.md Model Zoo (Tsinghua Cloud ?dl=1 links; no file names)"
+_HORNET = ("raoyongming/HorNet@ac9e210 README.md Model Zoo (Tsinghua Cloud ?dl=1 links; no file names; resolution: "
+           "224 for all but hornet_large_gf_img384, as the model card has it)")
 _HORNET_URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"
 _BIFORMER = ("rayleizhu/BiFormer@1697bbb README.md (top-1, links) and models/biformer*.py model_urls (file "
              "'{{key}}.pth'); OneDrive shares no longer download by program (rayleizhu/GLMix@3c93dbf README.md)")
@@ -116,7 +117,8 @@ _TRANSNEXT = "DaiShiResearch/TransNeXt@c8a9974 README.md (top-1 and Hub files)"
 _RMT = "qhfan/RMT@32ea214 README.md (top-1; Baidu links only; no LICENSE file)"
 _RMT_BAIDU = "https://pan.baidu.com/s/{}"
 _LSNET = "THU-MIG/lsnet@cbe737c README.md (top-1 non-distilled / distilled; Hub files; no LICENSE file)"
-_WAVEMIX = "pranavphoenix/WaveMix@ba3d1b4 Saved_weights/ImageNet/{} (Hub URL; top-1 in the file name)"
+_WAVEMIX = ("pranavphoenix/WaveMix@ba3d1b4 Saved_weights/ImageNet/{} (Hub URL; top-1 in the file name; the resolution "
+            "is not stated: 256 is the model card's, the README example's)")
 _CVT = ("microsoft/CvT@f851e68 README.md (top-1, MIT LICENSE); transformers' port: repository ids from transformers "
         "4.x models/cvt/modeling_tf_cvt.py TF_CVT_PRETRAINED_MODEL_ARCHIVE_LIST")
 _CVT_ZOO = "https://1drv.ms/u/s!AhIXJn_J-blW9RzF3rMW7SsLHa8h?e=blQ0Al"
