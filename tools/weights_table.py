@@ -1,0 +1,86 @@
+"""Write docs/weights.md from the weights registry (`convscope.hub.registry`).
+
+    python tools/weights_table.py            # rewrite docs/weights.md
+    python tools/weights_table.py --check    # exit 1 when docs/weights.md is not what the registry gives
+
+tests/hub/test_weights_page.py checks the page is current.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from convscope.files import atomic_write_text
+from convscope.hub.registry import RELEASES, WITHOUT_WEIGHTS
+from convscope.utils.tables import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "weights.md"
+HEADERS = ("model", "tag", "source", "file", "data", "res", "top-1", "licence", "keys", "read from")
+
+INTRO = """# Trained weights
+
+Every public release of trained weights for the registered variants, generated from `convscope.hub.registry` by
+`python tools/weights_table.py` (do not edit by hand). A variant's first row is its default (`pretrained=True`).
+
+- **source**: `hf-hub` (a Hugging Face Hub repository: needs `pip install 'convscope[hub]'`), `url` (downloaded
+  into `TORCH_HOME/hub/checkpoints`, checked against the SHA-256 where the publisher gives one), `manual` (Google
+  Drive, Baidu or OneDrive links a program cannot follow: download it by hand, then
+  `convscope.hub.import_file(path, tag)` verifies it against the variant and caches it).
+- **top-1**: ImageNet-1k top-1 as its publisher reports it for these weights (timm's rows: timm's own evaluation
+  at the tag's resolution); `-` where none is reported (e.g. no 1k classifier).
+- **keys**: the state-dict convention, mapped to convscope's by the family's converter when it is not timm's.
+- Offline (`convscope.hub.set_offline(True)`, `CONVSCOPE_OFFLINE=1` or `HF_HUB_OFFLINE=1`) only cached files load.
+
+```python
+import convscope
+from convscope import hub
+
+model = convscope.create_model("convnext_tiny", num_classes=10, in_chans=1)
+report = hub.load_pretrained(model, "convnext_tiny", True, num_classes=10, in_chans=1)  # or a tag, 'hf-hub:org/repo',
+print(report.notes)      # a URL or a path; the classifier is re-initialised, the stem summed to one channel
+hub.list_pretrained("convnext_tiny*")                                # the tags
+hub.import_file("RepLKNet-31B_ImageNet-1K_224.pth", "replknet_31b.official_in1k")   # a file downloaded by hand
+```
+"""
+
+
+def _file(r) -> str:
+    where = f"`{r.location}`" if r.source == "hf-hub" else f"[link]({r.location})"
+    name = f" `{r.filename}`" if r.filename and r.filename != "model.safetensors" else ""
+    return where + name
+
+
+def render() -> str:
+    """The whole page."""
+    rows = [(r.model, f"`{r.tag}`", r.source, _file(r), r.dataset, r.resolution,
+             "-" if r.top1 is None else f"{r.top1:g}", r.licence, r.keys, r.ref) for r in RELEASES]
+    without = [(name, why) for name, why in sorted(WITHOUT_WEIGHTS.items())]
+    return "\n".join([
+        INTRO,
+        f"{len(RELEASES)} releases for {len({r.model for r in RELEASES})} variants.\n",
+        markdown_table(HEADERS, rows),
+        f"\n## Variants without weights ({len(without)})\n",
+        markdown_table(("model", "why"), without),
+        ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when docs/weights.md is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = OUT.read_text(encoding="utf-8") if OUT.is_file() else ""
+        if current != text:
+            print(f"{OUT} is out of date: run python tools/weights_table.py", file=sys.stderr)
+            return 1
+        return 0
+    atomic_write_text(OUT, text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
