@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convscope.cli import _build_parser, main
+from convscope.cli import build_parser, main
 from convscope.models import create_model
 from convscope.train.checkpoint import save_model_file
 
@@ -135,7 +135,7 @@ COMMANDS = {
 
 def _flags(command: str) -> set[str]:
     """Every option and positional of `command` in the real parser."""
-    parser = _build_parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     out = set()
     for a in sub._actions:

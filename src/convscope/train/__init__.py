@@ -1,6 +1,6 @@
 """Training: datasets and batch transforms, Mixup/CutMix, the engine, checkpoints, and torchrun DDP."""
 from .checkpoint import CheckpointManager, load_model, read_meta, save_model_file
-from .config import TrainConfig, add_train_arguments, config_from_args
+from .config import TrainConfig
 from .datasets import ImageFolder, TensorImageDataset, fashion_mnist, synthetic
 from .engine import train
 from .evaluation import evaluate
@@ -13,8 +13,8 @@ from .transforms import EvalTransform, RandAugmentLite, TrainTransform
 
 __all__ = [
     "CheckpointManager", "EvalTransform", "ImageFolder", "Loader", "MixupCutMix", "ModelEma", "RandAugmentLite",
-    "TensorImageDataset", "TrainConfig", "TrainResult", "TrainTransform", "WarmupCosine", "add_train_arguments",
-    "config_from_args", "cutmix", "evaluate", "evaluate_checkpoint", "fashion_mnist", "load_model", "mixup",
+    "TensorImageDataset", "TrainConfig", "TrainResult", "TrainTransform", "WarmupCosine", "cutmix", "evaluate",
+    "evaluate_checkpoint", "fashion_mnist", "load_model", "mixup",
     "param_groups", "predict_images", "read_meta", "save_model_file", "smooth_one_hot", "soft_target_cross_entropy",
     "summarize", "synthetic", "train",
 ]
