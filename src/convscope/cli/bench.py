@@ -25,8 +25,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """bench-mixers."""
     sp = add("bench-mixers", _cmd_bench_mixers, "train, count and time every token mixer in one MetaFormer "
              "skeleton (the mixer_bench_* variants); table and Pareto plots")
-    sp.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an idx directory, an image folder or "
-                    "synthetic")
+    sp.add_argument("--data", type=values.data_source, default="fashion-mnist",
+                    help="fashion-mnist, an idx directory, an image folder or synthetic")
     sp.add_argument("--epochs", type=values.positive_int, default=1)
     sp.add_argument("--limit-train", type=values.positive_int, default=None, metavar="K",
                     help="only the first K training images")

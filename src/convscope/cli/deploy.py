@@ -142,8 +142,8 @@ def _add_optimize(add: Callable[..., argparse.ArgumentParser]) -> None:
                     "a pruned model written by convscope prune")
     options.add_batch(sp)
     options.add_size(sp, "the card's / checkpoint's")
-    sp.add_argument("--data", default=None, help="evaluation data for top-1 (needs a checkpoint): fashion-mnist, "
-                    "an idx directory or an image folder; its train split calibrates int8")
+    sp.add_argument("--data", type=values.data_source, default=None, help="evaluation data for top-1 (needs a "
+                    "checkpoint): fashion-mnist, an idx directory or an image folder; its train split calibrates int8")
     sp.add_argument("--limit", type=values.positive_int, default=2000,
                     help="evaluate on the first N images (default 2000)")
     sp.add_argument("--max-drop", type=values.float_range(0), default=1.0,
@@ -169,7 +169,8 @@ def _add_prune(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--stage-ratio", type=ratio, default=None, help="fraction of all stage channels "
                     "(default --ratio)")
     sp.add_argument("--importance", choices=("magnitude", "taylor"), default="magnitude")
-    sp.add_argument("--data", default=None, help="training data for Taylor importance (needs a checkpoint)")
+    sp.add_argument("--data", type=values.data_source, default=None,
+                    help="training data for Taylor importance (needs a checkpoint)")
     options.add_batch(sp, 16, help="batch size for Taylor importance")
     sp.add_argument("--batches", type=values.positive_int, default=4, help="batches for Taylor importance")
     sp.add_argument("--min-keep", type=values.float_range(0, 1, lo_open=True), default=0.1,
@@ -186,7 +187,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("deploy", _cmd_deploy, "apply a recipe written by optimize: rebuild the form, time it, write it")
     sp.add_argument("recipe", type=values.input_file, help="recipe.json from convscope optimize")
     sp.add_argument("--source", default=None, help="another model name or checkpoint than the recipe's")
-    sp.add_argument("--data", default=None, help="calibration data for int8 (default: the recipe's)")
+    sp.add_argument("--data", type=values.data_source, default=None,
+                    help="calibration data for int8 (default: the recipe's)")
     options.add_repeats(sp, 10)
     sp.add_argument("--out", type=values.output_dir, default=None, help="directory to write the model into")
 

@@ -197,3 +197,10 @@ def json_object(s: str) -> dict:
     if not isinstance(d, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object; got {s!r}")
     return d
+
+
+def data_source(s: str) -> str:
+    """A data set: 'fashion-mnist', 'synthetic' or an existing directory (an idx directory or an image folder)."""
+    if s not in ("fashion-mnist", "synthetic") and not (s and Path(s).is_dir()):
+        raise argparse.ArgumentTypeError(f"expected fashion-mnist, synthetic or a data directory; got {s!r}")
+    return s
