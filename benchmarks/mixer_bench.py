@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(RESULTS), help="directory for mixer_bench.md / .json / .png")
     args = p.parse_args(argv)
 
-    from convscope.bench_mixers import run_mixer_bench, write_outputs
+    from convscope.bench.mixers import run_mixer_bench, write_outputs
 
     mixers = [m for m in args.mixers.split(",") if m] if args.mixers else None
     result = run_mixer_bench(args.data, args.epochs, args.limit_train, limit_eval=args.limit_eval, mixers=mixers,

@@ -4,6 +4,7 @@ checks confirm the same holds for the real command."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from convscope.cli import _build_parser, main
+from convscope.cli import build_parser, main
 from convscope.models import create_model
 from convscope.train.checkpoint import save_model_file
 
@@ -63,6 +64,11 @@ def world(tmp_path_factory):
         Image.new("L", (28, 28), 60 if c == "a" else 200).save(root / "data" / c / "1.png")
     (root / "plain.txt").write_text("not an image, not weights\n")
     (root / "dir").mkdir()
+    (root / "opt").mkdir()
+    (root / "opt" / "recipe.json").write_text(json.dumps(dict(source=str(root / "w.safetensors"),
+                                                              input_size=[1, 1, 32, 32], form=dict(prepare=True))))
+    (root / "fp8.json").write_text(json.dumps(dict(source="convnext_atto", input_size=[1, 3, 32, 32],
+                                                   form=dict(dtype="fp8"))))
     return root
 
 
@@ -106,10 +112,38 @@ TRAIN = {
     "--out": None,  # filled per world: a file, under a file
     "--resume": None, "--channels-last": None, "--compile": None, "--quiet": None,
 }
+LAB_SHAPE = {
+    "--batch": ints_below(1), "--size": st.sampled_from(["0", "-3", "x", "224x", "1x2x3", "99999999", "²", "4097",
+                                                         "32x4097"]),
+}
 LAB = {
-    "--batch": ints_below(1), "--size": st.sampled_from(["0", "-3", "x", "224x", "1x2x3", "99999999", "²", "4097"]),
+    **LAB_SHAPE,
     "--dtype": words, "--threads": ints_below(1), "--device": words, "--repeats": ints_below(1),
     "--html": "file", "--json": "file",
+}
+DATA = st.sampled_from(["/nonexistent/dir", "fashion_mnist", "synthetic2", ""])
+DEPLOY = {
+    "optimize": ({"source": st.sampled_from(["nope", "convnext_", "/nonexistent/w.safetensors"]), **LAB_SHAPE,
+                  "--data": DATA, "--limit": ints_below(1), "--max-drop": floats_outside(0, None),
+                  "--steps": st.sampled_from([",", "", "fp4", "prepare,fp4"]),
+                  "--max-threads": st.one_of(ints_below(1), st.sampled_from(["100000"])),
+                  "--repeats": ints_below(1), "--out": None},
+                 ["{w}", "--steps", "prepare", "--repeats", "1"]),
+    "prune": ({"source": st.sampled_from(["nope", "/nonexistent/w.safetensors"]),
+               "--ratio": floats_outside(0, 1, hi_open=True), "--head-ratio": floats_outside(0, 1, hi_open=True),
+               "--stage-ratio": floats_outside(0, 1, hi_open=True), "--scopes": st.sampled_from(["", ",", "x",
+                                                                                                 "mlp,bogus"]),
+               "--importance": words, "--data": DATA, "--batch": ints_below(1), "--batches": ints_below(1),
+               "--min-keep": floats_outside(0, 1, lo_open=True), "--quantum": ints_below(1), "--out": None},
+              ["{w}"]),
+    "deploy": ({"recipe": "recipes", "--source": st.sampled_from(["nope", "/nonexistent/w.safetensors"]),
+                "--data": DATA, "--repeats": ints_below(1), "--out": None}, ["{recipe}", "--repeats", "1"]),
+    "bench-mixers": ({"--data": DATA, "--epochs": ints_below(1), "--limit-train": ints_below(1),
+                      "--limit-eval": ints_below(1), "--mixers": st.sampled_from(["nope", ",", "pooling,nope"]),
+                      "--batch-size": ints_below(1), "--lr": floats_outside(0, 10, lo_open=True),
+                      "--seed": st.one_of(not_a_number, st.sampled_from(["1.5"])), "--threads": ints_below(1),
+                      "--latency-batch": ints_below(1), "--repeats": ints_below(1), "--out": None},
+                     ["--data", "synthetic", "--mixers", "pooling", "--limit-train", "16", "--repeats", "1"]),
 }
 COMMANDS = {
     "list": ({"--family": st.sampled_from(["nope", "convnext2"]), "--format": words,
@@ -130,12 +164,13 @@ COMMANDS = {
              ["--checkpoint", "{w}", "--data", "{data}", "--limit", "2"]),
     "predict": ({"--checkpoint": "weights", "images": "images", "--topk": ints_below(1), "--device": words,
                  "--json": None}, ["--checkpoint", "{w}", "{img}"]),
+    **DEPLOY,
 }
 
 
 def _flags(command: str) -> set[str]:
     """Every option and positional of `command` in the real parser."""
-    parser = _build_parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     out = set()
     for a in sub._actions:
@@ -143,6 +178,12 @@ def _flags(command: str) -> set[str]:
             continue
         out.add(next((o for o in a.option_strings if o.startswith("--")), a.dest))
     return out
+
+
+def test_every_command_is_walked():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -163,24 +204,29 @@ def _strategy(command: str, flag: str, world: Path):
     if s == "weights":
         return st.sampled_from([str(world / "missing.safetensors"), str(world / "plain.txt"), str(world / "dir"),
                                 str(world / "img.png")])
+    if s == "recipes":   # missing, a directory, not JSON, not UTF-8, a form that does not exist
+        return st.sampled_from([str(world / "missing.json"), str(world / "dir"), str(world / "plain.txt"),
+                                str(world / "img.png"), str(world / "fp8.json")])
     if s == "images":
         return st.sampled_from([str(world / "missing.png"), str(world / "plain.txt"), str(world / "w.safetensors")])
     return s
 
 
 def _fill(base: list[str], world: Path) -> list[str]:
-    subs = {"{w}": str(world / "w.safetensors"), "{img}": str(world / "img.png"), "{data}": str(world / "data")}
+    subs = {"{w}": str(world / "w.safetensors"), "{img}": str(world / "img.png"), "{data}": str(world / "data"),
+            "{recipe}": str(world / "opt" / "recipe.json")}
     return [subs.get(b, b) for b in base]
 
 
 def _args(command: str, flag: str, value: str, world: Path) -> list[str]:
     """The command's valid base arguments with `flag` given `value` (a positional replaced by it)."""
-    _, base = COMMANDS[command]
-    base = _fill(base, world)
+    _, raw = COMMANDS[command]
+    base = _fill(raw, world)
     if not flag.startswith("--"):
         if command == "predict":
             return [command, *base[:-1], value]
-        rest = [b for b in base if b not in ("convnext_atto", "convnext_femto")]
+        rest = [b for b, r in zip(base, raw, strict=True) if b not in ("convnext_atto", "convnext_femto")
+                and r not in ("{w}", "{recipe}")]
         return [command, value, *rest]
     if flag in base:   # the bad value replaces the base's
         i = base.index(flag)

@@ -15,8 +15,8 @@ import json  # noqa: E402
 import re  # noqa: E402
 import textwrap  # noqa: E402
 
-from convscope.bench_mixers import MixerBenchResult, markdown_table  # noqa: E402
-from convscope.cli import markdown_model_table  # noqa: E402
+from convscope.bench.mixers import MixerBenchResult, markdown_table  # noqa: E402
+from convscope.cli.models import markdown_model_table  # noqa: E402
 
 BEGIN, END = "<!-- MODEL TABLE BEGIN (make readme-table) -->", "<!-- MODEL TABLE END -->"
 BENCH_BEGIN, BENCH_END = "<!-- MIXER BENCH BEGIN (make readme-table) -->", "<!-- MIXER BENCH END -->"

@@ -59,10 +59,14 @@ def test_error_is_one_line_with_status_2():
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["profile", "convnext_atto", "--size", "64x"], "--size must be"),
-    (["profile", "convnext_atto", "--batch", "0"], "--batch must be >= 1"),
+    (["profile", "convnext_atto", "--size", "64x"], "argument --size: expected a positive integer or HxW"),
+    (["profile", "convnext_atto", "--size", "4097"], "at most 4096 per side; got '4097'"),
+    (["compare", "convnext_atto", "convnext_femto", "--size", "64x4097"], "at most 4096 per side"),
+    (["profile", "convnext_atto", "--batch", "0"], "argument --batch: expected an integer >= 1; got '0'"),
+    (["profile", "convnext_atto", "--batch", "4096", "--size", "4096"], "GiB input; choose a smaller batch"),
     (["profile", "convnext_atto", "--size", "16"], "needs inputs of at least"),
-    (["profile", "convnext_atto", "--size", "32", "--threads", "0"], "threads must be >= 1"),
+    (["profile", "convnext_atto", "--size", "32", "--threads", "0"], "argument --threads: expected an integer >= 1"),
+    (["hw", "--threads", "100000"], "argument --threads: expected an integer >= 1 and <= 1024"),
     (["compare", "convnext_atto", "nosuchnet"], "unknown model 'nosuchnet'"),
     (["hw", "--device", "tpu"], "device must be"),
     (["hw", "--dtypes", "fp64"], "dtypes must be"),
@@ -70,4 +74,4 @@ def test_error_is_one_line_with_status_2():
 def test_bad_input_exits_2(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("convscope: error:") and needle in err[0], err
+    assert len(err) == 1 and err[0].startswith("convscope") and "error:" in err[0] and needle in err[0], err

@@ -3,13 +3,46 @@ written, the recipe applied again; errors a user can fix exit with status 2 and 
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 import torch
 
 import convscope
+from convscope.cli import main
 from convscope.deploy.optimize import Form, Recipe, build_form, optimize
+from convscope.train.checkpoint import save_model_file
 
 from ..conftest import run_cli
+
+RECIPE = dict(source="convnext_atto", input_size=[1, 3, 32, 32], form=dict(prepare=True, threads=1),
+              measured=dict(median_ms=1.5))
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A tiny trained-looking checkpoint (2 classes, grayscale 32x32)."""
+    torch.manual_seed(0)
+    kw = dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32])
+    model = convscope.create_model("convnext_atto", num_classes=2, in_chans=1, **kw)
+    meta = dict(model="convnext_atto", model_kwargs=kw, num_classes=2, in_chans=1, input_size=[32, 32],
+                load_size=[32, 32], crop_pct=1.0, mean=[0.5], std=[0.25], class_names=["a", "b"], data="synthetic")
+    return save_model_file(tmp_path / "w.safetensors", model.state_dict(), meta)
+
+
+def _refused(argv: list[str], needle: str, capsys) -> str:
+    """Run the CLI in process: exit 2, one line naming `needle`, nothing on stdout (no work done)."""
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convscope") and needle in lines[0], err
+    assert out == "", f"work was done before the refusal: {out!r}"
+    return lines[0]
+
+
+def _snapshot(root) -> dict:
+    """Every file under `root` with its bytes and modification time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_optimize_keeps_exact_fold_and_reports_each_step():
@@ -49,12 +82,102 @@ def test_cli_optimize_then_deploy(tmp_path):
 
 def test_cli_errors(tmp_path):
     r = run_cli("optimize", "convnext_atto", "--steps", "prepare,fp4")
-    assert r.returncode == 2 and "--steps must be some of" in r.stderr
+    assert r.returncode == 2 and "argument --steps: expected a comma-separated list of prepare," in r.stderr
     r = run_cli("deploy", str(tmp_path / "missing.json"))
-    assert r.returncode == 2 and "no recipe at" in r.stderr
+    assert r.returncode == 2 and "argument recipe: expected an existing file" in r.stderr
     bad = tmp_path / "bad.json"
     bad.write_text('{"source": "convnext_atto"}')
     r = run_cli("deploy", str(bad))
     assert r.returncode == 2 and "not a deploy recipe" in r.stderr
     r = run_cli("optimize", "convnext_atto", "--data", "fashion-mnist", "--steps", "prepare")
     assert r.returncode == 2 and "needs a trained checkpoint" in r.stderr
+
+
+def test_prune_out_at_its_source_is_refused(weights, tmp_path, capsys):
+    before = _snapshot(tmp_path)
+    _refused(["prune", str(weights), "--out", str(weights)], "--out would overwrite the source", capsys)
+    link = tmp_path / "link.safetensors"
+    os.symlink(weights, link)   # the same file by another name
+    _refused(["prune", str(weights), "--out", str(link)], "--out would overwrite the source", capsys)
+    link.unlink()
+    assert _snapshot(tmp_path) == before
+
+
+def _recipe_dir(tmp_path, **changes):
+    d = tmp_path / "opt"
+    d.mkdir(exist_ok=True)
+    (d / "recipe.json").write_text(json.dumps(RECIPE | changes))
+    (d / "model.safetensors").write_bytes(b"the model optimize wrote")
+    return d
+
+
+def test_deploy_out_at_the_recipes_directory_is_refused(tmp_path, capsys):
+    d = _recipe_dir(tmp_path)
+    before = _snapshot(tmp_path)
+    _refused(["deploy", str(d / "recipe.json"), "--repeats", "1", "--out", str(d)],
+             "--out would overwrite the model beside the recipe (model.safetensors)", capsys)
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(form=dict(dtype="fp8")), "form.dtype must be one of fp32, bf16, int8; got 'fp8'"),
+    (dict(form=dict(dtype="int8", qat_steps=-5)), "form.qat_steps must be an integer >= 0; got -5"),
+    (dict(form=dict(threads=0)), "form.threads must be an integer in [1, 1024]; got 0"),
+    (dict(form=dict(prepare="yes")), "form.prepare must be true or false"),
+    (dict(input_size=[1, 3, -32, 32]), "input_size must be 4 positive integers"),
+    (dict(input_size=[1, 3, 32]), "input_size must be 4 positive integers"),
+    (dict(input_size=[1, 3, 8192, 32]), "larger than an input can be"),
+    (dict(calibration_batches=0), "calibration_batches must be an integer >= 1"),
+    (dict(measured=dict(median_ms=float("inf"))), "measured.median_ms must be a finite number"),
+    (dict(source=""), "source must be a model name or a checkpoint path"),
+    (dict(extra=1), "unknown fields ['extra']"),
+])
+def test_an_edited_recipe_is_refused_before_anything_is_built(changes, needle, tmp_path, capsys):
+    d = _recipe_dir(tmp_path, **changes)
+    line = _refused(["deploy", str(d / "recipe.json"), "--repeats", "1"], needle, capsys)
+    assert "is not a deploy recipe" in line
+
+
+def test_a_recipe_that_measured_nothing_cannot_be_made():
+    with pytest.raises(ValueError, match="measured.median_ms must be a finite number; got inf"):
+        Recipe(**RECIPE | dict(measured=dict(median_ms=float("inf"), speedup=float("nan"))))
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--repeats", "0", "argument --repeats: expected an integer >= 1; got '0'"),
+    ("--max-drop", "nan", "argument --max-drop: expected a finite number >= 0; got 'nan'"),
+    ("--max-drop", "-1", "argument --max-drop: expected a finite number >= 0"),
+    ("--max-threads", "0", "argument --max-threads: expected an integer >= 1 and <= 1024; got '0'"),
+    ("--limit", "0", "argument --limit: expected an integer >= 1; got '0'"),
+    ("--steps", ",", "argument --steps: expected a comma-separated list of prepare,"),
+    ("--size", "4097", "argument --size: expected a positive integer or HxW"),
+])
+def test_optimize_refuses_bad_values_before_measuring(flag, value, needle, tmp_path, capsys):
+    out = tmp_path / "opt"
+    _refused(["optimize", "convnext_atto", "--size", "32", "--steps", "prepare", f"{flag}={value}", "--out",
+              str(out)], needle, capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["optimize", "deploy"])
+def test_out_is_checked_before_the_work(command, tmp_path, capsys):
+    (tmp_path / "plain.txt").write_text("a file\n")
+    target = ["convnext_atto", "--size", "32", "--steps", "prepare", "--repeats", "1"] if command == "optimize" \
+        else [str(_recipe_dir(tmp_path) / "recipe.json"), "--repeats", "1"]
+    _refused([command, *target, "--out", str(tmp_path / "plain.txt" / "x")], "plain.txt is a file, not a directory",
+             capsys)
+
+
+def test_optimize_stores_the_source_absolute_and_deploy_finds_it_from_anywhere(weights, tmp_path):
+    r = run_cli("optimize", "w.safetensors", "--steps", "prepare", "--repeats", "1", "--out", "opt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    recipe = json.loads((tmp_path / "opt" / "recipe.json").read_text())
+    assert recipe["source"] == str(weights.resolve()) and recipe["input_size"] == [1, 1, 32, 32]
+    # a recipe naming its source relative to itself (as one moved with its checkpoint would) is read from its folder
+    recipe["source"] = "../w.safetensors"
+    (tmp_path / "opt" / "recipe.json").write_text(json.dumps(recipe))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli("deploy", str(tmp_path / "opt" / "recipe.json"), "--repeats", "1", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(str(weights.resolve()) + ": prepared")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from convscope.bench_mixers import bench_variants, pareto_front, run_mixer_bench, write_outputs
+from convscope.bench.mixers import bench_variants, pareto_front, run_mixer_bench, write_outputs
 from convscope.models import create_model, list_models
 from convscope.train import TrainConfig, train
 

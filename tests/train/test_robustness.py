@@ -231,7 +231,7 @@ def test_eval_reports_unreadable_images_and_honours_limit_on_folders(tmp_path, c
     assert r["n"] == 4 and sum(r["confusion"][0]) == 2 and sum(r["confusion"][1]) == 2   # spread over classes
     for limit in ("0", "-2"):
         assert main(["eval", "--checkpoint", str(w), "--data", str(root), "--limit", limit]) == 2
-        assert "--limit must be >= 1" in _one_error_line(capsys.readouterr().err)
+        assert "argument --limit: expected an integer >= 1" in _one_error_line(capsys.readouterr().err)
 
 
 def test_eval_limit_zero_is_refused_in_train(tmp_path, capsys):

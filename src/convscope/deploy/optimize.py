@@ -22,6 +22,7 @@ import contextlib
 import copy
 import itertools
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..limits import MAX_INPUT_ELEMENTS, MAX_SIDE, MAX_THREADS
 from ..utils import text_table, threads_set
 from .fold import prepare_for_inference_
 from .machine import cpu_isa
@@ -69,10 +71,58 @@ class Measurement:
     note: str = ""
 
 
+FORM_DTYPES = ("fp32", "bf16", "int8")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_form(form: Any) -> None:
+    """ValueError unless `form` is a Form's settings: known keys, each of its type and range."""
+    if not isinstance(form, dict):
+        raise ValueError(f"form must be an object of Form settings; got {form!r}")
+    unknown = sorted(set(form) - set(Form.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown form settings {unknown}")
+    for key in ("prepare", "channels_last", "compile"):
+        if not isinstance(form.get(key, False), bool):
+            raise ValueError(f"form.{key} must be true or false; got {form[key]!r}")
+    if form.get("dtype", "fp32") not in FORM_DTYPES:
+        raise ValueError(f"form.dtype must be one of {', '.join(FORM_DTYPES)}; got {form['dtype']!r}")
+    threads = form.get("threads", 1)
+    if not _is_int(threads) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"form.threads must be an integer in [1, {MAX_THREADS}]; got {threads!r}")
+    if not _is_int(form.get("qat_steps", 0)) or form.get("qat_steps", 0) < 0:
+        raise ValueError(f"form.qat_steps must be an integer >= 0; got {form['qat_steps']!r}")
+
+
+def _check_input_size(size: Any) -> None:
+    """ValueError unless `size` is (batch, C, H, W) of positive integers within the input limits."""
+    if not isinstance(size, (list, tuple)) or len(size) != 4 or not all(_is_int(v) and v >= 1 for v in size):
+        raise ValueError(f"input_size must be 4 positive integers (batch, C, H, W); got {size!r}")
+    if max(size[2:]) > MAX_SIDE or math.prod(size) > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"input_size {list(size)} is larger than an input can be (sides at most {MAX_SIDE}, "
+                         f"{MAX_INPUT_ELEMENTS} elements)")
+
+
+def _check_measured(measured: Any) -> None:
+    """ValueError unless `measured` holds finite numbers (or nulls), with a positive median_ms when present."""
+    if not isinstance(measured, dict):
+        raise ValueError(f"measured must be an object; got {measured!r}")
+    for k, v in measured.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
+            raise ValueError(f"measured.{k} must be a finite number; got {v}")
+    ms = measured.get("median_ms")
+    if ms is not None and not (isinstance(ms, (int, float)) and ms > 0):
+        raise ValueError(f"measured.median_ms must be a number > 0; got {ms!r}")
+
+
 @dataclass
 class Recipe:
     """What `convscope deploy` needs to rebuild a form: the source (a model name or a checkpoint), the input, the
-    settings, and what the optimiser measured for it on which machine."""
+    settings, and what the optimiser measured for it on which machine. Every field is checked when a recipe is
+    made or read, before anything is built from it."""
 
     source: str
     input_size: tuple[int, int, int, int]
@@ -83,23 +133,48 @@ class Recipe:
     machine: dict[str, Any] = field(default_factory=dict)
     version: int = 1
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"source must be a model name or a checkpoint path; got {self.source!r}")
+        _check_input_size(self.input_size)
+        self.input_size = tuple(self.input_size)
+        _check_form(self.form)
+        if self.data is not None and (not isinstance(self.data, str) or not self.data):
+            raise ValueError(f"data must be a data set name or path, or null; got {self.data!r}")
+        if not _is_int(self.calibration_batches) or self.calibration_batches < 1:
+            raise ValueError(f"calibration_batches must be an integer >= 1; got {self.calibration_batches!r}")
+        _check_measured(self.measured)
+        if not isinstance(self.machine, dict):
+            raise ValueError(f"machine must be an object; got {self.machine!r}")
+        if self.version != 1:
+            raise ValueError(f"version must be 1; got {self.version!r}")
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+        return json.dumps(asdict(self), indent=1, allow_nan=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recipe:
+        """The recipe in file `path`, every field checked; a relative source path is taken from the recipe's own
+        directory."""
+        from ..files import read_json
+
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"no recipe at {p}")
+        d = read_json(p)
         try:
-            d = json.loads(p.read_text())
-            d["input_size"] = tuple(d["input_size"])
-            unknown = set(d["form"]) - set(Form.__dataclass_fields__)
+            if not isinstance(d, dict):
+                raise ValueError("expected a JSON object")
+            unknown = sorted(set(d) - set(cls.__dataclass_fields__))
             if unknown:
-                raise ValueError(f"unknown form settings {sorted(unknown)}")
-            return cls(**d)
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
+                raise ValueError(f"unknown fields {unknown}")
+            recipe = cls(**d)
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{p} is not a deploy recipe: {e}") from None
+        beside = p.parent / recipe.source
+        if not Path(recipe.source).is_absolute() and beside.exists():
+            recipe.source = str(beside.resolve())
+        return recipe
 
 
 # -- the model, its data ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Training: the engine, checkpoints, evaluation and prediction, torchrun DDP (its data: `convscope.data`)."""
 from .checkpoint import CheckpointManager, load_model, read_meta, save_model_file
-from .config import TrainConfig, add_train_arguments, config_from_args
+from .config import TrainConfig
 from .engine import train
 from .evaluation import evaluate
 from .predict import evaluate_checkpoint, predict_images
@@ -8,7 +8,6 @@ from .recipe import ModelEma, WarmupCosine, param_groups
 from .summary import TrainResult, summarize
 
 __all__ = [
-    "CheckpointManager", "ModelEma", "TrainConfig", "TrainResult", "WarmupCosine", "add_train_arguments",
-    "config_from_args", "evaluate", "evaluate_checkpoint", "load_model", "param_groups", "predict_images",
-    "read_meta", "save_model_file", "summarize", "train",
+    "CheckpointManager", "ModelEma", "TrainConfig", "TrainResult", "WarmupCosine", "evaluate", "evaluate_checkpoint",
+    "load_model", "param_groups", "predict_images", "read_meta", "save_model_file", "summarize", "train",
 ]

@@ -1,14 +1,14 @@
-"""The training run's settings: the TrainConfig, its command-line form (`convscope train`), and reading back
-the one a run directory was started with."""
+"""The training run's settings: the TrainConfig (its command-line form, `convscope train`, is in
+`convscope.cli.train`), and reading back the one a run directory was started with."""
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..files import read_json
+from ..limits import MAX_SIDE, MAX_THREADS
 
 # Settings that do not change what a run computes; the rest must match when a run is resumed.
 NON_SEMANTIC = frozenset({"out", "resume", "workers", "quiet", "progress", "threads", "dist_timeout",
@@ -106,10 +106,11 @@ class TrainConfig:
             (self.keep_last >= 1, f"keep_last must be >= 1; got {self.keep_last}"),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0; got {self.checkpoint_every}"),
             (self.eval_every >= 1, f"eval_every must be >= 1; got {self.eval_every}"),
-            (self.input_size is None or 1 <= self.input_size <= 4096,
-             f"input size must be in [1, 4096]; got {self.input_size}"),
+            (self.input_size is None or 1 <= self.input_size <= MAX_SIDE,
+             f"input size must be in [1, {MAX_SIDE}]; got {self.input_size}"),
             (self.in_chans in (None, 1, 3), f"in_chans must be 1 or 3; got {self.in_chans}"),
-            (self.threads is None or self.threads >= 1, f"threads must be >= 1; got {self.threads}"),
+            (self.threads is None or 1 <= self.threads <= MAX_THREADS,
+             f"threads must be in [1, {MAX_THREADS}]; got {self.threads}"),
             (self.workers >= 0, f"workers must be >= 0; got {self.workers}"),
             (self.prefetch >= 1, f"prefetch must be >= 1; got {self.prefetch}"),
             (self.drop_path is None or 0 <= self.drop_path < 1, f"drop_path must be in [0, 1); got {self.drop_path}"),
@@ -173,124 +174,6 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in a
                 if k not in NON_SEMANTIC and json.dumps(a[k]) != json.dumps(b[k])]
-
-
-def _floats(n: int):
-    def parse(s: str) -> tuple[float, ...]:
-        try:
-            vals = tuple(float(v) for v in s.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers; got {s!r}") from None
-        if len(vals) != n:
-            raise argparse.ArgumentTypeError(f"expected {n} comma-separated numbers; got {s!r}")
-        return vals
-    return parse
-
-
-def _duration(s: str) -> float:
-    from .budget import parse_duration
-
-    try:
-        return parse_duration(s)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _json_dict(s: str) -> dict:
-    try:
-        d = json.loads(s)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object; got {s!r} ({e})") from None
-    if not isinstance(d, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object; got {s!r}")
-    return d
-
-
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The `convscope train` options; every one maps to the TrainConfig field of the same name."""
-    d = TrainConfig(model="-")
-    g = p.add_argument_group("run")
-    g.add_argument("--model", required=True, help="registered model name (convscope list)")
-    g.add_argument("--data", default=d.data, help="fashion-mnist, synthetic, or an image-folder directory "
-                   "(root/<class>/*.jpg, or root/train and root/val)")
-    g.add_argument("--out", default=d.out, help="run directory (checkpoints, metrics.jsonl, curves.png)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=None, help="per process and micro-step (default: 128, or 64 "
-                   "for fewer than 20,000 training images)")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW; default: 1e-3 x batch "
-                   "size / 128, x4 below 20,000 training images)")
-    g.add_argument("--min-lr", type=float, default=d.min_lr, help="cosine schedule floor")
-    g.add_argument("--warmup-epochs", type=float, default=None, help="default: 1, or 0.5 for small data sets")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to 1-D parameters "
-                   "(norms, biases, layer scales)")
-    g.add_argument("--clip-grad", type=float, default=None, help="max gradient norm")
-    g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation micro-steps")
-    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of weights (0: off)")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    g = p.add_argument_group("model")
-    g.add_argument("--model-kwargs", type=_json_dict, default={}, help='JSON constructor overrides, e.g. '
-                   '\'{"depths": [1, 1, 1, 1]}\'')
-    g.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default: the ModelCard's)")
-    g.add_argument("--drop-rate", type=float, default=None, help="head dropout")
-    g.add_argument("--msd-samples", type=int, default=d.msd_samples, help="multi-sample dropout head: samples "
-                   "(0: off)")
-    g.add_argument("--msd-drop", type=float, default=d.msd_drop)
-    g.add_argument("--input-size", type=int, default=None, help="model input side (default: the data's size, "
-                   "raised to the model's minimum and, for an image folder, to twice its last stage's stride; at "
-                   "most the model card's)")
-    g.add_argument("--in-chans", type=int, default=None, help="1 (grayscale) or 3; default: the data's")
-    g.add_argument("--init-from", default=None, metavar="WEIGHTS.safetensors",
-                   help="start from these weights instead of a random init: a pruned model written by "
-                        "convscope.deploy.prune.save_pruned (the model takes its pruned widths: fine-tuning after "
-                        "pruning) or a weights file written by convscope train for the same model and classes")
-    g = p.add_argument_group("data and augmentation")
-    g.add_argument("--data-limit", type=int, default=None, help="use only the first N training images")
-    g.add_argument("--eval-limit", type=int, default=None, help="evaluate on only the first N images")
-    g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held out of a single image folder")
-    g.add_argument("--crop-pct", type=float, default=None)
-    g.add_argument("--scale", type=_floats(2), default=None, help="random resized crop area range, e.g. 0.08,1 "
-                   "(default: data-aware; 1,1 = whole images for images of 64 pixels or less)")
-    g.add_argument("--ratio", type=_floats(2), default=None, help="random resized crop aspect range (default: "
-                   "1,1 with whole images, else 0.75,1.333)")
-    g.add_argument("--hflip", type=float, default=d.hflip)
-    g.add_argument("--randaug-ops", type=int, default=d.randaug_ops, help="RandAugment-lite ops per image (0: off)")
-    g.add_argument("--randaug-magnitude", type=float, default=d.randaug_magnitude)
-    g.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha (0: off)")
-    g.add_argument("--mix-prob", type=float, default=d.mix_prob)
-    g.add_argument("--mix-switch-prob", type=float, default=d.mix_switch_prob)
-    g.add_argument("--on-error", choices=("skip", "raise"), default=d.on_error, help="unreadable images")
-    g.add_argument("--check-images", choices=("none", "header", "decode"), default=d.check_images)
-    g.add_argument("--synthetic-size", type=int, default=d.synthetic_size)
-    g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes)
-    g.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size)
-    g = p.add_argument_group("execution")
-    g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    g.add_argument("--amp", choices=("fp32", "bf16"), default=d.amp, help="autocast dtype")
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
-    g.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    g.add_argument("--eval-batch-size", type=int, default=None)
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N epochs (and at the end)")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="also checkpoint every N optimizer steps (0: only at epoch ends)")
-    g.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
-                   help="finish the whole run within this time (e.g. 9m, 540s, 1h): the epochs (at most --epochs) "
-                        "are fitted to the speed measured in the first steps")
-    g.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints to keep")
-    g.add_argument("--quiet", action="store_true", help="print only the final summary")
-    g.add_argument("--progress", choices=("auto", "bar", "plain", "none"), default=d.progress,
-                   help="auto: progress bars on a terminal, one line per epoch otherwise")
-    g.add_argument("--dist-timeout", type=float, default=d.dist_timeout, help="seconds a collective may wait")
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def load_run_config(out: str | Path) -> TrainConfig:
