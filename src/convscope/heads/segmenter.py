@@ -45,6 +45,10 @@ class Segmenter(nn.Module):
         self.in_chans = backbone.in_chans
         self.feature_info = backbone.feature_info
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's block activations in the backward pass instead of storing them."""
+        self.backbone.set_grad_checkpointing(enable)
+
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """{"logits": (B, K, H, W), "aux": (B, K, H, W) or None}."""
         h, w = x.shape[-2:]
