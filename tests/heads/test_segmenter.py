@@ -74,9 +74,11 @@ def test_sepc_neck_pads_to_the_deepest_stride_and_crops_back():
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         assert seg(torch.randn(1, 3, 70, 90)).shape == (1, 3, 70, 90)
-        # an input already a multiple of 32 is not padded: the same pixels as running without the neck's padding
+        # an input already a multiple of 32 goes through unpadded: the head's logits upsampled, nothing cropped
         feats = seg.neck(seg.backbone(x))
         assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+        expected = torch.nn.functional.interpolate(seg.head(feats), size=(64, 96), mode="bilinear")
+        torch.testing.assert_close(seg(x), expected)
 
 
 def test_sepc_neck_refuses_a_pyramid_whose_strides_do_not_double():
