@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from convscope.deploy.export import export_program
 from convscope.heads import StrideFreeConv2d, aspp_rates, create_segmenter, dilate_backbone_
 from tests.conftest import random_model
 
@@ -61,3 +62,12 @@ def test_families_that_cannot_dilate_raise_one_line(name):
     with torch.device("meta"), pytest.raises(ValueError, match="output_stride needs a pure-conv backbone") as info:
         create_segmenter(name, "fcn", 3, output_stride=16)
     assert "\n" not in str(info.value)
+
+
+def test_a_dilated_segmenter_exports():
+    torch.manual_seed(0)
+    seg = create_segmenter("convnext_atto", "fcn", 3, output_stride=16, channels=16).eval()
+    x = torch.randn(1, 3, 64, 96)
+    program = export_program(seg, x)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), seg(x))
