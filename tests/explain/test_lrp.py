@@ -7,7 +7,7 @@ from torch import nn
 
 from convscope.explain.lrp import check_conservation, lrp
 
-from .zoo import small_model, smallest_per_family, tiny_convnext, tiny_input
+from .zoo import plain_net, small_model, smallest_per_family, tiny_convnext, tiny_input
 
 #: Families whose input relevance does not yet sum to the logit with every additive constant zeroed; the test
 #: below holds them to still missing it, so a fix has to remove them from here.
@@ -29,38 +29,9 @@ def additive_constants_zeroed(model: nn.Module) -> nn.Module:
     return model
 
 
-class PlainNet(nn.Module):
-    """Conv -> BN -> ReLU -> MaxPool -> Conv -> BN -> ReLU -> global average pool -> Linear: Captum has rules."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2, self.bn2, self.relu2 = nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
-        x = self.gap(self.relu2(self.bn2(self.conv2(x))))
-        return self.fc(torch.flatten(x, 1))
-
-
-def _plain_net() -> nn.Module:
-    torch.manual_seed(0)
-    net = PlainNet()
-    with torch.no_grad():
-        for bn in (net.bn1, net.bn2):
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 2)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.1, 0.1)
-    return net.eval().double()
-
-
 def test_parity_with_captum():
     from captum.attr import LRP
-    net = _plain_net()
+    net = plain_net()
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     theirs = LRP(net).attribute(x.clone().requires_grad_(True), target=torch.tensor([1, 3]))
     ours = lrp(net, x, target=[1, 3], rule="epsilon", epsilon=1e-9)  # Captum's default: epsilon 1e-9 everywhere

@@ -28,10 +28,12 @@ from .taps import (
     ToMap,
     capture,
     check_images,
+    check_target,
     eval_mode,
     rebuild,
     resolve_layer,
     single_output,
+    target_classes,
     tensors_of,
 )
 
@@ -49,32 +51,6 @@ class CAM:
     method: str
 
 
-def _targets(target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    """One class per image: the given one(s), or the top-scoring class when `target` is None."""
-    if logits.ndim != 2:
-        raise ValueError(f"CAMs explain classifier logits (batch, classes); the model gave {tuple(logits.shape)}")
-    if not torch.isfinite(logits).all():
-        raise ValueError("the model's logits are not finite (NaN or inf) for this input; nothing to explain")
-    b, n = logits.shape
-    if target is None:
-        return logits.argmax(1)
-    t = torch.as_tensor(target).flatten().long()
-    if t.numel() == 1:
-        t = t.expand(b)
-    if t.numel() != b or (t < 0).any() or (t >= n).any():
-        raise ValueError(f"target must be one class or one per image, each in 0..{n - 1}; got {target!r} "
-                         f"for a batch of {b}")
-    return t
-
-
-def _check_target(target: object) -> None:
-    if target is None or isinstance(target, torch.Tensor):
-        return
-    items = target if isinstance(target, (list, tuple)) else [target]
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in items):
-        raise TypeError(f"target must be a class index, a sequence of them, or None; got {target!r}")
-
-
 def layer_activations_and_grads(model: nn.Module, x: torch.Tensor, tap: LayerTap,
                                 target: int | Sequence[int] | torch.Tensor | None
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,7 +61,7 @@ def layer_activations_and_grads(model: nn.Module, x: torch.Tensor, tap: LayerTap
     with capture(tap.module) as outs:
         logits = model(x)
     out = single_output(outs, tap.name)
-    targets = _targets(target, logits)
+    targets = target_classes(target, logits)
     ts = tensors_of(out)
     score = logits.gather(1, targets[:, None]).sum()
     grads = torch.autograd.grad(score, ts, allow_unused=True)
@@ -145,7 +121,7 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, method: str = "gradc
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    _check_target(target)
+    check_target(target)
     check_images(model, x)
     tap = resolve_layer(model, layer, tuple(x.shape[-2:]), reshape)
     with eval_mode(model):
@@ -153,7 +129,7 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, method: str = "gradc
             with torch.no_grad(), capture(tap.module) as outs:
                 logits = model(x)
             acts = tap.to_map(single_output(outs, tap.name))
-            targets = _targets(target, logits)
+            targets = target_classes(target, logits)
             with torch.no_grad():
                 weights = _score_weights(model, x, acts, targets, batch_size)
             grads = None

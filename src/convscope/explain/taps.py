@@ -8,7 +8,7 @@ they do to an activation.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +44,34 @@ def check_images(model: nn.Module, x: Any) -> None:
         raise ValueError(f"expected a float image batch (batch, channels, height, width); got {got}")
     if hasattr(model, "check_input"):
         model.check_input(x)
+
+
+def target_classes(target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """(B,) one class per image for `logits` (B, classes): the given one(s), or each image's top class when
+    `target` is None."""
+    if logits.ndim != 2:
+        raise ValueError(f"explanations need classifier logits (batch, classes); the model gave "
+                         f"{tuple(logits.shape)}")
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model's logits are not finite (NaN or inf) for this input; nothing to explain")
+    b, n = logits.shape
+    if target is None:
+        return logits.argmax(1)
+    t = torch.as_tensor(target).flatten().long()
+    if t.numel() == 1:
+        t = t.expand(b)
+    if t.numel() != b or (t < 0).any() or (t >= n).any():
+        raise ValueError(f"target must be one class or one per image, each in 0..{n - 1}; got {target!r} "
+                         f"for a batch of {b}")
+    return t
+
+
+def check_target(target: object) -> None:
+    if target is None or isinstance(target, torch.Tensor):
+        return
+    items = target if isinstance(target, (list, tuple)) else [target]
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in items):
+        raise TypeError(f"target must be a class index, a sequence of them, or None; got {target!r}")
 
 
 def default_layer(model: nn.Module) -> int | str:
