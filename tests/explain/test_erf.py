@@ -6,7 +6,7 @@ import torch
 
 from convscope.explain.erf import area_ratio, effective_receptive_field
 
-from .zoo import tiny_convnext
+from .zoo import small_model, tiny_convnext, tiny_input
 
 
 def test_area_ratio_by_hand():
@@ -58,3 +58,13 @@ def test_bad_values(kwargs, match):
 def test_mixed_sizes_refused():
     with pytest.raises(ValueError, match="same size"):
         effective_receptive_field(tiny_convnext(), [torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 64, 64)])
+
+
+def test_batch_of_one_gets_the_gradient_a_batch_of_two_gets():
+    # torch 2.13's CPU BatchNorm backward is wrong for a batch of one when the gradient arrives strided as
+    # flatten(2).transpose(1, 2) leaves it (CvT's projections): the ERF of an image must not depend on its batch
+    model = small_model("cvt_13_224")
+    x = tiny_input(model)
+    one = effective_receptive_field(model, x, layer=0)
+    two = effective_receptive_field(model, torch.cat([x, x]), layer=0)
+    torch.testing.assert_close(one.contribution, two.contribution, rtol=1e-4, atol=1e-7)

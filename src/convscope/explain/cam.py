@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .taps import (
+    BatchNormGradFix,
     LayerTap,
     ToMap,
     capture,
@@ -58,7 +59,7 @@ def layer_activations_and_grads(model: nn.Module, x: torch.Tensor, tap: LayerTap
     to it, and the targets. ValueError when the gradient is zero everywhere (the layer does not reach the
     logit, as the patch tokens after a class-token model's last block)."""
     x = x.detach().requires_grad_(True)
-    with capture(tap.module) as outs:
+    with capture(tap.module) as outs, BatchNormGradFix():
         logits = model(x)
     out = single_output(outs, tap.name)
     targets = target_classes(target, logits)

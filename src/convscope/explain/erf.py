@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .taps import check_images, eval_mode
+from .taps import BatchNormGradFix, check_images, eval_mode
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -48,7 +48,8 @@ def area_ratio(m: torch.Tensor, threshold: float) -> float:
 def _contributions(model: nn.Module, x: torch.Tensor, layer: int) -> torch.Tensor:
     """(B, H, W): sum_c ReLU(gradient of the central output, summed over channels) for each image."""
     x = x.detach().requires_grad_(True)
-    (fmap,) = model.forward_intermediates(x, indices=[layer], intermediates_only=True)
+    with BatchNormGradFix():
+        (fmap,) = model.forward_intermediates(x, indices=[layer], intermediates_only=True)
     h, w = fmap.shape[-2:]
     central = torch.relu(fmap[:, :, h // 2, w // 2]).sum()
     (grad,) = torch.autograd.grad(central, x)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .lrp import frozen
-from .taps import check_images, check_target, eval_mode, target_classes
+from .taps import BatchNormGradFix, check_images, check_target, eval_mode, target_classes
 
 _RELU = {F.relu, torch.relu, torch.Tensor.relu}
 _MAXPOOL = {F.max_pool2d, F._max_pool2d, F.max_pool2d_with_indices}
@@ -90,7 +90,7 @@ def linear_map(model: nn.Module, x: torch.Tensor, rtol: float = 1e-5) -> LinearM
         raise ValueError(f"linear_map explains one image at a time; got a batch of {x.shape[0]}")
     x = x.detach().requires_grad_(True)
     with eval_mode(model), frozen(model):
-        with GateMode() as recorder:
+        with BatchNormGradFix(), GateMode() as recorder:
             y = model(x)[0]
         rows = [torch.autograd.grad(y[k], x, retain_graph=k < y.numel() - 1)[0].flatten() for k in range(y.numel())]
         with torch.no_grad(), GateMode(recorder.gates):

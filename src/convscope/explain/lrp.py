@@ -10,12 +10,13 @@ rewritten so that their backward pass is the LRP rule:
   average pooling, resampling, FFTs and other linear maps need no rewrite.
 - normalisations are propagated through as constants (Ali et al., "XAI for Transformers: Better Explanations
   through Conservative Propagation", 2202.07304): LayerNorm and GroupNorm with their standard deviation detached,
-  any division by an input-dependent tensor with the divisor detached; softmax, sigmoid, exp, erf, sqrt and
-  rsqrt outputs and L2 norms (F.normalize) are constants (attention weights and gates, as the AH rule there);
-  x ** p is x * x ** (p - 1) with the second factor constant (StarReLU's and squared ReLU's squares).
-- a product of two input-dependent tensors (gating, attention times values when not detached, dynamic
-  kernels) gives each factor half the relevance (the uniform rule), and a layer scale or residual sum needs no
-  rule: gradient x input conserves through both.
+  any division by an input-dependent tensor with the divisor detached; softmax, sigmoid, exp, erf, sqrt,
+  rsqrt and F.normalize outputs are constants (attention weights, cosine-attention queries and keys, gates: the
+  AH rule there); x ** p is x * x ** (p - 1) with the second factor constant (StarReLU's and squared ReLU's
+  squares).
+- a product of two input-dependent tensors (*, @, bmm or a two-operand einsum: gating, attention times values
+  when not detached, dynamic kernels) gives each factor half the relevance (the uniform rule), and a layer
+  scale or residual sum needs no rule: gradient x input conserves through both.
 
 What is not conserved is what additive constants absorb: biases, BatchNorm and LayerNorm shifts, position
 embeddings and class tokens, and the epsilon stabiliser. `Relevance.absorbed` reports it; with those constants
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .taps import check_images, check_target, eval_mode, target_classes
+from .taps import check_images, check_target, contiguous_grad, eval_mode, target_classes
 
 RULES = ("epsilon", "gamma", "zplus")
 
@@ -40,7 +41,7 @@ _AFFINE = {F.conv1d, F.conv2d, F.conv3d, F.linear}
 _IDENTITY = {F.gelu, F.silu, F.hardswish, F.mish, F.softplus, F.elu, torch.tanh, torch.Tensor.tanh, F.tanh}
 _CONSTANT = {torch.softmax, F.softmax, torch.Tensor.softmax, torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid,
              torch.exp, torch.Tensor.exp, torch.erf, torch.Tensor.erf,
-             torch.sqrt, torch.Tensor.sqrt, torch.rsqrt, torch.Tensor.rsqrt, F.log_softmax}
+             torch.sqrt, torch.Tensor.sqrt, torch.rsqrt, torch.Tensor.rsqrt, F.log_softmax, F.normalize}
 _PRODUCT = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.matmul,
             torch.Tensor.matmul, torch.Tensor.__matmul__, torch.bmm, torch.Tensor.bmm}
 _DIVISION = {torch.div, torch.Tensor.div, torch.Tensor.__truediv__}
@@ -97,7 +98,8 @@ class LRPMode(TorchFunctionMode):
         y = func(*args, **kwargs)
         if not _grad(x):
             return y
-        if func is F.batch_norm:
+        if func is F.batch_norm:  # contiguous_grad: see taps.BatchNormGradFix
+            y = contiguous_grad(y)
             return _keep_forward(y, y, self.epsilon)
         dims = tuple(range(x.ndim - len(args[1]), x.ndim)) if func is F.layer_norm else None
         if dims is None:  # group norm: statistics over each group's channels and positions
@@ -116,10 +118,10 @@ class LRPMode(TorchFunctionMode):
             return self._affine(func, args, kwargs)
         if func in (F.layer_norm, F.group_norm, F.batch_norm):
             return self._norm(func, args, kwargs)
-        if func is F.normalize and _grad(args[0]):  # x / ||x||: the norm is a normaliser, constant
-            return args[0] * (func(*args, **kwargs) / args[0]).nan_to_num(0.0).detach()
         if func is F.scaled_dot_product_attention:
             return _attention(*args, **kwargs)
+        if func is torch.einsum:
+            return _einsum(*args, **kwargs)
         out = func(*args, **kwargs)
         if func in _CONSTANT or func is F.grid_sample and _grad(args[1]):
             return out.detach() if func in _CONSTANT else func(args[0], args[1].detach(), *args[2:], **kwargs)
@@ -151,6 +153,14 @@ def _uniform(func, args, kwargs) -> torch.Tensor:
     """f(a, b) with half the relevance to each factor: (f(a, b.detach()) + f(a.detach(), b)) / 2."""
     a, b = args[0], args[1]
     return 0.5 * (func(a, b.detach(), *args[2:], **kwargs) + func(a.detach(), b, *args[2:], **kwargs))
+
+
+def _einsum(equation: str, *operands):
+    """einsum with the uniform rule when it multiplies two input-dependent operands."""
+    ops = list(operands[0]) if len(operands) == 1 and isinstance(operands[0], (list, tuple)) else list(operands)
+    if len(ops) == 2 and _grad(ops[0]) and _grad(ops[1]):
+        return 0.5 * (torch.einsum(equation, ops[0], ops[1].detach()) + torch.einsum(equation, ops[0].detach(), ops[1]))
+    return torch.einsum(equation, *ops)
 
 
 def _attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 ToMap = Callable[[Any], torch.Tensor]
 
@@ -204,3 +206,30 @@ def tensors_of(out: Any) -> list[torch.Tensor]:
 def rebuild(out: Any, tensors: list[torch.Tensor]) -> Any:
     """`tensors` in the structure of `out` (the inverse of `tensors_of`)."""
     return tensors[0] if isinstance(out, torch.Tensor) else type(out)(tensors)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def contiguous_grad(t: torch.Tensor) -> torch.Tensor:
+    """`t`, with the gradient flowing back into it made contiguous."""
+    return _ContiguousGrad.apply(t) if t.requires_grad else t
+
+
+class BatchNormGradFix(TorchFunctionMode):
+    """Hands every BatchNorm a contiguous output gradient. torch 2.13's CPU batch-norm backward gives wrong input
+    gradients for a batch of one when the output gradient is strided as a flatten(2).transpose(1, 2) downstream
+    leaves it (CvT's convolutional projections), in train and eval mode alike."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        return contiguous_grad(out) if func is F.batch_norm else out
