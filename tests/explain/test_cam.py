@@ -122,3 +122,9 @@ def test_bad_input():
         class_activation_map(tiny_convnext(), torch.zeros(3, 32, 32))
     with pytest.raises(TypeError, match="target must be a class index"):
         class_activation_map(tiny_convnext(), torch.zeros(1, 3, 32, 32), target="cat")
+
+
+def test_token_grid_that_does_not_fit_the_input():
+    model = small_model("cvt_13_224")  # its default layer is a block inside the last stage: tokens, not a map
+    with pytest.raises(ValueError, match="not the tokens of a 5x5 grid"):
+        class_activation_map(model, torch.randn(1, 3, 66, 66))

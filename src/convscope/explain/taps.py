@@ -110,7 +110,14 @@ def _stage_tokens_to_map(model: nn.Module, name: str, hw: tuple[int, int]) -> To
     if not hasattr(stage, "tokens_to_map"):
         return None
     grid = _grid(model, int(parts[1]), hw)
-    return lambda t: stage.tokens_to_map(t, grid)
+
+    def to_map(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim != 3 or t.shape[1] != getattr(stage, "num_prefix_tokens", 0) + grid[0] * grid[1]:
+            raise ValueError(f"layer {name!r} gives {tuple(t.shape)}, not the tokens of a {grid[0]}x{grid[1]} grid "
+                             f"(input {hw[0]}x{hw[1]}); use an input whose sides are multiples of "
+                             f"{model.feature_info[-1]['reduction']}, or pass reshape=")
+        return stage.tokens_to_map(t, grid)
+    return to_map
 
 
 def _token_unit_to_map(model: nn.Module, name: str, hw: tuple[int, int]) -> ToMap | None:
