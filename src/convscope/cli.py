@@ -264,8 +264,9 @@ def _deploy_size(args: argparse.Namespace, chw: tuple[int, ...]) -> tuple[int, i
 def _cmd_optimize(args: argparse.Namespace) -> int:
     import itertools
 
-    from .deploy.optimize import STEPS, eval_loader, load_source, optimize, write_result
+    from .deploy.optimize import STEPS, eval_loader, optimize, write_result
     from .deploy.quantize import EXTRA_HINT, available
+    from .models.source import load_source
     steps = tuple(s.strip() for s in args.steps.split(",") if s.strip()) if args.steps else STEPS
     if set(steps) - set(STEPS):
         raise ValueError(f"--steps must be some of {','.join(STEPS)}; got {args.steps!r}")
@@ -299,9 +300,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     import itertools
     from pathlib import Path
 
-    from .deploy.optimize import eval_loader, load_source
+    from .deploy.optimize import eval_loader
     from .deploy.prune import SCOPES, plan_pruning, pruning_spec, save_pruned, slim_
     from .files import check_output_file
+    from .models.source import load_source
     scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
     if not scopes or set(scopes) - set(SCOPES):
         raise ValueError(f"--scopes must be some of {','.join(SCOPES)}; got {args.scopes!r}")

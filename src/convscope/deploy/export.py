@@ -142,8 +142,8 @@ def export_check(name: str, *, batch: int = 1, size: tuple[int, int] | None = No
                  seed: int = 0, threads: int | None = None) -> ExportResult:
     """Build `name` (random init; the inference form when `deploy_form`), and try torch.export and ONNX at
     (batch, C, H, W) = the card's input size (or `size`); ONNX output checked against PyTorch with onnxruntime."""
+    from ..layers.fold import prepare_for_inference_
     from ..models import model_card
-    from .fold import prepare_for_inference_
     card = model_card(name)
     model = cheap_random_model(name, seed)
     if deploy_form:

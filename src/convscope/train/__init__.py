@@ -1,5 +1,6 @@
 """Training: datasets and batch transforms, Mixup/CutMix, the engine, checkpoints, and torchrun DDP."""
-from .checkpoint import CheckpointManager, load_model, read_meta, save_model_file
+from ..models.source import load_model, read_meta, save_model_file
+from .checkpoint import CheckpointManager
 from .config import TrainConfig, add_train_arguments, config_from_args
 from .datasets import ImageFolder, TensorImageDataset, fashion_mnist, synthetic
 from .engine import train

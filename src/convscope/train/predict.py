@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from ..extras import require
+from ..models.source import load_model
 from ..utils import resolve_device
-from .checkpoint import load_model
 from .datasets import FASHION_MNIST_CLASSES, ImageFolder, fashion_mnist, is_idx_dir, load_image, repeat_channels
 from .evaluation import evaluate
 from .loaders import Loader
