@@ -91,8 +91,6 @@ def check_model_kwargs(name: str, kwargs: object, where: str) -> dict[str, Any]:
     unknown = [k for k in kwargs if not isinstance(k, str) or k in _CREATE_KEYS or (k not in params and not takes_any)]
     if unknown:
         raise ValueError(f"{where}: model_kwargs {_short(unknown)} are not constructor arguments of {name}")
-    for key, value in kwargs.items():
-        _bounded(value, key, where)
     depths_key = family.spec.depths if family.spec is not None else "depths"
     depths = kwargs.get(depths_key)
     if depths is not None:
@@ -100,6 +98,8 @@ def check_model_kwargs(name: str, kwargs: object, where: str) -> dict[str, Any]:
         if any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= MAX_DEPTH for d in flat):
             raise ValueError(f"{where}: model_kwargs {depths_key!r} must be block counts from 0 to {MAX_DEPTH}; "
                              f"got {_short(depths)}")
+    for key, value in kwargs.items():
+        _bounded(value, key, where)
     return dict(kwargs)
 
 
@@ -237,7 +237,8 @@ def _build(path: Path, name: str, kwargs: dict[str, Any], spec: dict[str, Any] |
     """The model the file describes, with its weights: the architecture is first built on the meta device and
     compared with the file's tensor names and shapes, and only then built for real and loaded strictly."""
     with torch.device("meta"):
-        probe = _shape(create_model(name, **kwargs), spec, form)
+        probe = create_model(name, **kwargs)
+    _shape(probe, spec, form)   # outside the device context: the group discovery runs small probes on the CPU
     own = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     held = _file_shapes(path)
     if own != held:

@@ -119,20 +119,26 @@ def slim_heads_(model: nn.Module, g: HeadGroup, keep: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def slim_hidden_(model: nn.Module, g: HiddenGroup, keep: torch.Tensor) -> None:
-    _, p, followers, c = g.modules(model)
-    width = layer_width(p)
-    drop = dropped_mask(width, keep)
+def _fold_dropped_constant_(c: nn.Module, followers: list[nn.Module], width: int, drop: torch.Tensor) -> None:
+    """The consumer `c` of a masked group gains W[:, dropped] @ const[dropped] in its bias (a 1x1 conv or linear:
+    a per-output constant), what the removed channels fed it."""
     const = _constant_at_consumer(followers, width)
-    w = c.weight.detach()
-    # consumer(x) gains W[:, dropped] @ const[dropped] (a 1x1 conv or linear: a per-output constant)
-    wd = w[:, drop]
+    wd = c.weight.detach()[:, drop]
     extra = (wd.flatten(2).sum(2) if wd.ndim > 2 else wd) @ const[drop]
-    if drop.any() and extra.abs().max() > 0:
+    if extra.abs().max() > 0:
         if c.bias is None:
             c.bias = nn.Parameter(extra.clone())
         else:
             c.bias += extra
+
+
+@torch.no_grad()
+def slim_hidden_(model: nn.Module, g: HiddenGroup, keep: torch.Tensor) -> None:
+    _, p, followers, c = g.modules(model)
+    width = layer_width(p)
+    drop = dropped_mask(width, keep)
+    if drop.any() and not c.weight.is_meta:   # on the meta device (shapes only) there are no values to carry
+        _fold_dropped_constant_(c, followers, width, drop)
     _index_layer(p, keep, 0)
     _index_layer(c, keep, 1)
     seen = set()
