@@ -57,7 +57,7 @@ def check_model_name(name: object, where: str) -> str:
 
 
 def _bounded(value: object, key: str, where: str) -> None:
-    """Plain JSON values only, integers within MAX_WIDTH, lists within MAX_ITEMS, numbers finite."""
+    """Plain JSON values only: integers within MAX_WIDTH, lists and mappings within MAX_ITEMS, numbers finite."""
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, int):
@@ -75,8 +75,14 @@ def _bounded(value: object, key: str, where: str) -> None:
             raise ValueError(f"{where}: model_kwargs {key!r} holds {len(value)} entries (at most {MAX_ITEMS})")
         for v in value:
             _bounded(v, key, where)
+    elif isinstance(value, Mapping):
+        if len(value) > MAX_ITEMS:
+            raise ValueError(f"{where}: model_kwargs {key!r} holds {len(value)} entries (at most {MAX_ITEMS})")
+        for k, v in value.items():
+            _bounded(k, key, where)
+            _bounded(v, key, where)
     else:
-        raise ValueError(f"{where}: model_kwargs {key!r} must hold numbers, strings or lists; got "
+        raise ValueError(f"{where}: model_kwargs {key!r} must hold numbers, strings, lists or mappings; got "
                          f"{type(value).__name__}")
 
 
