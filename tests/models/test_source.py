@@ -167,3 +167,13 @@ def test_export_leaves_the_callers_mode():
     assert model.training and not model.head.training and model.stages.training
     check_module(model, torch.randn(1, 1, 32, 32), "tiny")
     assert model.training and not model.head.training and model.stages.training
+
+
+@pytest.mark.parametrize("entry", [dict(hidden=0), dict(hidden="abc"), dict(hidden=1e9), dict(consumer_bias="x")])
+def test_optimize_refuses_a_crafted_pruned_file_in_one_line(tmp_path, capsys, entry):
+    from convscope.cli import main
+    path, _, _ = _pruned_file(tmp_path, **entry)
+    assert main(["optimize", str(path), "--size", "32", "--out", str(tmp_path / "opt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pruning spec's groups[" in err, err
+    assert not (tmp_path / "opt").exists()
