@@ -148,11 +148,12 @@ def _main(args, argv) -> int:
 
     from convscope.deploy import prepare_for_inference
     from convscope.deploy.machine import cpu_isa
-    from convscope.deploy.optimize import eval_loader, load_source
+    from convscope.deploy.optimize import eval_loader
     from convscope.deploy.prune import hidden_groups, prune, pruning_spec, save_pruned
     from convscope.deploy.quantize import archive_sizes, available, compile_int8, quantize_int8, save_int8
     from convscope.files import atomic_write_text
     from convscope.models import save_weights
+    from convscope.models.source import load_source
     from convscope.train import load_model, train
 
     out, work = Path(args.out), Path(args.work)

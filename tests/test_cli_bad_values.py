@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from convscope.cli import build_parser, main
 from convscope.models import create_model
-from convscope.train.checkpoint import save_model_file
+from convscope.models.source import save_model_file
 
 from .conftest import run_cli
 

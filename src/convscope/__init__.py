@@ -1,5 +1,5 @@
 """convscope: modern ConvNets and conv/attention hybrids, faithful to their papers, with an efficiency lab."""
-from .deploy import reparameterize_model
+from .layers.reparam import reparameterize_model
 from .models import (
                      ModelCard,
                      UnknownModelError,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import convscope.analysis.hardware as hw
+import convscope.analysis.hardware.peaks as hw
 from convscope.cli import main
 
 

@@ -11,7 +11,7 @@ import torch
 import convscope
 from convscope.cli import main
 from convscope.deploy.optimize import Form, Recipe, build_form, optimize
-from convscope.train.checkpoint import save_model_file
+from convscope.models.source import load_model, save_model_file
 
 from ..conftest import run_cli
 
@@ -74,6 +74,10 @@ def test_cli_optimize_then_deploy(tmp_path):
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["source"] == "convnext_atto" and recipe["input_size"] == [1, 3, 32, 32]
     assert recipe["machine"]["isa"] and (out / "model.safetensors").is_file()
+    model, meta = load_model(out / "model.safetensors")   # it describes itself: predict / eval take it
+    assert meta["model"] == "convnext_atto" and meta["form"] in ("train", "prepare")
+    assert len(meta["class_names"]) == 1000
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
     Recipe.load(out / "recipe.json")
     r = run_cli("deploy", str(out / "recipe.json"), "--repeats", "2", "--out", str(tmp_path / "dep"))
     assert r.returncode == 0, r.stderr

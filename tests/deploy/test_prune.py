@@ -275,7 +275,7 @@ def test_load_pruned_rejects_plain_weights(tmp_path):
 
 def test_cli_prune_then_optimize_source(tmp_path, capsys):
     from convscope.cli import main
-    from convscope.deploy.optimize import load_source
+    from convscope.models.source import load_source
     out = tmp_path / "p.safetensors"
     assert main(["prune", "convnext_atto", "--scopes", "mlp,stage", "--ratio", "0.3", "--stage-ratio", "0.25",
                  "--out", str(out)]) == 0

@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convscope.deploy import is_reparameterizable, match_reparam_form_, reparameterize_
-from convscope.deploy.reparam import sequential_bn_folds
 from convscope.layers import MIXERS, DilatedReparamBlock, ReparamLargeKernelConv
 from convscope.layers.mixers.dilated_reparam import DILATED_BRANCHES
 from convscope.layers.reparam import (
@@ -21,8 +19,12 @@ from convscope.layers.reparam import (
     fuse_affine_before_,
     fuse_bn_before_conv_,
     fuse_bn_into_conv_,
+    is_reparameterizable,
+    match_reparam_form_,
     merge_parallel_convs,
     pad_kernel,
+    reparameterize_,
+    sequential_bn_folds,
 )
 from convscope.models import list_models, model_card
 

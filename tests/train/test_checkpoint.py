@@ -13,15 +13,13 @@ from torch import nn
 import convscope
 import convscope.files
 from convscope.files import atomic_write_json, read_json
+from convscope.models.source import load_model, read_meta, save_model_file
 from convscope.train import checkpoint as ck
 from convscope.train.checkpoint import (
     CheckpointManager,
-    load_model,
     optimizer_from_tensors,
     optimizer_to_tensors,
-    read_meta,
     rng_state_json,
-    save_model_file,
     set_rng_state_json,
 )
 

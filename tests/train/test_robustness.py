@@ -202,7 +202,7 @@ def _weights(tmp_path: Path, classes=("a", "b")) -> Path:
     torch.manual_seed(0)
     model = create_model("convnext_atto", num_classes=len(classes), in_chans=1, depths=[1, 1, 1, 1],
                          dims=[8, 16, 24, 32])
-    from convscope.train.checkpoint import save_model_file
+    from convscope.models.source import save_model_file
     meta = dict(model="convnext_atto", model_kwargs=dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]),
                 num_classes=len(classes), in_chans=1, input_size=[32, 32], load_size=[32, 32], crop_pct=1.0,
                 mean=[0.5], std=[0.25], class_names=list(classes), data="x")

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
-import gc
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +25,7 @@ from torch import nn
 from ..files import JsonRecord
 from ..models import resolve_model
 from ..utils import resolve_device, text_table, threads_set
-from .hardware import DTYPES, _timer, dtype_name, machine_info
+from .hardware import DTYPES, PeakMemory, dtype_name, machine_info, wall_timer
 
 MODES = ("inference", "train")
 MEMORY_METHOD = {
@@ -96,7 +92,7 @@ def measure(fn: Callable[[], Any], *, device: str | torch.device = "cpu", warmup
         raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
     dev = resolve_device(device)
     check_clock(clock, dev)
-    timed = _timer(dev) if clock == "wall" else _thread_timer
+    timed = wall_timer(dev) if clock == "wall" else _thread_timer
     for _ in range(warmup):
         timed(fn)
     times: list[float] = []
@@ -121,7 +117,7 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], *, device: str | torc
         raise ValueError(f"rounds must be >= 1 and warmup >= 0; got rounds={rounds}, warmup={warmup}")
     dev = resolve_device(device)
     check_clock(clock, dev)
-    timed = _timer(dev) if clock == "wall" else _thread_timer
+    timed = wall_timer(dev) if clock == "wall" else _thread_timer
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -135,50 +131,6 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], *, device: str | torc
         if r + 1 >= min(min_rounds, rounds) and time.perf_counter() - start > max_time_s:
             break
     return {n: LatencyStats.from_times(times[n]) for n in names}
-
-
-# -- peak memory --------------------------------------------------------------------------------------------------
-def _proc_status(field_name: str) -> int | None:
-    try:
-        m = re.search(rf"^{field_name}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) * 1024 if m else None
-
-
-def _trim_heap() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class _PeakMemory:
-    """Peak extra memory of the code run between start() and stop(), in bytes (None where not measurable)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.base = 0
-
-    def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return
-        _trim_heap()
-        self.base = _proc_status("VmRSS") or 0
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.ok = True
-        except OSError:
-            self.ok = False
-
-    def stop(self) -> int | None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) - self.base
-        peak = _proc_status("VmHWM")
-        return max(peak - self.base, 0) if self.ok and peak is not None else None
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -331,8 +283,8 @@ def benchmark(model: nn.Module | str, input_size: Sequence[int] = (3, 224, 224),
 
             # The first call (which compiles, with compile=True) counts as a warm-up run; one-time allocations
             # it makes (library initialisation, optimizer state) stay out of the memory figure.
-            compile_s = _timer(dev)(step)
-            mem = _PeakMemory(dev)
+            compile_s = wall_timer(dev)(step)
+            mem = PeakMemory(dev)
             mem.start()
             stats = measure(step, device=dev, warmup=max(warmup - 1, 0), repeats=repeats, max_time_s=max_time_s)
             result.points.append(BatchPoint(batch=int(b), latency=stats, throughput=int(b) / stats.median_s,

@@ -22,8 +22,9 @@ def _source_path(source: str) -> str:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from ..deploy.optimize import eval_loader, load_source, optimize, write_result
+    from ..deploy.optimize import eval_loader, optimize, write_result
     from ..deploy.quantize import EXTRA_HINT, available
+    from ..models.source import load_source
 
     out = args.out
     values.check_distinct({"--out": [out, out / "recipe.json", out / "model.safetensors", out / "model.pt2"]},
@@ -65,8 +66,9 @@ def _prune_report(model: torch.nn.Module, plan, full: dict[str, int], before: in
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from ..deploy.optimize import eval_loader, load_source
+    from ..deploy.optimize import eval_loader
     from ..deploy.prune import plan_pruning, pruning_spec, save_pruned, slim_
+    from ..models.source import load_source
 
     if args.importance == "taylor" and not args.data:
         raise ValueError("--importance taylor needs --data (and a trained checkpoint) for its gradients")

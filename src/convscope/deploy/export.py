@@ -9,6 +9,7 @@ ONNX needs the `deploy` extra: `pip install "convscope[deploy]"` (onnx, onnxrunt
 """
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 import warnings
@@ -33,26 +34,40 @@ def _require_onnx():
     return onnxruntime
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode inside the block; every module's own train/eval flag is restored after it."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 def export_program(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-    """torch.export of `model` in eval mode at the shape of `x` (one tensor or a tuple of inputs; non-strict)."""
-    with warnings.catch_warnings():
+    """torch.export of `model` in eval mode at the shape of `x` (one tensor or a tuple of inputs; non-strict); the
+    caller's model keeps its own mode."""
+    with warnings.catch_warnings(), eval_mode(model):
         warnings.simplefilter("ignore")
-        return torch.export.export(model.eval(), x if isinstance(x, tuple) else (x,), strict=False)
+        return torch.export.export(model, x if isinstance(x, tuple) else (x,), strict=False)
 
 
 def export_onnx(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], path: str | Path, *,
                 opset: int = 18) -> Path:
     """Write the ONNX model of `model` at the shape of `x` to `path` (torch.onnx.export, dynamo path); models over
-    the 2 GB protobuf limit keep their weights in external data files beside it."""
+    the 2 GB protobuf limit keep their weights in external data files beside it. The model is exported in eval
+    mode and keeps its own mode."""
     _require_onnx()
     import logging
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8 * 2 ** 30
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), eval_mode(model):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), x if isinstance(x, tuple) else (x,), dynamo=True,
+        program = torch.onnx.export(model, x if isinstance(x, tuple) else (x,), dynamo=True,
                                     opset_version=opset, verbose=False,
                                     optimize=True)
         program.save(str(path), external_data=big)
@@ -73,10 +88,10 @@ def run_onnx(path: str | Path, x: torch.Tensor | tuple[torch.Tensor, ...], threa
 
 
 def check_onnx(model: nn.Module, path: str | Path, x: torch.Tensor, threads: int | None = None) -> float:
-    """max |onnxruntime - PyTorch| / max |PyTorch| on `x`."""
+    """max |onnxruntime - PyTorch| / max |PyTorch| on `x` (PyTorch in eval mode; the model keeps its own mode)."""
     xs = x if isinstance(x, tuple) else (x,)
-    with torch.no_grad():
-        want = model.eval()(*xs)
+    with torch.no_grad(), eval_mode(model):
+        want = model(*xs)
     got = run_onnx(path, x, threads)
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
@@ -142,8 +157,8 @@ def export_check(name: str, *, batch: int = 1, size: tuple[int, int] | None = No
                  seed: int = 0, threads: int | None = None) -> ExportResult:
     """Build `name` (random init; the inference form when `deploy_form`), and try torch.export and ONNX at
     (batch, C, H, W) = the card's input size (or `size`); ONNX output checked against PyTorch with onnxruntime."""
+    from ..layers.fold import prepare_for_inference_
     from ..models import model_card
-    from .fold import prepare_for_inference_
     card = model_card(name)
     model = cheap_random_model(name, seed)
     if deploy_form:
@@ -159,7 +174,13 @@ def check_module(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], n
                  threads: int | None = None) -> ExportResult:
     """Try torch.export (program output vs eager within ONNX_TOL) and ONNX (onnxruntime vs PyTorch within
     ONNX_TOL) on `model` at the inputs `x` (one tensor, or a tuple: one per forward argument; one output tensor).
-    Every failure is recorded with its one-line reason."""
+    Every failure is recorded with its one-line reason. Everything runs in eval mode; the model keeps its own."""
+    with eval_mode(model):
+        return _check_module(model, x, name, threads)
+
+
+def _check_module(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...], name: str,
+                  threads: int | None) -> ExportResult:
     xs = x if isinstance(x, tuple) else (x,)
     r = ExportResult(name, tuple(xs[0].shape))
     t0 = time.perf_counter()

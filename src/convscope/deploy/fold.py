@@ -4,7 +4,7 @@
 linear layer it can be folded into:
 
 - in a plain `nn.Sequential`, a BatchNorm directly after a conv / linear layer, or directly before one without
-  padding (the rule of `convscope.deploy.reparam`, shared);
+  padding (the nn.Sequential rule of `convscope.layers.reparam`, shared);
 - in a `ClassifierHead` (the head of the hierarchical models: pool -> norm -> dropout -> fc), a BatchNorm on the
   map before global average pooling or on the pooled vector, folded into the classifier `fc`: the mean over
   H x W commutes with a per-channel affine map, so `fc(mean(s * x + t)) = (fc.weight * s) mean(x) + fc(t)`
@@ -19,9 +19,11 @@ zeros would have to become -shift/scale per channel), after a data-dependent ope
 linear layer (LSNet's SKA), after halo attention (its keys and values are zero-padded after the projection), or
 on a residual stream (WaveMix's stem). docs/deploy.md lists those of the zoo; tests/deploy/zoo.py holds them.
 
-Blocks that fold BatchNorms as part of their `reparameterize()` (InceptionNeXt's BN -> fc1, RepLKNet's pre-BN)
-are left to the re-parameterisation; `prepare_for_inference(model)` composes both: re-parameterise, then fold
-what is left. Outputs equal the eval-mode outputs of the original up to float rounding (tests: 1e-5 relative).
+The walk itself is `convscope.layers.fold` (below models/, which rebuilds a prepared model file with it); here
+are the transforms. Blocks that fold BatchNorms as part of their `reparameterize()` (InceptionNeXt's BN -> fc1,
+RepLKNet's pre-BN) are left to the re-parameterisation; `prepare_for_inference(model)` composes both:
+re-parameterise, then fold what is left. Outputs equal the eval-mode outputs of the original up to float rounding
+(tests: 1e-5 relative).
 """
 from __future__ import annotations
 
@@ -30,52 +32,11 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from ..layers.classifier import ClassifierHead
-from ..layers.reparam import bn_affine, fuse_affine_before_
-from .reparam import _children_first, _plain_sequential, fold_sequential_, reparameterize_, sequential_bn_folds
+from ..layers.fold import batchnorm_folds, fold_batchnorm_, match_head_folds_, prepare_for_inference_
+from ..layers.reparam import is_reparameterizable, match_reparam_form_
 from .transform import ModelTransform, register_transform
 
 _BN = nn.modules.batchnorm._BatchNorm
-
-
-def _head_bn_foldable(m: nn.Module) -> bool:
-    return (isinstance(m, ClassifierHead) and type(m.norm) in (nn.BatchNorm1d, nn.BatchNorm2d)
-            and m.norm.running_mean is not None and isinstance(m.fc, nn.Linear))
-
-
-def _fold_head_(head: ClassifierHead) -> int:
-    """BatchNorm (before or after global pooling) -> dropout -> Linear: the BatchNorm folds into the Linear."""
-    fuse_affine_before_(head.fc, *bn_affine(head.norm))
-    head.norm = nn.Identity()
-    return 1
-
-
-def batchnorm_folds(model: nn.Module) -> list[str]:
-    """Names of the BatchNorms `fold_batchnorm_` would fold (works on the meta device)."""
-    out = []
-    for name, m in model.named_modules():
-        prefix = f"{name}." if name else ""
-        if callable(getattr(m, "foldable_batchnorms", None)):
-            out += [f"{prefix}{n}" for n in m.foldable_batchnorms()]
-        elif callable(getattr(m, "fold_batchnorm", None)):
-            out += [f"{prefix}{n}" for n, c in m.named_children() if isinstance(c, _BN)]
-        elif _plain_sequential(m):
-            out += [f"{prefix}{bn}" for bn, _, _ in sequential_bn_folds(m)]
-        elif _head_bn_foldable(m):
-            out.append(f"{prefix}norm")
-    return out
-
-
-def fold_batchnorm_(model: nn.Module) -> nn.Module:
-    """Fold every BatchNorm adjacent to a conv / linear layer into it, in place (children first); idempotent."""
-    for _, m in _children_first(model):
-        if callable(getattr(m, "fold_batchnorm", None)):
-            m.fold_batchnorm()
-        elif _plain_sequential(m):
-            fold_sequential_(m)
-        elif _head_bn_foldable(m):
-            _fold_head_(m)
-    return model
 
 
 def remaining_batchnorms(model: nn.Module) -> list[str]:
@@ -95,21 +56,10 @@ class FoldBatchNorm(ModelTransform):
         return bool(batchnorm_folds(model))
 
     def match_checkpoint(self, model: nn.Module, keys: Iterable[str]) -> nn.Module:
-        keys = set(keys)
-        for name, m in _children_first(model):
-            prefix = f"{name}." if name else ""
-            if _head_bn_foldable(m) and not set(m.norm.state_dict(prefix=f"{prefix}norm.")) <= keys:
-                _fold_head_(m)
-        return model
+        return match_head_folds_(model, keys)
 
 
 FOLD_BATCHNORM = register_transform(FoldBatchNorm())
-
-
-def prepare_for_inference_(model: nn.Module) -> nn.Module:
-    """In place: structural re-parameterisation, then every remaining foldable BatchNorm; eval mode."""
-    model.eval()
-    return fold_batchnorm_(reparameterize_(model))
 
 
 def prepare_for_inference(model: nn.Module) -> nn.Module:
@@ -129,12 +79,10 @@ class PrepareForInference(ModelTransform):
         return prepare_for_inference_(model)
 
     def applies_to(self, model: nn.Module) -> bool:
-        from .reparam import is_reparameterizable
         return is_reparameterizable(model) or bool(batchnorm_folds(model))
 
     def match_checkpoint(self, model: nn.Module, keys: Iterable[str]) -> nn.Module:
-        from .reparam import match_reparam_form_
-        return FOLD_BATCHNORM.match_checkpoint(match_reparam_form_(model, keys), keys)
+        return match_head_folds_(match_reparam_form_(model, keys), keys)
 
 
 PREPARE = register_transform(PrepareForInference())

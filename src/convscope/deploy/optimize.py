@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers.fold import prepare_for_inference_
 from ..limits import MAX_INPUT_ELEMENTS, MAX_SIDE, MAX_THREADS
+from ..models.source import load_source, save_model_file, source_meta
 from ..utils import text_table, threads_set
-from .fold import prepare_for_inference_
 from .machine import cpu_isa
 
 STEPS = ("prepare", "channels_last", "bf16", "compile", "int8", "threads")
@@ -178,30 +179,6 @@ class Recipe:
 
 
 # -- the model, its data ---------------------------------------------------------------------------------------------
-def load_source(source: str) -> tuple[nn.Module, dict[str, Any]]:
-    """A registered model name (random init), a trained checkpoint (weights file or run directory) or a pruned
-    model (`save_pruned`): (eval-mode model, {input_size: (C, H, W), checkpoint meta if any})."""
-    from ..models import create_model, list_models
-    if source in list_models():
-        from ..models import model_card
-        return create_model(source).eval(), dict(chw=tuple(model_card(source).input_size), meta=None)
-    if not Path(source).exists():
-        if source.endswith(".safetensors") or os.sep in source:
-            raise ValueError(f"no checkpoint at {source} (and it is not a registered model name)")
-        from ..models import model_card
-        model_card(source)  # raises the registry's error naming close matches
-    from .prune import is_pruned, load_pruned
-    spec = is_pruned(source)
-    if spec:
-        model = load_pruned(source)
-        from ..models import model_card
-        chw = (spec.get("in_chans") or 3, *model_card(spec["model"]).input_size[1:])
-        return model.eval(), dict(chw=tuple(chw), meta=None, pruned=True)
-    from ..train.checkpoint import load_model
-    model, meta = load_model(source)
-    return model.eval(), dict(chw=(meta["in_chans"], *meta["input_size"]), meta=meta)
-
-
 def eval_loader(info: dict[str, Any], data: str, batch: int, limit: int | None, split: str = "test") -> Iterable:
     """(images, labels) batches of `data` prepared as the checkpoint was trained (needs a checkpoint's meta)."""
     meta = info.get("meta")
@@ -286,14 +263,15 @@ def measure_form(model: nn.Module, form: Form, size: Sequence[int], *, loader: I
                  repeats: int = 10, max_time_s: float = 10.0) -> tuple[Measurement, dict]:
     import time
 
-    from ..analysis.timing import _PeakMemory, measure
+    from ..analysis.hardware import PeakMemory
+    from ..analysis.timing import measure
     x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
     with threads_set(form.threads):
         t0 = time.perf_counter()
         run, info = build_form(model, form, x, calibration)
         run(x)  # compiles, where it does
         build_s = time.perf_counter() - t0
-        mem = _PeakMemory(torch.device("cpu"))
+        mem = PeakMemory(torch.device("cpu"))
         mem.start()
         stats = measure(lambda: run(x), warmup=2, repeats=repeats, max_time_s=max_time_s)
         peak = mem.stop()
@@ -427,7 +405,8 @@ def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = ST
 def write_result(result: OptimizeResult, out: str | os.PathLike, source: str, size: Sequence[int],
                  data: str | None) -> tuple[Path, Recipe]:
     """Write the best form into `out`: recipe.json, and the model (model.pt2 for int8: the exported int8 program;
-    model.safetensors for float forms: the prepared weights)."""
+    model.safetensors for float forms: the weights with the source's description and form, so that `convscope
+predict` / `eval` take it)."""
     from ..files import atomic_write_text
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -443,8 +422,8 @@ def write_result(result: OptimizeResult, out: str | os.PathLike, source: str, si
         save_int8(result.info["quantized"], out / "model.pt2")
         recipe.measured["quant"] = result.info["quant_report"].to_dict()
     elif "module" in result.info:
-        from ..models import save_weights
-        save_weights(result.info["module"], out / "model.safetensors")
+        save_model_file(out / "model.safetensors", result.info["module"].state_dict(),
+                        source_meta(source, "prepare" if best.form.prepare else "train"))
     atomic_write_text(out / "recipe.json", recipe.to_json())
     return out / "recipe.json", recipe
 

@@ -1,14 +1,24 @@
 """The arithmetic of structural re-parameterisation: kernels merged, dilated and padded; BatchNorms and per-channel
 affine maps folded into an adjacent conv or linear layer.
 
-Blocks use these in their own `reparameterize()`; `convscope.deploy.reparam` walks a model and calls them (see
-that module for the protocol every re-parameterisable module follows). Merged kernels are exact: a small kernel is
-zero-padded to the large one's size, a k x k kernel with dilation r equals a dense (r(k-1)+1) x (r(k-1)+1) kernel
-with r-1 zeros between its taps, and BatchNorm (running statistics) folds into the preceding conv's weight and
-bias.
+Blocks use these in their own `reparameterize()`. The walk that brings a whole model to its deploy form lives here
+too, below models/ and deploy/ alike (`create_model(..., deploy=True)` and `load_checkpoint(...,
+match_reparam_form=True)` use it; `convscope.deploy.reparam` wraps it as the REPARAMETERIZE transform and states
+the protocol every re-parameterisable module follows):
+
+- `reparameterize_(model)` calls `reparameterize()` on every module that has one, children before parents, and
+  applies the nn.Sequential rule to every plain `nn.Sequential`: each BatchNorm directly after a conv / linear
+  layer folds into it, each BatchNorm directly before a conv / linear layer without padding folds into that
+  layer (a zero-padded conv is never folded into: its padded zeros would not see the shift);
+- `match_reparam_form_(model, keys)` does the same only to the parts whose keys a checkpoint lacks.
+
+Merged kernels are exact: a small kernel is zero-padded to the large one's size, a k x k kernel with dilation r
+equals a dense (r(k-1)+1) x (r(k-1)+1) kernel with r-1 zeros between its taps, and BatchNorm (running statistics)
+folds into the preceding conv's weight and bias.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -174,3 +184,100 @@ def _padding(conv: nn.Conv2d) -> tuple[int, ...]:
 def is_unpadded(layer: nn.Module) -> bool:
     """A linear layer, or a conv without padding: every input it reads went through what precedes it."""
     return isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and all(p == 0 for p in _padding(layer)))
+
+
+# -- the nn.Sequential rule ----------------------------------------------------------------------------------------
+def plain_sequential(module: nn.Module) -> bool:
+    """An nn.Sequential whose forward is nn.Sequential's own (its children run one after the other)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _bn_matches(layer: nn.Module, bn: nn.Module) -> bool:
+    return (isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) and type(bn) is nn.BatchNorm2d) or \
+        (isinstance(layer, nn.Linear) and type(bn) is nn.BatchNorm1d)
+
+
+def sequential_bn_folds(seq: nn.Module) -> list[tuple[str, str, str]]:
+    """The BatchNorms `reparameterize_` folds in a plain nn.Sequential: (bn name, layer name, "after" | "before")
+    for BN directly after a conv/linear layer, or directly before one without padding (Identities skipped)."""
+    if not plain_sequential(seq):
+        return []
+    items = [(n, m) for n, m in seq.named_children() if not isinstance(m, nn.Identity)]
+    folds, used = [], set()
+    for (n1, m1), (n2, m2) in zip(items, items[1:], strict=False):
+        if n1 in used:
+            continue
+        if isinstance(m1, FOLDABLE) and _bn_matches(m1, m2) and m2.running_mean is not None:
+            folds.append((n2, n1, "after"))
+            used.add(n2)
+        elif isinstance(m2, FOLDABLE) and _bn_matches(m2, m1) and m1.running_mean is not None and is_unpadded(m2):
+            folds.append((n1, n2, "before"))
+    return folds
+
+
+def _fold_sequential_one(seq: nn.Sequential, bn_name: str, layer_name: str, where: str) -> None:
+    bn, layer = getattr(seq, bn_name), getattr(seq, layer_name)
+    if where == "after":
+        fuse_bn_into_conv_(layer, bn)
+    else:
+        fuse_bn_before_conv_(bn, layer)
+    setattr(seq, bn_name, nn.Identity())
+
+
+def fold_sequential_(seq: nn.Module) -> int:
+    """Apply the nn.Sequential rule to `seq` in place; returns how many BatchNorms were folded."""
+    folds = sequential_bn_folds(seq)
+    for fold in folds:
+        _fold_sequential_one(seq, *fold)
+    return len(folds)
+
+
+# -- the walk ------------------------------------------------------------------------------------------------------
+def children_first(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of `module` and all its descendants, every module after all of its descendants."""
+    return list(reversed(list(module.named_modules())))   # reversed pre-order
+
+
+def reparameterize_(module: nn.Module) -> nn.Module:
+    """Turn `module` into its deploy form in place (children before parents) and return it. Idempotent."""
+    for _, m in children_first(module):
+        if callable(getattr(m, "reparameterize", None)):
+            m.reparameterize()
+        elif plain_sequential(m):
+            fold_sequential_(m)
+    return module
+
+
+def is_reparameterizable(module: nn.Module) -> bool:
+    """Whether `reparameterize_` would change anything structural in `module` (works on the meta device)."""
+    return any(callable(getattr(m, "reparameterize", None)) or sequential_bn_folds(m) for m in module.modules())
+
+
+def match_reparam_form_(module: nn.Module, keys: Iterable[str]) -> nn.Module:
+    """Re-parameterise just the parts of `module` whose state-dict keys are not among `keys`, children first.
+
+    This brings a train-form model to the form a checkpoint was saved in: the train form itself, our deploy
+    form, or an official code's partial deploy form (e.g. RepLKNet's merged kernels with BatchNorms kept), so
+    the checkpoint can be loaded strictly and the model then fully re-parameterised.
+    """
+    keys = set(keys)
+    for name, m in children_first(module):
+        prefix = f"{name}." if name else ""
+        if callable(getattr(m, "reparameterize", None)):
+            if not set(m.state_dict(prefix=prefix, keep_vars=True)) <= keys:
+                m.reparameterize()
+        elif plain_sequential(m):
+            for bn_name, layer_name, where in sequential_bn_folds(m):
+                bn_keys = set(getattr(m, bn_name).state_dict(prefix=f"{prefix}{bn_name}.", keep_vars=True))
+                if not bn_keys <= keys:
+                    _fold_sequential_one(m, bn_name, layer_name, where)
+    return module
+
+
+def reparameterize_model(model: nn.Module) -> nn.Module:
+    """A deploy-form copy of `model`, in eval mode: parallel branches merged into single kernels and every
+    BatchNorm beside a conv folded into it. `model` itself is left untouched; the copy's outputs equal the
+    original's eval-mode outputs (up to floating-point rounding)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"reparameterize_model expects an nn.Module; got {type(model).__name__}")
+    return reparameterize_(copy.deepcopy(model)).eval()

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers.reparam import reparameterize_
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
@@ -338,7 +340,6 @@ def create_model(name: str, *, pretrained: str | None = None, num_classes: int =
         then fully re-parameterised.
     Other keyword arguments go to the family's constructor.
     """
-    from ..deploy.reparam import reparameterize_  # the deploy form is deploy/'s job (lazy: deploy/ imports models/)
     from .features import FeatureExtractor
     from .weights import load_checkpoint
 

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import drop_path_or_identity, init_trunc_normal, layer_scale, layer_scale_parameter
 from ..layers.mixers.manhattan_attention import ManhattanRelPos, ManhattanSelfAttention
-from ..layers.reparam import fuse_bn_into_conv_
+from ..layers.reparam import fuse_bn_into_conv_, reparameterize_
 from .base import ConvScopeModel, Stage
 from .registry import ArchSpec, Paper, register_family, variant
 
@@ -77,8 +77,6 @@ class RMTStage(Stage):
 
     def reparameterize(self) -> None:
         """Deploy form: the downsampling conv -> BN folded, each block's q, k, v merged into one projection."""
-        from ..deploy.reparam import reparameterize_  # lazy: deploy/ imports models/
-
         reparameterize_(self.downsample)
         for blk in self.blocks:
             blk.attn.merge_qkv_()

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_path
+from ..layers.reparam import is_reparameterizable, match_reparam_form_, reparameterize_
 from .registry import official_converter
 
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -148,7 +149,6 @@ def _through_train_form(target: nn.Module, sd: Mapping[str, torch.Tensor]) -> di
     an official code's partial deploy form (e.g. RepLKNet's merged kernels with BatchNorms kept): load the
     checkpoint into a train-form twin brought to the checkpoint's form, re-parameterise the twin fully, and return
     its state dict when it has exactly the target's keys and shapes; None when that does not work out."""
-    from ..deploy.reparam import REPARAMETERIZE, is_reparameterizable, reparameterize_
     from .registry import create_model
 
     try:
@@ -158,7 +158,7 @@ def _through_train_form(target: nn.Module, sd: Mapping[str, torch.Tensor]) -> di
                                 in_chans=getattr(target, "in_chans", 3))
         if not is_reparameterizable(twin):
             return None
-        REPARAMETERIZE.match_checkpoint(twin, sd)
+        match_reparam_form_(twin, sd)
         own = twin.state_dict()
         if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
             return None
@@ -185,7 +185,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
     repository's keys, mapped by the family's converter), "transformers" (Hugging Face transformers' keys, for
     the families that declare a converter for them) or "auto" (ours/timm's if they fit, else official).
     match_reparam_form: first re-parameterise the parts of `model` that the checkpoint holds in re-parameterised
-    form (see `convscope.deploy.reparam.match_reparam_form_`); `create_model(..., deploy=True)` uses this.
+    form (see `convscope.layers.reparam.match_reparam_form_`); `create_model(..., deploy=True)` uses this.
     """
     if source not in ("auto", "timm", "official", "transformers"):
         raise ValueError(f"source must be 'auto', 'timm', 'official' or 'transformers'; got {source!r}")
@@ -217,8 +217,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict: str | os.PathLike | Ma
             sd = converted
             names = _official_spelling(sd, original) if set(sd) != set(original) else None
     if match_reparam_form:
-        from ..deploy.reparam import REPARAMETERIZE  # lazy: deploy/ sits above models/
-        REPARAMETERIZE.match_checkpoint(target, sd)
+        match_reparam_form_(target, sd)
         own = target.state_dict()
 
     keys = _mismatch(sd, own, isinstance(model, FeatureExtractor), names)

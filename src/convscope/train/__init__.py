@@ -1,5 +1,6 @@
 """Training: the engine, checkpoints, evaluation and prediction, torchrun DDP (its data: `convscope.data`)."""
-from .checkpoint import CheckpointManager, load_model, read_meta, save_model_file
+from ..models.source import load_model, read_meta, save_model_file
+from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .engine import train
 from .evaluation import evaluate

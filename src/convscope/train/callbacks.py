@@ -21,7 +21,8 @@ from torch import nn
 
 from ..data.loaders import Loader
 from ..files import atomic_write_json
-from .checkpoint import CheckpointManager, save_model_file
+from ..models.source import save_model_file
+from .checkpoint import CheckpointManager
 from .loop import Callback, Loop
 from .recipe import ModelEma
 from .report import Console, plot_curves, write_metrics

@@ -12,6 +12,7 @@ A run directory holds:
     best.safetensors             the weights that scored best so far (self-describing, for eval/predict)
     last.safetensors             the final weights
 
+The self-describing weights files (`save_model_file`, `read_meta`, `load_model`) are `convscope.models.source`'s.
 Every file goes through a temporary file, fsync and rename (weights through `models.weights.save_weights`), and a
 checkpoint directory is itself assembled under a temporary name and renamed into place, so a crash at any moment
 leaves either the previous complete checkpoint or the new complete one, never a partial one.
@@ -30,114 +31,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
-from torch import nn
 
 from ..files import atomic_write_json, fsync_dir, read_json
+from ..models.source import read_meta, save_model_file
 from ..models.weights import save_weights
 
-META_KEY = "convscope"
-WEIGHTS_FORMAT = "convscope-weights/1"
 STATE_FORMAT = "convscope-train-state/2"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 _TENSOR_FILE = re.compile(r"^[a-z][a-z0-9_]*$")
 _OWN_FILES = frozenset({"model", "optimizer", "rng"})
-
-
-# -- self-describing weights files -------------------------------------------------------------------------------
-def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Weights plus the model description (`meta`: model name, classes, input size, ...) in one safetensors."""
-    return save_weights(state_dict, path, metadata={META_KEY: json.dumps(dict(meta, format=WEIGHTS_FORMAT))})
-
-
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """The model description stored by `save_model_file`; ValueError if the file has none."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-    except Exception as e:
-        raise ValueError(f"{path} is not a safetensors file ({e})") from None
-    if raw is None:
-        raise ValueError(f"{path} has no convscope metadata: give a weights file written by `convscope train` "
-                         "(best.safetensors, last.safetensors or a checkpoint's model.safetensors)")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: its convscope metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: its convscope metadata is not a JSON object")
-    if meta.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r}; expected {WEIGHTS_FORMAT}")
-    _check_meta(meta, path)
-    return meta
-
-
-def _check_meta(meta: dict[str, Any], path: Path) -> None:
-    """ValueError naming the file and the field when the model description is incomplete or impossible (e.g.
-    hand-edited)."""
-    def positive_ints(v, n):
-        return isinstance(v, list) and len(v) == n and all(isinstance(x, int) and x >= 1 for x in v)
-
-    def numbers(v, n):
-        return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) for x in v)
-
-    checks = {
-        "model": lambda v: isinstance(v, str),
-        "num_classes": lambda v: isinstance(v, int) and v >= 1,
-        "in_chans": lambda v: v in (1, 3),
-        "input_size": lambda v: positive_ints(v, 2),
-        "load_size": lambda v: positive_ints(v, 2),
-        "crop_pct": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
-        "mean": lambda v: numbers(v, meta.get("in_chans")),
-        "std": lambda v: numbers(v, meta.get("in_chans")) and all(x > 0 for x in v),
-        "class_names": lambda v: isinstance(v, list) and len(v) == meta.get("num_classes")
-        and all(isinstance(x, str) for x in v),
-        "model_kwargs": lambda v: isinstance(v, dict),
-    }
-    for key, ok in checks.items():
-        if key not in meta:
-            if key == "model_kwargs":
-                continue
-            raise ValueError(f"{path}: the convscope metadata lacks {key!r}")
-        if not ok(meta[key]):
-            raise ValueError(f"{path}: the convscope metadata has an impossible {key!r}: {meta[key]!r}")
-
-
-def resolve_weights_file(path: str | os.PathLike) -> Path:
-    """A weights file from what a user may pass: the file itself, a run directory (its best, else last,
-    weights) or a checkpoint directory (its EMA weights if present, else the model's)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors", "ema.safetensors", "model.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"{path} holds no best/last/ema/model .safetensors weights")
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
-    return path
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from its weights file alone: (model in eval mode, its description)."""
-    from ..models import create_model, load_checkpoint
-
-    path = resolve_weights_file(path)
-    meta = read_meta(path)
-    try:
-        model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"],
-                             **meta.get("model_kwargs", {}))
-        if meta.get("pruning"):   # a run started from a pruned model (--init-from): its pruned widths
-            from .init import apply_pruning
-            apply_pruning(model, meta["pruning"])
-    except (TypeError, KeyError) as e:
-        raise ValueError(f"{path}: the convscope metadata does not describe a model this version can build "
-                         f"({type(e).__name__}: {e})") from None
-    load_checkpoint(model, path)
-    return model.to(map_location).eval(), meta
 
 
 # -- RNG and optimizer state as tensors + JSON -------------------------------------------------------------------

@@ -4,7 +4,8 @@ Two kinds of file are accepted:
 
 - a pruned model written by `convscope.deploy.prune.save_pruned`: its metadata holds the pruning spec (the
   registered model and, per MLP group, the hidden width it keeps). The run's freshly built model is given those
-  widths (`apply_spec_`) and the weights are loaded strictly; this is how a pruned model is fine-tuned;
+  widths (`convscope.models.pruning.apply_spec_`) and the weights are loaded strictly; this is how a pruned model
+  is fine-tuned;
 - a weights file written by `convscope train` (best.safetensors, last.safetensors, a checkpoint's
   model.safetensors): loaded strictly, with the pruned widths of its run when it was itself a pruned run.
 
@@ -14,7 +15,6 @@ the run writes rebuilds with `load_model` (evaluate, predict, optimize, export) 
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-PRUNING_KEY = "convscope_pruning_spec"
+from ..models.pruning import PRUNING_KEY, apply_spec_
+from ..models.registry import model_card
+from ..models.source import META_KEY, check_finite, is_pruned, read_meta
 
 
 def _file_meta(path: Path) -> dict[str, str]:
@@ -36,41 +38,33 @@ def _file_meta(path: Path) -> dict[str, str]:
         raise ValueError(f"--init-from: {path} is not a safetensors file ({e})") from None
 
 
-def apply_pruning(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
-    """Give `model` (built by create_model) the pruned widths of `spec`, in place."""
-    from ..deploy.prune import apply_spec_
-    return apply_spec_(model, spec)
+def _described(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """(what the file is, its model / num_classes / in_chans, its pruning spec or None), all checked."""
+    raw = _file_meta(path)
+    if PRUNING_KEY in raw:
+        spec = is_pruned(path)
+        return "pruned model", {k: spec.get(k) for k in ("model", "num_classes", "in_chans")}, spec
+    if META_KEY in raw:
+        meta = read_meta(path)
+        spec = dict(meta["pruning"]) if meta.get("pruning") else None
+        return "convscope weights file", {k: meta[k] for k in ("model", "num_classes", "in_chans")}, spec
+    raise ValueError(f"--init-from: {path} holds neither a pruning spec (deploy.prune.save_pruned) nor convscope "
+                     "metadata (a weights file written by convscope train)")
 
 
 def init_from_(model: nn.Module, path: str | os.PathLike, *, model_name: str, num_classes: int,
                in_chans: int) -> dict[str, Any] | None:
     """Load the weights of `path` into the run's `model` in place (reshaping it first when the file is pruned);
     returns the pruning spec, or None for an unpruned model."""
-    from ..models import model_card
-    from .checkpoint import META_KEY, read_meta
-
     path = Path(path)
-    raw = _file_meta(path)
-    if PRUNING_KEY in raw:
-        spec = json.loads(raw[PRUNING_KEY])
-        what, got = "pruned model", {k: spec.get(k) for k in ("model", "num_classes", "in_chans")}
-    elif META_KEY in raw:
-        meta = read_meta(path)
-        spec = dict(meta["pruning"]) if meta.get("pruning") else None
-        what, got = "convscope weights file", {k: meta[k] for k in ("model", "num_classes", "in_chans")}
-    else:
-        raise ValueError(f"--init-from: {path} holds neither a pruning spec (deploy.prune.save_pruned) nor convscope "
-                         "metadata (a weights file written by convscope train)")
-    try:
-        got["model"] = model_card(got["model"]).name
-    except (LookupError, ValueError, TypeError):
-        pass   # not a registered name: reported as differing below
+    what, got, spec = _described(path)
+    got["model"] = model_card(got["model"]).name
     want = dict(model=model_name, num_classes=num_classes, in_chans=in_chans)
     differ = [f"{k} {got[k]!r} (the run: {want[k]!r})" for k in want if got[k] not in (want[k], None)]
     if differ:
         raise ValueError(f"--init-from: {path} is a {what} of another model: " + ", ".join(differ))
     if spec:
-        apply_pruning(model, spec)
+        apply_spec_(model, spec)
     own = model.state_dict()
     sd = load_file(str(path))
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
@@ -79,5 +73,6 @@ def init_from_(model: nn.Module, path: str | os.PathLike, *, model_name: str, nu
         parts = [f"{label} {keys[:3]}{' ...' if len(keys) > 3 else ''}" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", sorted(shapes))) if keys]
         raise ValueError(f"--init-from: {path} does not fit {model_name}: weights " + "; ".join(parts))
+    check_finite(sd, f"--init-from: {path}")
     model.load_state_dict(sd, strict=True)
     return spec

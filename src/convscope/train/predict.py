@@ -14,8 +14,8 @@ from ..data.loaders import Loader
 from ..data.open import open_dataset
 from ..data.transforms import EvalTransform
 from ..extras import require
+from ..models.source import load_model
 from ..utils import resolve_device
-from .checkpoint import load_model
 from .evaluation import evaluate
 
 

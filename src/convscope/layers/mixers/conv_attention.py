@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..reparam import fold_sequential_
+
 
 def conv_projection(dim: int, kernel_size: int, stride: int) -> nn.Sequential:
     """CvT's "dw_bn" projection: depthwise k x k conv (padding k // 2, no bias) -> BatchNorm."""
@@ -80,7 +82,6 @@ class ConvProjectionAttention(nn.Module):
         """Fold each projection's BatchNorm into its depthwise conv, and merge the k and v projections (same input,
         kernel and stride) into one depthwise conv with two outputs per channel (groups = dim, 2 dim outputs:
         channel 2c is k's channel c, 2c + 1 is v's). Exact; idempotent."""
-        from ...deploy.reparam import fold_sequential_
         fold_sequential_(self.conv_proj_q)
         if self.conv_proj_kv is not None:
             return

@@ -1,24 +1,5 @@
-"""This machine's ceilings: compute peak per dtype (large matrix products) and memory bandwidth (large copies).
-
-The waterline / roofline analysis of Lavin et al. ("On the Efficiency of Convolutional Neural Networks", 2024)
-bounds each kernel's latency by max(FLOPs / peak compute, bytes / peak bandwidth). The two peaks are measured
-here, on the machine that runs the model, never taken from a data sheet:
-
-- compute: `torch.mm` of square matrices of growing size, FLOPs = 2*M*N*K; on CPUs also a dense 3x3
-  convolution (an implicit matrix product, FLOPs = 2*M*N*K as well), because torch runs it with oneDNN, which
-  can beat the BLAS behind `torch.mm`. The ceiling is the faster of the two probes.
-- memory: `dst.copy_(src)` of buffers several times the last-level cache, bytes = read + write (2 x size);
-  a second copy small enough to stay in the last-level cache gives the cache bandwidth (layers whose working
-  set fits in cache can beat the DRAM bound).
-
-Each size is timed a few times after warm-up; the median and the best run are both recorded, and a ceiling
-is the best run. Other processes can only add time to a run, so the best run is the closest estimate of what
-the hardware can do, while the medians (in `details`) show how much a busy machine took away. Model and layer
-latencies elsewhere in the lab are medians: typical times, compared against these attainable ceilings.
-
-Results are cached as JSON under ~/.cache/convscope (or $CONVSCOPE_CACHE_DIR), keyed by CPU/GPU model, thread
-count, torch version and device, and reused unless `refresh=True`.
-"""
+"""The measured peaks (`HardwarePeaks`) and their cache: JSON under ~/.cache/convscope (or $CONVSCOPE_CACHE_DIR),
+keyed by the machine, measured once under a file lock and reused unless refreshed."""
 from __future__ import annotations
 
 import contextlib
@@ -26,199 +7,20 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..files import atomic_write_text
-from ..utils import resolve_device, threads_set
+from ...files import atomic_write_text
+from ...utils import resolve_device, threads_set
+from .machine import DTYPES, describe_machine, dtype_name, last_level_cache_bytes, machine_info
+from .timers import measure_conv, measure_copy, measure_matmul
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 _FORMAT = 2  # bump when the cached JSON layout changes
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    """'fp32' / 'bf16' / 'fp16' for a torch dtype or one of those names (ValueError otherwise)."""
-    if isinstance(dtype, str):
-        name = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}.get(
-            dtype, dtype)
-        if name not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-        return name
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype must be one of {', '.join(map(str, _DTYPE_NAMES))}; got {dtype}")
-    return _DTYPE_NAMES[dtype]
-
-
-# -- machine description ------------------------------------------------------------------------------------------
-def _cpuinfo() -> tuple[str, int]:
-    """(CPU model name, physical core count) from /proc/cpuinfo; platform fallbacks elsewhere."""
-    model, cores = "", set()
-    try:
-        phys = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            key, val = key.strip(), val.strip()
-            if key == "model name" and not model:
-                model = val
-            elif key == "physical id":
-                phys = val
-            elif key == "core id":
-                core = val
-            elif not key and core is not None:
-                cores.add((phys, core))
-                phys = core = None
-        if core is not None:
-            cores.add((phys, core))
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), len(cores) or (os.cpu_count() or 1)
-
-
-def last_level_cache_bytes() -> int | None:
-    """Size of the highest-level CPU cache from sysfs (None where the kernel does not say)."""
-    best = (0, None)
-    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((d / "level").read_text())
-            size = (d / "size").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(size[-1:], 1)
-        num = int(size[:-1]) if size[-1:] in "KMG" else int(size)
-        if level >= best[0]:
-            best = (level, num * mult)
-    return best[1]
-
-
-def machine_info(device: str | torch.device | None = "cpu") -> dict[str, Any]:
-    """What a measurement ran on: CPU model, cores, threads, torch version, and the GPU when device is CUDA."""
-    dev = resolve_device(device)
-    cpu, cores = _cpuinfo()
-    info = dict(cpu_model=cpu, physical_cores=cores, logical_cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                torch_version=torch.__version__, python=platform.python_version(), os=platform.platform(),
-                device=str(dev), device_name=cpu)
-    if dev.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(dev)
-        info["cuda_version"] = torch.version.cuda
-    return info
-
-
-def describe_machine(info: dict[str, Any]) -> str:
-    """One line: 'AMD EPYC (2 cores, 2 threads), torch 2.13.0+cpu, cpu'."""
-    s = (f"{info['cpu_model']} ({info['physical_cores']} cores, {info['threads']} threads), "
-         f"torch {info['torch_version']}")
-    if str(info.get("device", "cpu")).startswith("cuda"):
-        s += f", {info['device_name']}"
-    return s
-
-
-# -- timing primitives --------------------------------------------------------------------------------------------
-def _timer(dev: torch.device) -> Callable[[Callable[[], Any]], float]:
-    """A function that runs `fn` once and returns its duration in seconds (CUDA events on a GPU)."""
-    if dev.type == "cuda":
-        def timed(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(dev)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-    else:
-        def timed(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return timed
-
-
-def _times(fn: Callable[[], Any], timed, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        timed(fn)
-    return [timed(fn) for _ in range(repeats)]
-
-
-def _ladder(make: Callable[[int], tuple[Callable[[], Any], float]], sizes: Sequence[int], dev: torch.device,
-            repeats: int, warmup: int, budget_s: float) -> dict[str, Any] | None:
-    """Time the kernel `make(size) -> (fn, flops)` at growing sizes while the next size fits in `budget_s`
-    (predicted from the best rate so far). Per size: median and best GFLOP/s; the probe's peak is the best run.
-    None when the kernel does not exist for this dtype / device."""
-    timed = _timer(dev)
-    spent, rate, runs = 0.0, None, []
-    for n in sizes:
-        try:
-            fn, flops = make(n)
-            if rate is not None and spent + (repeats + warmup) * flops / rate > budget_s:
-                break
-            t0 = time.perf_counter()
-            times = _times(fn, timed, repeats, warmup)
-            spent += time.perf_counter() - t0
-        except (RuntimeError, NotImplementedError):
-            if runs:
-                break
-            return None
-        rate = flops / min(times)
-        runs.append(dict(size=n, flops=flops, median_s=statistics.median(times), min_s=min(times),
-                         gflops=flops / min(times) / 1e9, median_gflops=flops / statistics.median(times) / 1e9))
-    best = max(runs, key=lambda r: r["gflops"])
-    return dict(gflops=best["gflops"], size=best["size"], runs=runs)
-
-
-def measure_matmul(dtype: torch.dtype, device: str | torch.device = "cpu", *, sizes: Sequence[int] | None = None,
-                   repeats: int = 5, warmup: int = 2, budget_s: float = 1.0) -> dict[str, Any] | None:
-    """Peak GFLOP/s of square `torch.mm` (n x n times n x n, FLOPs = 2*n^3) in `dtype` over growing n."""
-    dev = resolve_device(device)
-    sizes = sizes or ((256, 512, 1024, 2048) if dev.type == "cpu" else (1024, 2048, 4096, 8192))
-
-    def make(n):
-        a = torch.randn(n, n, device=dev).to(dtype)
-        b = torch.randn(n, n, device=dev).to(dtype)
-        c = torch.empty(n, n, device=dev, dtype=dtype)
-        return (lambda: torch.mm(a, b, out=c)), 2.0 * n ** 3
-
-    return _ladder(make, sizes, dev, repeats, warmup, budget_s)
-
-
-def measure_conv(dtype: torch.dtype, device: str | torch.device = "cpu", *, channels: Sequence[int] | None = None,
-                 spatial: int = 56, repeats: int = 5, warmup: int = 2, budget_s: float = 1.0) -> dict[str, Any] | None:
-    """Peak GFLOP/s of a dense 3x3 convolution (batch 1, C -> C channels, spatial x spatial, padding 1) in
-    `dtype`: an implicit matrix product with M = H*W, N = C, K = 9*C, so FLOPs = 2*M*N*K. On CPUs torch runs it
-    with oneDNN, which can be faster than the BLAS behind `torch.mm` (MKL takes its AVX2 path on AMD CPUs)."""
-    dev = resolve_device(device)
-    channels = channels or (64, 128, 256)
-
-    def make(c):
-        x = torch.randn(1, c, spatial, spatial, device=dev).to(dtype)
-        w = torch.randn(c, c, 3, 3, device=dev).to(dtype) / (3 * c ** 0.5)
-
-        def fn():
-            with torch.inference_mode():
-                torch.nn.functional.conv2d(x, w, padding=1)
-        return fn, 2.0 * spatial * spatial * c * 9 * c
-
-    return _ladder(make, channels, dev, repeats, warmup, budget_s)
-
-
-def measure_copy(nbytes: int, device: str | torch.device = "cpu", *, repeats: int = 10,
-                 warmup: int = 2) -> dict[str, Any]:
-    """GB/s of `dst.copy_(src)` for float32 buffers of `nbytes` each, counting read + write (2 x nbytes); the
-    best run and the median."""
-    dev = resolve_device(device)
-    n = max(nbytes // 4, 1024)
-    src = torch.ones(n, device=dev)
-    dst = torch.zeros(n, device=dev)
-    times = _times(lambda: dst.copy_(src), _timer(dev), repeats, warmup)
-    moved = 2 * 4 * n
-    return dict(gbs=moved / min(times) / 1e9, median_gbs=moved / statistics.median(times) / 1e9,
-                buffer_bytes=4 * n, median_s=statistics.median(times), min_s=min(times))
 
 
 # -- the result ---------------------------------------------------------------------------------------------------
