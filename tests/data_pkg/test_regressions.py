@@ -90,9 +90,10 @@ def test_a_folder_smaller_than_the_default_batch_trains_in_whole_set_batches(tmp
 
 
 def test_predict_and_eval_refuse_non_finite_outputs_instead_of_writing_nan(tmp_path, capsys):
+    """Finite weights whose outputs overflow (non-finite weights are refused earlier, when the file is read)."""
     root = tmp_path / "d"
     _images(root, 2)
-    w = _weights(tmp_path, fill=float("nan"))
+    w = _weights(tmp_path, fill=3e38)
     assert main(["predict", "--checkpoint", str(w), "--json", str(root / "a" / "0.png")]) == 2
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()

@@ -16,9 +16,10 @@ from torch import nn
 from convscope.data.datasets import TensorImageDataset
 from convscope.data.loaders import Loader
 from convscope.data.transforms import EvalTransform, TrainTransform
+from convscope.models.source import read_meta
 from convscope.train.budget import FitTimeBudget
 from convscope.train.callbacks import EMA, Checkpointing, Evaluation, Metrics
-from convscope.train.checkpoint import CheckpointManager, read_meta
+from convscope.train.checkpoint import CheckpointManager
 from convscope.train.loop import Callback, Loop
 from convscope.train.recipe import WarmupCosine
 from convscope.train.report import format_duration
@@ -224,7 +225,7 @@ def test_stop_request_ends_the_run_after_that_step(tmp_path, stop):
     assert (loop.global_step, loop.epochs, loop.total_steps) == (stop, 1, stop)
     history = cbs["metrics"].history
     assert [h["step"] for h in history] == [stop] and "mse" in history[0] and "ema_mse" in history[0]
-    assert read_meta(tmp_path / "last.safetensors")["epoch"] == 1
+    assert read_meta(tmp_path / "last.safetensors", registered=False)["epoch"] == 1
     assert [p.name for p in cbs["checkpointing"].manager.list()] == [f"step-{stop:08d}"]
     state = json.loads((tmp_path / "checkpoints" / f"step-{stop:08d}" / "state.json").read_text())
     assert (state["epoch"], state["step_in_epoch"], state["epochs"]) == (1, 0, 1)   # the stop is the plan
@@ -242,7 +243,7 @@ def test_a_second_task_trains_checkpoints_and_resumes_bit_for_bit(tmp_path):
     history = _history(ref_dir)
     assert [h["step"] for h in history] == [4, 8, 12] and history[-1]["train_loss"] < history[0]["train_loss"]
     mses = [h["ema_mse"] for h in history]   # best.safetensors holds the EMA's weights: the lowest EMA mse
-    assert read_meta(ref_dir / "best.safetensors")["epoch"] == mses.index(min(mses)) + 1
+    assert read_meta(ref_dir / "best.safetensors", registered=False)["epoch"] == mses.index(min(mses)) + 1
     assert json.loads((ref_dir / "errors.json").read_text())["pixels"] == 8 * 64
 
     killed, _ = _loop(run_dir, Recorder(), CrashAt(7))

@@ -109,9 +109,9 @@ def check_model_kwargs(name: str, kwargs: object, where: str) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def _check_meta(meta: dict[str, Any], path: Path) -> None:
+def _check_meta(meta: dict[str, Any], path: Path, registered: bool = True) -> None:
     """ValueError naming the file and the field when the model description is incomplete or impossible (e.g.
-    hand-edited)."""
+    hand-edited); with `registered`, the model must be a registered name and its kwargs that family's."""
     def positive_ints(v, n):
         return isinstance(v, list) and len(v) == n and all(isinstance(x, int) and 1 <= x <= MAX_WIDTH for x in v)
 
@@ -140,8 +140,9 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
             raise ValueError(f"{path}: the convscope metadata lacks {key!r}")
         if not ok(meta[key]):
             raise ValueError(f"{path}: the convscope metadata has an impossible {key!r}: {_short(meta[key])}")
-    meta["model"] = check_model_name(meta["model"], str(path))
-    meta["model_kwargs"] = check_model_kwargs(meta["model"], meta.get("model_kwargs", {}), str(path))
+    if registered:
+        meta["model"] = check_model_name(meta["model"], str(path))
+        meta["model_kwargs"] = check_model_kwargs(meta["model"], meta.get("model_kwargs", {}), str(path))
     if meta.get("pruning"):
         check_pruning_spec(meta["pruning"], str(path))
 
@@ -162,9 +163,10 @@ def _file_metadata(path: Path) -> dict[str, str]:
         raise ValueError(f"{path} is not a safetensors file ({e})") from None
 
 
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+def read_meta(path: str | os.PathLike, *, registered: bool = True) -> dict[str, Any]:
     """The model description stored by `save_model_file`, checked; ValueError if the file has none or it does not
-    hold."""
+    hold. `registered=False` reads a training checkpoint's, whose model the resuming run builds from its own
+    config (a task's model need not be a registered name)."""
     path = Path(path)
     raw = _file_metadata(path).get(META_KEY)
     if raw is None:
@@ -179,7 +181,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path}: unsupported checkpoint format {_short(meta.get('format'))}; expected "
                          f"{WEIGHTS_FORMAT}")
-    _check_meta(meta, path)
+    _check_meta(meta, path, registered)
     return meta
 
 

@@ -213,4 +213,5 @@ class CheckpointManager:
             path=path, model=load_file(str(path / "model.safetensors")),
             tensors={n: load_file(str(path / f"{n}.safetensors")) for n in names},
             optimizer=optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")), opt_json),
-            rng=load_file(str(path / "rng.safetensors")), state=state, meta=read_meta(path / "model.safetensors"))
+            rng=load_file(str(path / "rng.safetensors")), state=state,
+            meta=read_meta(path / "model.safetensors", registered=False))
