@@ -7,6 +7,7 @@ floor; packages on the same floor (analysis and train) do not import each other.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ FLOORS = {
     "utils": 1, "files": 1, "extras": 1, "limits": 1,
     "ops": 2, "layers": 2, "data": 2,
     "models": 3,
-    "heads": 4, "hub": 4,
+    "heads": 4,
     "analysis": 5, "train": 5, "explain": 5,
     "deploy": 6,
     "bench": 7,
@@ -137,3 +138,17 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
                                         ("analysis", "train", False), ("deploy", "train", True)])
 def test_floor_rules(src, dst, ok):
     assert (not contract_violations([("f.py", 1, src, dst)])) == ok
+
+
+def documented_floors(text: str) -> dict[str, int]:
+    """The floor table of docs/architecture.md ('| 3 | `models/`, `hub` ... |') as {package: floor}."""
+    out = {}
+    for floor, cells in re.findall(r"^\| (\d+) \| (.+?) \|$", text, flags=re.M):
+        for name in re.findall(r"`(\w+)(?:/|\.py)?`", re.sub(r"\([^)]*\)", "", cells)):
+            out[name] = int(floor)
+    return out
+
+
+def test_architecture_page_draws_the_floors_from_this_table():
+    text = (ROOT.parents[1] / "docs" / "architecture.md").read_text()
+    assert documented_floors(text) == FLOORS

@@ -1,4 +1,4 @@
-"""Write docs/weights.md from the weights registry (`convscope.hub.registry`).
+"""Write docs/weights.md from the weights registry (`convscope.models.pretrained.registry`).
 
     python tools/weights_table.py            # rewrite docs/weights.md
     python tools/weights_table.py --check    # exit 1 when docs/weights.md is not what the registry gives
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from convscope.files import atomic_write_text
-from convscope.hub.registry import RELEASES, WITHOUT_WEIGHTS
+from convscope.models.pretrained.registry import RELEASES, WITHOUT_WEIGHTS
 from convscope.utils.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,21 +21,23 @@ HEADERS = ("model", "tag", "source", "file", "data", "res", "top-1", "licence", 
 
 INTRO = """# Trained weights
 
-Every public release of trained weights for the registered variants, generated from `convscope.hub.registry` by
-`python tools/weights_table.py` (do not edit by hand). A variant's first row is its default (`pretrained=True`).
+Every public release of trained weights for the registered variants, generated from
+`convscope.models.pretrained.registry` by `python tools/weights_table.py` (do not edit by hand). A variant's first
+row is its default (`pretrained=True`).
 
 - **source**: `hf-hub` (a Hugging Face Hub repository: needs `pip install 'convscope[hub]'`), `url` (downloaded
   into `TORCH_HOME/hub/checkpoints`, checked against the SHA-256 where the publisher gives one), `manual` (Google
   Drive, Baidu or OneDrive links a program cannot follow: download it by hand, then
-  `convscope.hub.import_file(path, tag)` verifies it against the variant and caches it).
+  `convscope.models.pretrained.import_file(path, tag)` verifies it against the variant and caches it).
 - **top-1**: ImageNet-1k top-1 as its publisher reports it for these weights (timm's rows: timm's own evaluation
   at the tag's resolution); `-` where none is reported (e.g. no 1k classifier).
 - **keys**: the state-dict convention, mapped to convscope's by the family's converter when it is not timm's.
-- Offline (`convscope.hub.set_offline(True)`, `CONVSCOPE_OFFLINE=1` or `HF_HUB_OFFLINE=1`) only cached files load.
+- Offline (`convscope.models.pretrained.set_offline(True)`, `CONVSCOPE_OFFLINE=1` or `HF_HUB_OFFLINE=1`) only
+  cached files load.
 
 ```python
 import convscope
-from convscope import hub
+from convscope.models import pretrained as hub
 
 model = convscope.create_model("convnext_tiny", num_classes=10, in_chans=1)
 report = hub.load_pretrained(model, "convnext_tiny", True, num_classes=10, in_chans=1)  # or a tag, 'hf-hub:org/repo',

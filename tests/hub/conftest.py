@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from convscope import hub
+from convscope.models import pretrained as hub
 
 
 class _Files:

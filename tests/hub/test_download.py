@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import convscope
-from convscope import hub
-from convscope.hub import load as hub_load
-from convscope.hub.registry import OFFICIAL, URL, Release
+from convscope.models import pretrained as hub
 from convscope.models import save_weights
+from convscope.models.pretrained import load as hub_load
+from convscope.models.pretrained.registry import OFFICIAL, URL, Release
 
 FIXTURES = Path(__file__).parents[1] / "data" / "official_keys"
 
@@ -126,7 +126,7 @@ def test_offline_fails_in_one_line_without_a_request(server, monkeypatch, switch
         hub.fetch(_release(base, None))
     message = str(info.value)
     assert "\n" not in message and "offline" in message
-    assert "convscope.hub.import_file(path, 'convnext_atto.test_official')" in message
+    assert "convscope.models.pretrained.import_file(path, 'convnext_atto.test_official')" in message
     assert state.requests == []
 
 

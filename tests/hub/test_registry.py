@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import convscope
-from convscope import hub
-from convscope.hub.registry import HUB, MANUAL, OFFICIAL, TIMM, URL
+from convscope.models import pretrained as hub
+from convscope.models.pretrained.registry import HUB, MANUAL, OFFICIAL, TIMM, URL
 from convscope.models.registry import official_converter
 
 FIXTURES = Path(__file__).parents[1] / "data" / "official_keys"

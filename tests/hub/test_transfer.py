@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import convscope
-from convscope import hub
+from convscope.models import pretrained as hub
 from convscope.models import save_weights
 
 
@@ -59,7 +59,7 @@ def test_other_num_classes_reinitialises_the_classifier_only(atto_file, caplog):
     torch.manual_seed(1)
     model = convscope.create_model("convnext_atto", num_classes=10)
     fresh_head = model.head.fc.weight.detach().clone()
-    with caplog.at_level("WARNING", logger="convscope.hub.load"):
+    with caplog.at_level("WARNING", logger="convscope.models.pretrained.load"):
         report = hub.load_pretrained(model, "convnext_atto", path, num_classes=10)
     assert report.head_reset == ("head.fc.bias", "head.fc.weight")
     assert torch.equal(model.head.fc.weight, fresh_head), "the classifier was not left at its fresh initialisation"

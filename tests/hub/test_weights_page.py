@@ -1,7 +1,7 @@
 """docs/weights.md is what tools/weights_table.py makes of the registry."""
 from __future__ import annotations
 
-from convscope.hub.registry import RELEASES
+from convscope.models.pretrained.registry import RELEASES
 from tools import weights_table
 
 

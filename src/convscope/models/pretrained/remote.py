@@ -22,8 +22,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..extras import available
-from ..files import fsync_dir
+from ...extras import available
+from ...files import fsync_dir
 
 OFFLINE_ENV = "CONVSCOPE_OFFLINE"
 HUB_EXTRA_HINT = "pip install 'convscope[hub]'"

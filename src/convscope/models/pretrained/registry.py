@@ -1301,5 +1301,5 @@ def release_by_tag(tag: str) -> Release:
     if tag in _BY_TAG:
         return _BY_TAG[tag]
     close = difflib.get_close_matches(tag, list(_BY_TAG), n=4, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see convscope.hub.list_pretrained()"
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see convscope.models.pretrained.list_pretrained()"
     raise ValueError(f"unknown weights tag {tag!r}{hint}")

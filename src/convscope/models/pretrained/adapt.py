@@ -52,7 +52,7 @@ def transfer_layers(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(first_conv, classifier) of a registered variant, as timm's pretrained_cfg names them: the module names of
     its input convolutions and of the Linear layers that give class scores. Found on a meta-device build with 3 input
     channels and 1000 classes."""
-    from ..models import create_model
+    from .. import create_model
 
     with torch.device("meta"):
         model = create_model(name, num_classes=1000, in_chans=3)

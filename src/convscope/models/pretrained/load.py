@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.registry import create_model, official_converter, resolve_name
-from ..models.weights import read_state_dict, save_weights
+from ..registry import create_model, official_converter, resolve_name
+from ..weights import read_state_dict, save_weights
 from .adapt import adapt_input_conv, classifier_names, transfer_layers
 from .registry import HUB, MANUAL, PYTORCH_BIN, RELEASES, SAFETENSORS, TIMM, URL, Release, find_release, release_by_tag
 from .remote import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
@@ -43,7 +43,7 @@ class LoadReport:
 
 def _import_hint(release: Release) -> str:
     return (f"download it by hand from {release.location} and run "
-            f"convscope.hub.import_file(path, {release.tag!r})")
+            f"convscope.models.pretrained.import_file(path, {release.tag!r})")
 
 
 def imported_path(release: Release) -> Path:
@@ -194,7 +194,7 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str | os.Pat
     another number of channels are adapted (`adapt_input_conv`); each says so in one logged line. Everything else
     must fit exactly: ValueError in one line naming what does not.
     """
-    from ..models.features import FeatureExtractor
+    from ..features import FeatureExtractor
 
     target = model.model if isinstance(model, FeatureExtractor) else model
     name = resolve_name(name)
