@@ -156,7 +156,7 @@ class _Scaler:
         self.name, self.spec, self.arch, self.base_size = name, spec, arch, base_size
         self.depths, self.widths = spec.stages(arch)
         self.quanta = spec.quanta(arch)
-        self.step = math.lcm(4, spec.input_multiple)
+        self.step = math.lcm(4, spec.input_step)
 
     def kwargs(self, depths, widths, size) -> dict[str, Any]:
         return self.spec.rebuild(self.arch, depths, widths, input_hw=size[1:])
@@ -170,7 +170,7 @@ class _Scaler:
         kwargs = self.kwargs(depths, widths, size)
         with torch.device("meta"):
             model = create_model(self.name, **kwargs)
-        mh, mw = getattr(model, "min_input_size", (1, 1))
+        mh, mw = model.traits.min_input_size
         if size[1] < mh or size[2] < mw:
             raise ValueError(f"{self.name}: the scaled input {size[1]}x{size[2]} is below the smallest size the "
                              f"network takes ({mh}x{mw}); use a larger multiplier or a rule without resolution")

@@ -63,9 +63,6 @@ class Block(nn.Module):
 class TokenModel(ConvScopeModel):
     """Base of the token models (see the module docstring)."""
 
-    features_fmt = "NLC"
-    #: Input sides must be multiples of this (the patch stride, times any later downsampling).
-    input_multiple: int = 16
     #: Attribute holding the units (blocks or groups of blocks) that `forward_intermediates` walks.
     units_name: str = "blocks"
 
@@ -78,7 +75,7 @@ class TokenModel(ConvScopeModel):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         h, w = x.shape[-2:]
-        m = self.input_multiple
+        m = self.traits.input_multiple
         if h % m or w % m:
             raise ValueError(f"{self.model_name} needs H and W multiples of {m} (its patch stride); got {h}x{w}")
 
