@@ -42,9 +42,6 @@ class WaveMix(ConvScopeModel):
     Isotropic: the blocks are grouped (default 4 groups of 4) so that feature extraction has several taps, all
     at the stem's resolution and one width (`dims` entries must be equal)."""
 
-    #: the block groups are feature taps at one resolution, not a hierarchy (checked by tests/models/test_contract.py)
-    isotropic = True
-
     @classmethod
     def traits_for(cls, *, dims: Sequence[int], level: int, stem: str, patch_size: int, stride: int) -> ModelTraits:
         """Isotropic: every block group is a tap at the stem's stride. The official code needs input sides that

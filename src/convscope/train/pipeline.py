@@ -51,13 +51,13 @@ class DataSpec:
 def choose_input_size(model: nn.Module, native: Sequence[int], requested: int | None) -> tuple[int, int]:
     """The model input: `requested`, or the data's native size raised to the model's minimum; a model with a
     fixed input size takes only that."""
-    fixed = getattr(model, "fixed_input_size", None)
-    name = getattr(model, "model_name", type(model).__name__)
+    fixed = model.traits.fixed_input_size
+    name = model.model_name
     if fixed is not None:
         if requested is not None and (requested, requested) != tuple(fixed):
             raise ValueError(f"{name} only takes {fixed[0]}x{fixed[1]} inputs; got --input-size {requested}")
         return tuple(fixed)
-    mh, mw = getattr(model, "min_input_size", (1, 1))
+    mh, mw = model.traits.min_input_size
     if requested is not None:
         if requested < mh or requested < mw:
             raise ValueError(f"{name} needs inputs of at least {mh}x{mw}; got --input-size {requested}")
@@ -83,10 +83,10 @@ def folder_input_size(model: nn.Module, native: Sequence[int], card_side: int) -
     native side raised to the larger of the model's minimum input and its useful size (`useful_input_size`),
     never above the card's size."""
     side = max(int(native[0]), int(native[1]))
-    name = getattr(model, "model_name", type(model).__name__)
+    name = model.model_name
     if side >= card_side:
         return card_side, ""
-    minimum = max(getattr(model, "min_input_size", (1, 1)))
+    minimum = max(model.traits.min_input_size)
     useful = useful_input_size(model)
     chosen = min(card_side, max(side, minimum, useful))
     if chosen == side:
