@@ -10,10 +10,11 @@ import torch
 
 import convscope
 from convscope.deploy import is_reparameterizable
-from convscope.models import Card, ModelTraits, list_models, model_traits
+from convscope.models import Card, ConvScopeModel, ModelTraits, list_models, model_traits
 from convscope.models.registry import _CARD_FIELDS, _CFG_FIELDS
+from convscope.models.traits import traits_of_arguments
 
-from ..conftest import meta_model
+from ..conftest import meta_model, random_model
 
 
 def _accepts(model: torch.nn.Module, h: int, w: int) -> bool:
@@ -69,6 +70,27 @@ def test_model_traits_follow_constructor_arguments():
     assert (cvt.features_fmt, cvt.num_prefix_tokens, cvt.reductions) == ("NLC", 1, (4, 8, 16))
     with pytest.raises(TypeError, match=r"unknown constructor option\(s\) \['dimz'\]"):
         model_traits("convnext_atto", dimz=(8, 16, 32, 64))
+
+
+def test_pruned_stage_widths_reach_the_traits():
+    from convscope.deploy.prune import plan_pruning, slim_
+
+    model = random_model("convnext_atto")
+    plan = plan_pruning(model, 0.3, scopes=("stage",), stage_ratio=0.25, quantum=8)
+    slim_(model, plan)
+    widths = tuple(f["num_chs"] for f in model.feature_info)
+    assert widths != (40, 80, 160, 320)
+    assert model.traits.channels == widths and model.traits.num_features == model.num_features == widths[-1]
+    assert model_traits("convnext_atto").channels == (40, 80, 160, 320)  # the declaration stays the variant's
+
+
+def test_a_model_without_traits_says_so():
+    class Bare(ConvScopeModel):
+        def __init__(self, dims=(8,), *, in_chans=3, num_classes=10):
+            super().__init__(in_chans, num_classes)
+
+    with pytest.raises(NotImplementedError, match="Bare declares no traits_for"):
+        traits_of_arguments(Bare, {})
 
 
 def test_traits_reject_inconsistent_facts():

@@ -18,7 +18,7 @@ branch's resolution (crossvit_tiny_240 is the official crossvit_tiny_224, which 
 
 Input sizes: both branches scale with the input in proportion, as at the default size: the small branch takes the
 image at its size times `img_scale[0]` (1.0), the large branch at its size times `img_scale[1]` (224/240, or
-384/408 for the 408 models), and each must be whole patches: H and W must be multiples of `input_multiple` (120
+384/408 for the 408 models), and each must be whole patches: H and W must be multiples of `traits.input_multiple` (120
 for the 240 models, 204 for the 408 ones), ValueError otherwise. The position embeddings are resampled to the
 token grids (bicubic, antialiased, timm's `resample_abs_pos_embed`). timm's own model instead resizes any input to
 the branch sizes it was built for; at the default size the two agree exactly. `forward_features` returns

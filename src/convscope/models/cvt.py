@@ -12,7 +12,7 @@ State-dict keys follow the official microsoft/CvT layout inside each stage (`sta
 final norm and linear as `head.norm` / `head.fc`). `load_checkpoint(..., source="official")` maps the official
 keys; `source="transformers"` maps those of transformers' CvtForImageClassification.
 
-forward_features returns the last stage's tokens (B, 1 + H*W, C), class token first (`features_fmt = "NLC"`);
+forward_features returns the last stage's tokens (B, 1 + H*W, C), class token first (`traits.features_fmt == "NLC"`);
 forward_intermediates and features_only give each stage's map as (B, C, H, W), the class token removed.
 """
 from __future__ import annotations

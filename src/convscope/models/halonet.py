@@ -19,7 +19,7 @@ compact builder for exactly these patterns, not a port of byobnet. State-dict ke
 timm checkpoints load directly.
 
 Input sizes: halo attention cuts its input map into `block_size` squares, so H and W must be multiples of the
-block size times the map's stride at every attention block (`input_multiple`: 128 for the 26/33-layer nets and
+block size times the map's stride at every attention block (`traits.input_multiple`: 128 for the 26/33-layer nets and
 H1, 256 for HaloNet-50ts at the default block size 8); anything else raises ValueError naming that multiple.
 `block_sizes` (one per stage) may be set to take other sizes: scale() sets them from the input size (the
 largest divisor of each stage's map side up to the variant's block size, even where the queries are strided).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 FEATURE_FORMATS = ("NCHW", "NLC")
@@ -56,10 +56,13 @@ class ModelTraits:
         if bool(self.grad_free) != bool(self.grad_free_reason):
             raise ValueError("grad_free prefixes and grad_free_reason go together")
 
-    def feature_info(self) -> list[dict]:
-        """timm's feature_info list: channels, reduction and module per stage."""
-        return [dict(num_chs=c, reduction=r, module=m)
-                for c, r, m in zip(self.channels, self.reductions, self.taps, strict=True)]
+    def with_stage_width(self, stage: int, width: int) -> ModelTraits:
+        """These traits with feature stage `stage` at `width` channels (as pruning leaves it); the last stage's width
+        is also `num_features`."""
+        channels = list(self.channels)
+        channels[stage] = width
+        last = stage == len(channels) - 1
+        return replace(self, channels=tuple(channels), num_features=width if last else self.num_features)
 
 
 def hierarchy(dims: Sequence[int], *, stem_reduction: int = 4, **facts: Any) -> ModelTraits:
@@ -74,7 +77,8 @@ def hierarchy(dims: Sequence[int], *, stem_reduction: int = 4, **facts: Any) -> 
 def traits_of_arguments(model: Callable[..., Any], arguments: Mapping[str, Any]) -> ModelTraits:
     """`model.traits_for(...)` called with the constructor arguments it names, the constructor's defaults filling
     those not in `arguments`."""
-    wanted = inspect.signature(model.traits_for).parameters
+    wanted = [k for k, p in inspect.signature(model.traits_for).parameters.items()
+              if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
     defaults = {k: p.default for k, p in inspect.signature(model).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     given = {**defaults, **arguments}
