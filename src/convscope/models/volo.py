@@ -105,6 +105,7 @@ class VOLO(TokenModel):
     class-attention blocks -> LN -> class head (+ 0.5 x the max of the token-labelling head at evaluation)."""
 
     units_name = "network"
+
     @classmethod
     def traits_for(cls, *, embed_dims: Sequence[int], patch_size: int) -> ModelTraits:
         """The Outlooker stage at the patch stride, the transformer stages at twice it; the features are the
