@@ -230,9 +230,13 @@ def _refine_widths(scaler: _Scaler, first: _Candidate, target_macs: float, toler
             for delta in (q, -q):
                 widths = list(best.widths)
                 widths[i] += delta
-                if widths[i] >= q:
+                if widths[i] < q:
+                    continue
+                try:
                     moves.append(scaler.measure(best.knobs, best.depths, tuple(widths), best.size))
-        nxt = min(moves, key=miss)
+                except ValueError:  # the family ties these widths (ConViT's one width, VOLO's stages 2-4)
+                    continue
+        nxt = min(moves, key=miss, default=best)
         if miss(nxt) >= miss(best):
             break
         best, steps = nxt, steps + 1
