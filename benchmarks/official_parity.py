@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
                     (out / f"{ours_name}.json").write_text(json.dumps(
                         dict(repo=github, commit=commit, constructor=ctor, keys=keys), indent=0))
                 ours = load_checkpoint(convscope.create_model(ours_name).eval(), sd, source="official")
-                sizes = [(224, 224)] if ours.fixed_input_size else [(224, 224), (160, 288)]
+                sizes = [(224, 224)] if ours.traits.fixed_input_size else [(224, 224), (160, 288)]
                 sizes = SIZES.get(ours_name, sizes)
                 xs = [torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0)) for h, w in sizes]
                 repo = f"{github}@{commit}"

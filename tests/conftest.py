@@ -131,11 +131,11 @@ def input_size_for(model: torch.nn.Module, nonsquare: bool = False) -> tuple[int
     """A small input the model takes: 64x64 (64x96 when non-square), or its fixed size. Sides are multiples of 32,
     or of the model's `input_multiple` where that is larger (HaloNet's blocks), at least the model's minimum, and
     stay non-square when asked (a minimum above 64, LSNet's 65, would make both sides equal)."""
-    if model.fixed_input_size is not None:
-        return tuple(model.fixed_input_size)
-    mh, mw = model.min_input_size
+    if model.traits.fixed_input_size is not None:
+        return tuple(model.traits.fixed_input_size)
+    mh, mw = model.traits.min_input_size
     h, w = (64, 96) if nonsquare else (64, 64)
-    step = max(32, getattr(model, "input_multiple", 32))
+    step = max(32, model.traits.input_multiple)
     h = max(h, -(-mh // step) * step)
     w = max(w, -(-mw // step) * step)
     if nonsquare and h == w:

@@ -151,9 +151,9 @@ def main() -> int:
     for _, _, name in sorted(todo, key=lambda t: (t[2] not in first.values(), t[0])):
         with torch.device("meta"):
             m = create_model(name)
-        step = max(32, getattr(m, "input_multiple", 32))  # HaloNet's blocks, CrossViT's two patch grids
-        size = tuple(m.fixed_input_size) if m.fixed_input_size else \
-            tuple(-(-max(args.size, s) // step) * step for s in m.min_input_size)
+        step = max(32, m.traits.input_multiple)  # HaloNet's blocks, CrossViT's two patch grids
+        size = tuple(m.traits.fixed_input_size) if m.traits.fixed_input_size else \
+            tuple(-(-max(args.size, s) // step) * step for s in m.traits.min_input_size)
         del m
         r = export_check(name, size=size, threads=args.threads)
         rows[name] = row(r)

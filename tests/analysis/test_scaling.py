@@ -125,3 +125,13 @@ def test_scale_reaches_the_families_that_used_to_fail():
     assert hor.widths[3] % 16 == 0 and hor.widths[2] % 8 == 0
     with pytest.raises(ValueError, match="tolerance"):
         scale("convnext_atto", 2.0, tolerance=0)
+
+
+def test_width_scaling_reaches_the_target_past_whole_heads():
+    # The bench's attention stages hold 32-channel heads and stage 1 only one: every uniform width factor gives it
+    # one head (MACs x1.70 at most) or two (x2.46), nothing between; widths are then refined one head at a time.
+    cfg = scale("mixer_bench_attention", 2.0, "w")
+    _check(cfg, 2.0)
+    assert cfg.achieved_multiplier == pytest.approx(2.0, rel=0.05), cfg.summary()
+    assert any(n.startswith("widths refined per stage") for n in cfg.notes), cfg.notes
+    assert all(w % 32 == 0 for w in cfg.widths)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import convscope
 from convscope.data import decide_input_size
@@ -12,11 +11,10 @@ TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
 ATTO = dict(name="convnext_atto", min_side=32, fixed=None, multiple=1, card_side=224, last_stride=32)
 
 
-def test_model_size_facts_from_a_meta_model():
-    with torch.device("meta"):
-        atto = convscope.create_model("convnext_atto")
-        tiny = convscope.create_model("convnext_atto", **TINY_CONVNEXT)
-        rf = convscope.create_model("randformer_s12")
+def test_model_size_facts_from_the_registry():
+    atto = convscope.models.model_traits("convnext_atto")
+    tiny = convscope.models.model_traits("convnext_atto", **TINY_CONVNEXT)
+    rf = convscope.models.model_traits("randformer_s12")
     assert model_size_facts("convnext_atto", atto) == ATTO == model_size_facts("convnext_atto", tiny)
     facts = model_size_facts("randformer_s12", rf)
     assert facts["fixed"] == (224, 224) and facts["multiple"] == 1 and facts["card_side"] == 224

@@ -48,7 +48,8 @@ def test_smallest_variant_exports(name):
     from convscope.models import create_model
     with torch.device("meta"):
         m = create_model(name)
-    size = tuple(m.fixed_input_size) if m.fixed_input_size else tuple(max(32, s) for s in m.min_input_size)
+    t = m.traits
+    size = t.fixed_input_size or tuple(max(32, s) for s in t.min_input_size)
     r = export.export_check(name, size=size)
     assert r.torch_export, r.torch_export_error
     assert r.onnx, r.onnx_error

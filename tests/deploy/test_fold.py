@@ -76,7 +76,8 @@ def test_prepare_for_inference_equal_outputs(name):
     # fold (its head BatchNorm through global pooling included) at a fraction of the cost
     kwargs = dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128)) if name.startswith("replknet") else {}
     model = _well_conditioned(random_model(name, seed=3, **kwargs))
-    h, w = (32, 64) if model.fixed_input_size is None and max(model.min_input_size) <= 32 else input_size_for(model)
+    t = model.traits
+    h, w = (32, 64) if t.fixed_input_size is None and max(t.min_input_size) <= 32 else input_size_for(model)
     x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = model(x)

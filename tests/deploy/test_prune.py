@@ -55,7 +55,8 @@ def test_masked_equals_slimmed_and_rebuilds(name, tmp_path):
     scopes = _scopes(model)
     if name in ISSUE:
         assert scopes == ISSUE[name]
-    h, w = (32, 32) if model.fixed_input_size is None and max(model.min_input_size) <= 32 else input_size_for(model)
+    t = model.traits
+    h, w = (32, 32) if t.fixed_input_size is None and max(t.min_input_size) <= 32 else input_size_for(model)
     x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     plan = plan_pruning(model, 0.3, scopes=scopes, quantum=1)
     masked = mask_(copy.deepcopy(model), plan)

@@ -38,8 +38,8 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 def _x(batch: int = 2, h: int = 32, w: int = 64, seed: int = 0, model: nn.Module | None = None) -> torch.Tensor:
     if model is not None:  # at least the model's minimum (LSNet: 65x65), or its only size
-        mh, mw = getattr(model, "min_input_size", (1, 1))
-        h, w = getattr(model, "fixed_input_size", None) or (max(h, mh), max(w, mw))
+        mh, mw = model.traits.min_input_size
+        h, w = model.traits.fixed_input_size or (max(h, mh), max(w, mw))
     return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 

@@ -163,7 +163,7 @@ def test_random_mixer_in_skeleton_fixes_input_size():
     model = MetaFormer(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_classes=5,
                        token_mixers=("identity", "identity", "random", "random"),
                        mixer_kwargs=({}, {}, dict(num_tokens=16), dict(num_tokens=4)))
-    assert model.fixed_input_size == (64, 64)
+    assert model.traits.fixed_input_size == (64, 64)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
     with pytest.raises(ValueError, match="only takes 64x64"):
         model(torch.randn(1, 3, 96, 64))

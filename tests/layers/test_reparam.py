@@ -214,7 +214,7 @@ def module_cases() -> dict[str, tuple]:
             if label and label not in cases:
                 handles.append(m.register_forward_pre_hook(functools.partial(_record, cases, label, name, path)))
         try:
-            h, w = (max(64, s) for s in model.min_input_size)  # LSNet: 65x65
+            h, w = (max(64, s) for s in model.traits.min_input_size)  # LSNet: 65x65
             model(torch.empty(2, 3, h, w, device="meta"))  # batch 2: LSNet's head has a BatchNorm1d
         finally:
             for h in handles:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convscope
-from convscope.models import load_checkpoint, save_weights
+from convscope.models import load_checkpoint, model_card, model_traits, save_weights
 
 from ..conftest import built, contract_models, input_size_for
 
@@ -38,7 +38,7 @@ def test_forward_and_features(name):
         logits = model.forward_head(feats)
     assert out.shape == (2, model.num_classes)
     assert torch.isfinite(out).all()
-    fmt = getattr(model, "features_fmt", "NCHW")  # ViT-style models with a class token declare "NLC" tokens
+    fmt = model.traits.features_fmt  # ViT-style models with a class token declare "NLC" tokens
     assert fmt in ("NCHW", "NLC"), fmt
     if fmt == "NCHW":
         assert feats.ndim == 4 and feats.shape[:2] == (2, model.num_features)
@@ -48,22 +48,73 @@ def test_forward_and_features(name):
     torch.testing.assert_close(logits, out, rtol=0, atol=0)
 
 
+def gradient_problems(model: torch.nn.Module) -> list[str]:
+    """What breaks the gradient contract after a backward pass: every trainable parameter gets a finite gradient
+    tensor (it is on the autograd graph), and a non-zero one unless its family declares it analytically zero
+    (`traits.grad_free`, with the reason: CvT's last query projection serves only tokens the head discards,
+    LSNet's last BatchNorm bias is a per-channel constant the head's train-mode BatchNorm1d removes). Whether
+    rounding leaves such a gradient exactly zero depends on the machine, threads and kernel order, so a declared
+    parameter is not held to either."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    free = model.traits.grad_free
+    declared = [n for n, _ in trainable if n.startswith(free)] if free else []
+    problems = []
+    if free and not declared:
+        problems.append(f"traits.grad_free {free} names no parameter")
+    no_grad = [n for n, p in trainable if p.grad is None]
+    if no_grad:
+        problems.append(f"parameters without gradient: {no_grad[:5]}")
+    bad = [n for n, p in trainable if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:
+        problems.append(f"non-finite gradients: {bad[:5]}")
+    zero = [n for n, p in trainable if n not in declared and p.grad is not None and not p.grad.any()]
+    if zero:
+        problems.append(f"gradient is exactly zero: {zero[:5]}")
+    return problems
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_backward_reaches_every_parameter(name):
     model = built(name).train()
     out = model(_x(model))
     (out.float().square().mean()).backward()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    no_grad = [n for n, p in trainable if p.grad is None]
-    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
-    bad = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
-    assert not bad, f"non-finite gradients: {bad[:5]}"
-    zero = [n for n, p in trainable if p.grad.abs().sum() == 0]
-    # A model may declare parameters the logits cannot depend on by construction (CvT's last query projection
-    # acts only on spatial tokens, which the class-token head discards): exactly those must have zero gradient.
-    declared = getattr(model, "no_logit_grad_prefixes", ())
-    expected = [n for n, _ in trainable if n.startswith(tuple(declared))] if declared else []
-    assert zero == expected, f"parameters whose gradient is exactly zero: {zero[:5]} (declared: {expected[:5]})"
+    assert not gradient_problems(model)
+
+
+# the variants whose families declare analytically zero gradients, one per family
+GRAD_FREE = sorted({model_card(n).family: n for n in reversed(MODELS) if model_traits(n).grad_free}.values())
+
+
+@pytest.mark.parametrize("name", GRAD_FREE)
+def test_declared_grad_free_parameters_do_not_move_the_logits(name):
+    """The declaration is true: shifting those parameters far leaves the train-mode logits unchanged (to float
+    rounding), while shifting an undeclared one of the same kind changes them."""
+    model = built(name).train()
+    x = _x(model)
+    free = model.traits.grad_free
+    with torch.no_grad():
+        ref = model(x)
+        declared = [p for n, p in model.named_parameters() if n.startswith(free)]
+        assert declared
+        for p in declared:
+            p.add_(1.0)
+        torch.testing.assert_close(model(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_gradient_contract_holds_whatever_rounding_leaves_in_declared_parameters():
+    """On some CPUs (an Intel Xeon) LSNet's last FFN BatchNorm bias came out exactly zero and failed the contract,
+    elsewhere a rounding residue; both are fine for a declared parameter, and a zero elsewhere is still caught."""
+    model = built("lsnet_t").train()
+    model(_x(model)).float().square().mean().backward()
+    (free,) = model.traits.grad_free
+    bias = dict(model.named_parameters())[free]
+    assert free.endswith("ffn.pw2.bn.bias")
+    for residue in (0.0, 1e-9):
+        bias.grad.fill_(residue)
+        assert gradient_problems(model) == []
+    other = model.stem[0].conv.weight
+    other.grad.zero_()
+    assert gradient_problems(model) == ["gradient is exactly zero: ['stem.0.conv.weight']"]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -106,11 +157,11 @@ def test_features_only(name):
     h, w = x.shape[-2:]
     n_stages = len(ref.feature_info)
     assert backbone.feature_info.channels() == [f["num_chs"] for f in ref.feature_info]
-    if getattr(ref, "isotropic", False):  # declared isotropic (WaveMix): every tap at the stem's resolution
-        assert len(set(backbone.feature_info.reduction())) == 1
-    elif n_stages == 4 and getattr(ref, "features_fmt", "NCHW") == "NCHW":  # hierarchical; token models: patch stride
-        stem = getattr(ref, "stem_reduction", 4)  # a stride-4 stem unless the model declares another (LSNet: 8)
-        assert stem in (4, 8) and backbone.feature_info.reduction() == [stem, 2 * stem, 4 * stem, 8 * stem]
+    reductions = list(ref.traits.reductions)
+    assert backbone.feature_info.reduction() == reductions
+    if n_stages == 4 and ref.traits.features_fmt == "NCHW" and len(set(reductions)) > 1:  # not isotropic (WaveMix)
+        stem = reductions[0]  # hierarchical: a stride-4 stem (LSNet: 8), then stride 2 per stage
+        assert stem in (4, 8) and reductions == [stem, 2 * stem, 4 * stem, 8 * stem]
     with torch.no_grad():
         maps = backbone(x)
     assert [m.shape[1] for m in maps] == backbone.feature_info.channels()
@@ -133,8 +184,8 @@ def test_one_input_channel(name):
 def test_non_square_input(name):
     model = built(name)
     x = _x(model, batch=1, nonsquare=True)
-    if model.fixed_input_size is not None:
-        fh, fw = model.fixed_input_size
+    if model.traits.fixed_input_size is not None:
+        fh, fw = model.traits.fixed_input_size
         with pytest.raises(ValueError, match=f"{fh}x{fw}"):
             model(torch.randn(1, model.in_chans, fh, fw + 32))
         return
@@ -171,8 +222,8 @@ def test_wrong_input_raises_value_error(name):
         model(torch.randn(1, c + 2, h, w))
     with pytest.raises(ValueError, match="4-D input"):
         model.forward_intermediates(torch.randn(c, h, w))
-    if model.fixed_input_size is None:
-        mh, mw = model.min_input_size
+    if model.traits.fixed_input_size is None:
+        mh, mw = model.traits.min_input_size
         with pytest.raises(ValueError, match=f"at least {mh}x{mw}"):
             model(torch.randn(1, c, mh - 1, mw))
 

@@ -61,7 +61,7 @@ def test_sizes_scale_builds():
     assert got["img_size"] == 336 and got["img_scale"][1] * 336 == pytest.approx(320)
     with torch.device("meta"):
         m = convscope.create_model("crossvit_tiny_240", **got)
-    assert m.input_multiple == 336 // 4 and m.grids == [(28, 28), (20, 20)]
+    assert m.traits.input_multiple == 336 // 4 and m.grids == [(28, 28), (20, 20)]
 
 
 def test_bad_arguments_raise():

@@ -100,7 +100,7 @@ def test_features_are_tokens_and_stage_maps_drop_the_class_token():
         feats = model.forward_features(x)
         final, maps = model.forward_intermediates(x)
         logits = model(x)
-    assert model.features_fmt == "NLC" and feats.shape == (1, 1 + 4 * 6, 384)
+    assert model.traits.features_fmt == "NLC" and feats.shape == (1, 1 + 4 * 6, 384)
     assert [m.shape for m in maps] == [(1, 64, 16, 24), (1, 192, 8, 12), (1, 384, 4, 6)]
     torch.testing.assert_close(maps[-1].flatten(2).transpose(1, 2), feats[:, 1:])
     torch.testing.assert_close(model.forward_head(final), logits)

@@ -12,6 +12,7 @@ from torch import nn
 import convscope
 from convscope.models import (
     ArchSpec,
+    Card,
     ConvScopeModel,
     Paper,
     create_model,
@@ -23,6 +24,7 @@ from convscope.models import (
     variant,
 )
 from convscope.models.registry import _unregister_family
+from convscope.models.traits import hierarchy
 
 SRC = Path(convscope.__file__).parent
 
@@ -30,8 +32,13 @@ SRC = Path(convscope.__file__).parent
 class ToyNet(ConvScopeModel):
     """Two stages of 3x3 convs: just enough of the contract for the registry."""
 
+    @classmethod
+    def traits_for(cls, *, dims):
+        return hierarchy(dims)
+
     def __init__(self, depths=(1, 1), dims=(8, 16), *, in_chans=3, num_classes=1000, drop_path_rate=0.0):
         super().__init__(in_chans, num_classes)
+        self.traits = ToyNet.traits_for(dims=dims)
         self.stem = nn.Conv2d(in_chans, dims[0], 4, stride=4)
         self.build_stages(depths, dims, drop_path_rate, downsample=lambda i: nn.Conv2d(dims[i - 1], dims[i], 2, 2),
                           block=lambda i, j, dp: nn.Conv2d(dims[i], dims[i], 3, padding=1))
@@ -49,10 +56,10 @@ def toy_family(**kwargs):
 
 def test_one_call_registers_everything():
     with toy_family(variants={"toynet_s": variant(dims=(8, 16), aliases=("toy_small",),
-                                                  card=dict(params_m=0.01, macs_g=0.001, crop_pct=0.9,
+                                                  card=Card(params_m=0.01, macs_g=0.001, crop_pct=0.9,
                                                             input_size=(3, 64, 64))),
-                              "toynet_m": variant(dims=(16, 32), card=dict(params_m=0.02, macs_g=0.002))},
-                    arch=dict(depths=(1, 2)), card=dict(source="made up")):
+                              "toynet_m": variant(dims=(16, 32), card=Card(params_m=0.02, macs_g=0.002))},
+                    arch=dict(depths=(1, 2)), card=Card(source="made up")):
         assert list_models("toynet*") == ["toynet_m", "toynet_s"]
         card = model_card("toy_small")
         assert (card.name, card.family, card.paper, card.arxiv, card.repo) == ("toynet_s", "toynet", "Toy",
@@ -69,16 +76,21 @@ def test_one_call_registers_everything():
 
 
 def test_declaration_errors_name_the_problem():
-    with pytest.raises(TypeError, match="unknown card field.*'param_m'"):
-        variant(depths=(1, 1), card=dict(param_m=1.0))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'param_m'"):
+        variant(depths=(1, 1), card=Card(param_m=1.0))
+    with pytest.raises(TypeError, match=r"variant\(card=...\) must be a Card\(...\).*got dict"):
+        variant(depths=(1, 1), card=dict(params_m=1.0, macs_g=1.0))
+    with pytest.raises(TypeError, match=r"register_family\(card=...\) must be a Card"):
+        register_family("toynet", ToyNet, paper=Paper("Toy", "2401.00001", "me/toy"), card=dict(source="x"),
+                        variants={"toynet_x": variant(card=Card(params_m=1.0, macs_g=1.0))})
     with pytest.raises(ValueError, match="'convnext_tiny' is registered twice"):
         register_family("toynet", ToyNet, paper=Paper("Toy", "2401.00001", "me/toy"),
-                        variants={"convnext_tiny": variant(card=dict(params_m=1.0, macs_g=1.0))})
+                        variants={"convnext_tiny": variant(card=Card(params_m=1.0, macs_g=1.0))})
     with pytest.raises(ValueError, match="family 'convnext' is registered twice"):
         register_family("convnext", ToyNet, paper=Paper("Toy", "2401.00001", "me/toy"),
-                        variants={"toynet_x": variant(card=dict(params_m=1.0, macs_g=1.0))})
+                        variants={"toynet_x": variant(card=Card(params_m=1.0, macs_g=1.0))})
     with pytest.raises(ValueError, match="crop_pct"):
-        with toy_family(variants={"toynet_s": variant(card=dict(params_m=1.0, macs_g=1.0, crop_pct=1.5))}):
+        with toy_family(variants={"toynet_s": variant(card=Card(params_m=1.0, macs_g=1.0, crop_pct=1.5))}):
             pass
     assert not list_models("toynet*")
 

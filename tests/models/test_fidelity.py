@@ -106,8 +106,8 @@ def test_logits_match_timm(name, timm):
     assert not any(t.is_meta for t in ours.state_dict().values())
     g = torch.Generator().manual_seed(0)
     for h, w in _parity_sizes(name):
-        if ours.fixed_input_size is not None:
-            h, w = ours.fixed_input_size
+        if ours.traits.fixed_input_size is not None:
+            h, w = ours.traits.fixed_input_size
         x = torch.randn(2, 3, h, w, generator=g)
         ref = theirs
         if getattr(ours, "partition_follows_input", False):

@@ -39,7 +39,7 @@ def test_block_layout_follows_byoanet_interleaving():
 def test_input_must_be_a_multiple_of_the_block_grid():
     m = HaloNet(depths=(1, 1, 1, 2), dims=(32, 64, 128, 256), blocks=(("bottle",), ("bottle",), ("attn",),
                                                                       ("attn", "attn")), num_classes=3).eval()
-    assert m.input_multiple == 256 and m.min_input_size == (256, 256)
+    assert m.traits.input_multiple == 256 and m.traits.min_input_size == (256, 256)
     with pytest.raises(ValueError, match="multiples of 256"):
         m(torch.randn(1, 3, 256, 320))
     with torch.no_grad():
@@ -47,7 +47,7 @@ def test_input_must_be_a_multiple_of_the_block_grid():
     # smaller blocks take smaller inputs: 4x4 blocks on the stride-32 map of a 128 input
     small = HaloNet(depths=(1, 1, 1, 2), dims=(32, 64, 128, 256), blocks=m_blocks(), block_sizes=(8, 8, 4, 4),
                     num_classes=3).eval()
-    assert small.input_multiple == 128
+    assert small.traits.input_multiple == 128
     with torch.no_grad():
         assert small(torch.randn(1, 3, 128, 384)).shape == (1, 3)
 
@@ -97,6 +97,6 @@ def test_block_sizes_follow_the_input_size():
     h, w = cfg.input_size[1:]
     with torch.device("meta"):
         model = cfg.build()
-    assert h % model.input_multiple == 0 and w % model.input_multiple == 0
+    assert h % model.traits.input_multiple == 0 and w % model.traits.input_multiple == 0
     assert all(isinstance(m, HaloAttention) for s in model.stages for b in s if hasattr(b, "self_attn")
                for m in [b.self_attn])

@@ -42,7 +42,7 @@ def test_stage_layout_at_224_and_384():
     # relative coordinates of the 384 model stay scaled to the 224 pre-training grid (56 at stride 4)
     index, table = relative_position_cpb((96, 96), (12, 12), (56, 56))
     assert torch.equal(big.stages[0].rel_index, index) and torch.equal(big.stages[0].rel_table, table)
-    assert big.fixed_input_size == (384, 384)
+    assert big.traits.fixed_input_size == (384, 384)
 
 
 def test_converter_maps_every_official_key():
@@ -64,7 +64,7 @@ def test_micro_aaaa_256_aggregates_in_every_stage():
     attns = [s.blocks[0].attn for s in m.stages]
     assert [type(a) for a in attns] == [AggregatedAttention] * 4  # A-A-A-A: no full-attention stage
     assert [a.pool_size for a in attns] == [(4, 4)] * 4  # 64/16, 32/8, 16/4, 8/2
-    assert m.fixed_input_size == (256, 256) and m.card.input_size == (3, 256, 256)
+    assert m.traits.fixed_input_size == (256, 256) and m.card.input_size == (3, 256, 256)
     # relative coordinates scaled to its own 256 grid (64 at stride 4): pre-trained at 256
     index, table = relative_position_cpb((64, 64), (4, 4), (64, 64))
     assert torch.equal(m.stages[0].rel_index, index) and torch.equal(m.stages[0].rel_table, table)

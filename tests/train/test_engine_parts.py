@@ -140,11 +140,10 @@ def test_grayscale_data_for_a_three_channel_model():
     from convscope.train import TrainConfig
     from convscope.train.pipeline import build_data
 
-    with torch.device("meta"):
-        probe = convscope.create_model("convnext_atto")
-    gray = build_data(TrainConfig(model="convnext_atto", data="fashion-mnist", data_limit=64, eval_limit=32), probe)
+    traits = convscope.models.model_traits("convnext_atto")
+    gray = build_data(TrainConfig(model="convnext_atto", data="fashion-mnist", data_limit=64, eval_limit=32), traits)
     rgb = build_data(TrainConfig(model="convnext_atto", data="fashion-mnist", data_limit=64, eval_limit=32,
-                                 in_chans=3), probe)
+                                 in_chans=3), traits)
     assert gray.in_chans == 1 and gray.train.images.shape == (64, 1, 28, 28) and len(gray.mean) == 1
     assert rgb.in_chans == 3 and rgb.train.images.shape == (64, 3, 28, 28) and rgb.mean == gray.mean * 3
     assert torch.equal(rgb.train.images[:, 2], gray.train.images[:, 0])

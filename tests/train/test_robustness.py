@@ -17,7 +17,7 @@ from PIL import Image
 from convscope.cli import main
 from convscope.data.datasets import ImageFolder, load_image
 from convscope.files import atomic_write_text
-from convscope.models import create_model
+from convscope.models import create_model, model_traits
 from convscope.train import TrainConfig, read_meta, train
 from convscope.train.budget import TimeBudget, parse_duration
 from convscope.train.report import plot_curves, write_metrics
@@ -267,7 +267,7 @@ def test_folder_cache_counts_the_held_out_split_too(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "cache_fits", lambda n, c, s: counted.append(n) or n <= 10)
     cfg = TrainConfig(model="convnext_atto", data=str(root), model_kwargs={"depths": [1, 1, 1, 1],
                                                                            "dims": [8, 16, 24, 32]})
-    spec = build_data(cfg, create_model("convnext_atto", num_classes=2, in_chans=1, **cfg.model_kwargs))
+    spec = build_data(cfg, model_traits("convnext_atto", **cfg.model_kwargs))
     assert counted == [16] and len(spec.train) == 10 and len(spec.eval) == 6
     assert "held in memory" not in spec.description    # 16 decoded images exceed the (patched) limit of 10
     assert spec.train._cache is None and spec.eval._cache is None
@@ -417,7 +417,7 @@ def test_official_partial_deploy_checkpoint_loads_into_a_deploy_model():
 
 @pytest.mark.parametrize("edit,expect", [
     (lambda m: m.pop("num_classes"), "lacks 'num_classes'"),
-    (lambda m: m.update(model_kwargs={"bogus": 1}), "does not describe a model"),
+    (lambda m: m.update(model_kwargs={"bogus": 1}), "are not constructor arguments of convnext_atto"),
     (lambda m: m.update(input_size=[0, 0]), "impossible 'input_size'"),
     (lambda m: m.update(class_names=["a"]), "impossible 'class_names'"),
     (None, "not valid JSON"),

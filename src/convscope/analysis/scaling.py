@@ -156,7 +156,7 @@ class _Scaler:
         self.name, self.spec, self.arch, self.base_size = name, spec, arch, base_size
         self.depths, self.widths = spec.stages(arch)
         self.quanta = spec.quanta(arch)
-        self.step = math.lcm(4, spec.input_multiple)
+        self.step = math.lcm(4, spec.input_step)
 
     def kwargs(self, depths, widths, size) -> dict[str, Any]:
         return self.spec.rebuild(self.arch, depths, widths, input_hw=size[1:])
@@ -167,15 +167,20 @@ class _Scaler:
         c, h, wd = self.base_size
         size = (c, max(self.step, round(h * r / self.step) * self.step),
                 max(self.step, round(wd * r / self.step) * self.step))
+        return self.measure((d, w, r), depths, widths, size)
+
+    def measure(self, knobs: tuple[float, float, float], depths: tuple[int, ...], widths: tuple[int, ...],
+                size: tuple[int, int, int]) -> _Candidate:
+        """Count the configuration with these depths, widths and input size (ValueError below the minimum input)."""
         kwargs = self.kwargs(depths, widths, size)
         with torch.device("meta"):
             model = create_model(self.name, **kwargs)
-        mh, mw = getattr(model, "min_input_size", (1, 1))
+        mh, mw = model.traits.min_input_size
         if size[1] < mh or size[2] < mw:
             raise ValueError(f"{self.name}: the scaled input {size[1]}x{size[2]} is below the smallest size the "
                              f"network takes ({mh}x{mw}); use a larger multiplier or a rule without resolution")
         r_ = count(model, (1, *size))
-        return _Candidate((d, w, r), depths, widths, size, kwargs, r_.params, r_.totals.macs, r_.totals.activations)
+        return _Candidate(knobs, depths, widths, size, kwargs, r_.params, r_.totals.macs, r_.totals.activations)
 
 
 #: Exponent of MACs in each factor, the secant's first guess: depth ~ linear, width and resolution ~ quadratic.
@@ -207,6 +212,34 @@ def _compensate(scaler: _Scaler, first: _Candidate, knob: int, target_macs: floa
         cur = nxt
         if miss(cur) < miss(best):
             best = cur
+    return best, steps
+
+
+def _refine_widths(scaler: _Scaler, first: _Candidate, target_macs: float, tolerance: float,
+                   max_steps: int = 6) -> tuple[_Candidate, int]:
+    """Greedy steps of one width quantum on one stage at a time towards `target_macs`, for when every uniform width
+    factor rounds past it (a narrow attention stage holds 1 or 2 whole heads, nothing between); the closest
+    candidate and how many steps it took."""
+    def miss(c: _Candidate) -> float:
+        return abs(math.log(c.macs / target_macs))
+
+    best, steps = first, 0
+    while steps < max_steps and miss(best) > math.log1p(tolerance):
+        moves = []
+        for i, q in enumerate(scaler.quanta):
+            for delta in (q, -q):
+                widths = list(best.widths)
+                widths[i] += delta
+                if widths[i] < q:
+                    continue
+                try:
+                    moves.append(scaler.measure(best.knobs, best.depths, tuple(widths), best.size))
+                except ValueError:  # the family ties these widths (ConViT's one width, VOLO's stages 2-4)
+                    continue
+        nxt = min(moves, key=miss, default=best)
+        if miss(nxt) >= miss(best):
+            break
+        best, steps = nxt, steps + 1
     return best, steps
 
 
@@ -266,6 +299,17 @@ def scale(model_name: str, flops_multiplier: float, rule: str = "dWr", *, alpha:
         if best is not start:
             notes.append(f"{'dwr'[knob]} corrected after rounding: MACs x{start.macs / base_macs:.3f} -> "
                          f"x{best.macs / base_macs:.3f} in {steps} counted step(s)")
+    target = flops_multiplier * base_macs
+    if e_w > 0 and abs(math.log(best.macs / target)) > math.log1p(tolerance):
+        start = best
+        best, steps = _refine_widths(scaler, start, target, tolerance)
+        if best is not start:
+            notes.append(f"widths refined per stage (no uniform width factor lands closer with widths in multiples of "
+                         f"{scaler.quanta}): MACs x{start.macs / base_macs:.3f} -> x{best.macs / base_macs:.3f} in "
+                         f"{steps} step(s)")
+    if abs(math.log(best.macs / target)) > math.log1p(tolerance):
+        notes.append(f"closest reachable: MACs x{best.macs / base_macs:.3f} (widths in multiples of {scaler.quanta}, "
+                     f"input sides in multiples of {scaler.step})")
     return ScaledConfig(
         model_name=card.name, rule=rule, flops_multiplier=float(flops_multiplier), factors=(d, w, r),
         kwargs=best.kwargs, input_size=best.size, depths=best.depths, widths=best.widths, params=best.params,

@@ -25,6 +25,7 @@ from .base import ConvScopeModel, Stage
 from .features import FeatureExtractor, FeatureInfo, feature_take_indices
 from .registry import (
                        ArchSpec,
+                       Card,
                        Family,
                        ModelCard,
                        Paper,
@@ -36,16 +37,19 @@ from .registry import (
                        list_models,
                        model_arch,
                        model_card,
+                       model_traits,
                        register_family,
                        resolve_model,
                        resolve_name,
                        variant,
 )
+from .traits import ModelTraits
 from .weights import load_checkpoint, read_state_dict, save_weights
 
 __all__ = [
-    "ArchSpec", "ConvScopeModel", "Family", "FeatureExtractor", "FeatureInfo", "ModelCard", "Paper", "PretrainedCfg",
-    "Stage", "UnknownModelError", "create_model", "family_of", "feature_take_indices", "list_families",
-    "list_models", "load_checkpoint", "model_arch", "model_card", "read_state_dict", "register_family",
+    "ArchSpec", "Card", "ConvScopeModel", "Family", "FeatureExtractor", "FeatureInfo", "ModelCard", "ModelTraits",
+    "Paper", "PretrainedCfg", "Stage", "UnknownModelError", "create_model", "family_of", "feature_take_indices",
+    "list_families", "list_models", "load_checkpoint", "model_arch", "model_card", "model_traits", "read_state_dict",
+    "register_family",
     "resolve_model", "resolve_name", "save_weights", "variant",
 ]

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..layers import checkpoint_seq, drop_path_rates
 from .features import feature_take_indices
+from .traits import ModelTraits
+
+if TYPE_CHECKING:
+    from .registry import ModelCard
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -44,15 +49,20 @@ class ConvScopeModel(nn.Module):
     """Base of the hierarchical models: `stem -> stages -> norm_pre -> head`.
 
     Subclasses build `stem`, `stages` (an nn.Sequential), optionally `norm_pre`, a `head` with
-    `forward(x, pre_logits)` and `reset(num_classes)`, and fill `feature_info` and `num_features`.
+    `forward(x, pre_logits)` and `reset(num_classes)`, fill `feature_info` and `num_features`, and set `traits`
+    from their classmethod `traits_for` (keyword-only parameters named as the constructor's), which the registry
+    also calls to answer `model_traits(name)` without building the model.
     This class supplies the rest of the contract: input checking, forward_features / forward_head,
     forward_intermediates, reset_classifier, gradient checkpointing and layer pruning for feature extraction.
     """
 
-    #: Smallest (height, width) the network takes; below this a stage would be empty.
-    min_input_size: tuple[int, int] = (32, 32)
-    #: Set when the architecture takes only one input size (e.g. RandFormer's fixed token-mixing matrices).
-    fixed_input_size: tuple[int, int] | None = None
+    #: The variant's facts (input sizes, feature stages, layout), the same object `model_traits(name)` returns.
+    traits: ModelTraits
+
+    @classmethod
+    def traits_for(cls, **arguments) -> ModelTraits:
+        """The traits of the model these constructor arguments build (each family declares its own)."""
+        raise NotImplementedError(f"{cls.__name__} declares no traits_for")
 
     def __init__(self, in_chans: int, num_classes: int) -> None:
         super().__init__()
@@ -65,6 +75,7 @@ class ConvScopeModel(nn.Module):
         self.feature_info: list[dict] = []
         self.num_features = 0
         self.model_name = type(self).__name__
+        self.card: ModelCard | None = None  # the registry's card, set by create_model
         self.norm_pre: nn.Module = nn.Identity()
 
     # -- construction --------------------------------------------------------------------------------------------
@@ -116,10 +127,10 @@ class ConvScopeModel(nn.Module):
             raise ValueError(f"{self.model_name} has {w0.dtype} weights but the input is {x.dtype}: cast the input "
                              f"(x.to({w0.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
         h, w = x.shape[-2:]
-        if self.fixed_input_size is not None and (h, w) != tuple(self.fixed_input_size):
-            fh, fw = self.fixed_input_size
-            raise ValueError(f"{self.model_name} only takes {fh}x{fw} inputs; got {h}x{w}")
-        mh, mw = self.min_input_size
+        fixed = self.traits.fixed_input_size
+        if fixed is not None and (h, w) != fixed:
+            raise ValueError(f"{self.model_name} only takes {fixed[0]}x{fixed[1]} inputs; got {h}x{w}")
+        mh, mw = self.traits.min_input_size
         if h < mh or w < mw:
             raise ValueError(f"{self.model_name} needs inputs of at least {mh}x{mw}; got {h}x{w}")
 

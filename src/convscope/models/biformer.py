@@ -20,6 +20,7 @@ which gives the same result wherever no padding is needed.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -27,7 +28,8 @@ from torch import nn
 from ..layers import ClassifierHead, drop_path_or_identity, init_trunc_normal
 from ..layers.mixers.bra import BiLevelRoutingAttention, LePEAttention
 from .base import ConvScopeModel
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 class BiFormerBlock(nn.Module):
@@ -75,6 +77,10 @@ class BiFormer(ConvScopeModel):
     conv + BN stem, BN + 2x2 stride-2 conv downsampling, blocks without the conv position embedding.
     """
 
+    @classmethod
+    def traits_for(cls, *, embed_dim: Sequence[int]) -> ModelTraits:
+        return hierarchy(embed_dim, reparameterizable=True)  # conv-BN stem and downsamplings fold
+
     def __init__(self, depth: tuple[int, ...] = (2, 2, 8, 2), embed_dim: tuple[int, ...] = (64, 128, 256, 512),
                  qk_dims: tuple[int, ...] | None = None, head_dim: int = 32, mlp_ratios: tuple[float, ...] = (3,) * 4,
                  topks: tuple[int, ...] = (1, 4, 16, -2), n_win: int = 7, side_dwconv: int = 5,
@@ -82,6 +88,7 @@ class BiFormer(ConvScopeModel):
                  auto_pad: bool = True, stl: bool = False, *, in_chans: int = 3, num_classes: int = 1000,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = BiFormer.traits_for(embed_dim=embed_dim)
         qk_dims = tuple(qk_dims or embed_dim)
         self.n_win, self.auto_pad, self.topks, self.stl = n_win, auto_pad, tuple(topks), stl
         e0 = embed_dim[0]
@@ -153,21 +160,21 @@ register_family(
     paper=Paper("BiFormer: Vision Transformer with Bi-Level Routing Attention", "2303.08125", "rayleizhu/BiFormer"),
     spec=ArchSpec(depths="depth", widths="embed_dim", width_quantum=32),
     converter=convert_official,
-    card=dict(source=_SRC),
+    card=Card(source=_SRC),
     variants={
         "biformer_tiny": variant(
             depth=(2, 2, 8, 2), embed_dim=(64, 128, 256, 512),
-            card=dict(params_m=13.142760, macs_g=2.228, top1=81.4,
+            card=Card(params_m=13.142760, macs_g=2.228, top1=81.4,
                       notes="macs_g: fvcore on the official biformer_tiny() at 224 (2.22804416 G, equal to our "
                             "count); the README prints 2.2, 1.3% below")),
         "biformer_small": variant(
             depth=(4, 4, 18, 4), embed_dim=(64, 128, 256, 512),
-            card=dict(params_m=25.536232, macs_g=4.5, top1=83.8, drop_path_rate=0.15)),
+            card=Card(params_m=25.536232, macs_g=4.5, top1=83.8, drop_path_rate=0.15)),
         "biformer_base": variant(
             depth=(4, 4, 18, 4), embed_dim=(96, 192, 384, 768),
-            card=dict(params_m=56.804968, macs_g=9.8, top1=84.3)),
+            card=Card(params_m=56.804968, macs_g=9.8, top1=84.3)),
         "biformer_stl": variant(
             depth=(2, 2, 6, 2), embed_dim=(96, 192, 384, 768), mlp_ratios=(4, 4, 4, 4), stl=True,
-            card=dict(params_m=28.372552, macs_g=4.6, top1=82.7,
+            card=Card(params_m=28.372552, macs_g=4.6, top1=82.7,
                       notes="the Swin-Tiny-layout model of the paper's ablation (official models/biformer_stl.py)")),
     })

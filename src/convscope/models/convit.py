@@ -15,13 +15,16 @@ block a class-token (MHSA) block.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from ..layers import init_trunc_normal
 from ..layers.mixers.attention import Attention
 from ..layers.mixers.gpsa import GPSA
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits
 from .vit_base import Block, TokenModel, resample_pos_embed
 
 
@@ -29,7 +32,13 @@ class ConViT(TokenModel):
     """ConViT: 16x16 patch embedding + position embedding -> GPSA blocks on the patch map -> (+ class token)
     -> MHSA blocks -> LN -> Linear on the class token."""
 
-    min_input_size = (32, 32)
+    @classmethod
+    def traits_for(cls, *, depths: Sequence[int], dims: Sequence[int], patch_size: int) -> ModelTraits:
+        """Taps at the end of each block group, all at the patch stride; features are the tokens, class first."""
+        ends = [sum(depths[:i + 1]) - 1 for i in range(len(depths))]
+        return ModelTraits(channels=tuple(dims), reductions=(patch_size,) * len(dims),
+                           taps=tuple(f"blocks.{e}" for e in ends), num_features=dims[0], input_multiple=patch_size,
+                           features_fmt="NLC", num_prefix_tokens=1)
 
     def __init__(self, depths: tuple[int, ...] = (3, 3, 3, 3), dims: tuple[int, ...] = (192, 192, 192, 192),
                  head_dim: int = 48, *, img_size: int | tuple[int, int] = 224, in_chans: int = 3,
@@ -37,6 +46,7 @@ class ConViT(TokenModel):
                  local_up_to_layer: int = 10, locality_strength: float = 1.0, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = ConViT.traits_for(depths=depths, dims=dims, patch_size=patch_size)
         if len(depths) != len(dims) or len(set(dims)) != 1:
             raise ValueError(f"ConViT's block groups share one width: depths and dims need one entry per group and "
                              f"equal dims; got {depths} and {dims}")
@@ -45,7 +55,6 @@ class ConViT(TokenModel):
             raise ValueError(f"the width ({dim}) must be a multiple of head_dim ({head_dim})")
         heads = dim // head_dim
         depth = sum(depths)
-        self.input_multiple = patch_size
         self.num_local = min(local_up_to_layer, depth - 1)
         img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.patch_embed = nn.Module()
@@ -94,7 +103,7 @@ class ConViT(TokenModel):
         if norm:
             state = self.norm(state)
         if state.ndim == 3:  # after the class token joined: patch tokens back to the map
-            h, w = hw[0] // self.input_multiple, hw[1] // self.input_multiple
+            h, w = hw[0] // self.traits.input_multiple, hw[1] // self.traits.input_multiple
             state = state[:, 1:].reshape(state.shape[0], h, w, -1)
         return state.permute(0, 3, 1, 2)
 
@@ -132,12 +141,12 @@ register_family(
     "convit", ConViT, paper=Paper("ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases",
                                   "2103.10697", "facebookresearch/convit"),
     spec=ArchSpec(depths="depths", widths="dims", width_quantum=lambda arch, i: arch.get("head_dim", 48),
-                  input_multiple=16, at_input_size=lambda arch, hw: dict(img_size=tuple(hw))),
-    timm=True, card=dict(source=_SRC, crop_pct=0.875),
+                  input_step=16, at_input_size=lambda arch, hw: dict(img_size=tuple(hw))),
+    timm=True, card=Card(source=_SRC, crop_pct=0.875),
     arch=dict(depths=(3, 3, 3, 3), head_dim=48, local_up_to_layer=10, locality_strength=1.0),
     variants={
-        "convit_tiny": variant(dims=(192,) * 4, card=dict(params_m=5.71, macs_g=1.26, top1=73.1, drop_path_rate=0.1)),
-        "convit_small": variant(dims=(432,) * 4, card=dict(params_m=27.78, macs_g=5.76, top1=81.4,
+        "convit_tiny": variant(dims=(192,) * 4, card=Card(params_m=5.71, macs_g=1.26, top1=73.1, drop_path_rate=0.1)),
+        "convit_small": variant(dims=(432,) * 4, card=Card(params_m=27.78, macs_g=5.76, top1=81.4,
                                                            drop_path_rate=0.1)),
-        "convit_base": variant(dims=(768,) * 4, card=dict(params_m=86.54, macs_g=17.52, top1=82.3, drop_path_rate=0.1)),
+        "convit_base": variant(dims=(768,) * 4, card=Card(params_m=86.54, macs_g=17.52, top1=82.3, drop_path_rate=0.1)),
     })

@@ -10,6 +10,7 @@ official repositories' keys. The small variants (atto ... nano) use 1x1 convs fo
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -27,7 +28,8 @@ from ..layers import (
     scale_classifier_,
 )
 from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 class ConvNeXtBlock(nn.Module):
@@ -65,11 +67,16 @@ class ConvNeXt(ConvScopeModel):
     """ConvNeXt: stem (4x4/4 conv, LN) -> four stages of ConvNeXt blocks, stages 2-4 opened by LN + 2x2/2 conv
     -> global average pool -> LN -> Linear."""
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int]) -> ModelTraits:
+        return hierarchy(dims)
+
     def __init__(self, depths: tuple[int, ...] = (3, 3, 9, 3), dims: tuple[int, ...] = (96, 192, 384, 768), *,
                  in_chans: int = 3, num_classes: int = 1000, kernel_size: int = 7, mlp_ratio: float = 4,
                  ls_init_value: float | None = 1e-6, conv_mlp: bool = False, use_grn: bool = False,
                  head_init_scale: float = 1.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = ConvNeXt.traits_for(dims=dims)
         self.stem = patchify_stem(in_chans, dims[0], LayerNorm2d)
         self.build_stages(
             depths, dims, drop_path_rate,
@@ -122,23 +129,23 @@ register_family(
     "convnext", ConvNeXt, paper=Paper("A ConvNet for the 2020s", "2201.03545", "facebookresearch/ConvNeXt"),
     spec=ArchSpec(depths="depths", widths="dims"), converter=convert_official, timm=True,
     variants={
-        "convnext_atto": variant(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, card=dict(
+        "convnext_atto": variant(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, card=Card(
             params_m=3.70, macs_g=0.55, top1=75.7, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
-        "convnext_femto": variant(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, card=dict(
+        "convnext_femto": variant(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, card=Card(
             params_m=5.22, macs_g=0.79, top1=77.5, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
-        "convnext_pico": variant(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, card=dict(
+        "convnext_pico": variant(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, card=Card(
             params_m=9.05, macs_g=1.37, top1=79.5, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
-        "convnext_nano": variant(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, card=dict(
+        "convnext_nano": variant(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, card=Card(
             params_m=15.59, macs_g=2.46, top1=80.8, repo=_TIMM_REPO, source=_SRC_V1_TIMM)),
-        "convnext_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), card=dict(
+        "convnext_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), card=Card(
             params_m=28.59, macs_g=4.47, top1=82.1, drop_path_rate=0.1, source=_SRC_V1)),
-        "convnext_small": variant(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), card=dict(
+        "convnext_small": variant(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), card=Card(
             params_m=50.22, macs_g=8.71, top1=83.1, drop_path_rate=0.4, source=_SRC_V1)),
-        "convnext_base": variant(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), card=dict(
+        "convnext_base": variant(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), card=Card(
             params_m=88.59, macs_g=15.38, top1=83.8, drop_path_rate=0.5, source=_SRC_V1)),
-        "convnext_large": variant(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), card=dict(
+        "convnext_large": variant(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), card=Card(
             params_m=197.77, macs_g=34.40, top1=84.3, drop_path_rate=0.5, source=_SRC_V1)),
-        "convnext_xlarge": variant(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048), card=dict(
+        "convnext_xlarge": variant(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048), card=Card(
             params_m=350.20, macs_g=60.98, top1=87.0, pretrain="ImageNet-22k", drop_path_rate=0.2, source=_SRC_V1,
             notes="released only as ImageNet-22k pre-trained, fine-tuned on 1k")),
     })
@@ -149,22 +156,22 @@ register_family(
     spec=ArchSpec(depths="depths", widths="dims"), converter=convert_official, timm=True,
     arch=dict(use_grn=True, ls_init_value=None),  # V2: GRN in the MLP instead of layer scale
     variants={
-        "convnextv2_atto": variant(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, card=dict(
+        "convnextv2_atto": variant(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True, card=Card(
             params_m=3.71, macs_g=0.55, top1=76.7, drop_path_rate=0.1, source=_SRC_V2)),
-        "convnextv2_femto": variant(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, card=dict(
+        "convnextv2_femto": variant(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, card=Card(
             params_m=5.23, macs_g=0.79, top1=78.5, source=_SRC_V2)),
-        "convnextv2_pico": variant(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, card=dict(
+        "convnextv2_pico": variant(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True, card=Card(
             params_m=9.07, macs_g=1.37, top1=80.3, source=_SRC_V2)),
-        "convnextv2_nano": variant(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, card=dict(
+        "convnextv2_nano": variant(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True, card=Card(
             params_m=15.62, macs_g=2.46, top1=81.9, source=_SRC_V2)),
-        "convnextv2_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), card=dict(
+        "convnextv2_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), card=Card(
             params_m=28.64, macs_g=4.47, top1=83.0, drop_path_rate=0.2, source=_SRC_V2)),
-        "convnextv2_small": variant(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), card=dict(
+        "convnextv2_small": variant(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), card=Card(
             params_m=50.32, macs_g=8.71, repo=_TIMM_REPO, source=_SRC_V2_TIMM)),
-        "convnextv2_base": variant(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), card=dict(
+        "convnextv2_base": variant(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), card=Card(
             params_m=88.72, macs_g=15.38, top1=84.9, drop_path_rate=0.1, source=_SRC_V2)),
-        "convnextv2_large": variant(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), card=dict(
+        "convnextv2_large": variant(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), card=Card(
             params_m=197.96, macs_g=34.4, top1=85.8, source=_SRC_V2)),
-        "convnextv2_huge": variant(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), card=dict(
+        "convnextv2_huge": variant(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), card=Card(
             params_m=660.29, macs_g=115.0, top1=86.3, source=_SRC_V2)),
     })

@@ -18,7 +18,7 @@ branch's resolution (crossvit_tiny_240 is the official crossvit_tiny_224, which 
 
 Input sizes: both branches scale with the input in proportion, as at the default size: the small branch takes the
 image at its size times `img_scale[0]` (1.0), the large branch at its size times `img_scale[1]` (224/240, or
-384/408 for the 408 models), and each must be whole patches: H and W must be multiples of `input_multiple` (120
+384/408 for the 408 models), and each must be whole patches: H and W must be multiples of `traits.input_multiple` (120
 for the 240 models, 204 for the 408 ones), ValueError otherwise. The position embeddings are resampled to the
 token grids (bicubic, antialiased, timm's `resample_abs_pos_embed`). timm's own model instead resizes any input to
 the branch sizes it was built for; at the default size the two agree exactly. `forward_features` returns
@@ -40,7 +40,8 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import drop_path_or_identity, init_trunc_normal
 from ..layers.mixers.attention import Attention
 from .features import feature_take_indices
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits
 from .vit_base import Block, TokenModel, resample_pos_embed
 
 
@@ -154,6 +155,18 @@ class CrossViT(TokenModel):
 
     units_name = "blocks"
 
+    @classmethod
+    def traits_for(cls, *, embed_dim: Sequence[int], patch_size: Sequence[int], num_blocks: int,
+                   img_scale: Sequence[float]) -> ModelTraits:
+        """One tap per branch (its patch tokens after the last multi-scale block, at its patch stride over its
+        scale); the features are the branches' class tokens side by side."""
+        m = _multiple(img_scale, patch_size)
+        n = len(embed_dim)
+        return ModelTraits(channels=tuple(embed_dim),
+                           reductions=tuple(round(p / float(s)) for p, s in zip(patch_size, img_scale, strict=True)),
+                           taps=(f"blocks.{num_blocks - 1}",) * n, num_features=sum(embed_dim), min_input_size=(m, m),
+                           input_multiple=m, features_fmt="NLC", num_prefix_tokens=1)
+
     def __init__(self, embed_dim: Sequence[int] = (192, 384), branch_depths: Sequence[int] = (1, 4),
                  num_heads: Sequence[int] = (6, 6), mlp_ratio: Sequence[float] = (4.0, 4.0),
                  patch_size: Sequence[int] = (12, 16), num_blocks: int = 3, img_size: int = 240,
@@ -170,14 +183,14 @@ class CrossViT(TokenModel):
             if embed_dim[b] % num_heads[b]:
                 raise ValueError(f"embed_dim[{b}] ({embed_dim[b]}) must be a multiple of num_heads[{b}] "
                                  f"({num_heads[b]})")
+        self.traits = CrossViT.traits_for(embed_dim=embed_dim, patch_size=patch_size, num_blocks=num_blocks,
+                                          img_scale=img_scale)
         self.num_branches = n
         self.embed_dim = tuple(embed_dim)
         self.patch_size = tuple(patch_size)
         self.img_scale = tuple(Fraction(s).limit_denominator(1000) for s in img_scale)
-        self.input_multiple = _multiple(img_scale, patch_size)
-        self.min_input_size = (self.input_multiple, self.input_multiple)
-        if img_size % self.input_multiple:
-            raise ValueError(f"img_size must be a multiple of {self.input_multiple}; got {img_size}")
+        if img_size % self.traits.input_multiple:
+            raise ValueError(f"img_size must be a multiple of {self.traits.input_multiple}; got {img_size}")
         self.grids = [(int(img_size * s) // p,) * 2 for s, p in zip(self.img_scale, patch_size, strict=False)]
         self.patch_embed = nn.ModuleList(PatchEmbed(in_chans, d, p, multi_conv)
                                          for d, p in zip(embed_dim, patch_size, strict=True))
@@ -212,7 +225,7 @@ class CrossViT(TokenModel):
     def check_input(self, x: torch.Tensor) -> None:
         super(TokenModel, self).check_input(x)
         h, w = x.shape[-2:]
-        m = self.input_multiple
+        m = self.traits.input_multiple
         if h % m or w % m:
             raise ValueError(f"{self.model_name} needs H and W multiples of {m} (each branch's image, "
                              f"{' and '.join(str(s) for s in self.img_scale)} of the input, must be whole "
@@ -347,36 +360,36 @@ register_family(
     paper=Paper("CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification", "2103.14899",
                 "IBM/CrossViT"),
     spec=ArchSpec(depths="branch_depths", widths="embed_dim", width_quantum=lambda arch, i: arch["num_heads"][i],
-                  input_multiple=12, at_input_size=_at_input_size),
-    converter=convert_official, timm=True, card=dict(source=_SRC, input_size=(3, 240, 240), crop_pct=0.875),
+                  input_step=12, at_input_size=_at_input_size),
+    converter=convert_official, timm=True, card=Card(source=_SRC, input_size=(3, 240, 240), crop_pct=0.875),
     variants={
         "crossvit_tiny_240": variant(embed_dim=(96, 192), num_heads=(3, 3), **_T, aliases=("crossvit_tiny_224",),
-                                     card=dict(params_m=7.01, macs_g=1.57, top1=73.352)),
+                                     card=Card(params_m=7.01, macs_g=1.57, top1=73.352)),
         "crossvit_small_240": variant(embed_dim=(192, 384), num_heads=(6, 6), **_T, aliases=("crossvit_small_224",),
-                                      card=dict(params_m=26.86, macs_g=5.63, top1=81.036)),
+                                      card=Card(params_m=26.86, macs_g=5.63, top1=81.036)),
         "crossvit_base_240": variant(embed_dim=(384, 768), num_heads=(12, 12), **_T, aliases=("crossvit_base_224",),
-                                     card=dict(params_m=105.03, macs_g=21.22, top1=82.212)),
+                                     card=Card(params_m=105.03, macs_g=21.22, top1=82.212)),
         "crossvit_9_240": variant(embed_dim=(128, 256), num_heads=(4, 4), branch_depths=(1, 3), **_N,
-                                  aliases=("crossvit_9_224",), card=dict(params_m=8.55, macs_g=1.85, top1=73.994)),
+                                  aliases=("crossvit_9_224",), card=Card(params_m=8.55, macs_g=1.85, top1=73.994)),
         "crossvit_15_240": variant(embed_dim=(192, 384), num_heads=(6, 6), branch_depths=(1, 5), **_N,
-                                   aliases=("crossvit_15_224",), card=dict(params_m=27.53, macs_g=5.81, top1=81.522)),
+                                   aliases=("crossvit_15_224",), card=Card(params_m=27.53, macs_g=5.81, top1=81.522)),
         "crossvit_18_240": variant(embed_dim=(224, 448), num_heads=(7, 7), branch_depths=(1, 6), **_N,
-                                   aliases=("crossvit_18_224",), card=dict(params_m=43.27, macs_g=9.05, top1=82.39)),
+                                   aliases=("crossvit_18_224",), card=Card(params_m=43.27, macs_g=9.05, top1=82.39)),
         "crossvit_9_dagger_240": variant(
             embed_dim=(128, 256), num_heads=(4, 4), branch_depths=(1, 3), multi_conv=True, **_N,
-            aliases=("crossvit_9_dagger_224",), card=dict(params_m=8.78, macs_g=1.99, top1=76.99)),
+            aliases=("crossvit_9_dagger_224",), card=Card(params_m=8.78, macs_g=1.99, top1=76.99)),
         "crossvit_15_dagger_240": variant(
             embed_dim=(192, 384), num_heads=(6, 6), branch_depths=(1, 5), multi_conv=True, **_N,
-            aliases=("crossvit_15_dagger_224",), card=dict(params_m=28.21, macs_g=6.13, top1=82.302)),
+            aliases=("crossvit_15_dagger_224",), card=Card(params_m=28.21, macs_g=6.13, top1=82.302)),
         "crossvit_18_dagger_240": variant(
             embed_dim=(224, 448), num_heads=(7, 7), branch_depths=(1, 6), multi_conv=True, **_N,
-            aliases=("crossvit_18_dagger_224",), card=dict(params_m=44.27, macs_g=9.5, top1=82.494)),
+            aliases=("crossvit_18_dagger_224",), card=Card(params_m=44.27, macs_g=9.5, top1=82.494)),
         "crossvit_15_dagger_408": variant(
             embed_dim=(192, 384), num_heads=(6, 6), branch_depths=(1, 5), multi_conv=True, **_N, img_size=408,
             img_scale=(1.0, 384 / 408), aliases=("crossvit_15_dagger_384",),
-            card=dict(params_m=28.50, macs_g=21.45, top1=83.842, input_size=(3, 408, 408), crop_pct=1.0)),
+            card=Card(params_m=28.50, macs_g=21.45, top1=83.842, input_size=(3, 408, 408), crop_pct=1.0)),
         "crossvit_18_dagger_408": variant(
             embed_dim=(224, 448), num_heads=(7, 7), branch_depths=(1, 6), multi_conv=True, **_N, img_size=408,
             img_scale=(1.0, 384 / 408), aliases=("crossvit_18_dagger_384",),
-            card=dict(params_m=44.61, macs_g=32.47, top1=84.198, input_size=(3, 408, 408), crop_pct=1.0)),
+            card=Card(params_m=44.61, macs_g=32.47, top1=84.198, input_size=(3, 408, 408), crop_pct=1.0)),
     })

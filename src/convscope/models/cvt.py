@@ -12,11 +12,12 @@ State-dict keys follow the official microsoft/CvT layout inside each stage (`sta
 final norm and linear as `head.norm` / `head.fc`). `load_checkpoint(..., source="official")` maps the official
 keys; `source="transformers"` maps those of transformers' CvtForImageClassification.
 
-forward_features returns the last stage's tokens (B, 1 + H*W, C), class token first (`features_fmt = "NLC"`);
+forward_features returns the last stage's tokens (B, 1 + H*W, C), class token first (`traits.features_fmt == "NLC"`);
 forward_intermediates and features_only give each stage's map as (B, C, H, W), the class token removed.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -28,7 +29,8 @@ from ..layers import Mlp, drop_path_or_identity, init_trunc_normal
 from ..layers.mixers.conv_attention import ConvProjectionAttention
 from .base import ConvScopeModel
 from .features import feature_take_indices
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits
 
 
 class QuickGELU(nn.Module):
@@ -136,8 +138,20 @@ class CvT(ConvScopeModel):
     `drop_path_rate` over its blocks.
     """
 
-    features_fmt = "NLC"
-    min_input_size = (16, 16)
+    @classmethod
+    def traits_for(cls, *, depths: Sequence[int], embed_dims: Sequence[int],
+                   patch_strides: Sequence[int]) -> ModelTraits:
+        """Stage maps at the cumulative patch strides; the features are the last stage's tokens, class first."""
+        n = len(depths)
+        reductions = tuple(math.prod(patch_strides[:i + 1]) for i in range(n))
+        return ModelTraits(
+            channels=tuple(embed_dims), reductions=reductions, taps=tuple(f"stages.{i}" for i in range(n)),
+            num_features=embed_dims[-1], min_input_size=(16, 16), features_fmt="NLC", num_prefix_tokens=1,
+            reparameterizable=True,
+            grad_free=(f"stages.{n - 1}.blocks.{depths[-1] - 1}.attn.conv_proj_q.",),
+            grad_free_reason="the last block's query projection only makes queries of spatial tokens, whose outputs "
+                             "the class-token head discards (as in the official model; the maps of "
+                             "forward_intermediates do depend on it)")
 
     def __init__(self, depths: tuple[int, ...] = (1, 2, 10), embed_dims: tuple[int, ...] = (64, 192, 384),
                  num_heads: tuple[int, ...] = (1, 3, 6), *, in_chans: int = 3, num_classes: int = 1000,
@@ -146,6 +160,7 @@ class CvT(ConvScopeModel):
                  kernel_qkv: int = 3, stride_kv: int = 2, mlp_act: str = "quick_gelu", drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = CvT.traits_for(depths=depths, embed_dims=embed_dims, patch_strides=patch_strides)
         n = len(depths)
         if not (len(embed_dims) == len(num_heads) == len(patch_sizes) == len(patch_strides) == len(patch_paddings)
                 == n):
@@ -166,10 +181,6 @@ class CvT(ConvScopeModel):
         self.stages = nn.Sequential(*stages)
         self.num_features = embed_dims[-1]
         self.head = CvtHead(embed_dims[-1], num_classes, drop_rate)
-        # The last block's query projection only makes queries of spatial tokens, whose outputs the class-token
-        # head discards: the logits do not depend on it (as in the official model; the maps of
-        # forward_intermediates do).
-        self.no_logit_grad_prefixes = (f"stages.{n - 1}.blocks.{depths[-1] - 1}.attn.conv_proj_q.",)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -278,19 +289,19 @@ register_family(
     "cvt", CvT, paper=Paper("CvT: Introducing Convolutions to Vision Transformers", "2103.15808", "microsoft/CvT"),
     spec=ArchSpec(depths="depths", widths="embed_dims", width_quantum=_heads_quantum),
     converters={"official": convert_official, "transformers": convert_transformers},
-    card=dict(source=_SRC, macs_convention="fvcore"),
+    card=Card(source=_SRC, macs_convention="fvcore"),
     variants={
-        "cvt_13_224": variant(**_CVT13, card=dict(
+        "cvt_13_224": variant(**_CVT13, card=Card(
             params_m=20.00, macs_g=4.5, top1=81.6, drop_path_rate=0.1,
             notes=_MACS_NOTE.format(g=4.5, off=4.580, ours=4.585))),
-        "cvt_13_384": variant(**_CVT13, card=dict(
+        "cvt_13_384": variant(**_CVT13, card=Card(
             params_m=20.00, macs_g=16.3, top1=83.0, drop_path_rate=0.1, input_size=(3, 384, 384), crop_pct=1.0)),
-        "cvt_21_224": variant(**_CVT21, card=dict(
+        "cvt_21_224": variant(**_CVT21, card=Card(
             params_m=31.62, macs_g=7.1, top1=82.5, drop_path_rate=0.1,
             notes=_MACS_NOTE.format(g=7.1, off=7.199, ours=7.206))),
-        "cvt_21_384": variant(**_CVT21, card=dict(
+        "cvt_21_384": variant(**_CVT21, card=Card(
             params_m=31.62, macs_g=24.9, top1=83.3, drop_path_rate=0.1, input_size=(3, 384, 384), crop_pct=1.0)),
-        "cvt_w24_384": variant(**_CVTW24, card=dict(
+        "cvt_w24_384": variant(**_CVTW24, card=Card(
             params_m=277.20, macs_g=193.2, top1=87.6, pretrain="ImageNet-22k", drop_path_rate=0.3,
             input_size=(3, 384, 384), crop_pct=1.0,
             notes="released only as ImageNet-22k pre-trained, fine-tuned on 1k at 384; "

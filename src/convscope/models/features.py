@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .base import ConvScopeModel
 
 
 def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
@@ -53,15 +57,16 @@ class FeatureExtractor(nn.Module):
     """A backbone cut after its last wanted stage, returning the maps of `out_indices` (strides 4/8/16/32 for the
     four stages of a hierarchical model). Built by `create_model(..., features_only=True)`."""
 
-    def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
+    def __init__(self, model: ConvScopeModel, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         take, _ = feature_take_indices(len(model.feature_info), out_indices)
         model.prune_intermediate_layers(take)
         self.model = model
         self.out_indices = tuple(take)
         self.feature_info = FeatureInfo(model.feature_info, take)
-        self.model_name = getattr(model, "model_name", type(model).__name__)
-        self.card = getattr(model, "card", None)
+        self.model_name = model.model_name
+        self.card = model.card
+        self.traits = model.traits  # the whole variant's, as model_traits(name) gives them
         self.in_chans = model.in_chans
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -36,7 +36,8 @@ from ..layers import ClassifierHead, LayerNorm2d, drop_path_or_identity
 from ..layers.mixers.glmix import GLMix, SlotAttention
 from ..layers.reparam import bn_affine, fuse_affine_before_
 from .base import ConvScopeModel
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 LN_EPS = 1e-6
 
@@ -130,6 +131,10 @@ class GLNet(ConvScopeModel):
     """GLNet: stem -> four stages (blocks by `mixing_modes`: "glmix", "glmix.mha" alternating, "mha" on the map
     with a conv MLP, "transformer" with a Linear MLP) -> BatchNorm -> pool -> linear."""
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int]) -> ModelTraits:
+        return hierarchy(dims, input_multiple=32, reparameterizable=True)  # conv-BN stem, downsamplings and norm_pre
+
     def __init__(self, depths: Sequence[int] = (4, 4, 18, 4), dims: Sequence[int] = (64, 128, 256, 512), *,
                  mlp_ratio: float = 3.0, head_dim: int = 32,
                  mixing_modes: Sequence[str] = ("glmix", "glmix", "glmix.mha", "mha"), local_kernel_size: int = 5,
@@ -137,6 +142,7 @@ class GLNet(ConvScopeModel):
                  mlp_dw: bool = True, layerscale: float = -1.0, use_aux_head: bool = False, in_chans: int = 3,
                  num_classes: int = 1000, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = GLNet.traits_for(dims=dims)
         if any(m not in ("glmix", "glmix.mha", "mha", "transformer") for m in mixing_modes):
             raise ValueError(f"mixing_modes must be 'glmix', 'glmix.mha', 'mha' or 'transformer'; got {mixing_modes}")
         self.overlapped = overlapped
@@ -265,25 +271,25 @@ _NOTE_9G = ("README FLOPs (MACs) 9.7 G: the count is 9.626 G under the fvcore co
 register_family(
     "glnet", GLNet, paper=Paper("Revisiting the Integration of Convolution and Attention for Vision Backbone",
                                 "2411.14429", "rayleizhu/GLMix"),
-    spec=ArchSpec(depths="depths", widths="dims", width_quantum=32, input_multiple=32), converter=convert_official,
-    card=dict(macs_convention="fvcore"),
+    spec=ArchSpec(depths="depths", widths="dims", width_quantum=32, input_step=32), converter=convert_official,
+    card=Card(macs_convention="fvcore"),
     variants={
-        "glnet_4g": variant(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), card=dict(
+        "glnet_4g": variant(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), card=Card(
             params_m=27.002, macs_g=4.5, top1=83.7, drop_path_rate=0.15, source=_SRC)),
-        "glnet_9g": variant(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), card=dict(
+        "glnet_9g": variant(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), card=Card(
             params_m=60.011, macs_g=9.7, notes=_NOTE_9G, top1=84.5, drop_path_rate=0.3, source=_SRC)),
-        "glnet_16g": variant(depths=(4, 4, 18, 4), dims=(128, 256, 512, 1024), layerscale=1e-4, card=dict(
+        "glnet_16g": variant(depths=(4, 4, 18, 4), dims=(128, 256, 512, 1024), layerscale=1e-4, card=Card(
             params_m=106.055, macs_g=16.7, top1=85.0, drop_path_rate=0.4, source=_SRC)),
-        "glnet_4g_tklb": variant(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), use_aux_head=True, card=dict(
+        "glnet_4g_tklb": variant(depths=(4, 4, 18, 4), dims=(64, 128, 256, 512), use_aux_head=True, card=Card(
             params_m=27.5146, macs_g=4.5, top1=84.4, drop_path_rate=0.1, source=_SRC_TKLB)),
-        "glnet_9g_tklb": variant(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), use_aux_head=True, card=dict(
+        "glnet_9g_tklb": variant(depths=(4, 4, 18, 4), dims=(96, 192, 384, 768), use_aux_head=True, card=Card(
             params_m=60.7796, macs_g=9.7, top1=85.3, drop_path_rate=0.1, source=_SRC_TKLB)),
         "glnet_stl": variant(
             depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), mlp_ratio=4.0,
             mixing_modes=("glmix", "glmix", "glmix", "transformer"), cpe_ks=0, overlapped=False, mlp_dw=False,
-            card=dict(params_m=30.297, macs_g=4.4, top1=82.5, drop_path_rate=0.1, source=_SRC)),
+            card=Card(params_m=30.297, macs_g=4.4, top1=82.5, drop_path_rate=0.1, source=_SRC)),
         "glnet_stl_paramslot": variant(
             depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), mlp_ratio=4.0, slot_init="param",
             mixing_modes=("glmix", "glmix", "glmix", "transformer"), cpe_ks=0, overlapped=False, mlp_dw=False,
-            card=dict(params_m=30.481, macs_g=4.4, top1=82.1, drop_path_rate=0.1, source=_SRC)),
+            card=Card(params_m=30.481, macs_g=4.4, top1=82.1, drop_path_rate=0.1, source=_SRC)),
     })

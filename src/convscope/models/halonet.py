@@ -19,7 +19,7 @@ compact builder for exactly these patterns, not a port of byobnet. State-dict ke
 timm checkpoints load directly.
 
 Input sizes: halo attention cuts its input map into `block_size` squares, so H and W must be multiples of the
-block size times the map's stride at every attention block (`input_multiple`: 128 for the 26/33-layer nets and
+block size times the map's stride at every attention block (`traits.input_multiple`: 128 for the 26/33-layer nets and
 H1, 256 for HaloNet-50ts at the default block size 8); anything else raises ValueError naming that multiple.
 `block_sizes` (one per stage) may be set to take other sizes: scale() sets them from the input size (the
 largest divisor of each stage's map side up to the variant's block size, even where the queries are strided).
@@ -47,7 +47,8 @@ from ..layers.mixers.bottleneck_attention import BottleneckAttention
 from ..layers.mixers.halo_attention import HaloAttention
 from .base import ConvScopeModel
 from .features import feature_take_indices
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits
 
 _ACTS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -191,6 +192,27 @@ class HaloNet(ConvScopeModel):
     mid // num_heads) and halo_size: for all attention blocks.
     """
 
+    @classmethod
+    def traits_for(cls, *, depths: Sequence[int], dims: Sequence[int], blocks: Sequence[Sequence[str]],
+                   strides: Sequence[int], block_sizes: Sequence[int | tuple[int, int]], num_features: int,
+                   img_size: int | None) -> ModelTraits:
+        """Stage strides from the stem's 4 and the stages' strides; input sides are multiples of every attention
+        block's block size at its map's stride (and of the last stride); 'bot' blocks fix the input size."""
+        reduction, multiple, reductions = 4, 1, []
+        for i, pattern in enumerate(blocks):
+            bs = block_sizes[i] if isinstance(block_sizes[i], (tuple, list)) else (block_sizes[i],) * 2
+            for j, kind in enumerate(pattern):
+                if kind == "attn":  # the block's input map must be cut into whole blocks
+                    multiple = math.lcm(multiple, (bs[0] if j == 0 else bs[1]) * reduction)
+                reduction *= strides[i] if j == 0 else 1
+            reductions.append(reduction)
+        m = math.lcm(multiple, reduction)
+        bot = any("bot" in pattern for pattern in blocks) and img_size is not None
+        return ModelTraits(channels=tuple(dims), reductions=tuple(reductions),
+                           taps=tuple(f"stages.{i}" for i in range(len(depths))), num_features=num_features or dims[-1],
+                           min_input_size=(m, m), input_multiple=m,
+                           fixed_input_size=(img_size, img_size) if bot else None, reparameterizable=True)
+
     def __init__(self, depths: Sequence[int] = (2, 2, 2, 2), dims: Sequence[int] = (256, 512, 1024, 2048),
                  blocks: Sequence[Sequence[str]] = (("bottle",) * 2, ("bottle",) * 2, ("bottle", "attn"),
                                                     ("attn",) * 2), *,
@@ -205,7 +227,6 @@ class HaloNet(ConvScopeModel):
         if any("bot" in pattern for pattern in blocks):
             if img_size is None:
                 raise ValueError("bottleneck attention ('bot' blocks) needs img_size: it is built for one map size")
-            self.fixed_input_size = (img_size, img_size)
         n = len(depths)
         for arg, name in ((dims, "dims"), (blocks, "blocks"), (bottle_ratios, "bottle_ratios"), (strides, "strides"),
                           (num_heads, "num_heads"), (block_sizes, "block_sizes")):
@@ -214,12 +235,14 @@ class HaloNet(ConvScopeModel):
         for i, (d, pattern) in enumerate(zip(depths, blocks, strict=False)):
             if len(pattern) != d:
                 raise ValueError(f"blocks[{i}] must give the kind of each of the stage's {d} blocks; got {pattern}")
+        self.traits = HaloNet.traits_for(depths=depths, dims=dims, blocks=blocks, strides=strides,
+                                         block_sizes=block_sizes, num_features=num_features, img_size=img_size)
         if act not in _ACTS:
             raise ValueError(f"act must be one of {sorted(_ACTS)}; got {act!r}")
         act_layer = _ACTS[act]
         self.stem = Stem(in_chans, stem_chs, stem_type, stem_pool, act_layer)
         dpr = drop_path_rates(drop_path_rate, depths)
-        stages, prev, reduction, multiple = [], stem_chs, 4, 1
+        stages, prev, reduction = [], stem_chs, 4
         for i in range(n):
             stage_blocks = []
             bs = block_sizes[i] if isinstance(block_sizes[i], (tuple, list)) else (block_sizes[i],) * 2
@@ -228,8 +251,6 @@ class HaloNet(ConvScopeModel):
                 block_size = bs[0] if j == 0 else bs[1]
                 if kind == "bot" and stride != 1:
                     raise ValueError("'bot' blocks are built at stride 1 here (halo2botnet's)")
-                if kind == "attn":  # the block's input map must be cut into whole blocks
-                    multiple = math.lcm(multiple, block_size * reduction)
                 reduction *= stride
                 stage_blocks.append(HaloBlock(
                     kind, prev, dims[i], stride, bottle_ratios[i], act_layer, group_size=group_size,
@@ -240,9 +261,6 @@ class HaloNet(ConvScopeModel):
             stages.append(HaloStage(stage_blocks))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        #: Input sides must be multiples of this (each attention block's block size at its map's stride).
-        self.input_multiple = math.lcm(multiple, reduction)
-        self.min_input_size = (self.input_multiple, self.input_multiple)
         self.final_conv: nn.Module = ConvBnAct(prev, num_features, 1, act_layer=act_layer) if num_features else \
             nn.Identity()
         self.num_features = num_features or prev
@@ -262,7 +280,7 @@ class HaloNet(ConvScopeModel):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         h, w = x.shape[-2:]
-        m = self.input_multiple
+        m = self.traits.input_multiple
         if h % m or w % m:
             raise ValueError(f"{self.model_name} needs H and W multiples of {m} (halo attention cuts each map into "
                              f"whole blocks); got {h}x{w}")
@@ -341,35 +359,35 @@ register_family(
     paper=Paper("Scaling Local Self-Attention for Parameter Efficient Visual Backbones", "2103.12731",
                 _TIMM_REPO),  # the paper released no code: timm is the reference
     spec=ArchSpec(depths="depths", widths="dims", per_block=("blocks",), width_quantum=_width_quantum,
-                  input_multiple=32, at_input_size=_block_sizes_at),
-    timm=True, card=dict(input_size=(3, 256, 256), crop_pct=0.94, repo=_TIMM_REPO, source=_SRC),
+                  input_step=32, at_input_size=_block_sizes_at),
+    timm=True, card=Card(input_size=(3, 256, 256), crop_pct=0.94, repo=_TIMM_REPO, source=_SRC),
     variants={
         "halonet_h1": variant(
             depths=(3, 3, 10, 3), dims=(64, 128, 256, 512), blocks=((_A,) * 3, (_A,) * 3, (_A,) * 10, (_A,) * 3),
             bottle_ratios=(1.0,) * 4, stem_type="7x7", halo_size=3,
-            card=dict(params_m=8.1, macs_g=3.0, top1=None, crop_pct=0.95,
+            card=Card(params_m=8.1, macs_g=3.0, top1=None, crop_pct=0.95,
                       source=_SRC.replace("params from results-imagenet.csv", "params from the benchmark csv"),
                       notes="untrained in timm (no weights, no top-1); the paper's H1 (79.9 top-1) differs in "
                             "details timm does not reproduce")),
         "halonet26t": variant(
             **_R26, blocks=((_B, _B), (_B, _B), (_B, _A), (_A, _A)), halo_size=2,
-            card=dict(params_m=12.48, macs_g=3.19, top1=79.134, crop_pct=0.95)),
+            card=Card(params_m=12.48, macs_g=3.19, top1=79.134, crop_pct=0.95)),
         "sehalonet33ts": variant(
             depths=(2, 3, 3, 2), dims=(256, 512, 1024, 1536),
             blocks=((_B, _B), (_B, _B, _A), (_B, _B, _A), (_A, _A)), bottle_ratios=(0.25, 0.25, 0.25, 0.333),
             stem_pool=False, act="silu", attn_layer="se", num_features=1280, halo_size=3,
-            card=dict(params_m=13.69, macs_g=3.55, top1=80.976)),
+            card=Card(params_m=13.69, macs_g=3.55, top1=80.976)),
         "halonet50ts": variant(
             **_R50, blocks=((_B,) * 3, (_B, _B, _B, _A), (_B, _A) * 3, (_B, _A, _B)), act="silu",
             num_heads=(8, 4, 8, 8), halo_size=3,
-            card=dict(params_m=22.73, macs_g=5.3, top1=81.64)),
+            card=Card(params_m=22.73, macs_g=5.3, top1=81.64)),
         "halo2botnet50ts_256": variant(
             **_R50, blocks=((_B,) * 3, (_B, _A) * 2, (_B, _A) * 3, (_B, "bot", _B)), act="silu", stem_pool=False,
             halo_size=3, img_size=256,
-            card=dict(params_m=22.64, macs_g=5.02, top1=82.084, crop_pct=0.95,
+            card=Card(params_m=22.64, macs_g=5.02, top1=82.084, crop_pct=0.95,
                       notes="fixed input size: the last stage's bottleneck attention is built for the 8x8 map")),
         "eca_halonext26ts": variant(
             **_R26, blocks=((_B, _B), (_B, _B), (_B, _A), (_A, _A)), group_size=16, act="silu", attn_layer="eca",
             halo_size=2, dim_head=16,
-            card=dict(params_m=10.76, macs_g=2.44, top1=79.518)),
+            card=Card(params_m=10.76, macs_g=2.44, top1=79.518)),
     })

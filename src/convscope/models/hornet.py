@@ -32,7 +32,8 @@ from ..layers import (
 )
 from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
 from .convnext import official_layout_key
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 class HorNetBlock(nn.Module):
@@ -64,12 +65,17 @@ class HorNet(ConvScopeModel):
         global-local filter is built (stage map H x W gives a spectrum H x (W//2 + 1)).
     """
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int]) -> ModelTraits:
+        return hierarchy(dims)
+
     def __init__(self, depths: Sequence[int] = (2, 3, 18, 2), dims: Sequence[int] = (64, 128, 256, 512),
                  orders: Sequence[int] = (2, 3, 4, 5),
                  gf_sizes: Sequence[tuple[int, int] | None] = (None, None, None, None), *, in_chans: int = 3,
                  num_classes: int = 1000, scale: float = 1 / 3, ls_init_value: float = 1e-6,
                  head_init_scale: float = 1.0, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = HorNet.traits_for(dims=dims)
         self.stem = patchify_stem(in_chans, dims[0], LayerNorm2d)
         mixers = [None if gf is None else partial(GlobalLocalFilter, h=gf[0], w=gf[1]) for gf in gf_sizes]
         self.build_stages(
@@ -140,37 +146,37 @@ register_family(
                                   "Convolutions", "2207.14284", "raoyongming/HorNet"),
     spec=ArchSpec(depths="depths", widths="dims", width_quantum=_width_quantum, at_input_size=_gf_at_input_size),
     converter=convert_official,
-    card=dict(macs_convention="fvcore_manual_cf_ln"),  # the official channels-first LayerNorm is written out
+    card=Card(macs_convention="fvcore_manual_cf_ln"),  # the official channels-first LayerNorm is written out
     arch=dict(depths=(2, 3, 18, 2), orders=(2, 3, 4, 5)),
     variants={
-        "hornet_tiny_7x7": variant(dims=(64, 128, 256, 512), card=dict(
+        "hornet_tiny_7x7": variant(dims=(64, 128, 256, 512), card=Card(
             params_m=22.41, macs_g=3.98, top1=82.8, drop_path_rate=0.2,
             source=_SRC_1K.format(readme_p="22", readme="4.0"))),
-        "hornet_tiny_gf": variant(dims=(64, 128, 256, 512), gf_sizes=_GF_224, card=dict(
+        "hornet_tiny_gf": variant(dims=(64, 128, 256, 512), gf_sizes=_GF_224, card=Card(
             params_m=22.99, macs_g=3.91, top1=83.0, drop_path_rate=0.2, notes=_GF_NOTE_224,
             source=_SRC_1K.format(readme_p="23", readme="3.9"))),
-        "hornet_small_7x7": variant(dims=(96, 192, 384, 768), card=dict(
+        "hornet_small_7x7": variant(dims=(96, 192, 384, 768), card=Card(
             params_m=49.53, macs_g=8.83, top1=83.8, drop_path_rate=0.4,
             source=_SRC_1K.format(readme_p="50", readme="8.8"))),
-        "hornet_small_gf": variant(dims=(96, 192, 384, 768), gf_sizes=_GF_224, card=dict(
+        "hornet_small_gf": variant(dims=(96, 192, 384, 768), gf_sizes=_GF_224, card=Card(
             params_m=50.40, macs_g=8.73, top1=84.0, drop_path_rate=0.4, notes=_GF_NOTE_224,
             source=_SRC_1K.format(readme_p="50", readme="8.7"))),
-        "hornet_base_7x7": variant(dims=(128, 256, 512, 1024), card=dict(
+        "hornet_base_7x7": variant(dims=(128, 256, 512, 1024), card=Card(
             params_m=87.26, macs_g=15.58, top1=84.2, drop_path_rate=0.5,
             source=_SRC_1K.format(readme_p="87", readme="15.6"))),
-        "hornet_base_gf": variant(dims=(128, 256, 512, 1024), gf_sizes=_GF_224, card=dict(
+        "hornet_base_gf": variant(dims=(128, 256, 512, 1024), gf_sizes=_GF_224, card=Card(
             params_m=88.42, macs_g=15.46, top1=84.3, drop_path_rate=0.5, notes=_GF_NOTE_224,
             source=_SRC_1K.format(readme_p="88", readme="15.5"))),
-        "hornet_large_7x7": variant(dims=(192, 384, 768, 1536), card=dict(
+        "hornet_large_7x7": variant(dims=(192, 384, 768, 1536), card=Card(
             params_m=194.54, macs_g=34.82, pretrain="ImageNet-22k", drop_path_rate=0.2, notes=_22K_NOTE,
             source=_SRC_22K.format(stage="22k pre-training", readme_p="209", readme="34.8"))),
-        "hornet_large_gf": variant(dims=(192, 384, 768, 1536), gf_sizes=_GF_224, card=dict(
+        "hornet_large_gf": variant(dims=(192, 384, 768, 1536), gf_sizes=_GF_224, card=Card(
             params_m=196.29, macs_g=34.64, pretrain="ImageNet-22k", drop_path_rate=0.2,
             notes=f"{_22K_NOTE}; {_GF_NOTE_224}",
             source=_SRC_22K.format(stage="22k pre-training", readme_p="211", readme="34.7 (with its 22k head)"))),
         "hornet_large_gf_384": variant(dims=(192, 384, 768, 1536), gf_sizes=_GF_384,
                                        aliases=("hornet_large_gf_img384",),  # the official constructor's name
-                                       card=dict(
+                                       card=Card(
             params_m=201.81, macs_g=101.81, pretrain="ImageNet-22k", drop_path_rate=0.4, input_size=(3, 384, 384),
             crop_pct=1.0, notes=f"{_22K_NOTE}; " + _GF_NOTE.format(side=384, s3=_GF_384[2], s4=_GF_384[3]),
             source=_SRC_L384.format(readme="101.8"))),

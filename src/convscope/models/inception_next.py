@@ -8,6 +8,8 @@ State-dict keys are timm's, which are also the official repository's.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -23,7 +25,8 @@ from ..layers import (
 )
 from ..layers.reparam import fuse_bn_before_conv_
 from .base import ConvScopeModel, norm_conv_downsample, patchify_stem
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 class MetaNeXtBlock(nn.Module):
@@ -59,12 +62,17 @@ class InceptionNeXt(ConvScopeModel):
     """MetaNeXt with Inception depthwise mixers: stem (4x4/4 conv, BN) -> four stages, stages 2-4 opened by
     BN + 2x2/2 conv -> global average pool -> MLP head (Linear 3C, GELU, LN, Linear)."""
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int]) -> ModelTraits:
+        return hierarchy(dims, reparameterizable=True)  # the stem's and downsamplings' BatchNorms fold
+
     def __init__(self, depths: tuple[int, ...] = (3, 3, 9, 3), dims: tuple[int, ...] = (96, 192, 384, 768), *,
                  in_chans: int = 3, num_classes: int = 1000, mlp_ratios: tuple[float, ...] = (4, 4, 4, 3),
                  band_kernel_size: int = 11, branch_ratio: float = 0.125, square_kernel_size: int = 3,
                  ls_init_value: float = 1e-6, head_mlp_ratio: float = 3, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = InceptionNeXt.traits_for(dims=dims)
         mixer_kwargs = dict(square_kernel_size=square_kernel_size, band_kernel_size=band_kernel_size,
                             branch_ratio=branch_ratio)
         self.stem = patchify_stem(in_chans, dims[0], nn.BatchNorm2d)
@@ -93,23 +101,23 @@ register_family(
     "inception_next", InceptionNeXt, paper=Paper("InceptionNeXt: When Inception Meets ConvNeXt", "2303.16900",
                                                  "sail-sg/inceptionnext"),
     spec=ArchSpec(depths="depths", widths="dims"),  # multiples of 8 keep the 1/8 and 1/4 branch ratios exact
-    converter=convert_official, timm=True, card=dict(source=_SRC),
+    converter=convert_official, timm=True, card=Card(source=_SRC),
     variants={  # aliases: the official constructors' names
         "inception_next_atto": variant(
             depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), band_kernel_size=9, branch_ratio=0.25,
             aliases=("inceptionnext_atto",),
-            card=dict(params_m=4.16, macs_g=0.51, top1=75.3, drop_path_rate=0.1)),
+            card=Card(params_m=4.16, macs_g=0.51, top1=75.3, drop_path_rate=0.1)),
         "inception_next_tiny": variant(
             depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), aliases=("inceptionnext_tiny",),
-            card=dict(params_m=28.06, macs_g=4.19, top1=82.3, drop_path_rate=0.1)),
+            card=Card(params_m=28.06, macs_g=4.19, top1=82.3, drop_path_rate=0.1)),
         "inception_next_small": variant(
             depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), aliases=("inceptionnext_small",),
-            card=dict(params_m=49.37, macs_g=8.36, top1=83.5, drop_path_rate=0.3)),
+            card=Card(params_m=49.37, macs_g=8.36, top1=83.5, drop_path_rate=0.3)),
         "inception_next_base": variant(
             depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), aliases=("inceptionnext_base",),
-            card=dict(params_m=86.67, macs_g=14.85, top1=84.0, drop_path_rate=0.4, crop_pct=0.95)),
+            card=Card(params_m=86.67, macs_g=14.85, top1=84.0, drop_path_rate=0.4, crop_pct=0.95)),
         "inception_next_base_384": variant(
             depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), aliases=("inceptionnext_base_384",),
-            card=dict(params_m=86.67, macs_g=43.64, top1=85.2, input_size=(3, 384, 384), crop_pct=1.0,
+            card=Card(params_m=86.67, macs_g=43.64, top1=85.2, input_size=(3, 384, 384), crop_pct=1.0,
                       timm_name="inception_next_base", notes="inception_next_base fine-tuned at 384")),
     })

@@ -27,6 +27,7 @@ a table over the (|dy|, |dx|) offsets of the stage-4 map at
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,8 @@ from ..layers import ConvBnAct, SqueezeExcite, drop_path_or_identity, init_trunc
 from ..layers.mixers.lsconv import LSConv
 from ..layers.reparam import fuse_bn_before_conv_, merge_parallel_convs, pad_kernel
 from .base import ConvScopeModel
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 def _half(n: int) -> int:
@@ -200,15 +202,23 @@ class LSNet(ConvScopeModel):
         of both heads (see `set_distilled_training` for the pair).
     """
 
-    stem_reduction = 8
-    #: Up to 64x64 the stage-4 map is one token: its attention reduces to v, and queries, keys and biases are dead.
-    min_input_size = (65, 65)
+    @classmethod
+    def traits_for(cls, *, embed_dim: Sequence[int], depth: Sequence[int]) -> ModelTraits:
+        """Stages at strides 8-64. Up to 64x64 the stage-4 map is one token: its attention reduces to v, and
+        queries, keys and biases are dead, hence the 65x65 minimum."""
+        return hierarchy(
+            embed_dim, stem_reduction=8, min_input_size=(65, 65), reparameterizable=True,
+            grad_free=(f"stages.{len(depth) - 1}.blocks.{depth[-1] - 1}.ffn.pw2.bn.bias",),
+            grad_free_reason="the last block's last BatchNorm bias adds a per-channel constant to the map that is "
+                             "pooled into the head's BatchNorm1d, which in train mode subtracts the batch mean and "
+                             "so removes it")
 
     def __init__(self, embed_dim: tuple[int, ...] = (64, 128, 256, 384), depth: tuple[int, ...] = (0, 2, 8, 10),
                  num_heads: tuple[int, ...] = (3, 3, 3, 4), key_dim: int = 16,
                  img_size: int | tuple[int, int] = 224, zero_init_last: bool = False, distilled: bool = False, *,
                  in_chans: int = 3, num_classes: int = 1000, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = LSNet.traits_for(embed_dim=embed_dim, depth=depth)
         if len(embed_dim) != 4 or len(depth) != 4 or len(num_heads) != 4:
             raise ValueError("LSNet has four stages: embed_dim, depth and num_heads take four entries each")
         self.img_size = to_2tuple(img_size)
@@ -348,28 +358,28 @@ register_family(
     spec=ArchSpec(depths="depth", widths="embed_dim", width_quantum=_heads_quantum,
                   at_input_size=lambda arch, hw: dict(img_size=tuple(hw))),
     converter=convert_official,
-    card=dict(source=_SRC, macs_form="deploy", crop_pct=0.9),
+    card=Card(source=_SRC, macs_form="deploy", crop_pct=0.9),
     variants={
         "lsnet_t": variant(
             embed_dim=(64, 128, 256, 384), depth=(0, 2, 8, 10), num_heads=(3, 3, 3, 4),
-            card=dict(params_m=11.409832, deploy_params_m=11.370488, macs_g=0.3163, top1=74.9,
+            card=Card(params_m=11.409832, deploy_params_m=11.370488, macs_g=0.3163, top1=74.9,
                       notes="76.1 with distillation: lsnet_t_distill")),
         "lsnet_s": variant(
             embed_dim=(96, 192, 320, 448), depth=(1, 2, 8, 10), num_heads=(3, 3, 3, 4),
-            card=dict(params_m=16.146304, deploy_params_m=16.098232, macs_g=0.5385, top1=77.8,
+            card=Card(params_m=16.146304, deploy_params_m=16.098232, macs_g=0.5385, top1=77.8,
                       notes="79.0 with distillation: lsnet_s_distill")),
         "lsnet_b": variant(
             embed_dim=(128, 256, 384, 512), depth=(4, 6, 8, 10), num_heads=(3, 3, 3, 4),
-            card=dict(params_m=23.313608, deploy_params_m=23.249320, macs_g=1.2475, top1=80.3,
+            card=Card(params_m=23.313608, deploy_params_m=23.249320, macs_g=1.2475, top1=80.3,
                       notes="81.6 with distillation (lsnet_b_distill); the README's 1.3 G is not what its flops.py "
                             "gives (1.2475 G, which prints as 1.2)")),
         "lsnet_t_distill": variant(
             embed_dim=(64, 128, 256, 384), depth=(0, 2, 8, 10), num_heads=(3, 3, 3, 4), distilled=True,
-            card=dict(params_m=11.795600, deploy_params_m=11.755488, macs_g=0.3167, top1=76.1, source=_SRC_DISTILL)),
+            card=Card(params_m=11.795600, deploy_params_m=11.755488, macs_g=0.3167, top1=76.1, source=_SRC_DISTILL)),
         "lsnet_s_distill": variant(
             embed_dim=(96, 192, 320, 448), depth=(1, 2, 8, 10), num_heads=(3, 3, 3, 4), distilled=True,
-            card=dict(params_m=16.596200, deploy_params_m=16.547232, macs_g=0.5389, top1=79.0, source=_SRC_DISTILL)),
+            card=Card(params_m=16.596200, deploy_params_m=16.547232, macs_g=0.5389, top1=79.0, source=_SRC_DISTILL)),
         "lsnet_b_distill": variant(
             embed_dim=(128, 256, 384, 512), depth=(4, 6, 8, 10), num_heads=(3, 3, 3, 4), distilled=True,
-            card=dict(params_m=23.827632, deploy_params_m=23.762320, macs_g=1.2480, top1=81.6, source=_SRC_DISTILL)),
+            card=Card(params_m=23.827632, deploy_params_m=23.762320, macs_g=1.2480, top1=81.6, source=_SRC_DISTILL)),
     })

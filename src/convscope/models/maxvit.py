@@ -22,6 +22,8 @@ built for `window_size`, are resampled as timm resamples them when the partition
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +32,8 @@ from ..layers import LayerNorm, Mlp, SqueezeExcite, drop_path_or_identity, to_2t
 from ..layers.mixers.partition_attention import PartitionAttention, RelPosBias2d
 from ..layers.reparam import fold_bn_act_after_, fold_bn_before_
 from .base import ConvScopeModel
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, Paper, register_family, variant
+from .registry import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 BN_EPS = 1e-3   # TF BatchNormalization's default, used by the official code
 LN_EPS = 1e-5
@@ -206,24 +209,27 @@ class MaxViT(ConvScopeModel):
     head_hidden: width of the tanh pre-logits layer (default: the last stage's width).
     """
 
-    #: The smallest input: one 1x1 partition at stride 32.
-    min_input_size = (32, 32)
-    #: Input sides must be multiples of this (partitions of H/32 x W/32 at every stage).
-    input_multiple = 32
     #: The window / grid partition is taken from the input (timm fixes it at build time: `set_input_size`).
     partition_follows_input = True
+
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int]) -> ModelTraits:
+        """Input sides are multiples of the last stride (window and grid partitions of H/32 x W/32 at every stage
+        for four stages); the smallest input is one 1x1 partition there."""
+        m = 2 ** (len(dims) + 1)
+        return hierarchy(dims, min_input_size=(m, m), input_multiple=m)
 
     def __init__(self, depths: tuple[int, ...] = (2, 2, 5, 2), dims: tuple[int, ...] = (64, 128, 256, 512), *,
                  stem_width: int = 64, window_size: int | tuple[int, int] = 7, head_dim: int = 32,
                  head_hidden: int | None = None, in_chans: int = 3, num_classes: int = 1000, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = MaxViT.traits_for(dims=dims)
         for d in dims:
             if d % head_dim:
                 raise ValueError(f"every width must be a multiple of head_dim={head_dim}; got dims={tuple(dims)}")
         self.window_size = to_2tuple(window_size)
         n = len(depths)
-        self.input_multiple = 2 ** (n + 1)
         self.stem = Stem(in_chans, stem_width)
         self.build_stages(
             depths, dims, drop_path_rate, downsample=lambda i: None,
@@ -246,7 +252,7 @@ class MaxViT(ConvScopeModel):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         h, w = x.shape[-2:]
-        m = self.input_multiple
+        m = self.traits.input_multiple
         if h % m or w % m:
             raise ValueError(f"{self.model_name} needs H and W multiples of {m} (window and grid partitions of "
                              f"H/{m} x W/{m} at every stage); got {h}x{w}")
@@ -278,43 +284,43 @@ def _at_input_size(arch, hw):
 
 register_family(
     "maxvit", MaxViT, paper=_PAPER,
-    spec=ArchSpec(depths="depths", widths="dims", width_quantum=32, input_multiple=32, at_input_size=_at_input_size),
-    timm=True, card=dict(interpolation="bicubic"),
+    spec=ArchSpec(depths="depths", widths="dims", width_quantum=32, input_step=32, at_input_size=_at_input_size),
+    timm=True, card=Card(interpolation="bicubic"),
     variants={
-        "maxvit_tiny_tf_224": variant(**_T, window_size=7, card=dict(
+        "maxvit_tiny_tf_224": variant(**_T, window_size=7, card=Card(
             params_m=30.92, macs_g=5.60, top1=83.62, drop_path_rate=0.2, **_224,
             source=_SRC.format(res=224, p="31M", f="5.6"))),
-        "maxvit_tiny_tf_384": variant(**_T, window_size=12, card=dict(
+        "maxvit_tiny_tf_384": variant(**_T, window_size=12, card=Card(
             params_m=30.98, macs_g=17.53, top1=85.24, input_size=(3, 384, 384), **_HI,
             source=_SRC.format(res=384, p="31M", f="17.7"), notes=_NOTE_HI.format(f="17.7", d="1.0%"))),
-        "maxvit_tiny_tf_512": variant(**_T, window_size=16, card=dict(
+        "maxvit_tiny_tf_512": variant(**_T, window_size=16, card=Card(
             params_m=31.05, macs_g=33.49, top1=85.72, input_size=(3, 512, 512), **_HI,
             source=_SRC.format(res=512, p="31M", f="33.7"), notes=_NOTE_HI.format(f="33.7", d="0.6%"))),
-        "maxvit_small_tf_224": variant(**_S, window_size=7, card=dict(
+        "maxvit_small_tf_224": variant(**_S, window_size=7, card=Card(
             params_m=68.93, macs_g=11.66, top1=84.45, drop_path_rate=0.3, **_224,
             source=_SRC.format(res=224, p="69M", f="11.7"))),
-        "maxvit_small_tf_384": variant(**_S, window_size=12, card=dict(
+        "maxvit_small_tf_384": variant(**_S, window_size=12, card=Card(
             params_m=69.02, macs_g=35.87, top1=85.74, input_size=(3, 384, 384), **_HI,
             source=_SRC.format(res=384, p="69M", f="36.1"), notes=_NOTE_HI.format(f="36.1", d="0.6%"))),
-        "maxvit_small_tf_512": variant(**_S, window_size=16, card=dict(
+        "maxvit_small_tf_512": variant(**_S, window_size=16, card=Card(
             params_m=69.13, macs_g=67.26, top1=86.19, input_size=(3, 512, 512), **_HI,
             source=_SRC.format(res=512, p="69M", f="67.6"), notes=_NOTE_HI.format(f="67.6", d="0.5%"))),
-        "maxvit_base_tf_224": variant(**_B, window_size=7, card=dict(
+        "maxvit_base_tf_224": variant(**_B, window_size=7, card=Card(
             params_m=119.47, macs_g=24.04, top1=84.95, drop_path_rate=0.4, **_224,
             source=_SRC.format(res=224, p="119M", f="24.2"))),
-        "maxvit_base_tf_384": variant(**_B, window_size=12, card=dict(
+        "maxvit_base_tf_384": variant(**_B, window_size=12, card=Card(
             params_m=119.65, macs_g=73.8, top1=86.34, input_size=(3, 384, 384), **_HI,
             source=_SRC.format(res=384, p="119M", f="74.2"), notes=_NOTE_HI.format(f="74.2", d="0.5%"))),
-        "maxvit_base_tf_512": variant(**_B, window_size=16, card=dict(
+        "maxvit_base_tf_512": variant(**_B, window_size=16, card=Card(
             params_m=119.88, macs_g=138.02, top1=86.66, input_size=(3, 512, 512), **_HI,
             source=_SRC.format(res=512, p="119M", f="138.5"), notes=_NOTE_HI.format(f="138.5", d="0.3%"))),
-        "maxvit_large_tf_224": variant(**_L, window_size=7, card=dict(
+        "maxvit_large_tf_224": variant(**_L, window_size=7, card=Card(
             params_m=211.79, macs_g=43.68, top1=85.17, drop_path_rate=0.6, **_224,
             source=_SRC.format(res=224, p="212M", f="43.9"))),
-        "maxvit_large_tf_384": variant(**_L, window_size=12, card=dict(
+        "maxvit_large_tf_384": variant(**_L, window_size=12, card=Card(
             params_m=212.03, macs_g=132.55, top1=86.40, input_size=(3, 384, 384), **_HI,
             source=_SRC.format(res=384, p="212M", f="133.1"), notes=_NOTE_HI.format(f="133.1", d="0.4%"))),
-        "maxvit_large_tf_512": variant(**_L, window_size=16, card=dict(
+        "maxvit_large_tf_512": variant(**_L, window_size=16, card=Card(
             params_m=212.33, macs_g=244.75, top1=86.70, input_size=(3, 512, 512), **_HI,
             source=_SRC.format(res=512, p="212M", f="245.4"), notes=_NOTE_HI.format(f="245.4", d="0.3%"))),
     })

@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,9 +41,12 @@ from ..layers import (
     init_trunc_normal,
 )
 from .base import ConvScopeModel, NormFactory, Stage
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 _NO_BIAS_GN = partial(GroupNorm1, eps=1e-6, bias=False)
+#: Mixers that `reparameterize` changes: parallel branches merged (dilated_reparam) or BatchNorms folded.
+FOLDING_MIXERS = ("dilated_reparam", "lsconv", "wavemix")
 _NO_BIAS_LN2D = partial(LayerNorm2d, bias=False)
 _NO_BIAS_LN = partial(LayerNorm, bias=False)
 
@@ -129,6 +133,22 @@ class MetaFormer(ConvScopeModel):
         the pooled vector.
     """
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int], token_mixers: Any, mixer_kwargs: Any) -> ModelTraits:
+        """RandomMixing's fixed token count fixes the input size (its side over the stage's stride is the square
+        root of the count); mixers with BatchNorms or parallel branches make the network re-parameterisable."""
+        n = len(dims)
+        mixers = [get_mixer(m) for m in _per_stage(token_mixers, n)]
+        fixed = None
+        for i, (mixer, kw) in enumerate(zip(mixers, _per_stage(mixer_kwargs or {}, n), strict=True)):
+            if issubclass(mixer, RandomMixing):
+                side = math.isqrt(kw.get("num_tokens", 196)) * 4 * 2 ** i
+                fixed = (side, side)
+                break
+        folding = {get_mixer(name) for name in FOLDING_MIXERS}
+        return hierarchy(dims, fixed_input_size=fixed,
+                         reparameterizable=any(m in folding for m in mixers))
+
     def __init__(self, depths: Sequence[int] = (2, 2, 6, 2), dims: Sequence[int] = (64, 128, 320, 512), *,
                  in_chans: int = 3, num_classes: int = 1000, token_mixers="pooling", mixer_kwargs=None,
                  norm_layers=None,
@@ -139,6 +159,7 @@ class MetaFormer(ConvScopeModel):
                  use_mlp_head: bool = False, drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = MetaFormer.traits_for(dims=dims, token_mixers=token_mixers, mixer_kwargs=mixer_kwargs)
         n = len(depths)
         mixers = [get_mixer(m) for m in _per_stage(token_mixers, n)]
         mixer_kwargs = _per_stage(mixer_kwargs or {}, n)
@@ -162,11 +183,6 @@ class MetaFormer(ConvScopeModel):
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=output_norm, norm_first=pre_pool_norm,
                                    drop_rate=0.0 if use_mlp_head else drop_rate, fc_factory=fc)
         init_trunc_normal(self)
-        for i, (mixer, kw) in enumerate(zip(mixers, mixer_kwargs, strict=False)):
-            if issubclass(mixer, RandomMixing):  # a fixed token count fixes the input size
-                side = math.isqrt(kw.get("num_tokens", 196)) * self.feature_info[i]["reduction"]
-                self.fixed_input_size = (side, side)
-                break
 
 
 # -- official checkpoints ----------------------------------------------------------------------------------------
@@ -254,83 +270,83 @@ register_family(
     "poolformer", MetaFormer, paper=_V1_PAPER, spec=_SPEC, converter=convert_poolformer_v1, timm=True,
     arch=dict(token_mixers="pooling", norm_layers=GroupNorm1, downsample_norm=None, mlp_act=nn.GELU, mlp_bias=True,
               res_scale_init_values=None, output_norm=GroupNorm1, pre_pool_norm=True),
-    card=dict(source=_SRC_V1, notes="the final GroupNorm acts on the map before pooling, as in the official code; "
+    card=Card(source=_SRC_V1, notes="the final GroupNorm acts on the map before pooling, as in the official code; "
                                     "timm's port pools first and normalises with LayerNorm, so its logits differ "
                                     "while its weights load unchanged"),
     variants={
-        "poolformer_s12": variant(**_S12, layer_scale_init_values=1e-5, card=dict(
+        "poolformer_s12": variant(**_S12, layer_scale_init_values=1e-5, card=Card(
             params_m=11.92, macs_g=1.82, top1=77.2, drop_path_rate=0.1, crop_pct=0.9)),
-        "poolformer_s24": variant(**_S24, layer_scale_init_values=1e-5, card=dict(
+        "poolformer_s24": variant(**_S24, layer_scale_init_values=1e-5, card=Card(
             params_m=21.39, macs_g=3.41, top1=80.3, drop_path_rate=0.1, crop_pct=0.9)),
-        "poolformer_s36": variant(**_S36, layer_scale_init_values=1e-6, card=dict(
+        "poolformer_s36": variant(**_S36, layer_scale_init_values=1e-6, card=Card(
             params_m=30.86, macs_g=5.00, top1=81.4, drop_path_rate=0.2, crop_pct=0.9)),
-        "poolformer_m36": variant(**_M36, layer_scale_init_values=1e-6, card=dict(
+        "poolformer_m36": variant(**_M36, layer_scale_init_values=1e-6, card=Card(
             params_m=56.17, macs_g=8.80, top1=82.1, drop_path_rate=0.3, crop_pct=0.95)),
-        "poolformer_m48": variant(**_M48, layer_scale_init_values=1e-6, card=dict(
+        "poolformer_m48": variant(**_M48, layer_scale_init_values=1e-6, card=Card(
             params_m=73.47, macs_g=11.59, top1=82.5, drop_path_rate=0.4, crop_pct=0.95)),
     })
 
 # The baselines: no-bias "modified LN" (GroupNorm1) in blocks, no-bias LN in stem/downsampling, StarReLU, res scale.
 register_family(
     "poolformerv2", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer, timm=True,
-    arch=dict(token_mixers="pooling", norm_layers=_NO_BIAS_GN), card=dict(source=_SRC_V2_TIMM, crop_pct=1.0),
+    arch=dict(token_mixers="pooling", norm_layers=_NO_BIAS_GN), card=Card(source=_SRC_V2_TIMM, crop_pct=1.0),
     variants={
-        "poolformerv2_s12": variant(**_S12, card=dict(params_m=11.89, macs_g=1.83, top1=78.0, drop_path_rate=0.1)),
-        "poolformerv2_s24": variant(**_S24, card=dict(params_m=21.34, macs_g=3.42, top1=80.7, drop_path_rate=0.1)),
-        "poolformerv2_s36": variant(**_S36, card=dict(params_m=30.79, macs_g=5.01, top1=81.6, drop_path_rate=0.2)),
-        "poolformerv2_m36": variant(**_M36, card=dict(params_m=56.08, macs_g=8.81, top1=82.2, drop_path_rate=0.3)),
-        "poolformerv2_m48": variant(**_M48, card=dict(params_m=73.35, macs_g=11.59, top1=82.6, drop_path_rate=0.4)),
+        "poolformerv2_s12": variant(**_S12, card=Card(params_m=11.89, macs_g=1.83, top1=78.0, drop_path_rate=0.1)),
+        "poolformerv2_s24": variant(**_S24, card=Card(params_m=21.34, macs_g=3.42, top1=80.7, drop_path_rate=0.1)),
+        "poolformerv2_s36": variant(**_S36, card=Card(params_m=30.79, macs_g=5.01, top1=81.6, drop_path_rate=0.2)),
+        "poolformerv2_m36": variant(**_M36, card=Card(params_m=56.08, macs_g=8.81, top1=82.2, drop_path_rate=0.3)),
+        "poolformerv2_m48": variant(**_M48, card=Card(params_m=73.35, macs_g=11.59, top1=82.6, drop_path_rate=0.4)),
     })
 
 register_family(
     "identityformer", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer,
-    arch=dict(token_mixers="identity", norm_layers=_NO_BIAS_GN), card=dict(source=_SRC_V2, crop_pct=1.0),
+    arch=dict(token_mixers="identity", norm_layers=_NO_BIAS_GN), card=Card(source=_SRC_V2, crop_pct=1.0),
     variants={
-        "identityformer_s12": variant(**_S12, card=dict(params_m=11.9, macs_g=1.8, top1=74.6, drop_path_rate=0.1)),
-        "identityformer_s24": variant(**_S24, card=dict(params_m=21.3, macs_g=3.4, top1=78.2, drop_path_rate=0.1)),
-        "identityformer_s36": variant(**_S36, card=dict(params_m=30.8, macs_g=5.0, top1=79.3, drop_path_rate=0.2)),
-        "identityformer_m36": variant(**_M36, card=dict(params_m=56.1, macs_g=8.8, top1=80.0, drop_path_rate=0.3)),
-        "identityformer_m48": variant(**_M48, card=dict(params_m=73.3, macs_g=11.5, top1=80.4, drop_path_rate=0.4)),
+        "identityformer_s12": variant(**_S12, card=Card(params_m=11.9, macs_g=1.8, top1=74.6, drop_path_rate=0.1)),
+        "identityformer_s24": variant(**_S24, card=Card(params_m=21.3, macs_g=3.4, top1=78.2, drop_path_rate=0.1)),
+        "identityformer_s36": variant(**_S36, card=Card(params_m=30.8, macs_g=5.0, top1=79.3, drop_path_rate=0.2)),
+        "identityformer_m36": variant(**_M36, card=Card(params_m=56.1, macs_g=8.8, top1=80.0, drop_path_rate=0.3)),
+        "identityformer_m48": variant(**_M48, card=Card(params_m=73.3, macs_g=11.5, top1=80.4, drop_path_rate=0.4)),
     })
 
 register_family(
     "randformer", MetaFormer, paper=_V2_PAPER, converter=convert_metaformer,
-    spec=ArchSpec(depths="depths", widths="dims", input_multiple=32, at_input_size=_random_mixing_tokens),
+    spec=ArchSpec(depths="depths", widths="dims", input_step=32, at_input_size=_random_mixing_tokens),
     arch=dict(token_mixers=("identity", "identity", "random", "random"), norm_layers=_NO_BIAS_GN,
               **_random_mixing_tokens(None, (224, 224))),
-    card=dict(source=_SRC_V2, crop_pct=1.0, notes="the frozen random mixing matrices fix the input at 224x224"),
+    card=Card(source=_SRC_V2, crop_pct=1.0, notes="the frozen random mixing matrices fix the input at 224x224"),
     variants={
-        "randformer_s12": variant(**_S12, card=dict(params_m=11.9, frozen_params_m=0.2, macs_g=1.9, top1=76.6,
+        "randformer_s12": variant(**_S12, card=Card(params_m=11.9, frozen_params_m=0.2, macs_g=1.9, top1=76.6,
                                                     drop_path_rate=0.1)),
-        "randformer_s24": variant(**_S24, card=dict(params_m=21.3, frozen_params_m=0.5, macs_g=3.5, top1=78.2,
+        "randformer_s24": variant(**_S24, card=Card(params_m=21.3, frozen_params_m=0.5, macs_g=3.5, top1=78.2,
                                                     drop_path_rate=0.1)),
-        "randformer_s36": variant(**_S36, card=dict(params_m=30.8, frozen_params_m=0.7, macs_g=5.2, top1=79.5,
+        "randformer_s36": variant(**_S36, card=Card(params_m=30.8, frozen_params_m=0.7, macs_g=5.2, top1=79.5,
                                                     drop_path_rate=0.2)),
-        "randformer_m36": variant(**_M36, card=dict(params_m=56.1, frozen_params_m=0.7, macs_g=9.0, top1=81.2,
+        "randformer_m36": variant(**_M36, card=Card(params_m=56.1, frozen_params_m=0.7, macs_g=9.0, top1=81.2,
                                                     drop_path_rate=0.3)),
-        "randformer_m48": variant(**_M48, card=dict(params_m=73.3, frozen_params_m=0.9, macs_g=11.9, top1=81.4,
+        "randformer_m48": variant(**_M48, card=Card(params_m=73.3, frozen_params_m=0.9, macs_g=11.9, top1=81.4,
                                                     drop_path_rate=0.3)),
     })
 
 register_family(
     "convformer", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer, timm=True,
     arch=dict(token_mixers="sepconv", norm_layers=_NO_BIAS_LN2D, use_mlp_head=True),
-    card=dict(source=_SRC_V2_TIMM, crop_pct=1.0),
+    card=Card(source=_SRC_V2_TIMM, crop_pct=1.0),
     variants={
-        "convformer_s18": variant(**_CONV_S18, card=dict(params_m=26.77, macs_g=3.96, top1=83.0, drop_path_rate=0.2)),
-        "convformer_s36": variant(**_CONV_S36, card=dict(params_m=40.01, macs_g=7.67, top1=84.1, drop_path_rate=0.3)),
-        "convformer_m36": variant(**_CONV_M36, card=dict(params_m=57.05, macs_g=12.89, top1=84.5, drop_path_rate=0.4)),
-        "convformer_b36": variant(**_CONV_B36, card=dict(params_m=99.88, macs_g=22.69, top1=84.8, drop_path_rate=0.6)),
+        "convformer_s18": variant(**_CONV_S18, card=Card(params_m=26.77, macs_g=3.96, top1=83.0, drop_path_rate=0.2)),
+        "convformer_s36": variant(**_CONV_S36, card=Card(params_m=40.01, macs_g=7.67, top1=84.1, drop_path_rate=0.3)),
+        "convformer_m36": variant(**_CONV_M36, card=Card(params_m=57.05, macs_g=12.89, top1=84.5, drop_path_rate=0.4)),
+        "convformer_b36": variant(**_CONV_B36, card=Card(params_m=99.88, macs_g=22.69, top1=84.8, drop_path_rate=0.6)),
     })
 
 register_family(
     "caformer", MetaFormer, paper=_V2_PAPER, spec=_SPEC, converter=convert_metaformer, timm=True,
     arch=dict(token_mixers=("sepconv", "sepconv", "attention", "attention"), use_mlp_head=True,
               norm_layers=(_NO_BIAS_LN2D, _NO_BIAS_LN2D, _NO_BIAS_LN, _NO_BIAS_LN)),
-    card=dict(source=_SRC_V2_TIMM, crop_pct=1.0),
+    card=Card(source=_SRC_V2_TIMM, crop_pct=1.0),
     variants={
-        "caformer_s18": variant(**_CONV_S18, card=dict(params_m=26.34, macs_g=4.13, top1=83.6, drop_path_rate=0.15)),
-        "caformer_s36": variant(**_CONV_S36, card=dict(params_m=39.30, macs_g=8.00, top1=84.5, drop_path_rate=0.3)),
-        "caformer_m36": variant(**_CONV_M36, card=dict(params_m=56.20, macs_g=13.29, top1=85.2, drop_path_rate=0.4)),
-        "caformer_b36": variant(**_CONV_B36, card=dict(params_m=98.75, macs_g=23.22, top1=85.5, drop_path_rate=0.6)),
+        "caformer_s18": variant(**_CONV_S18, card=Card(params_m=26.34, macs_g=4.13, top1=83.6, drop_path_rate=0.15)),
+        "caformer_s36": variant(**_CONV_S36, card=Card(params_m=39.30, macs_g=8.00, top1=84.5, drop_path_rate=0.3)),
+        "caformer_m36": variant(**_CONV_M36, card=Card(params_m=56.20, macs_g=13.29, top1=85.2, drop_path_rate=0.4)),
+        "caformer_b36": variant(**_CONV_B36, card=Card(params_m=98.75, macs_g=23.22, top1=85.5, drop_path_rate=0.6)),
     })

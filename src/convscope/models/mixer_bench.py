@@ -17,11 +17,13 @@ A new mixer joins with a `MIXER_OPTIONS` entry (if it needs options) and one lit
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .metaformer import MetaFormer
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits
 
 #: Per-mixer options for the bench's map sizes (stage i of an S x S input holds (S / 4 / 2**i)-pixel maps).
 MIXER_OPTIONS: dict[str, Any] = {
@@ -38,7 +40,12 @@ class MixerBench(MetaFormer):
     """The bench skeleton with one `mixer` (a name in convscope.layers.MIXERS) in every block. Takes inputs
     from 16x16 up (the last stages then hold 1x1 maps); the TVConv variant only `input_size` square."""
 
-    min_input_size = (16, 16)
+    @classmethod
+    def traits_for(cls, *, mixer: str, dims: Sequence[int], input_size: int) -> ModelTraits:
+        """MetaFormer's, from 16x16 up; TVConv's per-position kernels fix the input size."""
+        fixed = (input_size, input_size) if mixer == "tvconv" else None
+        return replace(MetaFormer.traits_for(dims=dims, token_mixers=mixer, mixer_kwargs=None),
+                       min_input_size=(16, 16), fixed_input_size=fixed)
 
     def __init__(self, mixer: str, depths=(2, 2, 2, 2), dims=(32, 64, 128, 256), *, input_size: int = 64,
                  in_chans: int = 3, num_classes: int = 1000, drop_rate: float = 0.0, drop_path_rate: float = 0.0
@@ -54,8 +61,7 @@ class MixerBench(MetaFormer):
         super().__init__(depths, dims, in_chans=in_chans, num_classes=num_classes, token_mixers=mixer,
                          mixer_kwargs=kwargs, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
         self.mixer = mixer
-        if mixer == "tvconv":
-            self.fixed_input_size = (input_size, input_size)
+        self.traits = MixerBench.traits_for(mixer=mixer, dims=dims, input_size=input_size)
 
 
 def _width_quantum(arch: Mapping[str, Any], i: int) -> int:
@@ -69,8 +75,8 @@ def _tvconv_size(arch: Mapping[str, Any], input_hw: tuple[int, int]) -> dict:
 _SOURCE = "convscope mixer bench (counted)"
 
 
-def _card(params_m: float) -> dict:
-    return dict(params_m=params_m, macs_g=None, top1=None, source=_SOURCE, macs_convention="macs",
+def _card(params_m: float) -> Card:
+    return Card(params_m=params_m, macs_g=None, top1=None, source=_SOURCE, macs_convention="macs",
                 input_size=(3, 64, 64), crop_pct=1.0, interpolation="bilinear", mean=(0.5, 0.5, 0.5),
                 std=(0.5, 0.5, 0.5))
 
@@ -80,7 +86,7 @@ register_family(
     paper=Paper("MetaFormer Baselines for Vision", "2210.13452", "sail-sg/metaformer"),
     spec=ArchSpec(depths="depths", widths="dims", width_quantum=_width_quantum, at_input_size=_tvconv_size),
     arch=dict(depths=(2, 2, 2, 2), dims=(32, 64, 128, 256)),
-    card=dict(notes="a benchmark skeleton, not a published model: parameters counted here, no official MACs"),
+    card=Card(notes="a benchmark skeleton, not a published model: parameters counted here, no official MACs"),
     variants={
         "mixer_bench_pooling": variant(mixer="pooling", card=_card(2.0461)),
         "mixer_bench_sepconv": variant(mixer="sepconv", card=_card(2.8366)),

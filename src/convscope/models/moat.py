@@ -33,7 +33,8 @@ from torch import nn
 from ..layers import ClassifierHead, LayerNorm, LayerNorm2d, RelPosWindowAttention, SqueezeExcite, drop_path_or_identity
 from ..layers.reparam import fold_bn_act_after_, fold_bn_before_
 from .base import ConvScopeModel
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 BN_EPS = 1e-3      # tf.keras BatchNormalization's default epsilon
 BN_MOMENTUM = 0.01  # Keras momentum 0.99
@@ -143,6 +144,13 @@ class MOAT(ConvScopeModel):
     `pos_embed=False` drops the relative position bias (the official "no_pe" checkpoints).
     """
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int], window_size: Sequence[int | tuple[int, int] | None]) -> ModelTraits:
+        """Window attention at stage i (stride 2**(i+2)) needs input sides that are multiples of its window there."""
+        wins = [None if w is None else tuple(w) if isinstance(w, (tuple, list)) else (w, w) for w in window_size]
+        q = math.lcm(1, *(2 ** (i + 2) * w[k] for i, w in enumerate(wins) if w is not None for k in (0, 1)))
+        return hierarchy(dims, input_multiple=q, reparameterizable=True)  # its BatchNorms fold
+
     def __init__(self, depths: Sequence[int] = (2, 3, 7, 2), dims: Sequence[int] = (96, 192, 384, 768), *,
                  stem_dim: int = 64, block_types: Sequence[str] = ("mbconv", "mbconv", "moat", "moat"),
                  expansion_rate: int = 4, se_ratio: float = 0.25, head_dim: int = 32,
@@ -151,6 +159,7 @@ class MOAT(ConvScopeModel):
                  pool_size: int = 2, in_chans: int = 3, num_classes: int = 1000, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = MOAT.traits_for(dims=dims, window_size=window_size)
         n = len(depths)
         for name, v in (("dims", dims), ("block_types", block_types), ("window_size", window_size),
                         ("pos_embed_size", pos_embed_size)):
@@ -176,8 +185,6 @@ class MOAT(ConvScopeModel):
         self.build_stages(depths, dims, drop_path_rate, block=block, downsample=lambda i: None, stem_reduction=4)
         self.head = ClassifierHead(dims[-1], num_classes, norm_layer=lambda c: LayerNorm(c, eps=LN_EPS),
                                    drop_rate=drop_rate)
-        self._input_multiple = math.lcm(1, *(2 ** (i + 2) * w[k] for i, w in enumerate(self.window_size)
-                                             if w is not None for k in (0, 1)))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -190,7 +197,7 @@ class MOAT(ConvScopeModel):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         h, w = x.shape[-2:]
-        q = self._input_multiple
+        q = self.traits.input_multiple
         if q > 1 and (h % q or w % q):
             raise ValueError(f"{self.model_name} with window attention needs H and W multiples of {q}; got {h}x{w}")
 
@@ -223,33 +230,33 @@ register_family(
     "moat", MOAT, paper=Paper("MOAT: Alternating Mobile Convolution and Attention Brings Strong Vision Models",
                               "2210.01820", "google-research/deeplab2"),
     spec=ArchSpec(depths="depths", widths="dims", width_quantum=_quantum),
-    card=dict(macs_convention="fvcore", notes=_NOTES),
+    card=Card(macs_convention="fvcore", notes=_NOTES),
     variants={
-        "moat_0": variant(depths=(2, 3, 7, 2), dims=(96, 192, 384, 768), stem_dim=64, card=dict(
+        "moat_0": variant(depths=(2, 3, 7, 2), dims=(96, 192, 384, 768), stem_dim=64, card=Card(
             params_m=27.847, macs_g=5.7, top1=83.3, drop_path_rate=0.2, source=_SRC)),
-        "moat_1": variant(depths=(2, 6, 14, 2), dims=(96, 192, 384, 768), stem_dim=64, card=dict(
+        "moat_1": variant(depths=(2, 6, 14, 2), dims=(96, 192, 384, 768), stem_dim=64, card=Card(
             params_m=41.598, macs_g=9.1, top1=84.2, drop_path_rate=0.3, source=_SRC)),
-        "moat_2": variant(depths=(2, 6, 14, 2), dims=(128, 256, 512, 1024), stem_dim=128, card=dict(
+        "moat_2": variant(depths=(2, 6, 14, 2), dims=(128, 256, 512, 1024), stem_dim=128, card=Card(
             params_m=73.422, macs_g=54.3, notes=_NOTES + _big_macs(54.3, 53.8, 53.565), top1=87.5, drop_path_rate=0.3,
             pretrain="ImageNet-22k",
             input_size=(3, 384, 384), source=_SRC, **_OPTION2)),
-        "moat_3": variant(depths=(2, 12, 28, 2), dims=(160, 320, 640, 1280), stem_dim=160, card=dict(
+        "moat_3": variant(depths=(2, 12, 28, 2), dims=(160, 320, 640, 1280), stem_dim=160, card=Card(
             params_m=189.958, macs_g=271.0, notes=_NOTES + _big_macs(271.0, 266.1, 264.392),
             top1=88.4, drop_path_rate=0.6, pretrain="ImageNet-22k",
             input_size=(3, 512, 512), source=_SRC, **_OPTION2)),
-        "moat_4": variant(depths=(2, 12, 28, 2), dims=(256, 512, 1024, 2048), stem_dim=256, card=dict(
+        "moat_4": variant(depths=(2, 12, 28, 2), dims=(256, 512, 1024, 2048), stem_dim=256, card=Card(
             params_m=483.214, macs_g=648.5, notes=_NOTES + _big_macs(648.5, 640.6, 637.845),
             top1=89.1, drop_path_rate=0.7, pretrain="ImageNet-22k",
             input_size=(3, 512, 512), source=_SRC, **_OPTION2)),
-        "tiny_moat_0": variant(depths=(2, 3, 7, 2), dims=(32, 64, 128, 256), stem_dim=32, card=dict(
+        "tiny_moat_0": variant(depths=(2, 3, 7, 2), dims=(32, 64, 128, 256), stem_dim=32, card=Card(
             params_m=3.355, macs_g=1.1, notes=_NOTES + (
                 "; official FLOPs (MACs) 1.1 G: the count, 1.063 G under the fvcore convention, rounds to it (-3.4%, "
                 "within the rounding of a one-decimal figure)"), top1=76.6, input_size=(3, 256, 256),
             source=_SRC_TINY)),
-        "tiny_moat_1": variant(depths=(2, 3, 7, 2), dims=(40, 80, 160, 320), stem_dim=40, card=dict(
+        "tiny_moat_1": variant(depths=(2, 3, 7, 2), dims=(40, 80, 160, 320), stem_dim=40, card=Card(
             params_m=5.123, macs_g=1.6, top1=79.2, input_size=(3, 256, 256), source=_SRC_TINY)),
-        "tiny_moat_2": variant(depths=(2, 3, 7, 2), dims=(56, 112, 224, 448), stem_dim=56, card=dict(
+        "tiny_moat_2": variant(depths=(2, 3, 7, 2), dims=(56, 112, 224, 448), stem_dim=56, card=Card(
             params_m=9.773, macs_g=3.0, top1=81.7, input_size=(3, 256, 256), source=_SRC_TINY)),
-        "tiny_moat_3": variant(depths=(2, 3, 7, 2), dims=(80, 160, 320, 640), stem_dim=80, card=dict(
+        "tiny_moat_3": variant(depths=(2, 3, 7, 2), dims=(80, 160, 320, 640), stem_dim=80, card=Card(
             params_m=19.534, macs_g=6.0, top1=83.3, drop_path_rate=0.1, input_size=(3, 256, 256), source=_SRC_TINY)),
     })

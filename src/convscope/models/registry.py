@@ -7,7 +7,7 @@ A family file defines its model class and then registers everything about it at 
         spec=ArchSpec(depths="depths", widths="dims"), converter=convert_official, timm=True,
         variants={
             "convnext_tiny": variant(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768),
-                                     card=dict(params_m=28.59, macs_g=4.47, top1=82.1, source="...")),
+                                     card=Card(params_m=28.59, macs_g=4.47, top1=82.1, source="...")),
         })
 
 Every variant name is written literally once, so `grep -rn convnext_tiny src/` finds its declaration.
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from ..layers.reparam import reparameterize_
+from .traits import ModelTraits, traits_of_arguments
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,6 +125,47 @@ _CARD_FIELDS = frozenset(f.name for f in fields(ModelCard)) - {"name", "family",
 _CFG_FIELDS = frozenset(f.name for f in fields(PretrainedCfg))
 
 
+class _Unset:
+    """The value of a Card field that a registration does not declare."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True)
+class Card:
+    """The card fields one registration declares: a variant's (`variant(card=Card(...))`) or those a family's
+    variants share (`register_family(card=Card(...))`, a variant's own win). ModelCard fields (the paper's figures,
+    sources, conventions; see ModelCard) and PretrainedCfg fields (the preprocessing) together; a field left out is
+    not declared, so the family's value or else the default applies. An unknown field is a TypeError."""
+
+    params_m: float = UNSET
+    macs_g: float | None = UNSET
+    top1: float | None = UNSET
+    pretrain: str = UNSET
+    source: str = UNSET
+    drop_path_rate: float = UNSET
+    timm_name: str | None = UNSET
+    repo: str = UNSET
+    frozen_params_m: float = UNSET
+    macs_convention: str = UNSET
+    deploy_params_m: float | None = UNSET
+    macs_form: str = UNSET
+    notes: str = UNSET
+    input_size: tuple[int, int, int] = UNSET
+    mean: tuple[float, ...] = UNSET
+    std: tuple[float, ...] = UNSET
+    interpolation: str = UNSET
+    crop_pct: float = UNSET
+
+    def declared(self) -> dict[str, Any]:
+        """The fields this card sets, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not UNSET}
+
+
 # -- architecture specs --------------------------------------------------------------------------------------------
 StageQuantum = Callable[[Mapping[str, Any], int], int]
 
@@ -136,7 +180,9 @@ class ArchSpec:
         stage's depth changes, its pattern is repeated or cut to the new depth.
     width_quantum: per stage, the multiple every width must be (a function of the arguments and the stage
         index, or an int for all stages): attention heads, gnConv's channel halving, a dw expansion ratio.
-    input_multiple: input sides the network takes are multiples of this (1: any size above the minimum).
+    input_step: the input sides `scale()` may choose are multiples of this. A variant's own input multiple is
+        one of its ModelTraits; this is the family's, which `at_input_size` may make finer than a variant's (a
+        CrossViT built for 240 needs multiples of 120, one rebuilt for the input takes any multiple of 12).
     at_input_size: the arguments that follow the input size, e.g. a global filter's spectrum or a token-mixing
         matrix sized to the token count: `fn(arguments, (H, W)) -> {argument: value}`.
     """
@@ -145,7 +191,7 @@ class ArchSpec:
     widths: str = "dims"
     per_block: tuple[str, ...] = ()
     width_quantum: int | StageQuantum = 8
-    input_multiple: int = 1
+    input_step: int = 1
     at_input_size: Callable[[Mapping[str, Any], tuple[int, int]], dict[str, Any]] | None = None
 
     def stages(self, arch: Mapping[str, Any]) -> tuple[list[int], list[int]]:
@@ -180,18 +226,21 @@ class Variant:
     """One registered name: its constructor arguments, its card and config fields, and its aliases."""
 
     arch: Mapping[str, Any]
-    card: Mapping[str, Any]
+    card: Card
     aliases: tuple[str, ...] = ()
 
 
-def variant(*, card: Mapping[str, Any], aliases: Sequence[str] = (), **arch: Any) -> Variant:
+def _check_card(card: Any, where: str) -> Card:
+    if not isinstance(card, Card):
+        raise TypeError(f"{where} must be a Card(...) of ModelCard and PretrainedCfg fields; got "
+                        f"{type(card).__name__}")
+    return card
+
+
+def variant(*, card: Card, aliases: Sequence[str] = (), **arch: Any) -> Variant:
     """A variant: constructor arguments as keywords; `card` holds its ModelCard and PretrainedCfg fields
-    (params_m, macs_g, top1, source, ..., input_size, crop_pct, mean, ...)."""
-    unknown = set(card) - _CARD_FIELDS - _CFG_FIELDS
-    if unknown:
-        raise TypeError(f"unknown card field(s) {sorted(unknown)}; expected ModelCard fields {sorted(_CARD_FIELDS)} "
-                        f"or PretrainedCfg fields {sorted(_CFG_FIELDS)}")
-    return Variant(dict(arch), dict(card), tuple(aliases))
+    (`Card(params_m=..., macs_g=..., top1=..., source=..., input_size=..., crop_pct=..., ...)`)."""
+    return Variant(dict(arch), _check_card(card, "variant(card=...)"), tuple(aliases))
 
 
 @dataclass(frozen=True)
@@ -226,7 +275,7 @@ _FAMILIES: dict[str, Family] = {}
 def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper, variants: Mapping[str, Variant],
                     spec: ArchSpec | None = ArchSpec(), converter: Callable[[dict, nn.Module], dict] | None = None,
                     converters: Mapping[str, Callable[[dict, nn.Module], dict]] | None = None, timm: bool = False,
-                    card: Mapping[str, Any] | None = None,
+                    card: Card | None = None,
                     arch: Mapping[str, Any] | None = None) -> Family:
     """Register a family and all of its variants.
 
@@ -239,7 +288,7 @@ def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper,
     converters: converters per checkpoint source, e.g. `{"official": f, "transformers": g}` (Hugging Face
         transformers' keys); `converter=f` is short for `converters={"official": f}`.
     timm: timm carries these variants under the same names (a variant may set `timm_name` itself).
-    card: ModelCard / PretrainedCfg fields shared by every variant (a variant's own fields win).
+    card: a Card of the ModelCard / PretrainedCfg fields every variant shares (a variant's own fields win).
     arch: constructor arguments shared by every variant (a variant's own win).
     """
     if name in _FAMILIES:
@@ -251,10 +300,10 @@ def register_family(name: str, model: Callable[..., nn.Module], *, paper: Paper,
         if table.setdefault("official", converter) is not converter:
             raise ValueError(f"family {name!r}: give the official converter as converter= or in converters=, not both")
     fam = Family(name, model, paper, spec, table.get("official"), tuple(variants), table)
-    shared = variant(card=card or {}).card
+    shared = _check_card(card or Card(), "register_family(card=...)").declared()
     entries = {}
     for vname, v in variants.items():
-        fields_ = {**shared, **v.card}
+        fields_ = {**shared, **v.card.declared()}
         if vname in _MODELS or vname in _ALIASES or vname in entries:
             raise ValueError(f"model {vname!r} is registered twice")
         cfg = PretrainedCfg(**{k: fields_.pop(k) for k in list(fields_) if k in _CFG_FIELDS})
@@ -325,6 +374,60 @@ def model_card(name: str) -> ModelCard:
     return _MODELS[resolve_name(name)].card
 
 
+def model_traits(name: str, **kwargs: Any) -> ModelTraits:
+    """The ModelTraits of a registered model (aliases accepted) built with constructor keyword arguments `kwargs`
+    (as `create_model(name, **kwargs)` would), from the family's declaration: nothing is built. TypeError for an
+    argument the constructor does not take."""
+    entry = _MODELS[resolve_name(name)]
+    model = entry.family.model
+    params = inspect.signature(model).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise TypeError(f"{name}: unknown constructor option(s) {unknown}")
+    return traits_of_arguments(model, {**entry.arch, **kwargs})
+
+
+#: Largest num_classes and in_chans create_model accepts.
+MAX_CLASSES = 100_000
+MAX_IN_CHANS = 1024
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _shown(v: Any) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+def check_create_arguments(num_classes: Any, in_chans: Any, drop_path_rate: Any, kwargs: Mapping[str, Any]) -> None:
+    """Raise TypeError / ValueError, one line naming the argument, what it takes and what was given, for a
+    create_model argument no model can be built with."""
+    if not _is_int(num_classes):
+        raise TypeError(f"num_classes must be an int in [0, {MAX_CLASSES}] (0 removes the classifier); got "
+                        f"{_shown(num_classes)}")
+    if not 0 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be an int in [0, {MAX_CLASSES}] (0 removes the classifier); got "
+                         f"{num_classes}")
+    if not _is_int(in_chans):
+        raise TypeError(f"in_chans must be an int in [1, {MAX_IN_CHANS}]; got {_shown(in_chans)}")
+    if not 1 <= in_chans <= MAX_IN_CHANS:
+        raise ValueError(f"in_chans must be an int in [1, {MAX_IN_CHANS}]; got {in_chans}")
+    if drop_path_rate is not None:
+        if not isinstance(drop_path_rate, numbers.Real) or isinstance(drop_path_rate, bool):
+            raise TypeError(f"drop_path_rate must be a finite float in [0, 1) or None; got {_shown(drop_path_rate)}")
+        if not (math.isfinite(drop_path_rate) and 0 <= drop_path_rate < 1):
+            raise ValueError(f"drop_path_rate must be a finite float in [0, 1) or None; got {drop_path_rate}")
+    if "img_size" in kwargs:
+        size = kwargs["img_size"]
+        pair = isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) for v in size)
+        if not (_is_int(size) or pair):
+            raise TypeError(f"img_size must be an int or a pair of ints (H, W); got {_shown(size)}")
+        if min(size if pair else (size,)) < 1:
+            raise ValueError(f"img_size must be positive; got {size}")
+
+
 def create_model(name: str, *, pretrained: str | None = None, num_classes: int = 1000, in_chans: int = 3,
                  drop_path_rate: float | None = None, features_only: bool = False,
                  out_indices: tuple[int, ...] | None = None, deploy: bool = False, **kwargs: Any) -> nn.Module:
@@ -344,6 +447,7 @@ def create_model(name: str, *, pretrained: str | None = None, num_classes: int =
     from .weights import load_checkpoint
 
     entry = _MODELS[resolve_name(name)]
+    check_create_arguments(num_classes, in_chans, drop_path_rate, kwargs)
     if pretrained is not None and not isinstance(pretrained, (str, bytes)) and not hasattr(pretrained, "__fspath__"):
         raise ValueError("pretrained must be the path of a local weights file (nothing is downloaded at run "
                          f"time); got {pretrained!r}")

@@ -16,6 +16,7 @@ maps the official keys, including the official deploy form (`structural_reparam(
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from fractions import Fraction
 
 import torch
@@ -24,7 +25,8 @@ from torch import nn
 from ..layers import ClassifierHead, ConvBnAct, ReparamLargeKernelConv, drop_path_or_identity
 from ..layers.reparam import fuse_bn_before_conv_
 from .base import ConvScopeModel
-from .registry import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, Paper, register_family, variant
+from .registry import INCEPTION_MEAN, INCEPTION_STD, ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 class RepLKBlock(nn.Module):
@@ -81,12 +83,17 @@ class RepLKNet(ConvScopeModel):
     (RepLK block, ConvFFN) pairs, stages 2-4 opened by a transition (1x1 conv-BN-ReLU, dw 3x3/2 conv-BN-ReLU)
     -> BN -> global average pool -> Linear."""
 
+    @classmethod
+    def traits_for(cls, *, channels: Sequence[int]) -> ModelTraits:
+        return hierarchy(channels, reparameterizable=True)  # large kernels merge their small-kernel branches
+
     def __init__(self, large_kernel_sizes: tuple[int, ...] = (31, 29, 27, 13),
                  layers: tuple[int, ...] = (2, 2, 18, 2), channels: tuple[int, ...] = (128, 256, 512, 1024),
                  small_kernel: int | None = 5,
                  dw_ratio: float = 1, ffn_ratio: float = 4, *, in_chans: int = 3, num_classes: int = 1000,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = RepLKNet.traits_for(channels=channels)
         c0 = channels[0]
         self.stem = nn.Sequential(
             ConvBnAct(in_chans, c0, 3, stride=2, act_layer=nn.ReLU),
@@ -135,22 +142,22 @@ register_family(
     "replknet", RepLKNet, paper=Paper("Scaling Up Your Kernels to 31x31: Revisiting Large Kernel Design in CNNs",
                                       "2203.06717", "DingXiaoH/RepLKNet-pytorch"),
     spec=ArchSpec(depths="layers", widths="channels", width_quantum=_dw_quantum), converter=convert_official,
-    card=dict(source=_SRC, macs_form="deploy"),
+    card=Card(source=_SRC, macs_form="deploy"),
     variants={
         "replknet_31b": variant(
             large_kernel_sizes=(31, 29, 27, 13), layers=(2, 2, 18, 2), channels=(128, 256, 512, 1024),
-            card=dict(params_m=79.864168, macs_g=15.3, top1=83.5, drop_path_rate=0.5,
+            card=Card(params_m=79.864168, macs_g=15.3, top1=83.5, drop_path_rate=0.5,
                       notes="ImageNet-1k at 224; the 384 fine-tune reaches 84.8 (45.1G MACs), ImageNet-22k -> 1k "
                             "85.2")),
         "replknet_31l": variant(
             large_kernel_sizes=(31, 29, 27, 13), layers=(2, 2, 18, 2), channels=(192, 384, 768, 1536),
-            card=dict(params_m=172.671016, macs_g=96.0, top1=86.6, input_size=(3, 384, 384), crop_pct=1.0,
+            card=Card(params_m=172.671016, macs_g=96.0, top1=86.6, input_size=(3, 384, 384), crop_pct=1.0,
                       pretrain="ImageNet-22k", drop_path_rate=0.3,
                       notes="ImageNet-22k pre-trained, fine-tuned on 1k at 384")),
         "replknet_xl": variant(
             large_kernel_sizes=(27, 27, 27, 13), layers=(2, 2, 18, 2), channels=(256, 512, 1024, 2048),
             small_kernel=None, dw_ratio=1.5,
-            card=dict(params_m=335.435752, macs_g=128.7, top1=87.8, input_size=(3, 320, 320), mean=INCEPTION_MEAN,
+            card=Card(params_m=335.435752, macs_g=128.7, top1=87.8, input_size=(3, 320, 320), mean=INCEPTION_MEAN,
                       std=INCEPTION_STD, pretrain="MegData-73M",
                       notes="MegData-73M pre-trained, fine-tuned on ImageNet-1k at 320 with mean = std = 0.5; no "
                             "small kernel; the README gives no drop-path rate for it")),

@@ -26,7 +26,8 @@ from ..layers import drop_path_or_identity, init_trunc_normal, layer_scale, laye
 from ..layers.mixers.manhattan_attention import ManhattanRelPos, ManhattanSelfAttention
 from ..layers.reparam import fuse_bn_into_conv_, reparameterize_
 from .base import ConvScopeModel, Stage
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -128,6 +129,10 @@ class RMT(ConvScopeModel):
     layer_scales: per stage, whether blocks carry layer scale (initialised to `ls_init_value`).
     """
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int]) -> ModelTraits:
+        return hierarchy(dims, reparameterizable=True)  # conv-BN stem, downsamplings and head
+
     def __init__(self, depths: Sequence[int] = (2, 2, 8, 2), dims: Sequence[int] = (64, 128, 256, 512),
                  num_heads: Sequence[int] = (4, 4, 8, 16), heads_ranges: Sequence[float] = (4, 4, 6, 6),
                  mlp_ratios: Sequence[float] = (3, 3, 3, 3), decomposed: Sequence[bool] = (True, True, False, False),
@@ -135,6 +140,7 @@ class RMT(ConvScopeModel):
                  ls_init_value: float = 1e-6, head_hidden_size: int = 1024, in_chans: int = 3,
                  num_classes: int = 1000, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = RMT.traits_for(dims=dims)
         half = dims[0] // 2
         self.stem = nn.Sequential(*_conv_bn(in_chans, half, 2), nn.GELU(), *_conv_bn(half, half, 1), nn.GELU(),
                                   *_conv_bn(half, dims[0], 2), nn.GELU(), *_conv_bn(dims[0], dims[0], 1))
@@ -202,31 +208,31 @@ register_family(
     "rmt", RMT, paper=Paper("RMT: Retentive Networks Meet Vision Transformers", "2309.11523", "qhfan/RMT"),
     spec=ArchSpec(depths="depths", widths="dims", width_quantum=_heads_quantum),
     converter=convert_official,
-    card=dict(crop_pct=0.875, interpolation="bicubic"),
+    card=Card(crop_pct=0.875, interpolation="bicubic"),
     variants={
         "rmt_tiny": variant(
             depths=(2, 2, 8, 2), dims=(64, 128, 256, 512), num_heads=(4, 4, 8, 16), heads_ranges=(4, 4, 6, 6),
-            mlp_ratios=(3, 3, 3, 3), decomposed=(True, True, False, False), aliases=("rmt_t",), card=dict(
+            mlp_ratios=(3, 3, 3, 3), decomposed=(True, True, False, False), aliases=("rmt_t",), card=Card(
                 params_m=14.334, macs_g=2.651, top1=82.4, drop_path_rate=0.1,
                 source=_SRC.format(log="rmt_t", readme_p=14, readme_g=2.5, ctor="RMT_T3", macs="2.651"),
                 notes=_MACS_NOTE.format(readme_g=2.5, macs="2.651", gap="+6.0%"))),
         "rmt_small": variant(
             depths=(3, 4, 18, 4), dims=(64, 128, 256, 512), num_heads=(4, 4, 8, 16), heads_ranges=(4, 4, 6, 6),
-            mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False), aliases=("rmt_s",), card=dict(
+            mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False), aliases=("rmt_s",), card=Card(
                 params_m=26.967, macs_g=4.800, top1=84.1, drop_path_rate=0.15,
                 source=_SRC.format(log="rmt_s", readme_p=27, readme_g=4.5, ctor="RMT_S", macs="4.800"),
                 notes=_MACS_NOTE.format(readme_g=4.5, macs="4.800", gap="+6.7%"))),
         "rmt_base": variant(
             depths=(4, 8, 25, 8), dims=(80, 160, 320, 512), num_heads=(5, 5, 10, 16), heads_ranges=(5, 5, 6, 6),
             mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False), layer_scales=(False, False, True, True),
-            aliases=("rmt_b",), card=dict(
+            aliases=("rmt_b",), card=Card(
                 params_m=54.155, macs_g=10.414, top1=85.0, drop_path_rate=0.4,
                 source=_SRC.format(log="rmt_m", readme_p=54, readme_g=9.7, ctor="RMT_M2", macs="10.414"),
                 notes=_MACS_NOTE.format(readme_g=9.7, macs="10.414", gap="+7.4%"))),
         "rmt_large": variant(
             depths=(4, 8, 25, 8), dims=(112, 224, 448, 640), num_heads=(7, 7, 14, 20), heads_ranges=(6, 6, 6, 6),
             mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False), layer_scales=(False, False, True, True),
-            aliases=("rmt_l",), card=dict(
+            aliases=("rmt_l",), card=Card(
                 params_m=95.465, macs_g=19.545, top1=85.5, drop_path_rate=0.5,
                 source=_SRC.format(log="rmt_l", readme_p=95, readme_g=18.2, ctor="RMT_L6", macs="19.545"),
                 notes=_MACS_NOTE.format(readme_g=18.2, macs="19.545", gap="+7.4%"))),

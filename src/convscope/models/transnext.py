@@ -29,7 +29,8 @@ from ..layers import ClassifierHead, drop_path_or_identity, to_2tuple
 from ..layers.mixers.aggregated_attention import AggregatedAttention, relative_position_cpb
 from ..layers.mixers.length_scaled_attention import LengthScaledAttention
 from .base import ConvScopeModel, Stage
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 class ConvGLU(nn.Module):
@@ -116,6 +117,13 @@ class TransNeXt(ConvScopeModel):
     pretrain_size: the input size of pre-training, which scales the relative coordinates (default img_size).
     """
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int], img_size: int | tuple[int, int]) -> ModelTraits:
+        """The position tables and pooled-key grid are built for `img_size`, the only input it takes."""
+        img = tuple(to_2tuple(img_size))
+        m = 2 ** (len(dims) + 1)
+        return hierarchy(dims, min_input_size=img, input_multiple=m, fixed_input_size=img)
+
     def __init__(self, depths: Sequence[int] = (2, 2, 15, 2), dims: Sequence[int] = (48, 96, 192, 384),
                  num_heads: Sequence[int] = (2, 4, 8, 16), mlp_ratios: Sequence[float] = (8, 8, 4, 4),
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), *, window_size: int = 3,
@@ -123,13 +131,12 @@ class TransNeXt(ConvScopeModel):
                  in_chans: int = 3, num_classes: int = 1000, drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = TransNeXt.traits_for(dims=dims, img_size=img_size)
         img = to_2tuple(img_size)
         pre = to_2tuple(pretrain_size or img)
         n = len(depths)
         if img[0] % 2 ** (n + 1) or img[1] % 2 ** (n + 1):
             raise ValueError(f"TransNeXt needs img_size multiples of {2 ** (n + 1)}; got {img[0]}x{img[1]}")
-        self.fixed_input_size = img
-        self.min_input_size = img
         res = [(img[0] // 2 ** (i + 2), img[1] // 2 ** (i + 2)) for i in range(n)]
         self.stem = OverlapPatchEmbed(in_chans, dims[0], 7, 4)
 
@@ -161,8 +168,8 @@ class TransNeXt(ConvScopeModel):
                     nn.init.zeros_(m.bias)
 
     def check_input(self, x: torch.Tensor) -> None:
-        if isinstance(x, torch.Tensor) and x.ndim == 4 and tuple(x.shape[-2:]) != self.fixed_input_size:
-            fh, fw = self.fixed_input_size
+        if isinstance(x, torch.Tensor) and x.ndim == 4 and tuple(x.shape[-2:]) != self.traits.fixed_input_size:
+            fh, fw = self.traits.fixed_input_size
             raise ValueError(f"{self.model_name} only takes {fh}x{fw} inputs (its position tables and pooled-key "
                              f"grid are built for them); got {x.shape[-2]}x{x.shape[-1]}: build it with "
                              f"img_size=({x.shape[-2]}, {x.shape[-1]}) (multiples of 32) for that size")
@@ -207,32 +214,32 @@ register_family(
     "transnext", TransNeXt,
     paper=Paper("TransNeXt: Robust Foveal Visual Perception for Vision Transformers", "2311.17132",
                 "DaiShiResearch/TransNeXt"),
-    spec=ArchSpec(depths="depths", widths="dims", width_quantum=_heads_quantum, input_multiple=32,
+    spec=ArchSpec(depths="depths", widths="dims", width_quantum=_heads_quantum, input_step=32,
                   at_input_size=_at_input_size),
     converter=convert_official,
-    card=dict(crop_pct=0.875, interpolation="bicubic"),  # 224: resize 256, centre crop; 384: warp
+    card=Card(crop_pct=0.875, interpolation="bicubic"),  # 224: resize 256, centre crop; 384: warp
     variants={
         "transnext_micro": variant(
-            depths=(2, 2, 15, 2), dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), card=dict(
+            depths=(2, 2, 15, 2), dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), card=Card(
                 params_m=12.8, macs_g=2.664, top1=82.5, drop_path_rate=0.15,
                 source=_SRC.format(p=12.8, g=2.7, t=82.5, ctor="transnext_micro", cfg="transnext_micro")
                 + "; MACs: fvcore 0.1.5 FlopCountAnalysis on transnext_micro() @c8a9974 (CUDA-free attention) gives "
                 "2.664G, which the README rounds to 2.7G (1.3% away); the card holds the count")),
         "transnext_tiny": variant(
-            depths=(2, 2, 15, 2), dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), card=dict(
+            depths=(2, 2, 15, 2), dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), card=Card(
                 params_m=28.2, macs_g=5.7, top1=84.0, drop_path_rate=0.25,
                 source=_SRC.format(p=28.2, g=5.7, t=84.0, ctor="transnext_tiny", cfg="transnext_tiny"))),
         "transnext_small": variant(
-            depths=(5, 5, 22, 5), dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), card=dict(
+            depths=(5, 5, 22, 5), dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), card=Card(
                 params_m=49.7, macs_g=10.3, top1=84.7, drop_path_rate=0.45,
                 source=_SRC.format(p=49.7, g=10.3, t=84.7, ctor="transnext_small", cfg="transnext_small"))),
         "transnext_base": variant(
-            depths=(5, 5, 23, 5), dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), card=dict(
+            depths=(5, 5, 23, 5), dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), card=Card(
                 params_m=89.7, macs_g=18.4, top1=84.8, drop_path_rate=0.6,
                 source=_SRC.format(p=89.7, g=18.4, t=84.8, ctor="transnext_base", cfg="transnext_base"))),
         "transnext_micro_aaaa_256": variant(
             depths=(2, 2, 15, 2), dims=(48, 96, 192, 384), num_heads=(2, 4, 8, 16), sr_ratios=(16, 8, 4, 2),
-            img_size=256, card=dict(
+            img_size=256, card=Card(
                 params_m=13.1, macs_g=3.3, top1=82.6, drop_path_rate=0.15, input_size=(3, 256, 256),
                 source=("params, MACs ('FLOPs') and top-1: DaiShiResearch/TransNeXt README @c8a9974, 'ImageNet-1K "
                         "256x256 pre-trained model fully utilizing aggregated attention at all stages' (13.1M, "
@@ -245,13 +252,13 @@ register_family(
                       "fvcore was not run on the official code for this variant")),
         "transnext_small_384": variant(
             depths=(5, 5, 22, 5), dims=(72, 144, 288, 576), num_heads=(3, 6, 12, 24), img_size=384,
-            pretrain_size=224, card=dict(
+            pretrain_size=224, card=Card(
                 params_m=49.7, macs_g=32.1, top1=86.0, drop_path_rate=0.7, input_size=(3, 384, 384), crop_pct=1.0,
                 source=_SRC.format(p=49.7, g=32.1, t=86.0, ctor="transnext_small(img_size=384, pretrain_size=224)",
                                    cfg="finetune/transnext_small_384_ft"))),
         "transnext_base_384": variant(
             depths=(5, 5, 23, 5), dims=(96, 192, 384, 768), num_heads=(4, 8, 16, 32), img_size=384,
-            pretrain_size=224, card=dict(
+            pretrain_size=224, card=Card(
                 params_m=89.7, macs_g=56.3, top1=86.2, drop_path_rate=0.8, input_size=(3, 384, 384), crop_pct=1.0,
                 source=_SRC.format(p=89.7, g=56.3, t=86.2, ctor="transnext_base(img_size=384, pretrain_size=224)",
                                    cfg="finetune/transnext_base_384_ft"))),

@@ -14,6 +14,7 @@ source="official")` maps the official keys of both the train and the deploy form
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,7 +36,8 @@ from ..layers.mixers.dilated_reparam import DILATED_BRANCHES
 from ..layers.reparam import fuse_affine_after_, fuse_bn_into_conv_
 from .base import ConvScopeModel
 from .convnext import official_layout_key
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits, hierarchy
 
 
 class UniRepLKNetBlock(nn.Module):
@@ -102,11 +104,16 @@ class UniRepLKNet(ConvScopeModel):
     """UniRepLKNet: stem (3x3/2 conv to C/2, LN, GELU, 3x3/2 conv, LN) -> four stages of UniRepLKNet blocks with
     per-block kernel sizes, stages 2-4 opened by a 3x3/2 conv + LN -> global average pool -> LN -> Linear."""
 
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int]) -> ModelTraits:
+        return hierarchy(dims, reparameterizable=True)  # dilated branches merge into the large kernels
+
     def __init__(self, depths: tuple[int, ...] = (3, 3, 27, 3), dims: tuple[int, ...] = (96, 192, 384, 768),
                  kernel_sizes: tuple[tuple[int, ...], ...] | None = None, *, in_chans: int = 3,
                  num_classes: int = 1000, ls_init_value: float | None = 1e-6, head_init_scale: float = 1.0,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = UniRepLKNet.traits_for(dims=dims)
         kernel_sizes = kernel_sizes or DEFAULT_KERNEL_SIZES.get(tuple(depths))
         if kernel_sizes is None or [len(k) for k in kernel_sizes] != list(depths):
             raise ValueError(f"kernel_sizes must give one kernel size per block for depths {tuple(depths)}; "
@@ -176,28 +183,28 @@ register_family(
         "UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, Point Cloud, Time-Series and "
         "Image Recognition", "2311.15599", "AILab-CVC/UniRepLKNet"),
     spec=ArchSpec(depths="depths", widths="dims", per_block=("kernel_sizes",)), converter=convert_official,
-    card=dict(source=_SRC, macs_form="deploy"),
+    card=Card(source=_SRC, macs_form="deploy"),
     variants={
-        "unireplknet_a": variant(**_AFP, dims=(40, 80, 160, 320), card=dict(
+        "unireplknet_a": variant(**_AFP, dims=(40, 80, 160, 320), card=Card(
             params_m=4.649060, deploy_params_m=4.437300, macs_g=0.6, top1=77.0, notes=_IN1K)),
-        "unireplknet_f": variant(**_AFP, dims=(48, 96, 192, 384), card=dict(
+        "unireplknet_f": variant(**_AFP, dims=(48, 96, 192, 384), card=Card(
             params_m=6.489328, deploy_params_m=6.235216, macs_g=0.9, top1=78.6, notes=_IN1K)),
-        "unireplknet_p": variant(**_AFP, dims=(64, 128, 256, 512), card=dict(
+        "unireplknet_p": variant(**_AFP, dims=(64, 128, 256, 512), card=Card(
             params_m=11.080520, deploy_params_m=10.741704, macs_g=1.6, top1=80.2, drop_path_rate=0.1, notes=_IN1K)),
-        "unireplknet_n": variant(**_N, dims=(80, 160, 320, 640), card=dict(
+        "unireplknet_n": variant(**_N, dims=(80, 160, 320, 640), card=Card(
             params_m=18.818880, deploy_params_m=18.318560, macs_g=2.8, top1=81.6, drop_path_rate=0.1, notes=_IN1K)),
-        "unireplknet_t": variant(**_T, dims=(80, 160, 320, 640), card=dict(
+        "unireplknet_t": variant(**_T, dims=(80, 160, 320, 640), card=Card(
             params_m=31.693420, deploy_params_m=31.037980, macs_g=4.9, top1=83.2, drop_path_rate=0.2, notes=_IN1K)),
-        "unireplknet_s": variant(**_SBLXL, dims=(96, 192, 384, 768), card=dict(
+        "unireplknet_s": variant(**_SBLXL, dims=(96, 192, 384, 768), card=Card(
             params_m=56.456704, deploy_params_m=55.645984, macs_g=9.1, top1=83.9, drop_path_rate=0.4,
             notes=_IN1K + "; ImageNet-22k -> 1k at 384: 86.4 (26.7G MACs)")),
-        "unireplknet_b": variant(**_SBLXL, dims=(128, 256, 512, 1024), card=dict(
+        "unireplknet_b": variant(**_SBLXL, dims=(128, 256, 512, 1024), card=Card(
             params_m=99.089416, deploy_params_m=98.008456, macs_g=47.2, top1=87.4, drop_path_rate=0.2,
             notes="ImageNet-22k pre-trained at 224, fine-tuned on 1k at 384", **_FT384)),
-        "unireplknet_l": variant(**_SBLXL, dims=(192, 384, 768, 1536), card=dict(
+        "unireplknet_l": variant(**_SBLXL, dims=(192, 384, 768, 1536), card=Card(
             params_m=220.076056, deploy_params_m=218.454616, macs_g=105.4, top1=87.9, drop_path_rate=0.3,
             notes="ImageNet-22k pre-trained at 192, fine-tuned on 1k at 384", **_FT384)),
-        "unireplknet_xl": variant(**_SBLXL, dims=(256, 512, 1024, 2048), card=dict(
+        "unireplknet_xl": variant(**_SBLXL, dims=(256, 512, 1024, 2048), card=Card(
             params_m=388.690984, deploy_params_m=386.529064, macs_g=187.0, top1=88.0, drop_path_rate=0.3,
             notes="ImageNet-22k pre-trained at 192, fine-tuned on 1k at 384", **_FT384)),
     })

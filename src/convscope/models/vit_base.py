@@ -4,10 +4,10 @@ units (blocks or groups of blocks) tapped for stage-like feature maps -> token p
 `ConvScopeModel` assumes stem -> stages -> pooled head; these networks carry class tokens, add an absolute
 position embedding sized for one input and classify from tokens, so the contract is written once here:
 
-- `forward_features` returns tokens (B, N, C) (`features_fmt = "NLC"`), `forward_head(tokens, pre_logits)` the
+- `forward_features` returns tokens (B, N, C) (`traits.features_fmt == "NLC"`), `forward_head(tokens, pre_logits)` the
   logits; `forward_intermediates` and `features_only` give NCHW maps at the units listed in `tap_units` (patch
   tokens only, reshaped at the patch stride, as timm does for ViTs).
-- inputs must be multiples of `input_multiple` (ValueError naming the constraint); position embeddings are
+- inputs must be multiples of `traits.input_multiple` (ValueError naming the constraint); position embeddings are
   resampled to the input's token grid with `resample_pos_embed` (bicubic with antialiasing, as timm's
   `resample_abs_pos_embed`; ONNX needs opset 18 for an antialiased Resize).
 
@@ -63,9 +63,6 @@ class Block(nn.Module):
 class TokenModel(ConvScopeModel):
     """Base of the token models (see the module docstring)."""
 
-    features_fmt = "NLC"
-    #: Input sides must be multiples of this (the patch stride, times any later downsampling).
-    input_multiple: int = 16
     #: Attribute holding the units (blocks or groups of blocks) that `forward_intermediates` walks.
     units_name: str = "blocks"
 
@@ -78,7 +75,7 @@ class TokenModel(ConvScopeModel):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         h, w = x.shape[-2:]
-        m = self.input_multiple
+        m = self.traits.input_multiple
         if h % m or w % m:
             raise ValueError(f"{self.model_name} needs H and W multiples of {m} (its patch stride); got {h}x{w}")
 

@@ -13,6 +13,8 @@ class and per-token logits for a token-labelling loss). As in timm/official, Out
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +22,8 @@ from torch import nn
 from ..layers import Mlp, drop_path_or_identity, init_trunc_normal
 from ..layers.mixers.attention import Attention
 from ..layers.mixers.outlook_attention import OutlookAttention
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits
 from .vit_base import Block, TokenModel, resample_pos_embed
 
 
@@ -102,7 +105,15 @@ class VOLO(TokenModel):
     class-attention blocks -> LN -> class head (+ 0.5 x the max of the token-labelling head at evaluation)."""
 
     units_name = "network"
-    min_input_size = (32, 32)
+
+    @classmethod
+    def traits_for(cls, *, embed_dims: Sequence[int], patch_size: int) -> ModelTraits:
+        """The Outlooker stage at the patch stride, the transformer stages at twice it; the features are the
+        tokens after the class-attention blocks, class first."""
+        return ModelTraits(channels=tuple(embed_dims), reductions=(patch_size,) + (patch_size * 2,) * 3,
+                           taps=("network.0", "network.2", "network.3", "network.4"), num_features=embed_dims[-1],
+                           input_multiple=patch_size * 2, features_fmt="NLC", num_prefix_tokens=1,
+                           reparameterizable=True)
 
     def __init__(self, layers: tuple[int, ...] = (4, 4, 8, 2), embed_dims: tuple[int, ...] = (192, 384, 384, 384),
                  head_dims: tuple[int, ...] = (32, 32, 32, 32), *, img_size: int | tuple[int, int] = 224,
@@ -110,6 +121,7 @@ class VOLO(TokenModel):
                  mlp_ratio: float = 3.0, qkv_bias: bool = False, outlook_kernel: int = 3, num_post_layers: int = 2,
                  use_aux_head: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = VOLO.traits_for(embed_dims=embed_dims, patch_size=patch_size)
         if len(layers) != 4 or len(embed_dims) != 4 or len(head_dims) != 4:
             raise ValueError("layers, embed_dims and head_dims need 4 entries; "
                              f"got {layers}, {embed_dims}, {head_dims}")
@@ -119,11 +131,11 @@ class VOLO(TokenModel):
             if d % hd:
                 raise ValueError(f"each width must be a multiple of its head dim; got {embed_dims} and {head_dims}")
         heads = [d // hd for d, hd in zip(embed_dims, head_dims, strict=False)]
-        self.input_multiple = patch_size * 2
         img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         dim = embed_dims[-1]
         self.patch_embed = PatchEmbed(in_chans, stem_hidden_dim, embed_dims[0], patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, img[0] // self.input_multiple, img[1] // self.input_multiple, dim))
+        m = self.traits.input_multiple
+        self.pos_embed = nn.Parameter(torch.zeros(1, img[0] // m, img[1] // m, dim))
         total = sum(layers)
         dpr = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]
         self.network = nn.ModuleList([
@@ -229,29 +241,29 @@ _CROP_NOTE = "timm's config has crop_pct 1.15 (resize above the crop size), whic
 register_family(
     "volo", VOLO, paper=Paper("VOLO: Vision Outlooker for Visual Recognition", "2106.13112", "sail-sg/volo"),
     spec=ArchSpec(depths="layers", widths="embed_dims", width_quantum=lambda arch, i: arch["head_dims"][i],
-                  input_multiple=16, at_input_size=lambda arch, hw: dict(img_size=tuple(hw))),
-    timm=True, card=dict(source=_SRC, crop_pct=0.96),
+                  input_step=16, at_input_size=lambda arch, hw: dict(img_size=tuple(hw))),
+    timm=True, card=Card(source=_SRC, crop_pct=0.96),
     variants={
-        "volo_d1_224": variant(**_D1, img_size=224, card=dict(params_m=26.63, macs_g=6.94, top1=84.2,
+        "volo_d1_224": variant(**_D1, img_size=224, card=Card(params_m=26.63, macs_g=6.94, top1=84.2,
                                                               drop_path_rate=0.1)),
-        "volo_d1_384": variant(**_D1, img_size=384, card=dict(params_m=26.78, macs_g=22.75, top1=85.2, crop_pct=1.0,
+        "volo_d1_384": variant(**_D1, img_size=384, card=Card(params_m=26.78, macs_g=22.75, top1=85.2, crop_pct=1.0,
                                                               input_size=(3, 384, 384))),
-        "volo_d2_224": variant(**_D2, img_size=224, card=dict(params_m=58.68, macs_g=14.34, top1=85.2,
+        "volo_d2_224": variant(**_D2, img_size=224, card=Card(params_m=58.68, macs_g=14.34, top1=85.2,
                                                               drop_path_rate=0.2)),
-        "volo_d2_384": variant(**_D2, img_size=384, card=dict(params_m=58.87, macs_g=46.17, top1=86.0, crop_pct=1.0,
+        "volo_d2_384": variant(**_D2, img_size=384, card=Card(params_m=58.87, macs_g=46.17, top1=86.0, crop_pct=1.0,
                                                               input_size=(3, 384, 384))),
-        "volo_d3_224": variant(**_D3, img_size=224, card=dict(params_m=86.33, macs_g=20.78, top1=85.4,
+        "volo_d3_224": variant(**_D3, img_size=224, card=Card(params_m=86.33, macs_g=20.78, top1=85.4,
                                                               drop_path_rate=0.5)),
-        "volo_d3_448": variant(**_D3, img_size=448, card=dict(params_m=86.63, macs_g=96.33, top1=86.3, crop_pct=1.0,
+        "volo_d3_448": variant(**_D3, img_size=448, card=Card(params_m=86.63, macs_g=96.33, top1=86.3, crop_pct=1.0,
                                                               input_size=(3, 448, 448))),
-        "volo_d4_224": variant(**_D4, img_size=224, card=dict(params_m=192.96, macs_g=44.34, top1=85.7,
+        "volo_d4_224": variant(**_D4, img_size=224, card=Card(params_m=192.96, macs_g=44.34, top1=85.7,
                                                               drop_path_rate=0.5)),
-        "volo_d4_448": variant(**_D4, img_size=448, card=dict(params_m=193.41, macs_g=197.1, top1=86.8, crop_pct=1.0,
+        "volo_d4_448": variant(**_D4, img_size=448, card=Card(params_m=193.41, macs_g=197.1, top1=86.8, crop_pct=1.0,
                                                               input_size=(3, 448, 448), notes=_CROP_NOTE)),
-        "volo_d5_224": variant(**_D5, img_size=224, card=dict(params_m=295.46, macs_g=72.40, top1=86.1,
+        "volo_d5_224": variant(**_D5, img_size=224, card=Card(params_m=295.46, macs_g=72.40, top1=86.1,
                                                               drop_path_rate=0.75)),
-        "volo_d5_448": variant(**_D5, img_size=448, card=dict(params_m=295.91, macs_g=315.1, top1=87.0, crop_pct=1.0,
+        "volo_d5_448": variant(**_D5, img_size=448, card=Card(params_m=295.91, macs_g=315.1, top1=87.0, crop_pct=1.0,
                                                               input_size=(3, 448, 448), notes=_CROP_NOTE)),
-        "volo_d5_512": variant(**_D5, img_size=512, card=dict(params_m=296.09, macs_g=425.1, top1=87.1, crop_pct=1.0,
+        "volo_d5_512": variant(**_D5, img_size=512, card=Card(params_m=296.09, macs_g=425.1, top1=87.1, crop_pct=1.0,
                                                               input_size=(3, 512, 512), notes=_CROP_NOTE)),
     })

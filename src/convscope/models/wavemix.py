@@ -11,6 +11,7 @@ except for the level-4 network, which takes multiples of 32 (see `WaveMix.__init
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from torch import nn
 from ..layers import ClassifierHead, drop_path_or_identity
 from ..layers.mixers.wavemix import WaveBlock
 from .base import ConvScopeModel
-from .registry import ArchSpec, Paper, register_family, variant
+from .registry import ArchSpec, Card, Paper, register_family, variant
+from .traits import ModelTraits
 
 
 class WaveMixBlock(nn.Module):
@@ -40,14 +42,24 @@ class WaveMix(ConvScopeModel):
     Isotropic: the blocks are grouped (default 4 groups of 4) so that feature extraction has several taps, all
     at the stem's resolution and one width (`dims` entries must be equal)."""
 
-    #: the block groups are feature taps at one resolution, not a hierarchy (checked by tests/models/test_contract.py)
-    isotropic = True
+    @classmethod
+    def traits_for(cls, *, dims: Sequence[int], level: int, stem: str, patch_size: int, stride: int) -> ModelTraits:
+        """Isotropic: every block group is a tap at the stem's stride. The official code needs input sides that
+        are multiples of that stride times 2**level; the level-4 strided network (64) also takes multiples of 32
+        here, its deepest DWT zero-padding the map (pywt's 'zero' mode) and cropping the result."""
+        reduction = patch_size if stem == "patchify" else stride * stride
+        m = min(reduction * 2 ** level, 32)
+        return ModelTraits(channels=tuple(dims), reductions=(reduction,) * len(dims),
+                           taps=tuple(f"stages.{i}" for i in range(len(dims))), num_features=dims[-1],
+                           min_input_size=(m, m), input_multiple=m, reparameterizable=True)
 
     def __init__(self, depths: tuple[int, ...] = (4, 4, 4, 4), dims: tuple[int, ...] = (192,) * 4, *, level: int = 3,
                  mult: int = 2, ff_channel: int | None = None, dropout: float = 0.5, stem: str = "patchify",
                  patch_size: int = 4, stride: int = 2, in_chans: int = 3, num_classes: int = 1000,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__(in_chans, num_classes)
+        self.traits = WaveMix.traits_for(dims=dims, level=level, stem=stem, patch_size=patch_size,
+                                         stride=stride)
         if len(depths) != len(dims) or len(set(dims)) != 1:
             raise ValueError(f"WaveMix's block groups share one width: depths and dims need one entry per group and "
                              f"equal dims; got {depths} and {dims}")
@@ -62,10 +74,6 @@ class WaveMix(ConvScopeModel):
             reduction = stride * stride
         else:
             raise ValueError(f"stem must be 'patchify' or 'strided'; got {stem!r}")
-        # the official code needs multiples of reduction * 2^level; the level-4 strided network (64) also takes
-        # multiples of 32 here, its deepest DWT zero-padding the map (pywt's 'zero' mode) and cropping the result
-        self.input_multiple = min(reduction * 2 ** level, 32)
-        self.min_input_size = (self.input_multiple, self.input_multiple)
         self.build_stages(depths, dims, drop_path_rate, downsample=lambda i: None, stem_reduction=reduction,
                           block=lambda i, j, dp: WaveMixBlock(dim, level, mult, ff_channel, dropout, dp))
         for info in self.feature_info:  # isotropic: every group at the stem's resolution
@@ -75,7 +83,7 @@ class WaveMix(ConvScopeModel):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         h, w = x.shape[-2:]
-        m = self.input_multiple
+        m = self.traits.input_multiple
         if h % m or w % m:
             raise ValueError(f"{self.model_name} needs H and W multiples of {m}; got {h}x{w}")
 
@@ -115,19 +123,19 @@ _NOTE = ("MACs: not published in the official repository (the paper's figures ar
 register_family(
     "wavemix", WaveMix, paper=Paper("WaveMix: A Resource-efficient Neural Network for Image Analysis", "2205.14375",
                                     "pranavphoenix/WaveMix"),
-    spec=ArchSpec(depths="depths", widths="dims", width_quantum=8, input_multiple=32), converter=convert_official,
-    card=dict(input_size=(3, 256, 256), notes=_NOTE),
+    spec=ArchSpec(depths="depths", widths="dims", width_quantum=8, input_step=32), converter=convert_official,
+    card=Card(input_size=(3, 256, 256), notes=_NOTE),
     variants={
-        "wavemix_192_16_l3": variant(depths=(4, 4, 4, 4), dims=(192,) * 4, level=3, card=dict(
+        "wavemix_192_16_l3": variant(depths=(4, 4, 4, 4), dims=(192,) * 4, level=3, card=Card(
             params_m=27.858, macs_g=None, top1=75.06,
             source=_SRC.format(file="wavemix_28M_75.06.py"))),
-        "wavemix_192_16_l1": variant(depths=(4, 4, 4, 4), dims=(192,) * 4, level=1, card=dict(
+        "wavemix_192_16_l1": variant(depths=(4, 4, 4, 4), dims=(192,) * 4, level=1, card=Card(
             params_m=12.495, macs_g=None, top1=71.18,
             source=_SRC.format(file="wavemix_12M_71.18.py"))),
-        "wavemix_256_16_l3": variant(depths=(4, 4, 4, 4), dims=(256,) * 4, level=3, card=dict(
+        "wavemix_256_16_l3": variant(depths=(4, 4, 4, 4), dims=(256,) * 4, level=3, card=Card(
             params_m=49.417, macs_g=None, top1=73.03,
             source=_SRC.format(file="wavemix_73.py"))),
-        "wavemix_256_16_l4": variant(depths=(4, 4, 4, 4), dims=(256,) * 4, level=4, stem="strided", card=dict(
+        "wavemix_256_16_l4": variant(depths=(4, 4, 4, 4), dims=(256,) * 4, level=4, stem="strided", card=Card(
             params_m=62.765, macs_g=None, top1=70.42,
             source=_SRC.format(file="wavemix_level4_imagenet_70.42.py"))),
     })

@@ -18,7 +18,7 @@ from torch import nn
 from ..data.loaders import Loader
 from ..extras import available, missing_message
 from ..files import atomic_write_json, check_output_dir, clean_temp_files
-from ..models import create_model, model_card
+from ..models import ModelTraits, create_model, model_card, model_traits
 from ..utils import set_threads
 from .budget import FitTimeBudget
 from .callbacks import EMA, Checkpointing, Evaluation, Metrics, Progress
@@ -53,21 +53,25 @@ def train(cfg: TrainConfig) -> TrainResult:
         torch.set_num_threads(threads)
 
 
-def _probe(cfg: TrainConfig) -> nn.Module:
-    """The model built on the meta device, for what the data pipeline asks of it (input sizes, strides); a
-    ValueError naming --model-kwargs when they do not build it."""
+def _traits(cfg: TrainConfig) -> ModelTraits:
+    """The variant's facts the data pipeline reads (input sizes, strides), from the registry without building the
+    model; a ValueError naming --model-kwargs when the family does not take them."""
     reserved = sorted(set(cfg.model_kwargs) & RESERVED_KWARGS)
     if reserved:
         raise ValueError(f"--model-kwargs may not set {reserved}: the run sets them (from the data, or "
                          "--drop-path / --drop-rate / --in-chans)")
     try:
-        with torch.device("meta"):
-            return create_model(cfg.model, **cfg.model_kwargs)
-    except Exception as e:  # the constructor's own complaint about a user's keyword arguments
-        if not cfg.model_kwargs:
-            raise
-        raise ValueError(f"--model-kwargs {json.dumps(cfg.model_kwargs)} do not build {cfg.model}: "
-                         f"{type(e).__name__}: {e}") from None
+        return model_traits(cfg.model, **cfg.model_kwargs)
+    except (TypeError, ValueError) as e:
+        raise _kwargs_error(cfg, e) from None
+
+
+def _kwargs_error(cfg: TrainConfig, e: Exception) -> Exception:
+    """The constructor's own complaint about a user's --model-kwargs, in one line naming them."""
+    if not cfg.model_kwargs:
+        return e
+    return ValueError(f"--model-kwargs {json.dumps(cfg.model_kwargs)} do not build {cfg.model}: "
+                      f"{type(e).__name__}: {e}")
 
 
 def _model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple[nn.Module, dict]:
@@ -77,8 +81,11 @@ def _model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple[nn.M
     drop_path = card.drop_path_rate if cfg.drop_path is None else cfg.drop_path
     extra = {} if cfg.drop_rate is None else dict(drop_rate=cfg.drop_rate)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(spec.classes), in_chans=spec.in_chans,
-                         drop_path_rate=drop_path, **cfg.model_kwargs, **extra)
+    try:
+        model = create_model(cfg.model, num_classes=len(spec.classes), in_chans=spec.in_chans,
+                             drop_path_rate=drop_path, **cfg.model_kwargs, **extra)
+    except Exception as e:  # noqa: BLE001 - the constructor's own complaint, whatever its type
+        raise _kwargs_error(cfg, e) from None
     pruning = None
     if cfg.init_from is not None:   # start from given weights (a pruned model takes its pruned widths)
         from .init import init_from_
@@ -127,7 +134,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
 
     # -- data, model, task -------------------------------------------------------------------------------------
     with timer("setup"):   # reading the data, building the model
-        spec = build_data(cfg, _probe(cfg), console)
+        spec = build_data(cfg, _traits(cfg), console)
         cfg, defaults_line = resolve_defaults(cfg, spec, dist.world_size)
         train_loader, eval_loader = make_loaders(cfg, spec, dist)
         model, meta = _model(cfg, spec, dist.device)

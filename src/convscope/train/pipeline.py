@@ -4,15 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
-
 from ..data.datasets import IndexSubset, TensorImageDataset, cache_fits
 from ..data.loaders import Loader
 from ..data.mixing import MixupCutMix
 from ..data.open import DataFacts, OpenedData, SyntheticOptions, open_dataset, probe_data
 from ..data.sizes import decide_input_size
 from ..data.transforms import EvalTransform, RandAugmentLite, TrainTransform
-from ..models import model_card
+from ..models import ModelTraits, model_card
 from .config import TrainConfig
 from .distributed import DistInfo
 from .report import Console
@@ -36,16 +34,12 @@ class DataSpec:
     size_note: str = ""   # why the input size differs from the native size, for the data-aware defaults line
 
 
-def model_size_facts(name: str, probe: nn.Module) -> dict[str, Any]:
-    """The variant's facts `decide_input_size` reads, from a model built on the meta device and its card.
-
-    To be replaced by `convscope.models.model_traits(name)`, which gives them without building a model."""
-    info = getattr(probe, "feature_info", None) or []
-    reductions = [int(f["reduction"]) for f in info if isinstance(f, dict) and f.get("reduction")]
-    fixed = getattr(probe, "fixed_input_size", None)
-    return dict(name=getattr(probe, "model_name", name), min_side=max(getattr(probe, "min_input_size", (1, 1))),
-                fixed=None if fixed is None else tuple(fixed), multiple=getattr(probe, "input_multiple", 1),
-                card_side=max(model_card(name).input_size[1:]), last_stride=reductions[-1] if reductions else 0)
+def model_size_facts(name: str, traits: ModelTraits) -> dict[str, Any]:
+    """The variant's facts `decide_input_size` reads: its traits (from the registry, nothing built) and its card's
+    input side."""
+    return dict(name=model_card(name).name, min_side=max(traits.min_input_size), fixed=traits.fixed_input_size,
+                multiple=traits.input_multiple, card_side=max(model_card(name).input_size[1:]),
+                last_stride=traits.reductions[-1] if traits.reductions else 0)
 
 
 def _normalisation(cfg: TrainConfig, facts: DataFacts, opened: OpenedData, in_chans: int) -> tuple[tuple, tuple]:
@@ -62,10 +56,10 @@ def _normalisation(cfg: TrainConfig, facts: DataFacts, opened: OpenedData, in_ch
     return (round(sum(pre.mean) / 3, 4),), (round(sum(pre.std) / 3, 4),)
 
 
-def build_data(cfg: TrainConfig, probe: nn.Module, console: Console | None = None) -> DataSpec:
+def build_data(cfg: TrainConfig, traits: ModelTraits, console: Console | None = None) -> DataSpec:
     """Datasets for `cfg.data` (any spec `open_dataset` takes) with the input size chosen for the model and data
     (`decide_input_size`), the load size, crop and normalisation."""
-    card_facts = model_size_facts(cfg.model, probe)
+    card_facts = model_size_facts(cfg.model, traits)
     synth = SyntheticOptions(cfg.synthetic_size, cfg.synthetic_classes, cfg.synthetic_image_size)
     facts = probe_data(cfg.data, synth)
     native = facts.native_size

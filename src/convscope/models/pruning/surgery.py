@@ -228,6 +228,7 @@ def slim_stage_(model: nn.Module, g: StageGroup, keep: torch.Tensor) -> None:
     info = getattr(model, "feature_info", None)
     if isinstance(info, list) and i < len(info) and isinstance(info[i], dict):
         info[i]["num_chs"] = len(keep)
+    model.traits = model.traits.with_stage_width(i, len(keep))
     if i == len(model.stages) - 1:
         model.num_features = len(keep)
         if hasattr(model.head, "in_features"):
