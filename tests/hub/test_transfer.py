@@ -86,3 +86,42 @@ def test_pretrained_cfg_layers_match_timm_names():
     assert hub.pretrained_cfg_layers("crossvit_9_240") == {
         "first_conv": ("patch_embed.0.proj", "patch_embed.1.proj"), "classifier": ("head.0", "head.1")}
     assert hub.pretrained_cfg_layers("caformer_s18")["classifier"] == "head.fc.fc2"
+
+
+def test_create_model_fine_tunes_from_a_file_for_other_classes_and_channels(atto_file):
+    """`create_model(name, pretrained=FILE, num_classes=10, in_chans=1)`: the classifier fresh, the stem adapted
+    (summed over RGB), everything else the file's, and the pretrained_cfg names both layers."""
+    rgb, path = atto_file
+    model = convscope.create_model("convnext_atto", pretrained=path, num_classes=10, in_chans=1).eval()
+    assert model.pretrained_cfg["first_conv"] == "stem.0" and model.pretrained_cfg["classifier"] == "head.fc"
+    assert torch.equal(model.stem[0].weight, rgb.stem[0].weight.sum(1, keepdim=True))
+    ours, theirs = model.state_dict(), rgb.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if not k.startswith(("head.fc.", "stem.0.weight")))
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 10)
+
+
+def test_create_model_takes_a_release_tag_from_the_cache(atto_file, caches):
+    """A tag resolves through the registry to the cached file (offline: nothing is fetched)."""
+    rgb, path = atto_file
+    release = hub.find_release("convnext_atto")
+    hub.import_file(path, release.tag)                  # "convnext_atto.d2_in1k"
+    hub.set_offline(True)
+    try:
+        model = convscope.create_model("convnext_atto", pretrained=release.tag.split(".", 1)[1])
+    finally:
+        hub.set_offline(False)
+    assert all(torch.equal(v, rgb.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_every_family_names_its_first_conv_and_classifier():
+    """create_model's pretrained_cfg agrees with the names found on a 3-channel, 1000-class build, for the smallest
+    variant of every family."""
+    smallest: dict[str, str] = {}
+    for name in convscope.list_models():
+        smallest.setdefault(convscope.model_card(name).family, name)
+    for name in smallest.values():
+        with torch.device("meta"):
+            model = convscope.create_model(name)
+        cfg = model.pretrained_cfg
+        assert {"first_conv": cfg["first_conv"], "classifier": cfg["classifier"]} == hub.pretrained_cfg_layers(name)
+        assert cfg["first_conv"] is not None and cfg["classifier"] is not None, name

@@ -35,10 +35,10 @@ def test_unknown_name_suggests_closest():
         model_card("resnet9000")
 
 
-def test_pretrained_must_be_a_path():
-    with pytest.raises(ValueError, match="path of a local weights file"):
-        convscope.create_model("convnext_atto", pretrained=True)
-    with pytest.raises(FileNotFoundError):
+def test_pretrained_takes_a_release_or_a_file():
+    with pytest.raises(TypeError, match="pretrained must be True, a release tag, 'hf-hub:org/repo', a URL or a file"):
+        convscope.create_model("convnext_atto", pretrained=3)
+    with pytest.raises(ValueError, match="no weights file at /nonexistent/weights.safetensors"):
         convscope.create_model("convnext_atto", pretrained="/nonexistent/weights.safetensors")
 
 

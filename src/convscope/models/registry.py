@@ -19,8 +19,10 @@ import fnmatch
 import inspect
 import math
 import numbers
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -428,13 +430,17 @@ def check_create_arguments(num_classes: Any, in_chans: Any, drop_path_rate: Any,
             raise ValueError(f"img_size must be positive; got {size}")
 
 
-def create_model(name: str, *, pretrained: str | None = None, num_classes: int = 1000, in_chans: int = 3,
+def create_model(name: str, *, pretrained: bool | str | os.PathLike | None = None, num_classes: int = 1000,
+                 in_chans: int = 3,
                  drop_path_rate: float | None = None, features_only: bool = False,
                  out_indices: tuple[int, ...] | None = None, deploy: bool = False, **kwargs: Any) -> nn.Module:
     """Build a registered model (timm's signature).
 
-    pretrained: path to a local safetensors or weights-only torch file (nothing is downloaded); loaded with
-        `load_checkpoint(source="auto")` before any feature extraction wrapping.
+    pretrained: trained weights, loaded before any feature extraction wrapping: True (the variant's default
+        release, docs/weights.md), a release tag ("fb_in1k" or "convnext_tiny.fb_in1k"), "hf-hub:org/repo", a URL,
+        or a local safetensors / weights-only torch file (timm's, the official repository's or ours). Downloads go
+        to the standard caches (HF_HOME, TORCH_HOME). A classifier for another `num_classes` is re-initialised and
+        an input convolution for another `in_chans` adapted, each said in one logged line.
     drop_path_rate: stochastic depth for training; None means 0 (the ModelCard has the paper's value).
     features_only: return a backbone whose forward gives the stage maps selected by `out_indices`.
     deploy: build the re-parameterised inference form (merged kernels, folded BatchNorms). It is built in its
@@ -448,23 +454,41 @@ def create_model(name: str, *, pretrained: str | None = None, num_classes: int =
 
     entry = _MODELS[resolve_name(name)]
     check_create_arguments(num_classes, in_chans, drop_path_rate, kwargs)
-    if pretrained is not None and not isinstance(pretrained, (str, bytes)) and not hasattr(pretrained, "__fspath__"):
-        raise ValueError("pretrained must be the path of a local weights file (nothing is downloaded at run "
-                         f"time); got {pretrained!r}")
+    if pretrained is not None and not isinstance(pretrained, (bool, str)) and not hasattr(pretrained, "__fspath__"):
+        raise TypeError("pretrained must be True, a release tag, 'hf-hub:org/repo', a URL or a file path; "
+                        f"got {type(pretrained).__name__}")
     model = entry.build(num_classes=num_classes, in_chans=in_chans,
                           drop_path_rate=0.0 if drop_path_rate is None else float(drop_path_rate), **kwargs)
     card = entry.card
     model.model_name = card.name
     model.card = card
     model.pretrained_cfg = dict(  # what timm's data helpers read
-        card.pretrained_cfg.to_dict(), num_classes=num_classes, first_conv=None, classifier=None)
-    if pretrained is not None:
-        load_checkpoint(model, pretrained, match_reparam_form=deploy)
+        card.pretrained_cfg.to_dict(), num_classes=num_classes, **transfer_names(model, num_classes, in_chans))
+    if deploy and pretrained not in (None, False, True) and Path(os.fspath(pretrained)).is_file():
+        load_checkpoint(model, pretrained, match_reparam_form=True)   # a file in any form (train, deploy, official)
+    elif pretrained not in (None, False):
+        from .pretrained import load_pretrained
+
+        load_pretrained(model, card.name, pretrained, num_classes=num_classes, in_chans=in_chans)
     if deploy:
         reparameterize_(model)
     if features_only:
         model = FeatureExtractor(model, out_indices)
     return model
+
+
+def transfer_names(model: nn.Module, num_classes: int, in_chans: int) -> dict[str, str | tuple[str, ...] | None]:
+    """timm's `first_conv` and `classifier` of a built model: the dense convolutions that read the image and the
+    head's Linear layers that give class scores (one name as a string, several as a tuple)."""
+    convs = tuple(n for n, m in model.named_modules()
+                  if isinstance(m, nn.Conv2d) and m.in_channels == in_chans and m.groups == 1)
+    heads = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
+                  and "head" in n)
+
+    def one(names: tuple[str, ...]) -> str | tuple[str, ...] | None:
+        return None if not names else names[0] if len(names) == 1 else names
+
+    return {"first_conv": one(convs), "classifier": one(heads)}
 
 
 def resolve_model(model: nn.Module | str, *, device: str | None = None, what: str = "model") -> tuple[nn.Module, str]:
