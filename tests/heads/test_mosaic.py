@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 
 from convscope.data.mosaic import (
-                                   FOREGROUND,
-                                   SPLITS,
-                                   SegmentationFolder,
-                                   _source,
-                                   make_mosaics,
-                                   write_mosaics,
+    FOREGROUND,
+    SPLITS,
+    SegmentationFolder,
+    _source,
+    make_mosaics,
+    write_mosaics,
 )
 
 SIZE = (48, 64)

@@ -7,19 +7,19 @@ from .grn import GlobalResponseNorm
 from .helpers import checkpoint_seq, drop_path_rates, init_trunc_normal, make_divisible, scale_classifier_, to_2tuple
 from .layer_scale import LayerScale, layer_scale, layer_scale_parameter
 from .mixers import (
-                      MIXERS,
-                      Attention,
-                      DilatedReparamBlock,
-                      GlobalLocalFilter,
-                      GnConv,
-                      IdentityMixer,
-                      InceptionDWConv2d,
-                      Pooling,
-                      RandomMixing,
-                      RelPosWindowAttention,
-                      ReparamLargeKernelConv,
-                      SepConv,
-                      get_mixer,
+    MIXERS,
+    Attention,
+    DilatedReparamBlock,
+    GlobalLocalFilter,
+    GnConv,
+    IdentityMixer,
+    InceptionDWConv2d,
+    Pooling,
+    RandomMixing,
+    RelPosWindowAttention,
+    ReparamLargeKernelConv,
+    SepConv,
+    get_mixer,
 )
 from .mlp import ConvMlp, GlobalResponseNormMlp, Mlp, MlpHead
 from .norm import GroupNorm1, LayerNorm, LayerNorm2d
