@@ -153,14 +153,17 @@ def save_model_file(path: str | os.PathLike, state_dict: Mapping[str, torch.Tens
     return save_weights(state_dict, path, metadata={META_KEY: json.dumps(dict(meta, format=WEIGHTS_FORMAT))})
 
 
-def _file_metadata(path: Path) -> dict[str, str]:
+def file_metadata(path: Path, where: str = "") -> dict[str, str]:
+    """A safetensors file's string metadata; FileNotFoundError / ValueError in one line (prefixed by `where`, e.g.
+    the flag that named the file) when there is no such file or it is not safetensors."""
+    prefix = f"{where}: " if where else ""
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise FileNotFoundError(f"{prefix}no {'weights' if where else 'checkpoint'} file at {path}")
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:  # noqa: BLE001 - safetensors' own error types
-        raise ValueError(f"{path} is not a safetensors file ({e})") from None
+        raise ValueError(f"{prefix}{path} is not a safetensors file ({e})") from None
 
 
 def read_meta(path: str | os.PathLike, *, registered: bool = True) -> dict[str, Any]:
@@ -168,7 +171,7 @@ def read_meta(path: str | os.PathLike, *, registered: bool = True) -> dict[str, 
     hold. `registered=False` reads a training checkpoint's, whose model the resuming run builds from its own
     config (a task's model need not be a registered name)."""
     path = Path(path)
-    raw = _file_metadata(path).get(META_KEY)
+    raw = file_metadata(path).get(META_KEY)
     if raw is None:
         raise ValueError(f"{path} has no convscope metadata: give a weights file written by `convscope train` "
                          "(best.safetensors, last.safetensors or a checkpoint's model.safetensors)")
@@ -191,7 +194,7 @@ def is_pruned(path: str | os.PathLike) -> dict[str, Any] | None:
     if not (p.is_file() and p.suffix == ".safetensors"):
         return None
     try:
-        raw = _file_metadata(p).get(PRUNING_KEY)
+        raw = file_metadata(p).get(PRUNING_KEY)
     except ValueError:  # not a safetensors file: the caller's loader says so
         return None
     if raw is None:

@@ -19,28 +19,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from ..models.pruning import PRUNING_KEY, apply_spec_
 from ..models.registry import model_card
-from ..models.source import META_KEY, check_finite, is_pruned, read_meta
-
-
-def _file_meta(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"--init-from: no weights file at {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # noqa: BLE001 - safetensors' own error types
-        raise ValueError(f"--init-from: {path} is not a safetensors file ({e})") from None
+from ..models.source import META_KEY, check_finite, file_metadata, is_pruned, read_meta
 
 
 def _described(path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
     """(what the file is, its model / num_classes / in_chans, its pruning spec or None), all checked."""
-    raw = _file_meta(path)
+    raw = file_metadata(path, "--init-from")
     if PRUNING_KEY in raw:
         spec = is_pruned(path)
         return "pruned model", {k: spec.get(k) for k in ("model", "num_classes", "in_chans")}, spec
