@@ -22,12 +22,23 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
 
+if TYPE_CHECKING:
+    from PIL import Image
+from ..extras import require
 from ..files import atomic_write_bytes, check_output_dir
+
+
+def _pil():
+    """PIL.Image, or one line naming the extra that installs Pillow (the core install has none)."""
+    require("PIL", "segmentation mosaics and image folders")
+    from PIL import Image
+
+    return Image
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 #: Class names of the mosaic task: background, then Fashion-MNIST's ten classes (label = Fashion-MNIST label + 1).
@@ -81,7 +92,8 @@ def _draw(canvas: np.ndarray, mask: np.ndarray, item: np.ndarray, label: int, rn
     """Scale `item`, place it at a random position inside the canvas, draw its foreground over canvas and mask."""
     h, w = canvas.shape
     side = min(h, w, max(8, round(28 * rng.uniform(*scale))))
-    pixels = np.asarray(Image.fromarray(item).resize((side, side), Image.BILINEAR))
+    pil = _pil()
+    pixels = np.asarray(pil.fromarray(item).resize((side, side), pil.BILINEAR))
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     fg = pixels > FOREGROUND
     canvas[y:y + side, x:x + side][fg] = pixels[fg]
@@ -114,7 +126,7 @@ def make_mosaics(split: str, count: int, *, size: tuple[int, int] = (96, 128), i
 
 def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
+    _pil().fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -132,10 +144,11 @@ def write_mosaics(out_dir: str | os.PathLike, split: str, count: int, **options)
 
 
 def _open(path: Path) -> Image.Image:
+    pil = _pil()
     try:
-        image = Image.open(path)
+        image = pil.open(path)
         image.load()
-    except (OSError, Image.DecompressionBombError) as e:
+    except (OSError, pil.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
     return image
 
@@ -145,7 +158,7 @@ def _check_pair(image_path: Path, mask_path: Path, num_classes: int, ignore_inde
     mask = _open(mask_path)
     if mask.mode not in ("L", "P"):
         raise ValueError(f"{mask_path}: a mask must be a single-channel PNG of class indices; got mode {mask.mode}")
-    with Image.open(image_path) as image:
+    with _pil().open(image_path) as image:
         if image.size != mask.size:
             raise ValueError(f"{mask_path}: mask is {mask.size[0]}x{mask.size[1]} (WxH) but its image "
                              f"{image_path.name} is {image.size[0]}x{image.size[1]}")
