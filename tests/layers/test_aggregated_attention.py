@@ -36,6 +36,20 @@ def test_position_tables_reproduce_the_log_spaced_offsets():
     assert len(table) == len(torch.unique(want, dim=0))
 
 
+def test_position_tables_equal_the_unique_over_all_offset_pairs():
+    # the tables are built per axis; they equal (bit for bit, same order) the unique rows over every query-key pair
+    for q, k, p in (((7, 9), (2, 3), (7, 9)), ((14, 10), (14, 10), (7, 7)), ((12, 12), (3, 3), (16, 16))):
+        qh, qw = (t.reshape(-1, 1) for t in torch.meshgrid(torch.arange(q[0] + 0.0), torch.arange(q[1] + 0.0),
+                                                            indexing="ij"))
+        pooled = [F.adaptive_avg_pool1d(torch.arange(n + 0.0)[None], m)[0] for n, m in zip(q, k, strict=True)]
+        kh, kw = (t.reshape(1, -1) for t in torch.meshgrid(*pooled, indexing="ij"))
+        rel = torch.stack([(qh - kh) / (p[0] - 1) * 8, (qw - kw) / (p[1] - 1) * 8], -1).view(-1, 2)
+        want_table, want_index = torch.unique(rel, return_inverse=True, dim=0)
+        index, table = relative_position_cpb(q, k, p)
+        assert torch.equal(index, want_index)
+        assert torch.equal(table, torch.sign(want_table) * torch.log2(want_table.abs() + 1.0) / math.log2(8))
+
+
 def _reference(attn: AggregatedAttention, x, H, W, index, table):
     """The aggregated attention written out: every query's 3x3 neighbours gathered from a zero-padded map."""
     B, N, C = x.shape

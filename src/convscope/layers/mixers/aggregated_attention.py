@@ -24,27 +24,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@torch.no_grad()
 def relative_position_cpb(query_size: tuple[int, int], key_size: tuple[int, int],
                           pretrain_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(index, table) of the continuous position bias, built on the CPU.
 
     Key positions are the average-pooled query positions; the offsets (query - key) are divided by
     (pretrain side - 1) and multiplied by 8, then log-spaced: sign(t) * log2(|t| + 1) / log2(8). `table` holds each
-    distinct offset pair once, `index` (Nq * Nk,) points into it.
+    distinct offset pair once, in lexicographic order, `index` (Nq * Nk,) points into it.
+
+    Both grids are full, so every row offset meets every column offset: the distinct pairs are the product of each
+    axis's distinct offsets, found per axis (what `torch.unique(pairs, dim=0)` over all Nq * Nk pairs returns, at
+    a fraction of its cost at 384 px).
     """
     pretrain_size = pretrain_size or query_size
-    axes = []
+    values, inverse = [], []
     for q, k, p in zip(query_size, key_size, pretrain_size, strict=False):
         aq = torch.arange(q, dtype=torch.float32, device="cpu")
         ak = F.adaptive_avg_pool1d(aq[None], k)[0]
-        axes.append((aq, ak, p))
-    (qh, kh, ph), (qw, kw, pw) = axes
-    qh, qw = (t.reshape(-1) for t in torch.meshgrid(qh, qw, indexing="ij"))
-    kh, kw = (t.reshape(-1) for t in torch.meshgrid(kh, kw, indexing="ij"))
-    rel = torch.stack([(qh[:, None] - kh[None, :]) / (ph - 1) * 8,
-                       (qw[:, None] - kw[None, :]) / (pw - 1) * 8], dim=-1).view(-1, 2)
-    table, index = torch.unique(rel, return_inverse=True, dim=0)
+        u, inv = torch.unique((aq[:, None] - ak[None, :]) / (p - 1) * 8, return_inverse=True)
+        values.append(u)
+        inverse.append(inv)
+    (uh, uw), (ih, iw) = values, inverse
+    index = (ih[:, None, :, None] * len(uw) + iw[None, :, None, :]).reshape(-1)
+    table = torch.stack(torch.meshgrid(uh, uw, indexing="ij"), dim=-1).reshape(-1, 2)
     table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
     return index, table
 
