@@ -225,17 +225,17 @@ def _refine_widths(scaler: _Scaler, first: _Candidate, target_macs: float, toler
 
     best, steps = first, 0
     while steps < max_steps and miss(best) > math.log1p(tolerance):
+        sign = 1 if best.macs < target_macs else -1  # MACs grow with every width: a step away cannot get closer
         moves = []
         for i, q in enumerate(scaler.quanta):
-            for delta in (q, -q):
-                widths = list(best.widths)
-                widths[i] += delta
-                if widths[i] < q:
-                    continue
-                try:
-                    moves.append(scaler.measure(best.knobs, best.depths, tuple(widths), best.size))
-                except ValueError:  # the family ties these widths (ConViT's one width, VOLO's stages 2-4)
-                    continue
+            widths = list(best.widths)
+            widths[i] += sign * q
+            if widths[i] < q:
+                continue
+            try:
+                moves.append(scaler.measure(best.knobs, best.depths, tuple(widths), best.size))
+            except ValueError:  # the family ties these widths (ConViT's one width, VOLO's stages 2-4)
+                continue
         nxt = min(moves, key=miss, default=best)
         if miss(nxt) >= miss(best):
             break
