@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from convscope.cli import main
-from convscope.data.mosaic import make_mosaics
+from convscope.data.mosaic import MOSAIC_CLASSES, make_mosaics, write_mosaics
 from convscope.train.dense import SegmentationMetrics, predict_logits
 from convscope.train.parts import Normalize
 from convscope.train.segmentation import load_segmenter
@@ -106,6 +106,21 @@ def test_predict_writes_overlays_of_the_image_size(run, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(overlay)[mask == 0], np.repeat(m.images[0][mask == 0, None], 3, 1))
 
 
+def test_a_folder_trains_with_pairs_resized_and_held_out(tmp_path, capsys):
+    write_mosaics(tmp_path / "data", "val", 20, size=(40, 40))    # one folder: 10% held out
+    (tmp_path / "data" / "classes.txt").write_text("\n".join(MOSAIC_CLASSES) + "\n")
+    argv = [*ARGS[:ARGS.index("--data")], "--data", str(tmp_path / "data"), "--input-size", "32", "--epochs", "1",
+            "--batch-size", "6", "--progress", "plain", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "input 1x32x32, 11 classes" in out and "(20 pairs of 32x32)" in out and "3 steps/epoch" in out
+    model, meta = load_segmenter(tmp_path / "o")
+    assert meta["input_size"] == [32, 32] and meta["class_names"] == list(MOSAIC_CLASSES)
+    assert main(["eval", "--checkpoint", str(tmp_path / "o"), "--data", str(tmp_path / "data"), "--json",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 20   # eval reads the whole folder
+
+
 def _folder(root, problem: str):
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -143,3 +158,11 @@ def test_bad_segmentation_data_is_one_line_naming_the_file(tmp_path, capsys, pro
 def test_settings_a_segmentation_run_refuses(tmp_path, capsys, extra, needle):
     assert main([*ARGS, *extra, "--out", str(tmp_path / "o")]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_a_train_folder_without_val_or_test_is_refused_in_one_line(tmp_path, capsys):
+    write_mosaics(tmp_path / "data" / "train", "train", 2, size=(32, 32))
+    argv = [*ARGS[:ARGS.index("--data")], "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has train/ but no val/ or test/ to evaluate on" in err[0], err

@@ -110,7 +110,9 @@ def _training_pairs(cfg: TrainConfig) -> tuple[PairArrays, PairArrays, tuple[str
     if cfg.data == "mosaics" or (root / "train").is_dir():
         train, classes, desc = open_segmentation(cfg.data, "train", size=size, count=cfg.data_limit,
                                                  in_chans=cfg.in_chans)
-        held = "val" if cfg.data == "mosaics" or (root / "val").is_dir() else "test"
+        held = next((s for s in ("val", "test") if cfg.data == "mosaics" or (root / s).is_dir()), None)
+        if held is None:
+            raise ValueError(f"--data {cfg.data}: has train/ but no val/ or test/ to evaluate on")
         size = tuple(train.images.shape[-2:])
         test, _, _ = open_segmentation(cfg.data, held, size=size, count=cfg.eval_limit,
                                        in_chans=train.images.shape[1])
