@@ -69,11 +69,11 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_exact(run, tmp_path):
         [{k: v for k, v in h.items() if k not in timing} for h in _history(run)]
 
 
-def _reference(checkpoint, window=None, stride=None) -> dict:
-    """dense.py's metrics of the model's own predictions on the 8 test mosaics (at the model's input size, or
-    their own 96x128 with sliding windows), computed here directly."""
+def _reference(checkpoint, n, window=None, stride=None) -> dict:
+    """dense.py's metrics of the model's own predictions on the first `n` test mosaics (at the model's input size,
+    or their own 96x128 with sliding windows), computed here directly."""
     model, meta = load_segmenter(checkpoint)
-    m = make_mosaics("test", 8, size=(32, 32) if window is None else (96, 128))
+    m = make_mosaics("test", n, size=(32, 32) if window is None else (96, 128))
     x = Normalize(meta["mean"], meta["std"])(torch.from_numpy(m.images)[:, None])
     metrics = SegmentationMetrics(11)
     with torch.inference_mode():
@@ -81,14 +81,14 @@ def _reference(checkpoint, window=None, stride=None) -> dict:
     return metrics.compute()
 
 
-@pytest.mark.parametrize("window", [None, (32, 32)])
-def test_eval_reports_dense_metrics_of_the_same_predictions(run, window, capsys):
-    extra = [] if window is None else ["--window", "32x32", "--stride", "16x16"]
+@pytest.mark.parametrize("n, window, stride", [(8, None, None), (3, (32, 32), (32, 24))])
+def test_eval_reports_dense_metrics_of_the_same_predictions(run, n, window, stride, capsys):
+    extra = [] if window is None else ["--window", "x".join(map(str, window)), "--stride", "x".join(map(str, stride))]
     assert main(["eval", "--checkpoint", str(run / "last.safetensors"), "--data", "mosaics", "--split", "test",
-                 "--limit", "8", "--json", "--device", "cpu", *extra]) == 0
+                 "--limit", str(n), "--json", "--device", "cpu", *extra]) == 0
     r = json.loads(capsys.readouterr().out)
-    ref = _reference(run / "last.safetensors", window, None if window is None else (16, 16))
-    assert r["n"] == 8 and r["miou"] == ref["miou"] and r["pixel_acc"] == ref["pixel_acc"]
+    ref = _reference(run / "last.safetensors", n, window, stride)   # 96x128 in 3 x 5 windows overlapping in width
+    assert r["n"] == n and r["miou"] == ref["miou"] and r["pixel_acc"] == ref["pixel_acc"]
     assert r["iou_per_class"] == [None if np.isnan(v) else v for v in ref["iou_per_class"].tolist()]
     assert r["confusion"] == ref["confusion"].tolist()
 
