@@ -45,6 +45,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "~15 min (~8 min with --checkpoint)", ("demo_deploy.md", "demo_deploy.json"),
         "--threads 1 --out benchmarks/results/demo_deploy",
         "Fashion-MNIST idx files (`make data`); torchao for int8 (the `deploy` extra)"),
+    "dense": Benchmark(
+        "super-resolution (ESPCN x2 and x3 against bicubic: PSNR, SSIM on the 10,000 Fashion-MNIST test images) and "
+        "segmentation (backbone x decode head on the Fashion-MNIST mosaics: mIoU, pixel accuracy), each trained "
+        "with `convscope train`; one page section per part",
+        "~4 min (--part sr); the seg sweep ~1 h, not yet run", ("dense.md",), "--part sr --threads 1",
+        "Fashion-MNIST idx files (`make data`); Pillow for the mosaics"),
     "deploy_speed": Benchmark(
         "inference time of ConvNeXt-T, InceptionNeXt-T, CAFormer-S18 and UniRepLKNet-T, batch 1 and 8: timm eager "
         "fp32 and bf16, convscope eager fp32 and after each deploy step (fold/reparam, channels_last, bf16, "

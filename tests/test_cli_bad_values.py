@@ -109,6 +109,7 @@ TRAIN = {
     "--time-budget": st.sampled_from(["0", "-1m", "x", "9q", "nan", "1e999", "0s", "m"]),
     "--keep-last": ints_below(1), "--progress": words, "--dist-timeout": floats_outside(0, None),
     "--init-from": "weights",   # a missing file, a text file, a directory, an image
+    "--task": words, "--head": words,
     "--out": None,  # filled per world: a file, under a file
     "--resume": None, "--channels-last": None, "--compile": None, "--quiet": None,
 }
@@ -160,10 +161,11 @@ COMMANDS = {
                       "--synthetic-size", "64", "--eval-limit", "8", "--epochs", "1", "--progress", "none"]),
     "eval": ({"--checkpoint": "weights", "--data": st.sampled_from(["/nonexistent", "nope"]),
               "--split": st.sampled_from(["a", "b"]), "--batch-size": ints_below(1), "--limit": ints_below(1),
-              "--workers": ints_below(0), "--device": words, "--json": None},
+              "--workers": ints_below(0), "--device": words, "--json": None,
+              "--window": LAB_SHAPE["--size"], "--stride": LAB_SHAPE["--size"]},
              ["--checkpoint", "{w}", "--data", "{data}", "--limit", "2"]),
     "predict": ({"--checkpoint": "weights", "images": "images", "--topk": ints_below(1), "--device": words,
-                 "--json": None}, ["--checkpoint", "{w}", "{img}"]),
+                 "--json": None, "--out": None}, ["--checkpoint", "{w}", "{img}"]),
     **DEPLOY,
 }
 

@@ -7,15 +7,22 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields
 
-from ..train.config import TrainConfig
+from ..heads import HEADS
+from ..heads.sr import SR_MODELS, SR_SCALES
+from ..train.config import TASKS, TrainConfig
 from . import options, values
 
 
 def _run_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     """The run options of `convscope train`."""
-    g.add_argument("--model", required=True, help="registered model name (convscope list)")
+    g.add_argument("--task", choices=TASKS, default=d.task, help="classification; segmentation (--model is the "
+                   "backbone, --head the decode head); sr (super-resolution of Fashion-MNIST, --scale the factor)")
+    g.add_argument("--model", required=True, help="registered model name (convscope list); with --task sr: "
+                   + ", ".join(SR_MODELS))
+    g.add_argument("--head", choices=tuple(HEADS), default=d.head, help="segmentation decode head")
     g.add_argument("--data", default=d.data, help="fashion-mnist, synthetic, or an image-folder directory "
-                   "(root/<class>/*.jpg, or root/train and root/val)")
+                   "(root/<class>/*.jpg, or root/train and root/val); segmentation: mosaics or a folder of "
+                   "images/ + masks/ (or train/ and val/ that hold them)")
     g.add_argument("--out", type=values.output_dir, default=d.out,
                    help="run directory (checkpoints, metrics.jsonl, curves.png)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -64,8 +71,9 @@ def _data_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--eval-limit", type=int, default=None, help="evaluate on only the first N images")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held out of a single image folder")
     g.add_argument("--crop-pct", type=float, default=None)
-    g.add_argument("--scale", type=values.numbers(2), default=None, help="random resized crop area range, e.g. 0.08,1 "
-                   "(default: data-aware; 1,1 = whole images for images of 64 pixels or less)")
+    g.add_argument("--scale", type=_scale, default=None, help="random resized crop area range, e.g. 0.08,1 "
+                   "(default: data-aware; 1,1 = whole images for images of 64 pixels or less); with --task sr: the "
+                   f"upscaling factor, one of {', '.join(map(str, SR_SCALES))} (default 2)")
     g.add_argument("--ratio", type=values.numbers(2), default=None, help="random resized crop aspect range (default: "
                    "1,1 with whole images, else 0.75,1.333)")
     g.add_argument("--hflip", type=float, default=d.hflip)
@@ -115,11 +123,33 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         add(p.add_argument_group(title), d)
 
 
+def _scale(s: str) -> tuple[float, ...]:
+    """--scale: one number (--task sr's factor) or two (the crop area range); which one the task says."""
+    try:
+        vals = tuple(float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX or (with --task sr) a factor; got {s!r}") from None
+    if len(vals) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX or (with --task sr) a factor; got {s!r}")
+    return vals
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed `convscope train` arguments."""
+    """The TrainConfig of parsed `convscope train` arguments (--scale is the SR factor with --task sr)."""
     names = {f.name for f in fields(TrainConfig)}
     kwargs = {k: v for k, v in vars(args).items() if k in names}
     kwargs["out"] = str(args.out)
+    scale = kwargs.get("scale")
+    if args.task == "sr":
+        kwargs["scale"] = None
+        if scale is not None:
+            if len(scale) != 1 or scale[0] not in SR_SCALES:
+                raise ValueError(f"--scale with --task sr is the upscaling factor, one of "
+                                 f"{', '.join(map(str, SR_SCALES))}; got {','.join(f'{v:g}' for v in scale)}")
+            kwargs["sr_scale"] = int(scale[0])
+    elif scale is not None and len(scale) != 2:
+        raise ValueError(f"--scale is the crop area range MIN,MAX (a single factor only with --task sr); got "
+                         f"{scale[0]:g}")
     return TrainConfig(**kwargs)
 
 
@@ -133,9 +163,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_segmentation(args: argparse.Namespace) -> int:
+    from ..train.segmentation import evaluate_segmentation
+
+    r = evaluate_segmentation(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
+                              args.window, args.stride)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    how = "whole images" if r["window"] is None else f"windows {r['window']} every {r['stride']}"
+    print(f"{r['model']} on {r['data']} ({r['n']} images, {how}): mIoU {r['miou']:.4f}  pixel acc "
+          f"{r['pixel_acc']:.4f}  loss {r['loss']:.4f}")
+    print("IoU per class: " + ", ".join(f"{c} {'-' if v is None else format(v, '.4f')}"
+                                        for c, v in zip(r["class_names"], r["iou_per_class"], strict=True)))
+    return 0
+
+
+def _eval_sr(args: argparse.Namespace) -> int:
+    from ..train.superres import evaluate_sr
+
+    r = evaluate_sr(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"{r['model']} x{r['scale']} on {r['data']} ({r['n']} images): PSNR {r['psnr']:.2f} dB  SSIM "
+          f"{r['ssim']:.4f}  (bicubic: {r['bicubic_psnr']:.2f} dB, {r['bicubic_ssim']:.4f})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ..train import evaluate_checkpoint
+    from ..train.parts import checkpoint_task
     from ..train.summary import dumps_confusion
+
+    task = checkpoint_task(args.checkpoint)
+    if task != "segmentation" and (args.window or args.stride):
+        raise ValueError(f"--window and --stride apply to segmentation models; {args.checkpoint} is {task}")
+    if task == "segmentation":
+        return _eval_segmentation(args)
+    if task == "sr":
+        return _eval_sr(args)
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
                             args.workers)
@@ -155,7 +222,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..train import predict_images
+    from ..train.parts import checkpoint_task
 
+    task = checkpoint_task(args.checkpoint)
+    if task == "segmentation":
+        if args.out is None:
+            raise ValueError("predict with a segmentation model needs --out DIR for the overlay and mask PNGs")
+        from ..train.segmentation import predict_overlays
+
+        results = predict_overlays(args.checkpoint, args.images, args.out, args.device)
+        print(json.dumps(results, indent=1) if args.json else "\n".join(
+            f"{r['image']}: {r['overlay']} (" + ", ".join(f"{c} {v:.1%}" for c, v in r["classes"].items()) + ")"
+            for r in results))
+        return 0
+    if task != "classification" or args.out is not None:
+        raise ValueError(f"predict takes classification models (and segmentation ones with --out); "
+                         f"{args.checkpoint} is {task}" + (" and --out is for segmentation" if task ==
+                                                          "classification" else ""))
     results = predict_images(args.checkpoint, args.images, args.topk, args.device)
     if args.json:
         print(json.dumps(results, indent=1))
@@ -170,15 +253,23 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("train", _cmd_train, "train a model (single process, or DDP under torchrun)")
     add_train_arguments(sp)
 
-    sp = add("eval", _cmd_eval, "evaluate a trained model: top-1, top-5, loss, confusion matrix")
+    sp = add("eval", _cmd_eval, "evaluate a trained model: top-1, top-5, loss, confusion matrix; a segmentation "
+             "model: mIoU, per-class IoU, pixel accuracy; a super-resolution model: PSNR, SSIM against bicubic")
     options.add_checkpoint_device_json(sp)
     sp.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an idx directory or an image folder")
     sp.add_argument("--split", default="test", help="train/test for Fashion-MNIST; a subdirectory of a folder")
     sp.add_argument("--batch-size", type=values.positive_int, default=256)
     sp.add_argument("--limit", type=values.positive_int, default=None, help="only the first N images")
     sp.add_argument("--workers", type=values.non_negative_int, default=0)
+    sp.add_argument("--window", type=values.input_size, default=None, metavar="HxW",
+                    help="segmentation: average the logits of sliding windows of this size (default: whole images)")
+    sp.add_argument("--stride", type=values.input_size, default=None, metavar="HxW",
+                    help="segmentation: the windows' step (default: the window, no overlap)")
 
-    sp = add("predict", _cmd_predict, "classify image files with a trained model")
+    sp = add("predict", _cmd_predict, "classify image files with a trained model (segment them with a "
+             "segmentation model, writing colour overlays)")
     options.add_checkpoint_device_json(sp)
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("--topk", type=values.positive_int, default=3)
+    sp.add_argument("--out", type=values.output_dir, default=None, metavar="DIR",
+                    help="segmentation models: where to write <image>_overlay.png and <image>_mask.png")

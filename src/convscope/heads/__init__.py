@@ -1,5 +1,6 @@
 """Semantic segmentation over every zoo backbone: decode heads (FCN, semantic FPN, UPerNet, DeepLabV3+, OCR),
-the SEPC neck, output stride by dilation for the pure-conv families, and `create_segmenter`."""
+the SEPC neck, output stride by dilation for the pure-conv families, and `create_segmenter`; super-resolution models
+by name (`create_sr_model`: ESPCN, a large-kernel SR network)."""
 from .deeplab import DeepLabV3PlusHead, aspp_rates
 from .dilation import DILATABLE, OUTPUT_STRIDES, StrideFreeConv2d, dilate_backbone_
 from .fcn import FCNHead
@@ -7,8 +8,9 @@ from .fpn import FPN, SemanticFPNHead
 from .ocr import OCRHead
 from .segmenter import HEADS, NECKS, Segmenter, create_segmenter
 from .sepc import SEPCNeck
+from .sr import SR_MODELS, SR_SCALES, LargeKernelSR, create_sr_model
 from .uper import PPM, UPerHead
 
-__all__ = ["DILATABLE", "FPN", "HEADS", "NECKS", "OUTPUT_STRIDES", "PPM", "DeepLabV3PlusHead", "FCNHead", "OCRHead",
-           "SEPCNeck", "Segmenter", "SemanticFPNHead", "StrideFreeConv2d", "UPerHead", "aspp_rates",
-           "create_segmenter", "dilate_backbone_"]
+__all__ = ["DILATABLE", "FPN", "HEADS", "NECKS", "OUTPUT_STRIDES", "PPM", "SR_MODELS", "SR_SCALES", "DeepLabV3PlusHead",
+           "FCNHead", "LargeKernelSR", "OCRHead", "SEPCNeck", "Segmenter", "SemanticFPNHead", "StrideFreeConv2d",
+           "UPerHead", "aspp_rates", "create_segmenter", "create_sr_model", "dilate_backbone_"]

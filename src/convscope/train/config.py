@@ -14,6 +14,12 @@ from ..limits import MAX_SIDE, MAX_THREADS
 NON_SEMANTIC = frozenset({"out", "resume", "workers", "quiet", "progress", "threads", "dist_timeout",
                           "checkpoint_every", "keep_last", "eval_batch_size", "check_images", "prefetch"})
 
+#: The tasks `convscope train --task` trains.
+TASKS = ("classification", "segmentation", "sr")
+#: Settings only classification uses, with their defaults: a dense task refuses any other value.
+CLASSIFICATION_ONLY = dict(mixup=0.0, cutmix=0.0, randaug_ops=0, msd_samples=0, scale=None, ratio=None,
+                           init_from=None)
+
 
 @dataclass
 class TrainConfig:
@@ -22,6 +28,9 @@ class TrainConfig:
 
     model: str
     data: str = "fashion-mnist"
+    task: str = "classification"         # or "segmentation" (model = backbone, with `head`) or "sr" (`sr_scale`)
+    head: str = "upernet"                # segmentation: the decode head (convscope.heads.HEADS)
+    sr_scale: int = 2                    # sr: the upscaling factor
     out: str = "runs/train"
     # schedule and optimizer
     epochs: int = 10
@@ -151,12 +160,23 @@ class TrainConfig:
                 raise ValueError(f"{name} must be finite numbers; got {getattr(self, name)}")
         if self.lr is not None and self.lr > 10:
             raise ValueError(f"lr must be <= 10 (AdamW's peak learning rate; typical: 1e-4 to 1e-2); got {self.lr}")
-        for ok, msg in checks:
+        for ok, msg in checks + self._task_checks():
             if not ok:
                 raise ValueError(msg)
         self.scale = None if self.scale is None else tuple(self.scale)
         self.ratio = None if self.ratio is None else tuple(self.ratio)
         self.betas = tuple(self.betas)
+
+    def _task_checks(self) -> list[tuple[bool, str]]:
+        """The task, and the classification-only settings a dense task refuses."""
+        checks = [(self.task in TASKS, f"task must be one of {', '.join(TASKS)}; got {self.task!r}"),
+                  (self.sr_scale in (2, 3, 4), f"sr_scale must be 2, 3 or 4; got {self.sr_scale}")]
+        if self.task != "classification":
+            given = [f"--{k.replace('_', '-')}" for k, default in CLASSIFICATION_ONLY.items()
+                     if getattr(self, k) != default]
+            checks.append((not given, f"{', '.join(given)} only apply to --task classification; got --task "
+                                      f"{self.task}"))
+        return checks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,6 +8,8 @@
   the soft Dice coefficient (2 sum p t + s) / (sum p + sum t + s) of the softmax against the one-hot labels,
   ignored pixels left out; `segmentation_loss` combines them with OCR's auxiliary logits.
 - `predict_logits`: a model's logits for whole images, or averaged over overlapping windows (mmseg's 'slide').
+- `psnr`, `ssim`: per-image super-resolution scores; SSIM with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01,
+  K2 = 0.03 over the window positions inside the image, as in Wang et al., IEEE TIP 2004.
 """
 from __future__ import annotations
 
@@ -152,3 +154,48 @@ def predict_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.
             total[..., y:y + wh, x:x + ww] += model(images[..., y:y + wh, x:x + ww])
             seen[..., y:y + wh, x:x + ww] += 1
     return total / seen
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.ndim != 4 or pred.shape != target.shape:
+        raise ValueError(f"images must be (batch, channels, height, width) of one shape; got {tuple(pred.shape)} "
+                         f"and {tuple(target.shape)}")
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image PSNR (B,) in dB: 10 log10(data_range^2 / MSE), the MSE over each image's channels and pixels."""
+    _check_pair(pred, target)
+    mse = (pred.double() - target.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range ** 2 / mse)
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The normalised 2-D Gaussian window (size, size), float64."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, window: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
+    """Per-image SSIM (B,): the mean over channels and over every window position inside the image of
+    ((2 mu_x mu_y + C1)(2 cov_xy + C2)) / ((mu_x^2 + mu_y^2 + C1)(var_x + var_y + C2)), Gaussian-weighted
+    local moments, C1 = (0.01 L)^2, C2 = (0.03 L)^2 (Wang et al. 2004)."""
+    _check_pair(pred, target)
+    if min(pred.shape[-2:]) < window:
+        raise ValueError(f"SSIM needs images of at least {window}x{window} pixels; got {tuple(pred.shape[-2:])}")
+    c = pred.shape[1]
+    w = gaussian_window(window, sigma).to(pred.device).expand(c, 1, window, window)
+    x, y = pred.double(), target.double()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w, groups=c)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s.flatten(1).mean(1)

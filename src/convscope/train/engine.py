@@ -1,5 +1,6 @@
-"""The training engine: `train(TrainConfig)` builds a classification task and the loop's callbacks from the
-config and runs the loop (loop.py); it reads top to bottom like the run it makes.
+"""The training engine: `train(TrainConfig)` builds the config's task (classification here; segmentation in
+segmentation.py, super-resolution in superres.py) and the loop's callbacks, and runs the loop (loop.py); it reads
+top to bottom like the run it makes.
 
 Reproducibility: every batch (its images, augmentation and mixing) is a function of (seed, epoch, step, rank);
 the model's own randomness (stochastic depth, dropout) comes from the global torch generator, whose state is
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,12 +28,13 @@ from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from .loop import Callback, Loop, steps_per_epoch
+from .parts import RunParts
 from .pipeline import DataSpec, build_data, make_loaders, resolve_defaults
 from .recipe import WarmupCosine, param_groups
 from .report import Console, PhaseTimer
 from .state import restore_checkpoint, seed_all
 from .summary import TrainResult, describe_run
-from .task import ClassificationTask
+from .task import ClassificationTask, Task
 
 RESERVED_KWARGS = {"num_classes", "in_chans", "drop_path_rate", "drop_rate", "pretrained", "features_only",
                    "out_indices"}
@@ -101,7 +104,7 @@ def _model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple[nn.M
     return model, meta
 
 
-def _callbacks(cfg: TrainConfig, task: ClassificationTask, eval_loader: Loader, ckpts: CheckpointManager, *,
+def _callbacks(cfg: TrainConfig, task: Task, eval_loader: Loader, ckpts: CheckpointManager, *,
                meta: dict, title: str, plot: bool, console: Console, dist: DistInfo,
                t_start: float) -> dict[str, Callback]:
     """The loop's plug-ins by name, in the order they act (callbacks.py)."""
@@ -120,6 +123,33 @@ def _callbacks(cfg: TrainConfig, task: ClassificationTask, eval_loader: Loader, 
             if cb is not None}
 
 
+def _classification_run(cfg: TrainConfig, dist: DistInfo, console: Console) -> RunParts:
+    """`convscope train`'s classification: the data and its defaults, the loaders, the model and the task."""
+    spec = build_data(cfg, _traits(cfg), console)
+    cfg, defaults_line = resolve_defaults(cfg, spec, dist.world_size)
+    train_loader, eval_loader = make_loaders(cfg, spec, dist)
+    model, meta = _model(cfg, spec, dist.device)
+    task = ClassificationTask(model, spec.classes, dist.device, dist=dist, label_smoothing=cfg.label_smoothing,
+                              amp=cfg.amp, channels_last=cfg.channels_last, msd_samples=cfg.msd_samples,
+                              msd_drop=cfg.msd_drop)
+    return RunParts(cfg, task, train_loader, eval_loader, meta, title=f"{meta['model']} on {spec.description}",
+                    shape=f"input {spec.in_chans}x{spec.input_size[0]}x{spec.input_size[1]}, {len(spec.classes)} "
+                          f"classes", description=spec.description, defaults_line=defaults_line,
+                    final=dict(class_names=list(spec.classes)),
+                    report=lambda warn: _report_skipped(warn, train_loader, eval_loader))
+
+
+def _run_parts(cfg: TrainConfig, dist: DistInfo, console: Console) -> RunParts:
+    """The run of `cfg.task`."""
+    if cfg.task == "segmentation":
+        from .segmentation import build_segmentation_run
+        return build_segmentation_run(cfg, dist)
+    if cfg.task == "sr":
+        from .superres import build_sr_run
+        return build_sr_run(cfg, dist)
+    return _classification_run(cfg, dist, console)
+
+
 def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> TrainResult:
     ckpts = CheckpointManager(out / "checkpoints", cfg.keep_last)
     if not cfg.resume and ckpts.latest() is not None:
@@ -134,13 +164,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
 
     # -- data, model, task -------------------------------------------------------------------------------------
     with timer("setup"):   # reading the data, building the model
-        spec = build_data(cfg, _traits(cfg), console)
-        cfg, defaults_line = resolve_defaults(cfg, spec, dist.world_size)
-        train_loader, eval_loader = make_loaders(cfg, spec, dist)
-        model, meta = _model(cfg, spec, dist.device)
-    task = ClassificationTask(model, spec.classes, dist.device, dist=dist, label_smoothing=cfg.label_smoothing,
-                              amp=cfg.amp, channels_last=cfg.channels_last, msd_samples=cfg.msd_samples,
-                              msd_drop=cfg.msd_drop)
+        parts = _run_parts(cfg, dist, console)
+    cfg, task, train_loader, meta = parts.cfg, parts.task, parts.train_loader, parts.meta
+    model = task.model
 
     # -- optimizer, schedule, callbacks, loop ------------------------------------------------------------------
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
@@ -148,8 +174,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
     total_steps = spe * cfg.epochs
     schedule = WarmupCosine(optimizer, cfg.lr, cfg.min_lr, min(round(cfg.warmup_epochs * spe), total_steps),
                             total_steps)
-    callbacks = _callbacks(cfg, task, eval_loader, ckpts, meta=meta, title=f"{meta['model']} on {spec.description}",
-                           plot=plot, console=console, dist=dist, t_start=t_start)
+    callbacks = _callbacks(cfg, task, parts.eval_loader, ckpts, meta=meta, title=parts.title, plot=plot,
+                           console=console, dist=dist, t_start=t_start)
     loop = Loop(task, optimizer, schedule, train_loader, callbacks=list(callbacks.values()),
                 accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad, dist=dist, compile=cfg.compile, timer=timer)
 
@@ -169,15 +195,15 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
     if dist.is_main:
         ckpts.clean_partial()
         clean_temp_files(out)
-    if defaults_line:
-        console.log(defaults_line)
-    console.log(describe_run(cfg, spec, loop, meta["model"]))
+    if parts.defaults_line:
+        console.log(parts.defaults_line)
+    console.log(describe_run(cfg, parts.shape, parts.description, loop, meta["model"]))
 
     # -- the run -----------------------------------------------------------------------------------------------
     loop.fit()
-    _report_skipped(console, train_loader, eval_loader)
-    final = dict(callbacks["evaluation"].final, **callbacks["checkpointing"].best_scores(),
-                 class_names=list(spec.classes))
+    if parts.report is not None:
+        parts.report(console.warn)
+    final = dict(callbacks["evaluation"].final, **callbacks["checkpointing"].best_scores(), **parts.final)
     barrier(dist)
     ema = callbacks["ema"].module if "ema" in callbacks else None
     return TrainResult(out=out, model=model, ema=ema, history=callbacks["metrics"].history, final=final,
@@ -186,12 +212,12 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
                        meta=meta)
 
 
-def _report_skipped(console: Console, train_loader: Loader, eval_loader: Loader) -> None:
+def _report_skipped(warn: Callable[[str], None], train_loader: Loader, eval_loader: Loader) -> None:
     """Warn about the images the loaders could not read."""
     if train_loader.stats.skipped:
-        console.warn(f"skipped {len(train_loader.stats.skipped)} unreadable image(s) while training: "
-                     + "; ".join(train_loader.stats.skipped[:5]))
+        warn(f"skipped {len(train_loader.stats.skipped)} unreadable image(s) while training: "
+             + "; ".join(train_loader.stats.skipped[:5]))
     eval_skipped = sorted(set(eval_loader.stats.skipped))
     if eval_skipped:
-        console.warn(f"{len(eval_skipped)} evaluation image(s) could not be read and are not counted in top-1: "
-                     + "; ".join(eval_skipped[:5]))
+        warn(f"{len(eval_skipped)} evaluation image(s) could not be read and are not counted in top-1: "
+             + "; ".join(eval_skipped[:5]))

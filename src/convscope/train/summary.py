@@ -11,7 +11,6 @@ from torch import nn
 
 from .config import TrainConfig
 from .loop import Loop
-from .pipeline import DataSpec
 from .report import format_duration
 
 
@@ -32,22 +31,34 @@ class TrainResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def describe_run(cfg: TrainConfig, spec: DataSpec, loop: Loop, name: str) -> str:
-    """The line a run opens with: model, data, schedule, global batch, dtype and device."""
+def describe_run(cfg: TrainConfig, shape: str, description: str, loop: Loop, name: str) -> str:
+    """The line a run opens with: model, its input (`shape`), the data, schedule, global batch, dtype and
+    device."""
     dist = loop.dist
     n_params = sum(p.numel() for p in loop.model.parameters())
-    return (f"{name}: {n_params / 1e6:.3f} M parameters, input {spec.in_chans}x{spec.input_size[0]}x"
-            f"{spec.input_size[1]}, {len(spec.classes)} classes; {spec.description}; "
+    return (f"{name}: {n_params / 1e6:.3f} M parameters, {shape}; {description}; "
             f"{loop.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch "
             f"{cfg.batch_size * cfg.accum_steps * dist.world_size}, {cfg.amp}, {loop.device}"
             + (f", {dist.world_size} processes" if dist.enabled else ""))
 
 
+def _headline(result: TrainResult) -> str:
+    """The final scores of the run's task, with its best epoch."""
+    f, task = result.final, result.meta.get("task", "classification")
+    if task == "segmentation":
+        return (f"mIoU {f['miou']:.4f}  pixel acc {f['pixel_acc']:.4f}  (best mIoU {f['best_miou']:.4f} at epoch "
+                f"{f['best_epoch']}) on {f['n']} images")
+    if task == "sr":
+        return (f"PSNR {f['psnr']:.2f} dB  SSIM {f['ssim']:.4f}  (bicubic {f['bicubic_psnr']:.2f} dB, "
+                f"{f['bicubic_ssim']:.4f}; best PSNR {f['best_psnr']:.2f} dB at epoch {f['best_epoch']}) on "
+                f"{f['n']} images")
+    return (f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%  (best top-1 {f['best_top1']:.2f}% at epoch "
+            f"{f['best_epoch']}) on {f['n']} images")
+
+
 def summarize(result: TrainResult) -> str:
-    """A few lines: final accuracy, time, and where the training time went."""
-    f = result.final
-    lines = [f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%  (best top-1 {f['best_top1']:.2f}% at epoch "
-             f"{f['best_epoch']}) on {f['n']} images; wall time {format_duration(result.wall_s)}; "
+    """A few lines: the final scores, time, and where the training time went."""
+    lines = [f"{_headline(result)}; wall time {format_duration(result.wall_s)}; "
              f"weights in {result.out / 'last.safetensors'}"]
     t = result.timers
     phases = [p for p in ("setup", "data", "forward", "backward", "optimizer", "eval", "checkpoint") if p in t]
