@@ -148,13 +148,13 @@ def test_existing_outputs_are_not_overwritten_without_force(files, capsys):
 def test_erf_table_is_the_library_erf_of_the_same_images(files, capsys):
     out = files["root"] / "erf"
     assert main(["erf", "convnext_atto", "--checkpoint", str(files["weights"]), "--data", str(files["data"]),
-                 "--images", "6", "--size", "64", "--out", str(out)]) == 0
+                 "--images", "6", "--size", "48", "--out", str(out)]) == 0
     model, _ = load_model(files["weights"])
-    ds = open_dataset(files["data"], "test", in_chans=1, load_size=64).dataset
-    x = EvalTransform(64, MEAN, STD)(ds.get_batch(range(6))[0])
+    ds = open_dataset(files["data"], "test", in_chans=1, load_size=48).dataset   # --size 48: decoded at 48
+    x = EvalTransform(48, MEAN, STD)(ds.get_batch(range(6))[0])
     erf = effective_receptive_field(model, x)
     record = json.loads((out / "erf.json").read_text())
-    assert record["images"] == 6 and record["size"] == [64, 64] and record["layer"] == 3
+    assert record["images"] == 6 and record["size"] == [48, 48] and record["layer"] == 3
     assert record["area_ratio"] == {f"{t:g}": r for t, r in erf.area_ratio.items()}
     assert list(record["area_ratio"]) == ["0.2", "0.3", "0.5", "0.99"]
     assert len(set(erf.area_ratio.values())) > 1   # a real field: the thresholds give different squares
@@ -184,6 +184,11 @@ def test_probe_accuracy_is_the_library_probe(files, capsys):
 
 
 def test_core_install_names_the_extra_before_any_work(files, capsys, monkeypatch):
+    import convscope.cli.explain
+
+    def no_model(*args):
+        raise AssertionError("the model was built before the missing extra was named")
+    monkeypatch.setattr(convscope.cli.explain, "open_model", no_model)
     monkeypatch.setitem(sys.modules, "PIL", None)
     out = files["root"] / "core"
     assert main(["explain", str(files["weights"]), str(files["images"][0]), "--out", str(out)]) == 2
@@ -195,6 +200,13 @@ def test_core_install_names_the_extra_before_any_work(files, capsys, monkeypatch
     assert main(["erf", str(files["weights"]), "--data", "fashion-mnist", "--out", str(out)]) == 2
     _one_error(capsys, "convscope erf (the heatmap) needs matplotlib, which is not installed: pip install")
     assert not out.exists()
+
+
+def test_heat_colours_run_black_red_yellow_white():
+    from convscope.explain.page import heat_colours
+
+    got = heat_colours(torch.tensor([[0, 1 / 3, 2 / 3, 1]]))[:, 0].T
+    assert torch.allclose(got, torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]], dtype=got.dtype), atol=1e-6)
 
 
 def test_html_page_escapes_and_inlines(tmp_path):
