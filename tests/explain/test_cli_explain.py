@@ -148,17 +148,18 @@ def test_existing_outputs_are_not_overwritten_without_force(files, capsys):
 def test_erf_table_is_the_library_erf_of_the_same_images(files, capsys):
     out = files["root"] / "erf"
     assert main(["erf", "convnext_atto", "--checkpoint", str(files["weights"]), "--data", str(files["data"]),
-                 "--images", "6", "--size", "48", "--out", str(out)]) == 0
+                 "--images", "6", "--size", "80", "--out", str(out)]) == 0
     model, _ = load_model(files["weights"])
-    ds = open_dataset(files["data"], "test", in_chans=1, load_size=48).dataset   # --size 48: decoded at 48
-    x = EvalTransform(48, MEAN, STD)(ds.get_batch(range(6))[0])
+    ds = open_dataset(files["data"], "test", in_chans=1, load_size=80).dataset   # --size 80: decoded at 80
+    x = EvalTransform(80, MEAN, STD)(ds.get_batch(range(6))[0])
     erf = effective_receptive_field(model, x)
     record = json.loads((out / "erf.json").read_text())
-    assert record["images"] == 6 and record["size"] == [48, 48] and record["layer"] == 3
+    assert record["images"] == 6 and record["size"] == [80, 80] and record["layer"] == 3
     assert record["area_ratio"] == {f"{t:g}": r for t, r in erf.area_ratio.items()}
     assert list(record["area_ratio"]) == ["0.2", "0.3", "0.5", "0.99"]
     assert len(set(erf.area_ratio.values())) > 1   # a real field: the thresholds give different squares
     table = (out / "erf.md").read_text()
+    assert "position (1, 1) of its 2x2 map; 6 images" in table   # 80 / 4 / 2 / 2 / 2, rounded down
     for t, r in erf.area_ratio.items():
         assert f"| {t:g} | {r:.4f} |" in table
     png = Image.open(out / "erf.png")

@@ -230,9 +230,13 @@ def _cmd_erf(args: argparse.Namespace) -> int:
     [(x, _)] = data_images(args.data, meta, "test", args.images, args.size)
     erf = effective_receptive_field(model, x)
     size = f"{x.shape[-2]}x{x.shape[-1]}"
-    lines = [f"Model {meta['model']} ({args.checkpoint or args.model}), last stage (feature_info {erf.layer}); "
-             f"{erf.images} images of {args.data} at {size}. Area ratio: the smallest centred square holding more "
-             "than t of the log-scaled contribution, as a fraction of the input (RepLKNet's measure)."]
+    with torch.no_grad():
+        (fmap,) = model.forward_intermediates(x[:1], indices=[erf.layer], intermediates_only=True)
+    h, w = fmap.shape[-2:]
+    lines = [f"Model {meta['model']} ({args.checkpoint or args.model}), last stage (feature_info {erf.layer}): "
+             f"position ({h // 2}, {w // 2}) of its {h}x{w} map; {erf.images} images of {args.data} at {size}. "
+             "Area ratio: the smallest centred square holding more than t of the log-scaled contribution, as a "
+             "fraction of the input (RepLKNet's measure)."]
     save_erf_figure([(f"{meta['model']} ({size}, {erf.images} images)", erf.map)], outputs[0])
     atomic_write_text(outputs[1], erf_markdown(meta["model"], erf.area_ratio, lines))
     atomic_write_json(outputs[2], dict(model=meta["model"], source=args.checkpoint or args.model, data=args.data,
