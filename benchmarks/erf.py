@@ -26,7 +26,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, default=5000, help="training images of each mixer model")
     p.add_argument("--limit-eval", type=int, default=1000)
     p.add_argument("--mixer-images", type=int, default=16, help="test images averaged for a mixer model's ERF")
-    p.add_argument("--mixer-size", type=int, default=128, help="input side of the mixer models' ERF")
+    p.add_argument("--mixer-size", type=int, default=160, help="input side of the mixer models' ERF")
     p.add_argument("--zoo-images", type=int, default=4, help="test images averaged for a zoo model's ERF")
     p.add_argument("--zoo-size", type=int, default=224, help="input side of the zoo models' ERF")
     p.add_argument("--seed", type=int, default=0)
@@ -132,7 +132,10 @@ Measure: RepLKNet's (2203.06717, `erf/visualize_erf.py`, `analyze_erf.py`), `con
 gradient of the last stage's central output (ReLU, summed over channels) with respect to the input, ReLU, summed
 over input channels, averaged over the images, log10(1 + s) scaled to a maximum of 1. The area ratio at t is the
 area of the smallest centred square holding more than t of that map's sum, as a fraction of the input's area
-(1.0: no square short of the whole input does). Smaller = a more concentrated field.
+(1.0: no square short of the whole input does). Smaller = a more concentrated field. Both input sides below
+make the last stage's map odd ({args.mixer_size // 32}x{args.mixer_size // 32} and {args.zoo_size // 32}x\
+{args.zoo_size // 32}), so its central position is the image's centre (on an even map, RepLKNet's position
+(h // 2, w // 2) lies half a cell below and right of it).
 
 ## (a) Mixer bench models trained on Fashion-MNIST
 
