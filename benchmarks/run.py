@@ -71,6 +71,14 @@ BENCHMARKS: dict[str, Benchmark] = {
     "engine_overhead": Benchmark(
         "training images/s of the convscope.train engine vs a bare PyTorch loop on the same model and data",
         "~4 min", ("engine_overhead.md", "engine_overhead.json"), "--rounds 9 --steps 30 --threads 1"),
+    "erf": Benchmark(
+        "effective receptive fields (RepLKNet's area ratios at t = 0.2-0.99, heatmaps) of the mixer bench's 7x7 "
+        "depthwise, dilated re-parameterised 7x7 and attention models trained briefly on Fashion-MNIST, and of "
+        "ConvNeXt-T, RepLKNet-31B and UniRepLKNet-T at random initialisation",
+        "~8 min", ("erf.md", "erf.json", "erf_mixers.png", "erf_zoo.png"),
+        "--threads 1 --epochs 1 --limit-train 10000 --limit-eval 2000 --mixer-images 32 --zoo-images 16 "
+        "--out benchmarks/results",
+        "Fashion-MNIST idx files (`make data`, or `--data DIR`); matplotlib (`pip install convscope[lab]`)"),
     "hybrid_latency": Benchmark(
         "eager latency of convscope's conv/attention hybrids (MaxViT, VOLO, ConViT, CrossViT, HaloNet, CvT) vs "
         "timm / transformers with the same weights, batch 1 and 8, as ratios measured alternately in one run",

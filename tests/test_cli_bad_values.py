@@ -146,6 +146,19 @@ DEPLOY = {
                       "--latency-batch": ints_below(1), "--repeats": ints_below(1), "--out": None},
                      ["--data", "synthetic", "--mixers", "pooling", "--limit-train", "16", "--repeats", "1"]),
 }
+EXPLAIN = {
+    "explain": ({"source": st.sampled_from(["nope", "/nonexistent/w.safetensors"]), "images": "images",
+                 "--method": st.sampled_from(["", ",", "saliency", "gradcam,nope"]),
+                 "--layer": st.sampled_from(["stages.9", "99", "nope"]), "--target": st.sampled_from(["99", "x", "-1"]),
+                 "--checkpoint": "weights", "--out": None, "--force": None}, ["{w}", "{img}"]),
+    "erf": ({"model": st.sampled_from(["nope", "/nonexistent/w.safetensors"]), "--checkpoint": "weights",
+             "--data": DATA, "--images": ints_below(1), "--size": LAB_SHAPE["--size"], "--out": None, "--force": None},
+            ["{w}", "--data", "{data}", "--images", "2"]),
+    "probe": ({"source": st.sampled_from(["nope", "/nonexistent/w.safetensors"]), "--checkpoint": "weights",
+               "--data": DATA, "--layer": st.sampled_from(["x", "9", "-99", "pre-logits"]), "--method": words,
+               "--limit": ints_below(1), "--size": LAB_SHAPE["--size"], "--out": None, "--force": None},
+              ["{w}", "--data", "{data}", "--limit", "2"]),
+}
 COMMANDS = {
     "list": ({"--family": st.sampled_from(["nope", "convnext2"]), "--format": words,
               "pattern": st.sampled_from(["zzz*", "nothing"])}, []),
@@ -167,6 +180,7 @@ COMMANDS = {
     "predict": ({"--checkpoint": "weights", "images": "images", "--topk": ints_below(1), "--device": words,
                  "--json": None, "--out": None}, ["--checkpoint", "{w}", "{img}"]),
     **DEPLOY,
+    **EXPLAIN,
 }
 
 
@@ -225,7 +239,7 @@ def _args(command: str, flag: str, value: str, world: Path) -> list[str]:
     _, raw = COMMANDS[command]
     base = _fill(raw, world)
     if not flag.startswith("--"):
-        if command == "predict":
+        if flag == "images":   # the last positional (predict's and explain's)
             return [command, *base[:-1], value]
         rest = [b for b, r in zip(base, raw, strict=True) if b not in ("convnext_atto", "convnext_femto")
                 and r not in ("{w}", "{recipe}")]
