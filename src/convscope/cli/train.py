@@ -37,6 +37,10 @@ def _optimisation_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation micro-steps")
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of weights (0: off)")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay in (0, 1]: layer i of n "
+                   "(the model's group_matcher) trains at lr x decay^(n - 1 - i); e.g. 0.8 for fine-tuning")
+    g.add_argument("--head-lr-scale", type=float, default=d.head_lr_scale, help="lr multiplier of the classifier "
+                   "head (e.g. 10 with --pretrained)")
 
 
 def _model_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
@@ -56,6 +60,9 @@ def _model_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
                    help="start from these weights instead of a random init: a pruned model written by "
                         "convscope.deploy.prune.save_pruned (the model takes its pruned widths: fine-tuning after "
                         "pruning) or a weights file written by convscope train for the same model and classes")
+    g.add_argument("--pretrained", default=None, metavar="NAME[.TAG]|hf-hub:ORG/REPO|URL|FILE",
+                   help="fine-tune released weights (convscope weights list): the classifier is re-initialised for "
+                        "the data's classes and the input convolution adapted to its channels")
 
 
 def _data_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
@@ -126,7 +133,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import summarize, train
 
-    values.check_distinct({"--out": [args.out]}, {"--data": args.data, "--init-from": args.init_from})
+    values.check_distinct({"--out": [args.out]}, {"--data": args.data, "--init-from": args.init_from,
+                                                  "--pretrained": args.pretrained})
     result = train(config_from_args(args))
     if result.rank == 0:
         print(summarize(result))
