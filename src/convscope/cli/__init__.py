@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import bench, deploy, lab, models, train
+from . import bench, deploy, lab, models, train, weights
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    for group in (models, lab, train, bench, deploy):
+    for group in (models, lab, train, bench, deploy, weights):
         group.add_commands(add)
     return p
 

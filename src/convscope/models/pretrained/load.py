@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from ..registry import create_model, official_converter, resolve_name
+from ..source import check_finite
 from ..weights import read_state_dict, save_weights
+from . import remote
 from .adapt import adapt_input_conv, classifier_names, transfer_layers
 from .registry import HUB, MANUAL, PYTORCH_BIN, RELEASES, SAFETENSORS, TIMM, URL, Release, find_release, release_by_tag
 from .remote import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
@@ -42,8 +44,8 @@ class LoadReport:
 
 
 def _import_hint(release: Release) -> str:
-    return (f"download it by hand from {release.location} and run "
-            f"convscope.models.pretrained.import_file(path, {release.tag!r})")
+    return (f"download it by hand from {release.location} and run `convscope weights import FILE --model "
+            f"{release.tag}` or convscope.models.pretrained.import_file(path, {release.tag!r})")
 
 
 def imported_path(release: Release) -> Path:
@@ -248,4 +250,46 @@ def import_file(path: str | os.PathLike, tag: str) -> Path:
             raise ValueError(f"{path} has SHA-256 {got}; {tag} is published with {release.sha256}")
     sd = read_state_dict(path)
     check_release_keys(release, sd)
+    check_finite(sd, str(path))
     return save_weights(sd, imported_path(release), metadata={"tag": tag, "keys": release.keys})
+
+
+def cached_path(release: Release) -> Path:
+    """The local file of a release without downloading anything: ValueError in one line, saying how to get it, when
+    it is not cached."""
+    previous = remote._offline
+    remote.set_offline(True)
+    try:
+        return fetch(release)
+    except ValueError:
+        if release.source == MANUAL:
+            raise
+        hint = f"`convscope weights download {release.tag}` fetches it"
+        raise ValueError(f"{release.tag} is not cached; {hint}") from None
+    finally:
+        remote.set_offline(previous)
+
+
+def verify_file(path: str | os.PathLike, release: Release) -> list[str]:
+    """Check a weights file against a release: its SHA-256 when the publisher gives one (a file `import_file`
+    cached was checked when imported), its keys and shapes through the family's converter, finite values. The
+    checks passed, one line each; ValueError in one line at the first that fails."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no weights file at {path}")
+    done = []
+    if path == imported_path(release):
+        done.append(f"imported: {path.name} (its SHA-256 was checked when it was imported)")
+    elif release.sha256 is not None:
+        got = sha256_of(path)
+        if got != release.sha256:
+            raise ValueError(f"{path} has SHA-256 {got}; {release.tag} is published with {release.sha256}")
+        done.append(f"SHA-256 {got} as published")
+    else:
+        done.append(f"SHA-256 {sha256_of(path)} (the publisher gives none to compare with)")
+    sd = read_state_dict(path)
+    check_release_keys(release, sd)
+    done.append(f"{len(sd)} tensors fit {release.model} ({release.keys} keys)")
+    check_finite(sd, str(path))
+    done.append("all values finite")
+    return done
