@@ -142,11 +142,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..train import evaluate_checkpoint
+    from ..train import evaluate_checkpoint, evaluate_foreign
     from ..train.summary import dumps_confusion
 
-    r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
-                            args.workers)
+    if args.model is None:
+        r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
+                                args.workers)
+    else:
+        r = evaluate_foreign(args.model, args.checkpoint, args.data, args.split, args.batch_size, args.limit,
+                             args.device, args.workers)
     if r["skipped"]:
         print(f"convscope: warning: {len(r['skipped'])} of {r['images']} images could not be read and are not "
               f"counted: " + "; ".join(r["skipped"][:5]) + (" ..." if len(r["skipped"]) > 5 else ""),
@@ -154,7 +158,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"{r['model']} on {args.data} ({args.split}, {r['n']} images): top-1 {r['top1']:.2f}%  "
+    keys = f" ({r['keys']} keys)" if "keys" in r else ""
+    print(f"{r['model']}{keys} on {args.data} ({args.split}, {r['n']} images): top-1 {r['top1']:.2f}%  "
           f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
     print(dumps_confusion(r["confusion"], r["class_names"]))
@@ -180,6 +185,9 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     sp = add("eval", _cmd_eval, "evaluate a trained model: top-1, top-5, loss, confusion matrix")
     options.add_checkpoint_device_json(sp)
+    sp.add_argument("--model", default=None, metavar="NAME", help="evaluate a checkpoint from elsewhere (timm, the "
+                    "official repository, transformers) as this variant, preprocessed as its card says; the data's "
+                    "classes, sorted, are the checkpoint's outputs")
     sp.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an idx directory or an image folder")
     sp.add_argument("--split", default="test", help="train/test for Fashion-MNIST; a subdirectory of a folder")
     sp.add_argument("--batch-size", type=values.positive_int, default=256)

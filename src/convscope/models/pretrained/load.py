@@ -22,7 +22,20 @@ from ..source import check_finite
 from ..weights import read_state_dict, save_weights
 from . import remote
 from .adapt import adapt_input_conv, classifier_names, transfer_layers
-from .registry import HUB, MANUAL, PYTORCH_BIN, RELEASES, SAFETENSORS, TIMM, URL, Release, find_release, release_by_tag
+from .registry import (
+    HUB,
+    MANUAL,
+    OFFICIAL,
+    PYTORCH_BIN,
+    RELEASES,
+    SAFETENSORS,
+    TIMM,
+    TRANSFORMERS,
+    URL,
+    Release,
+    find_release,
+    release_by_tag,
+)
 from .remote import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
 
 logger = logging.getLogger(__name__)
@@ -132,22 +145,32 @@ def resolve(name: str, pretrained: bool | str | os.PathLike) -> tuple[Path, Rele
 
 def _to_our_keys(target: nn.Module, sd: dict[str, torch.Tensor], keys: str) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict in convscope's keys and the convention it was read with: TIMM as it is; OFFICIAL /
-    TRANSFORMERS through the family's converter; "auto" (a file outside the registry) converted only when the
-    official layout fits the model better, as `load_checkpoint(source="auto")` does."""
+    TRANSFORMERS through the family's converter; "auto" (a file outside the registry) read in the convention whose
+    keys fit the model best: timm's (ours) when the file has all of them, else the family's official or
+    transformers converter when its output shares more keys with the model."""
     family = target.card.family
     if keys == TIMM:
         return sd, keys
-    converter = official_converter(family, "official" if keys == "auto" else keys)
     if keys != "auto":
+        converter = official_converter(family, keys)
         if converter is None:
             raise ValueError(f"no {keys}-checkpoint converter for {target.model_name} ({family})")
         return converter(dict(sd), target), keys
     own = set(target.state_dict())
-    if converter is None or own <= set(sd):
-        return sd, TIMM
-    converted = converter(dict(sd), target)
-    better = len(set(converted) & own) > len(set(sd) & own)
-    return (converted, "official") if better else (sd, TIMM)
+    best, best_keys, fit = sd, TIMM, len(set(sd) & own)
+    if own <= set(sd):
+        return best, best_keys
+    for convention in (OFFICIAL, TRANSFORMERS):
+        converter = official_converter(family, convention)
+        if converter is None:
+            continue
+        try:
+            converted = converter(dict(sd), target)
+        except (KeyError, ValueError, IndexError, RuntimeError):   # a converter meeting keys not of its convention
+            continue
+        if len(set(converted) & own) > fit:
+            best, best_keys, fit = converted, convention, len(set(converted) & own)
+    return best, best_keys
 
 
 def _adapt_head(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], heads: tuple[str, ...]) -> list[str]:
