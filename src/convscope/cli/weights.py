@@ -1,5 +1,6 @@
 """`convscope weights list | download | import | verify`: the registry of trained-weight releases
-(convscope.models.pretrained) from the command line, in the caches `create_model(pretrained=...)` reads."""
+(convscope.models.pretrained) from the command line, in the caches `create_model(pretrained=...)` reads; and
+`convscope export-hub`: a trained run as a Hugging Face Hub model folder, optionally pushed."""
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_hub(args: argparse.Namespace) -> int:
+    from ..extras import available
+    from ..train.hub_export import HUB_FILES, check_repo_id, export_hub, push_to_hub
+
+    if args.push is not None:      # checked before the export
+        check_repo_id(args.push)
+        if not available("huggingface_hub"):
+            raise ValueError("--push needs huggingface_hub, which is not installed: pip install 'convscope[hub]'")
+    out = export_hub(args.run, args.out, args.push)
+    print(f"wrote {', '.join(HUB_FILES)} to {out}")
+    if args.push is not None:
+        print(f"pushed {out} to hf-hub:{args.push}: {push_to_hub(out, args.push, private=args.private)}")
+    return 0
+
+
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """weights (list, download, import, verify)."""
+    """weights (list, download, import, verify), export-hub."""
     sp = add("weights", None, "trained-weight releases: list, download, import a file downloaded by hand, verify")
     sub = sp.add_subparsers(dest="weights_command", required=True, metavar="ACTION", parser_class=type(sp))
 
@@ -121,3 +137,11 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                "shapes through the family's converter, finite values")
     p.add_argument("spec", metavar="NAME[.TAG]|FILE")
     p.add_argument("--model", default=None, metavar="NAME[.TAG]", help="the release a FILE should be")
+
+    sp = add("export-hub", _cmd_export_hub, "write a trained run as a Hugging Face Hub model folder (config.json, "
+             "model.safetensors, README.md model card), optionally pushing it")
+    sp.add_argument("run", metavar="RUN", help="the run directory (convscope train --out)")
+    sp.add_argument("--out", type=values.output_dir, required=True, help="the folder to write")
+    sp.add_argument("--push", default=None, metavar="ORG/NAME", help="upload the folder to this Hub repository "
+                    "(huggingface_hub's upload_folder; needs a token)")
+    sp.add_argument("--private", action="store_true", help="with --push: create the repository private")

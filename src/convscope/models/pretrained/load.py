@@ -4,7 +4,7 @@ input convolutions, load.
 
 `pretrained` may be True (the variant's default release), a tag (`convnext_tiny.fb_in1k`, or only `fb_in1k`),
 `hf-hub:org/repo` (its `model.safetensors`, else its `pytorch_model.bin`, as timm's repositories hold them) or
-`hf-hub:org/repo/path/in/repo`, an http(s) URL, or a local path.
+`hf-hub:org/repo/path/in/repo`, an http(s) URL, a local path, or a local Hub model folder (its `model.safetensors`).
 """
 from __future__ import annotations
 
@@ -136,6 +136,8 @@ def resolve(name: str, pretrained: bool | str | os.PathLike) -> tuple[Path, Rele
         return download_url(pretrained, _url_dest(pretrained, release), release.sha256 if release else None), release
     if _is_path(pretrained) or Path(pretrained).exists():
         path = Path(pretrained).expanduser()
+        if path.is_dir() and (path / SAFETENSORS).is_file():    # a Hub model folder (convscope export-hub, timm)
+            return path / SAFETENSORS, None
         if not path.is_file():
             raise ValueError(f"no weights file at {path}")
         return path, None
