@@ -177,13 +177,14 @@ def _to_our_keys(target: nn.Module, sd: dict[str, torch.Tensor], keys: str) -> t
 
 def _adapt_head(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], heads: tuple[str, ...]) -> list[str]:
     """Drop the classifier tensors that do not fit the model (another number of classes, or no classifier);
-    the model keeps its freshly initialised ones. Returns the dropped keys."""
+    the model keeps its freshly initialised ones, as it does where the file has no classifier (a release without
+    one, num_classes 0). Returns the dropped keys, then the model's classifier keys the file lacks."""
     dropped = []
     for key in sorted(k for k in sd if k.rpartition(".")[0] in heads):
         if key not in own or own[key].shape != sd[key].shape:
             del sd[key]
             dropped.append(key)
-    return dropped
+    return dropped + sorted(k for k in own if k.rpartition(".")[0] in heads and k not in sd and k not in dropped)
 
 
 def _adapt_stem(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], convs: tuple[str, ...]) -> list[str]:
@@ -233,13 +234,17 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str | os.Pat
     sd, keys = _to_our_keys(target, read_state_dict(path), release.keys if release else "auto")
     own = target.state_dict()
     convs, heads = transfer_layers(name)
+    in_file = set(sd)
     reset = _adapt_head(sd, own, heads)
     adapted = _adapt_stem(sd, own, convs)
     _check_fit(name, sd, own, reset)
     notes = []
     if reset:
         n = getattr(target, "num_classes", num_classes)
-        notes.append(f"{name}: classifier re-initialised for {n} classes (dropped {', '.join(reset)} from {path.name})")
+        dropped, absent = [k for k in reset if k in in_file], [k for k in reset if k not in in_file]
+        why = ([f"dropped {', '.join(dropped)} from {path.name}"] if dropped else []) + (
+            [f"{path.name} has no {', '.join(absent)}"] if absent else [])
+        notes.append(f"{name}: classifier re-initialised for {n} classes ({'; '.join(why)})")
     if adapted:
         notes.append(f"{name}: input convolution adapted to the model's input channels: {', '.join(adapted)}")
     for note in notes:
