@@ -109,3 +109,24 @@ def test_import_and_verify_refuse_in_one_line(tmp_path, capsys, caches):
     code, _, err = _run(capsys, "download", "biformer_tiny")
     assert code == 2 and len(err) == 1
     assert "`convscope weights import FILE --model biformer_tiny.official_in1k`" in err[0]
+
+
+def test_train_pretrained_by_name_takes_the_default_release(caches):
+    """`convscope train --pretrained convnext_atto` (a variant's name: its default release, here from a seeded Hub
+    cache, offline) starts from those weights with a classifier for the data's classes."""
+    from convscope.train import TrainConfig, train
+
+    source = _atto_state_dict()
+    release = hub.find_release("convnext_atto")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = caches["hf"] / f"models--{release.location.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    save_weights(source, repo / "snapshots" / commit / release.filename)
+    hub.set_offline(True)
+    cfg = TrainConfig(model="convnext_atto", pretrained="convnext_atto", data="synthetic", synthetic_size=16,
+                      epochs=1, batch_size=8, lr=1e-9, min_lr=0.0, warmup_epochs=0, drop_path=0.0, progress="none",
+                      device="cpu", threads=1, out=str(caches["hf"].parent / "run"))
+    model = train(cfg).model.state_dict()
+    assert model["head.fc.weight"].shape == (4, 320)
+    assert max((model[k] - source[k]).abs().max().item() for k in source if not k.startswith("head.fc.")) < 1e-6

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load as load_file_bytes
+from safetensors.torch import load_file
 
 from convscope import create_model
 from convscope.cli import main
@@ -83,3 +86,19 @@ def test_bad_combinations_one_line_exit_2_before_work(tmp_path, capsys, extra, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_layer_decay_run_resumes_bitwise(tmp_path):
+    """Resumed from its first epoch's checkpoint, a run with layer-wise lr groups ends with the same weights."""
+    _, path = _released(tmp_path)
+    cfg = dict(pretrained=str(path), layer_decay=0.5, head_lr_scale=10.0, epochs=2, batch_size=16)
+    train(_config(tmp_path / "run", **cfg))
+    want = (tmp_path / "run" / "last.safetensors").read_bytes()
+    steps = sorted((tmp_path / "run" / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(steps) == 2
+    shutil.rmtree(steps[-1])
+    (tmp_path / "run" / "last.safetensors").unlink()
+    train(_config(tmp_path / "run", resume=True, **cfg))
+    assert load_file(str(tmp_path / "run" / "last.safetensors")).keys() == load_file_bytes(want).keys()
+    got, ref = load_file(str(tmp_path / "run" / "last.safetensors")), load_file_bytes(want)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
