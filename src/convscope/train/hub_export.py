@@ -46,9 +46,13 @@ def _run_files(run: Path) -> tuple[Path, dict[str, Any], dict[str, Any], list[di
     config = read_json(run / "config.json") if (run / "config.json").is_file() else {}
     metrics = []
     if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                metrics.append(json.loads(line))
+        for i, line in enumerate((run / "metrics.jsonl").read_text().splitlines(), 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                raise ValueError(f"{run / 'metrics.jsonl'}: line {i} is not JSON") from None
+            if isinstance(record, dict):
+                metrics.append(record)
     return weights, meta, config if isinstance(config, dict) else {}, metrics
 
 
