@@ -102,3 +102,15 @@ def test_layer_decay_run_resumes_bitwise(tmp_path):
     assert load_file(str(tmp_path / "run" / "last.safetensors")).keys() == load_file_bytes(want).keys()
     got, ref = load_file(str(tmp_path / "run" / "last.safetensors")), load_file_bytes(want)
     assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_pretrained_into_one_channel_adapts_the_stem(tmp_path, caplog):
+    released, path = _released(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        result = train(_config(tmp_path / "grey", pretrained=str(path), in_chans=1, lr=1e-9, min_lr=0.0))
+    notes = [r.getMessage() for r in caplog.records if "input convolution adapted" in r.getMessage()]
+    assert notes == ["convnext_atto: input convolution adapted to the model's input channels: stem.0.weight "
+                     "(3 -> 1 channels)"]
+    stem = result.model.state_dict()["stem.0.weight"]
+    assert stem.shape == (8, 1, 4, 4)
+    torch.testing.assert_close(stem, released.state_dict()["stem.0.weight"].sum(1, keepdim=True), rtol=0, atol=1e-6)
