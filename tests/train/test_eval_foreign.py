@@ -101,3 +101,15 @@ def test_cli_eval_foreign_and_its_errors(tmp_path, capsys):
     assert main([*argv[:1], "--model", "convnext_tiny", *argv[3:]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights do not fit convnext_tiny" in err[0], err
+
+
+def test_cli_eval_foreign_model_kwargs(tmp_path, capsys):
+    data = _folder(tmp_path / "data")
+    torch.save(_model().state_dict(), tmp_path / "timm.pth")
+    argv = ["eval", "--checkpoint", str(tmp_path / "timm.pth"), "--data", str(data), "--device", "cpu"]
+    assert main([*argv, "--model", "convnext_atto", "--model-kwargs", '{"bogus": 1}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not build convnext_atto" in err[0] and "bogus" in err[0], err
+    assert main([*argv, "--model-kwargs", '{"depths": [1, 1, 1, 1]}']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["convscope: error: --model-kwargs goes with --model (a checkpoint from elsewhere)"]

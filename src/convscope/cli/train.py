@@ -146,11 +146,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..train.summary import dumps_confusion
 
     if args.model is None:
+        if args.model_kwargs:
+            raise ValueError("--model-kwargs goes with --model (a checkpoint from elsewhere)")
         r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
                                 args.workers)
     else:
         r = evaluate_foreign(args.model, args.checkpoint, args.data, args.split, args.batch_size, args.limit,
-                             args.device, args.workers)
+                             args.device, args.workers, args.model_kwargs)
     if r["skipped"]:
         print(f"convscope: warning: {len(r['skipped'])} of {r['images']} images could not be read and are not "
               f"counted: " + "; ".join(r["skipped"][:5]) + (" ..." if len(r["skipped"]) > 5 else ""),
@@ -188,6 +190,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--model", default=None, metavar="NAME", help="evaluate a checkpoint from elsewhere (timm, the "
                     "official repository, transformers) as this variant, preprocessed as its card says; the data's "
                     "classes, sorted, are the checkpoint's outputs")
+    sp.add_argument("--model-kwargs", type=values.json_object, default={}, help="with --model: JSON constructor "
+                    "options the checkpoint's code differs in, e.g. '{\"mlp_act\": \"gelu\"}' for transformers' CvT")
     sp.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an idx directory or an image folder")
     sp.add_argument("--split", default="test", help="train/test for Fashion-MNIST; a subdirectory of a folder")
     sp.add_argument("--batch-size", type=values.positive_int, default=256)

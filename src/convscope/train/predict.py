@@ -35,12 +35,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, split: str = "
 
 
 def evaluate_foreign(model_name: str, checkpoint: str | os.PathLike, data: str, split: str = "test",
-                     batch_size: int = 256, limit: int | None = None, device: str = "auto",
-                     workers: int = 0) -> dict[str, Any]:
+                     batch_size: int = 256, limit: int | None = None, device: str = "auto", workers: int = 0,
+                     model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """`evaluate_checkpoint` for a weights file from elsewhere (timm's, the official repository's or Hugging Face
     transformers' keys, told apart by the family's converters) of the registered variant `model_name`: the data is
     preprocessed as the variant's card says (pretrained_cfg: input size, mean, std, centre crop), and its classes,
-    in their sorted order, must be the checkpoint's classifier outputs. ValueError in one line otherwise."""
+    in their sorted order, must be the checkpoint's classifier outputs. ValueError in one line otherwise.
+    `model_kwargs`: constructor options the checkpoint's code differs in (e.g. CvT from transformers:
+    `{"mlp_act": "gelu"}`)."""
     from ..models import create_model, model_card
     from ..models.pretrained import load_pretrained
 
@@ -53,7 +55,10 @@ def evaluate_foreign(model_name: str, checkpoint: str | os.PathLike, data: str, 
     opened = open_dataset(data, split, in_chans=cfg.input_size[0], load_size=round(max(size) / cfg.crop_pct),
                           report=lambda msg: None)
     classes = tuple(opened.dataset.classes)
-    model = create_model(card.name, num_classes=len(classes))
+    try:
+        model = create_model(card.name, num_classes=len(classes), **(model_kwargs or {}))
+    except TypeError as e:     # an unknown constructor option
+        raise ValueError(f"model_kwargs {model_kwargs} do not build {card.name}: {e}") from None
     report = load_pretrained(model, card.name, os.fspath(checkpoint), num_classes=len(classes))
     if report.head_reset:
         raise ValueError(f"{checkpoint}'s classifier does not have the {len(classes)} classes of {data} "
