@@ -62,7 +62,8 @@ convscope export-hub runs/train --out hub_folder [--push org/name]
   converter and its values (all finite), then caches it atomically as `TORCH_HOME/hub/checkpoints/<tag>.safetensors`.
 - `eval --model NAME` reads a checkpoint in timm's, the official repository's or Hugging Face transformers' keys
   (told apart by the family's converters) and preprocesses the data as the variant's card says; the folder's classes,
-  sorted, must be the checkpoint's outputs.
+  sorted, must be the checkpoint's outputs; `--model-kwargs` sets constructor options the checkpoint's code differs
+  in (transformers' CvT: `'{"mlp_act": "gelu"}'`).
 - `train --pretrained` takes NAME[.TAG], `hf-hub:org/repo`, a URL or a file: the classifier is re-initialised for the
   data's classes, the stem adapted to its channels. `--layer-decay d` trains layer i of n (the model's
   `group_matcher()`, as timm's `param_groups_layer_decay`) at lr x d^(n - 1 - i); `--head-lr-scale` multiplies the
