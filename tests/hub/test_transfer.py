@@ -85,6 +85,10 @@ def test_a_file_without_classifier_leaves_it_fresh(atto_file, tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "convnext_atto: classifier re-initialised for 3 classes (backbone.safetensors has no head.fc.bias, "
         "head.fc.weight)"]
+    partial = save_weights({k: v for k, v in rgb.state_dict().items() if k != "head.fc.bias"},
+                           tmp_path / "partial.safetensors")   # a classifier with a tensor missing is broken
+    with pytest.raises(ValueError, match=r"weights do not fit convnext_atto: 1 missing keys \(head.fc.bias\)"):
+        hub.load_pretrained(convscope.create_model("convnext_atto"), "convnext_atto", partial)
 
 
 def test_a_wrong_model_or_wrong_arguments_fail_in_one_line(atto_file):

@@ -177,14 +177,16 @@ def _to_our_keys(target: nn.Module, sd: dict[str, torch.Tensor], keys: str) -> t
 
 def _adapt_head(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], heads: tuple[str, ...]) -> list[str]:
     """Drop the classifier tensors that do not fit the model (another number of classes, or no classifier);
-    the model keeps its freshly initialised ones, as it does where the file has no classifier (a release without
-    one, num_classes 0). Returns the dropped keys, then the model's classifier keys the file lacks."""
+    the model keeps its freshly initialised ones, as it does for a classifier layer of which the file has no
+    tensor at all (a release without classifier, num_classes 0). Returns the dropped keys, then the model's
+    classifier keys the file lacks that way (a layer the file has only some tensors of is left to `_check_fit`)."""
+    absent = {h for h in heads if not any(k.rpartition(".")[0] == h for k in sd)}
     dropped = []
     for key in sorted(k for k in sd if k.rpartition(".")[0] in heads):
         if key not in own or own[key].shape != sd[key].shape:
             del sd[key]
             dropped.append(key)
-    return dropped + sorted(k for k in own if k.rpartition(".")[0] in heads and k not in sd and k not in dropped)
+    return dropped + sorted(k for k in own if k.rpartition(".")[0] in absent)
 
 
 def _adapt_stem(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], convs: tuple[str, ...]) -> list[str]:
