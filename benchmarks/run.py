@@ -134,6 +134,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         "training-step time of the demo model by dtype, memory layout, input size, threads and OpenMP wait "
         "policy, alone and beside a busy process",
         "~3 min", ("train_settings.md", "train_settings.json"), "--rounds 3 --steps 6"),
+    "transfer": Benchmark(
+        "top-1 of convnext_atto fine-tuned on Fashion-MNIST classes 5-9 with 20, 100 and 1,000 images per class from "
+        "weights pretrained on classes 0-4 (`--pretrained`, with and without `--layer-decay`) vs from scratch, "
+        "three seeds",
+        "~20 min (estimated; not run yet: no result page)", (), "--threads 2 --out benchmarks/results/transfer",
+        "Fashion-MNIST idx files (`make data`); Pillow"),
     "waterline_convnext": Benchmark(
         "per-layer waterline efficiency of ConvNeXt-T's depthwise vs pointwise convs against measured compute "
         "and bandwidth ceilings",

@@ -110,6 +110,8 @@ TRAIN = {
     "--keep-last": ints_below(1), "--progress": words, "--dist-timeout": floats_outside(0, None),
     "--init-from": "weights",   # a missing file, a text file, a directory, an image
     "--task": words, "--head": words,
+    "--pretrained": "weights", "--layer-decay": floats_outside(0, 1, lo_open=True),
+    "--head-lr-scale": floats_outside(0, None, lo_open=True),
     "--out": None,  # filled per world: a file, under a file
     "--resume": None, "--channels-last": None, "--compile": None, "--quiet": None,
 }
@@ -175,10 +177,15 @@ COMMANDS = {
     "eval": ({"--checkpoint": "weights", "--data": st.sampled_from(["/nonexistent", "nope"]),
               "--split": st.sampled_from(["a", "b"]), "--batch-size": ints_below(1), "--limit": ints_below(1),
               "--workers": ints_below(0), "--device": words, "--json": None,
-              "--window": LAB_SHAPE["--size"], "--stride": LAB_SHAPE["--size"]},
+              "--window": LAB_SHAPE["--size"], "--stride": LAB_SHAPE["--size"],
+              "--model": st.sampled_from(["nope", "convnext_", ""]),
+              "--model-kwargs": st.sampled_from(["[1, 2]", "{", '"x"', '{"mlp_act": "gelu"}'])},
              ["--checkpoint", "{w}", "--data", "{data}", "--limit", "2"]),
     "predict": ({"--checkpoint": "weights", "images": "images", "--topk": ints_below(1), "--device": words,
                  "--json": None, "--out": None}, ["--checkpoint", "{w}", "{img}"]),
+    "weights": ({"weights_command": st.sampled_from(["nope", "lists", ""])}, []),
+    "export-hub": ({"run": "weights", "--out": None, "--push": st.sampled_from(["nope", "a/b/c", "/x", "a b/c"]),
+                    "--private": None}, ["{data}", "--out", "hub_out"]),
     **DEPLOY,
     **EXPLAIN,
 }

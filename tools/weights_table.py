@@ -45,6 +45,35 @@ print(report.notes)      # a URL or a path; the classifier is re-initialised, th
 hub.list_pretrained("convnext_tiny*")                                # the tags
 hub.import_file("RepLKNet-31B_ImageNet-1K_224.pth", "replknet_31b.official_in1k")   # a file downloaded by hand
 ```
+
+## From the command line
+
+```bash
+convscope weights list [--model convnext_atto] [--json]     # the releases, and which are cached
+convscope weights download convnext_atto[.d2_in1k]          # into the cache create_model(pretrained=...) reads
+convscope weights import RepLKNet-31B_ImageNet-1K_224.pth --model replknet_31b.official_in1k
+convscope weights verify replknet_31b.official_in1k         # or FILE --model NAME[.TAG]: SHA-256, keys, finite
+convscope eval --model convnext_atto --checkpoint timm_or_official.pth --data val_folder/
+convscope train --model convnext_atto --pretrained convnext_atto.d2_in1k --layer-decay 0.8 --head-lr-scale 10 ...
+convscope export-hub runs/train --out hub_folder [--push org/name]
+```
+
+- `import` checks the file against the publisher's SHA-256 (when given), its keys and shapes through the family's
+  converter and its values (all finite), then caches it atomically as `TORCH_HOME/hub/checkpoints/<tag>.safetensors`.
+- `eval --model NAME` reads a checkpoint in timm's, the official repository's or Hugging Face transformers' keys
+  (told apart by the family's converters) and preprocesses the data as the variant's card says; the folder's classes,
+  sorted, must be the checkpoint's outputs; `--model-kwargs` sets constructor options the checkpoint's code differs
+  in (transformers' CvT: `'{"mlp_act": "gelu"}'`).
+- `train --pretrained` takes NAME[.TAG], `hf-hub:org/repo`, a URL or a file: the classifier is re-initialised for the
+  data's classes, the stem adapted to its channels. `--layer-decay d` trains layer i of n (the model's
+  `group_matcher()`, as timm's `param_groups_layer_decay`) at lr x d^(n - 1 - i); `--head-lr-scale` multiplies the
+  head's. `--pretrained` and `--init-from` exclude each other.
+- `export-hub` writes config.json (architecture, num_classes, in_chans, model_args, label_names, pretrained_cfg),
+  model.safetensors and a README.md model card (data, recipe, metrics read from the run);
+  `create_model(name, pretrained="hub_folder" or "hf-hub:org/name", num_classes=..., **model_args)` loads it.
+  `--push` uploads it with huggingface_hub's `upload_folder` (a token is needed).
+- `hubconf.py` at the repository's root gives torch.hub one entry per variant:
+  `torch.hub.load("<owner>/convscope", "convnext_atto", pretrained=True)`.
 """
 
 

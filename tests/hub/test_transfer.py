@@ -70,6 +70,27 @@ def test_other_num_classes_reinitialises_the_classifier_only(atto_file, caplog):
                      "from atto.safetensors)"]
 
 
+def test_a_file_without_classifier_leaves_it_fresh(atto_file, tmp_path, caplog):
+    """A release without a classifier (num_classes 0, e.g. DINOv3's ConvNeXts) loads into a model with one."""
+    rgb, _ = atto_file
+    path = save_weights({k: v for k, v in rgb.state_dict().items() if not k.startswith("head.fc.")},
+                        tmp_path / "backbone.safetensors")
+    torch.manual_seed(1)
+    model = convscope.create_model("convnext_atto", num_classes=3)
+    fresh_head = model.head.fc.weight.detach().clone()
+    with caplog.at_level("WARNING", logger="convscope.models.pretrained.load"):
+        report = hub.load_pretrained(model, "convnext_atto", path, num_classes=3)
+    assert report.head_reset == ("head.fc.bias", "head.fc.weight") and torch.equal(model.head.fc.weight, fresh_head)
+    assert torch.equal(model.stem[0].weight, rgb.stem[0].weight)
+    assert [r.getMessage() for r in caplog.records] == [
+        "convnext_atto: classifier re-initialised for 3 classes (backbone.safetensors has no head.fc.bias, "
+        "head.fc.weight)"]
+    partial = save_weights({k: v for k, v in rgb.state_dict().items() if k != "head.fc.bias"},
+                           tmp_path / "partial.safetensors")   # a classifier with a tensor missing is broken
+    with pytest.raises(ValueError, match=r"weights do not fit convnext_atto: 1 missing keys \(head.fc.bias\)"):
+        hub.load_pretrained(convscope.create_model("convnext_atto"), "convnext_atto", partial)
+
+
 def test_a_wrong_model_or_wrong_arguments_fail_in_one_line(atto_file):
     _, path = atto_file
     with torch.device("meta"):

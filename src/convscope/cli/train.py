@@ -44,6 +44,10 @@ def _optimisation_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation micro-steps")
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of weights (0: off)")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay in (0, 1]: layer i of n "
+                   "(the model's group_matcher) trains at lr x decay^(n - 1 - i); e.g. 0.8 for fine-tuning")
+    g.add_argument("--head-lr-scale", type=float, default=d.head_lr_scale, help="lr multiplier of the classifier "
+                   "head (e.g. 10 with --pretrained)")
 
 
 def _model_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
@@ -63,6 +67,9 @@ def _model_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
                    help="start from these weights instead of a random init: a pruned model written by "
                         "convscope.deploy.prune.save_pruned (the model takes its pruned widths: fine-tuning after "
                         "pruning) or a weights file written by convscope train for the same model and classes")
+    g.add_argument("--pretrained", default=None, metavar="NAME[.TAG]|hf-hub:ORG/REPO|URL|FILE",
+                   help="fine-tune released weights (convscope weights list): the classifier is re-initialised for "
+                        "the data's classes and the input convolution adapted to its channels")
 
 
 def _data_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
@@ -156,7 +163,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import summarize, train
 
-    values.check_distinct({"--out": [args.out]}, {"--data": args.data, "--init-from": args.init_from})
+    values.check_distinct({"--out": [args.out]}, {"--data": args.data, "--init-from": args.init_from,
+                                                  "--pretrained": args.pretrained})
     result = train(config_from_args(args))
     if result.rank == 0:
         print(summarize(result))
@@ -192,20 +200,27 @@ def _eval_sr(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..train import evaluate_checkpoint
+    from ..train import evaluate_checkpoint, evaluate_foreign
     from ..train.parts import checkpoint_task
     from ..train.summary import dumps_confusion
 
-    task = checkpoint_task(args.checkpoint)
-    if task != "segmentation" and (args.window or args.stride):
-        raise ValueError(f"--window and --stride apply to segmentation models; {args.checkpoint} is {task}")
-    if task == "segmentation":
-        return _eval_segmentation(args)
-    if task == "sr":
-        return _eval_sr(args)
-
-    r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
-                            args.workers)
+    if args.model is not None:   # a classifier's checkpoint from elsewhere, read as this variant
+        if args.window or args.stride:
+            raise ValueError("--window and --stride apply to segmentation models, not to --model checkpoints")
+        r = evaluate_foreign(args.model, args.checkpoint, args.data, args.split, args.batch_size, args.limit,
+                             args.device, args.workers, args.model_kwargs)
+    else:
+        if args.model_kwargs:
+            raise ValueError("--model-kwargs goes with --model (a checkpoint from elsewhere)")
+        task = checkpoint_task(args.checkpoint)
+        if task != "segmentation" and (args.window or args.stride):
+            raise ValueError(f"--window and --stride apply to segmentation models; {args.checkpoint} is {task}")
+        if task == "segmentation":
+            return _eval_segmentation(args)
+        if task == "sr":
+            return _eval_sr(args)
+        r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, args.limit, args.device,
+                                args.workers)
     if r["skipped"]:
         print(f"convscope: warning: {len(r['skipped'])} of {r['images']} images could not be read and are not "
               f"counted: " + "; ".join(r["skipped"][:5]) + (" ..." if len(r["skipped"]) > 5 else ""),
@@ -213,7 +228,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"{r['model']} on {args.data} ({args.split}, {r['n']} images): top-1 {r['top1']:.2f}%  "
+    keys = f" ({r['keys']} keys)" if "keys" in r else ""
+    print(f"{r['model']}{keys} on {args.data} ({args.split}, {r['n']} images): top-1 {r['top1']:.2f}%  "
           f"top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
     print(dumps_confusion(r["confusion"], r["class_names"]))
@@ -256,6 +272,11 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("eval", _cmd_eval, "evaluate a trained model: top-1, top-5, loss, confusion matrix; a segmentation "
              "model: mIoU, per-class IoU, pixel accuracy; a super-resolution model: PSNR, SSIM against bicubic")
     options.add_checkpoint_device_json(sp)
+    sp.add_argument("--model", default=None, metavar="NAME", help="evaluate a checkpoint from elsewhere (timm, the "
+                    "official repository, transformers) as this variant, preprocessed as its card says; the data's "
+                    "classes, sorted, are the checkpoint's outputs")
+    sp.add_argument("--model-kwargs", type=values.json_object, default={}, help="with --model: JSON constructor "
+                    "options the checkpoint's code differs in, e.g. '{\"mlp_act\": \"gelu\"}' for transformers' CvT")
     sp.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an idx directory or an image folder")
     sp.add_argument("--split", default="test", help="train/test for Fashion-MNIST; a subdirectory of a folder")
     sp.add_argument("--batch-size", type=values.positive_int, default=256)

@@ -1,8 +1,9 @@
 """The model contract shared by every registered network (timm-compatible)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +16,13 @@ if TYPE_CHECKING:
     from .registry import ModelCard
 
 NormFactory = Callable[[int], nn.Module]
+
+#: the last name of the parameters that are tables of positions or learned tokens (kept out of weight decay, as
+#: timm's `no_weight_decay()` keeps them): absolute position embeddings, class tokens, relative-position bias tables
+NO_WEIGHT_DECAY = re.compile(r"^(pos_embed(_\d+)?|cls_token(_\d+)?|relative_position_bias_table|"
+                             r"relative_pos_bias_local|learnable_tokens|learnable_bias|height_rel|width_rel|attention_biases)$")
+#: timm's MATCH_PREV_GROUP: a group-matcher suffix that puts a layer in the group before it
+MATCH_PREV_GROUP = (99999,)
 
 
 class Stage(nn.Module):
@@ -183,6 +191,30 @@ class ConvScopeModel(nn.Module):
         self.head.reset(num_classes)
 
     # -- training / extraction helpers ---------------------------------------------------------------------------
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer grouping for layer-wise lr decay: `stem` (group 0: the stem and parameters held by the model
+        itself) and `blocks`, regexes whose captured numbers order the groups by depth (timm's `group_with_matcher`).
+
+        Coarse: one group per stage. Fine: one per block, a stage's layers before its blocks (downsampling, patch
+        embedding) with its first block, its layers after them and the layers between the stages and the head
+        (`norm_pre`, a final conv) with the block before them. The head matches nothing: timm puts it last."""
+        before, after, has_blocks = _stage_layers(self.stages)
+        tail = [n for n, _ in self.named_children() if n not in ("stem", "stages", "head")]
+        tail_rules = [(rf"^{n}\.", MATCH_PREV_GROUP) for n in tail]
+        own = [n for n, _ in self.named_parameters(recurse=False)]
+        stem = r"^stem\." + "".join(rf"|^{re.escape(n)}$" for n in own)
+        if coarse:
+            return dict(stem=stem, blocks=[(r"^stages\.(\d+)\.", None), *tail_rules])
+        rules = [(rf"^stages\.(\d+)\.{re.escape(n)}(?:\.|$)", (0,)) for n in before]
+        rules.append((r"^stages\.(\d+)\.blocks\.(\d+)\." if has_blocks else r"^stages\.(\d+)\.(\d+)\.", None))
+        rules += [(rf"^stages\.(\d+)\.{re.escape(n)}(?:\.|$)", MATCH_PREV_GROUP) for n in after]
+        return dict(stem=stem, blocks=rules + tail_rules)
+
+    def no_weight_decay(self) -> set[str]:
+        """The parameters kept out of weight decay besides the 1-D ones (which the recipe never decays): position
+        embeddings, class tokens and relative-position tables (`NO_WEIGHT_DECAY`)."""
+        return {n for n, _ in self.named_parameters() if NO_WEIGHT_DECAY.match(n.rpartition(".")[2])}
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass instead of storing them."""
         for m in self.modules():
@@ -202,3 +234,19 @@ class ConvScopeModel(nn.Module):
             self.head = nn.Identity()
             self.num_classes = 0
         return take
+
+
+def _stage_layers(stages: nn.Module) -> tuple[list[str], list[str], bool]:
+    """The names of the stages' layers (submodules and parameters) before their `blocks`, those after them, and
+    whether the stages have `blocks` (else each stage is itself the sequence of its blocks)."""
+    before: list[str] = []
+    after: list[str] = []
+    has_blocks = False
+    for stage in stages.children():
+        names = [n for n, _ in stage.named_children()] + [n for n, _ in stage.named_parameters(recurse=False)]
+        if "blocks" not in names:
+            continue
+        has_blocks, i = True, names.index("blocks")
+        before += [n for n in names[:i] if n not in before]
+        after += [n for n in names[i + 1:] if n not in after]
+    return before, after, has_blocks

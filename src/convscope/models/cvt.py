@@ -189,6 +189,11 @@ class CvT(ConvScopeModel):
             if s.num_prefix_tokens:
                 nn.init.trunc_normal_(s.cls_token, std=0.02)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The base's grouping, with the first stage's conv token embedding as the stem (the model has no other)."""
+        groups = super().group_matcher(coarse)
+        return dict(groups, stem=r"^stages\.0\.patch_embed\.|" + groups["stem"])
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's tokens (B, 1 + H*W, C), class token first (not normalised: the head's norm does)."""
         self.check_input(x)

@@ -17,6 +17,7 @@ each feature_info entry is taken) and implements `embed`, `run_unit` (optional),
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import Mlp, drop_path_or_identity
-from .base import ConvScopeModel
+from .base import MATCH_PREV_GROUP, ConvScopeModel
 from .features import feature_take_indices
 
 
@@ -106,6 +107,21 @@ class TokenModel(ConvScopeModel):
     def prune_tail(self) -> None:
         """Drop what follows the units (class blocks, head) for a backbone that returns only intermediates."""
         raise NotImplementedError
+
+    # -- training helpers ----------------------------------------------------------------------------------------
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer grouping (see `ConvScopeModel.group_matcher`): the patch embedding and the model's own
+        tables (position embeddings, class tokens) are the stem; then one group per unit (fine: per block of a unit
+        that is a sequence of blocks, its other layers with its first block), then the class-attention blocks
+        (`post_network`), the final norm with the group before it; the head matches nothing (last)."""
+        own = [n for n, _ in self.named_parameters(recurse=False)]
+        stem = r"^patch_embed\." + "".join(rf"|^{re.escape(n)}$" for n in own)
+        u = re.escape(self.units_name)
+        blocks = [(rf"^{u}\.(\d+)\.", (0,))]
+        if not coarse:   # a unit that is a sequence of blocks: one group per block
+            blocks.insert(0, (rf"^{u}\.(\d+)\.(\d+)\.", None))
+        post = [(r"^post_network\.(\d+)\.", None)] if hasattr(self, "post_network") else []
+        return dict(stem=stem, blocks=blocks, blocks2=[*post, (r"^norm\.", MATCH_PREV_GROUP)])
 
     # -- forward -------------------------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> Any:

@@ -18,7 +18,7 @@ NON_SEMANTIC = frozenset({"out", "resume", "workers", "quiet", "progress", "thre
 TASKS = ("classification", "segmentation", "sr")
 #: Settings only classification uses, with their defaults: a dense task refuses any other value.
 CLASSIFICATION_ONLY = dict(mixup=0.0, cutmix=0.0, randaug_ops=0, msd_samples=0, scale=None, ratio=None,
-                           init_from=None)
+                           init_from=None, pretrained=None, layer_decay=None, head_lr_scale=1.0)
 
 
 @dataclass
@@ -53,6 +53,9 @@ class TrainConfig:
     input_size: int | None = None
     in_chans: int | None = None
     init_from: str | None = None        # weights to start from: a pruned model (save_pruned) or a run's weights
+    pretrained: str | None = None       # released weights to fine-tune: NAME[.TAG], hf-hub:org/repo, a URL or a file
+    layer_decay: float | None = None    # layer-wise lr decay: lr x layer_decay ** (last layer - layer)
+    head_lr_scale: float = 1.0          # the classifier head's lr multiplier
     # data and augmentation
     data_limit: int | None = None
     eval_limit: int | None = None
@@ -147,11 +150,17 @@ class TrainConfig:
             (self.dist_timeout > 0, f"dist_timeout must be > 0; got {self.dist_timeout}"),
             (all(0 <= b < 1 for b in self.betas), f"betas must be in [0, 1); got {self.betas}"),
             (self.time_budget is None or self.time_budget > 0, f"time budget must be > 0; got {self.time_budget}"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1,
+             f"layer_decay must be in (0, 1]; got {self.layer_decay}"),
+            (self.head_lr_scale > 0, f"head_lr_scale must be > 0; got {self.head_lr_scale}"),
+            (self.pretrained is None or self.init_from is None,
+             "pretrained and init_from both give starting weights: pass one of them"),
         ]
         import math
         for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad", "drop_path", "drop_rate",
                      "msd_drop", "label_smoothing", "val_fraction", "crop_pct", "hflip", "randaug_magnitude",
-                     "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema_decay", "dist_timeout", "time_budget"):
+                     "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema_decay", "dist_timeout", "time_budget",
+                     "layer_decay", "head_lr_scale"):
             v = getattr(self, name)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number; got {v}")

@@ -20,7 +20,7 @@ from torch import nn
 from ..data.loaders import Loader
 from ..extras import available, missing_message
 from ..files import atomic_write_json, check_output_dir, clean_temp_files
-from ..models import ModelTraits, create_model, model_card, model_traits
+from ..models import ModelTraits, create_model, model_card, model_traits, resolve_name
 from ..utils import set_threads
 from .budget import FitTimeBudget
 from .callbacks import EMA, Checkpointing, Evaluation, Metrics, Progress
@@ -94,6 +94,10 @@ def _model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple[nn.M
         from .init import init_from_
         pruning = init_from_(model, cfg.init_from, model_name=card.name, num_classes=len(spec.classes),
                              in_chans=spec.in_chans)
+    if cfg.pretrained is not None:  # released weights: classifier re-initialised, input conv adapted
+        from ..models.pretrained import load_pretrained
+        load_pretrained(model, card.name, _pretrained_spec(cfg.pretrained, card.name),
+                        num_classes=len(spec.classes), in_chans=spec.in_chans)
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     meta = dict(model=card.name, model_kwargs=cfg.model_kwargs, num_classes=len(spec.classes),
                 in_chans=spec.in_chans, input_size=list(spec.input_size), load_size=list(spec.load_size),
@@ -102,6 +106,14 @@ def _model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple[nn.M
     if pruning:
         meta["pruning"] = pruning   # load_model rebuilds the pruned widths from it
     return model, meta
+
+
+def _pretrained_spec(value: str, name: str) -> bool | str:
+    """load_pretrained's spec for --pretrained: the model's own name is its default release (True)."""
+    try:
+        return True if resolve_name(value) == name else value
+    except ValueError:
+        return value
 
 
 def _callbacks(cfg: TrainConfig, task: Task, eval_loader: Loader, ckpts: CheckpointManager, *,
@@ -169,7 +181,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
     model = task.model
 
     # -- optimizer, schedule, callbacks, loop ------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    layer_decay = cfg.layer_decay if cfg.layer_decay is not None or cfg.head_lr_scale == 1 else 1.0
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, layer_decay, cfg.head_lr_scale), lr=cfg.lr,
+                                  betas=cfg.betas)
     spe = steps_per_epoch(len(train_loader), cfg.accum_steps)
     total_steps = spe * cfg.epochs
     schedule = WarmupCosine(optimizer, cfg.lr, cfg.min_lr, min(round(cfg.warmup_epochs * spe), total_steps),

@@ -29,9 +29,51 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, split: str = "
         raise ValueError(f"limit must be >= 1; got {limit}")
     device = resolve_device(device)
     model, meta = load_model(checkpoint, device)
+    opened = open_dataset(data, split, in_chans=meta["in_chans"], load_size=meta["load_size"][0],
+                          classes=tuple(meta["class_names"]), report=lambda msg: None)   # unreadable: by path
+    return _evaluate_opened(model, meta, opened, data, str(checkpoint), batch_size, limit, device, workers)
+
+
+def evaluate_foreign(model_name: str, checkpoint: str | os.PathLike, data: str, split: str = "test",
+                     batch_size: int = 256, limit: int | None = None, device: str = "auto", workers: int = 0,
+                     model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`evaluate_checkpoint` for a weights file from elsewhere (timm's, the official repository's or Hugging Face
+    transformers' keys, told apart by the family's converters) of the registered variant `model_name`: the data is
+    preprocessed as the variant's card says (pretrained_cfg: input size, mean, std, centre crop), and its classes,
+    in their sorted order, must be the checkpoint's classifier outputs. ValueError in one line otherwise.
+    `model_kwargs`: constructor options the checkpoint's code differs in (e.g. CvT from transformers:
+    `{"mlp_act": "gelu"}`)."""
+    from ..models import create_model, model_card
+    from ..models.pretrained import load_pretrained
+
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1; got {limit}")
+    device = resolve_device(device)
+    card = model_card(model_name)
+    cfg = card.pretrained_cfg
+    size = list(cfg.input_size[1:])
+    opened = open_dataset(data, split, in_chans=cfg.input_size[0], load_size=round(max(size) / cfg.crop_pct),
+                          report=lambda msg: None)
+    classes = tuple(opened.dataset.classes)
+    try:
+        model = create_model(card.name, num_classes=len(classes), **(model_kwargs or {}))
+    except TypeError as e:     # an unknown constructor option
+        raise ValueError(f"model_kwargs {model_kwargs} do not build {card.name}: {e}") from None
+    report = load_pretrained(model, card.name, os.fspath(checkpoint), num_classes=len(classes))
+    if report.head_reset:
+        raise ValueError(f"{checkpoint}'s classifier does not have the {len(classes)} classes of {data} "
+                         f"({', '.join(report.head_reset)} do not fit): give data with one class per output, in order")
+    meta = dict(model=card.name, in_chans=cfg.input_size[0], input_size=size, mean=list(cfg.mean), std=list(cfg.std),
+                crop_pct=cfg.crop_pct, class_names=list(classes))
+    result = _evaluate_opened(model.to(device), meta, opened, data, str(checkpoint), batch_size, limit, device,
+                              workers)
+    return dict(result, keys=report.keys)
+
+
+def _evaluate_opened(model: torch.nn.Module, meta: dict[str, Any], opened: Any, data: str, checkpoint: str,
+                     batch_size: int, limit: int | None, device: torch.device, workers: int) -> dict[str, Any]:
+    """evaluate() of `model` on an opened dataset, preprocessed as `meta` says, with the unreadable files named."""
     classes = tuple(meta["class_names"])
-    opened = open_dataset(data, split, in_chans=meta["in_chans"], load_size=meta["load_size"][0], classes=classes,
-                          report=lambda msg: None)   # unreadable files are returned in the result, by path
     ds = opened.dataset if limit is None else opened.dataset.subset(limit)
     tf = EvalTransform(meta["input_size"], meta["mean"], meta["std"], meta["crop_pct"])
     loader = Loader(ds, tf, batch_size, train=False, workers=workers)
@@ -41,7 +83,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, split: str = "
         raise ValueError(f"none of the {len(ds)} images of {data} could be read: " + "; ".join(skipped[:5]))
     if not math.isfinite(result["loss"]):
         raise ValueError(f"{checkpoint} gives non-finite outputs (NaN or infinity) on {data}: its weights are broken")
-    return dict(result, checkpoint=str(checkpoint), model=meta["model"], class_names=list(classes),
+    return dict(result, checkpoint=checkpoint, model=meta["model"], class_names=list(classes),
                 images=len(ds) + len(opened.skipped), skipped=skipped)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 import torch
@@ -17,19 +18,66 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.mixing import classification_loss
+from ..models.base import MATCH_PREV_GROUP
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: weight decay on parameters with 2+ dimensions (conv kernels, linear weights); none on
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None,
+                 head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on parameters with 2+ dimensions (conv kernels, linear weights); none on
     1-D ones (norm weights and biases, biases, layer scales, GRN's gamma/beta) nor on a model's
-    `no_weight_decay()` names. Frozen parameters are left out."""
+    `no_weight_decay()` names. Frozen parameters are left out.
+
+    Without `layer_decay`: two groups. With it (timm's `param_groups_layer_decay`): a decay and a no-decay group
+    per layer of `layer_ids(model)`, each with `lr_scale = layer_decay ** (last - layer)`, the head's (the layer no
+    group_matcher rule matches) times `head_lr_scale`; `WarmupCosine` multiplies a group's lr by its lr_scale."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    ids, head = layer_ids(model) if layer_decay is not None else ({}, set())
+    last = max(ids.values(), default=0)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        decay = not (p.ndim <= 1 or name in skip)
+        layer = ids.get(name, last)
+        if (layer, decay) not in groups:
+            groups[(layer, decay)] = dict(params=[], weight_decay=weight_decay if decay else 0.0)
+            if layer_decay is not None:
+                scale = layer_decay ** (last - layer) * (head_lr_scale if name in head else 1.0)
+                groups[(layer, decay)]["lr_scale"] = scale
+        groups[(layer, decay)]["params"].append(p)
+    if layer_decay is None:
+        return [groups.get((0, d), dict(params=[], weight_decay=weight_decay if d else 0.0)) for d in (True, False)]
+    return list(groups.values())
+
+
+def _group_key(name: str, rules: list[tuple[re.Pattern, int, tuple[int, ...] | None]]) -> tuple[float, ...]:
+    """timm's ordering key of a parameter: the rule's ordinal, the numbers it captured and its suffix (inf when no
+    rule matches: the head)."""
+    for rx, ordinal, suffix in rules:
+        m = rx.match(name)
+        if m:
+            return (float(ordinal), *(float(g) for g in m.groups()), *(float(s) for s in suffix or ()))
+    return (math.inf,)
+
+
+def layer_ids(model: nn.Module) -> tuple[dict[str, int], set[str]]:
+    """Each parameter's layer (0: the stem) from the model's fine `group_matcher()`, numbered as timm's
+    `group_parameters` numbers them (keys sorted, a key ending in MATCH_PREV_GROUP joining the layer before), and
+    the names no rule matches (the head, numbered last)."""
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(f"{type(model).__name__} has no group_matcher(): layer-wise lr decay needs one")
+    rules = []
+    for ordinal, spec in enumerate(model.group_matcher(coarse=False).values()):
+        for pattern, suffix in ([(spec, None)] if isinstance(spec, str) else spec or ()):
+            rules.append((re.compile(pattern), ordinal, suffix))
+    keys = {name: _group_key(name, rules) for name, _ in model.named_parameters()}
+    layer_of: dict[tuple[float, ...], int] = {}
+    lid = -1
+    for key in sorted(set(keys.values())):
+        if lid < 0 or key[-1] != MATCH_PREV_GROUP[0]:
+            lid += 1
+        layer_of[key] = lid
+    return {n: layer_of[k] for n, k in keys.items()}, {n for n, k in keys.items() if k == (math.inf,)}
 
 
 class WarmupCosine:
@@ -54,7 +102,7 @@ class WarmupCosine:
         """Set the learning rate of optimizer step `step` in every parameter group."""
         lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"] if "lr_scale" in g else lr
         self.last_step = step
         return lr
 

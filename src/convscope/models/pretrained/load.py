@@ -4,7 +4,7 @@ input convolutions, load.
 
 `pretrained` may be True (the variant's default release), a tag (`convnext_tiny.fb_in1k`, or only `fb_in1k`),
 `hf-hub:org/repo` (its `model.safetensors`, else its `pytorch_model.bin`, as timm's repositories hold them) or
-`hf-hub:org/repo/path/in/repo`, an http(s) URL, or a local path.
+`hf-hub:org/repo/path/in/repo`, an http(s) URL, a local path, or a local Hub model folder (its `model.safetensors`).
 """
 from __future__ import annotations
 
@@ -18,9 +18,24 @@ import torch
 from torch import nn
 
 from ..registry import create_model, official_converter, resolve_name
+from ..source import check_finite
 from ..weights import read_state_dict, save_weights
+from . import remote
 from .adapt import adapt_input_conv, classifier_names, transfer_layers
-from .registry import HUB, MANUAL, PYTORCH_BIN, RELEASES, SAFETENSORS, TIMM, URL, Release, find_release, release_by_tag
+from .registry import (
+    HUB,
+    MANUAL,
+    OFFICIAL,
+    PYTORCH_BIN,
+    RELEASES,
+    SAFETENSORS,
+    TIMM,
+    TRANSFORMERS,
+    URL,
+    Release,
+    find_release,
+    release_by_tag,
+)
 from .remote import checkpoint_dir, download_url, hub_download, sha256_of, url_file_name
 
 logger = logging.getLogger(__name__)
@@ -42,8 +57,8 @@ class LoadReport:
 
 
 def _import_hint(release: Release) -> str:
-    return (f"download it by hand from {release.location} and run "
-            f"convscope.models.pretrained.import_file(path, {release.tag!r})")
+    return (f"download it by hand from {release.location} and run `convscope weights import FILE --model "
+            f"{release.tag}` or convscope.models.pretrained.import_file(path, {release.tag!r})")
 
 
 def imported_path(release: Release) -> Path:
@@ -121,6 +136,8 @@ def resolve(name: str, pretrained: bool | str | os.PathLike) -> tuple[Path, Rele
         return download_url(pretrained, _url_dest(pretrained, release), release.sha256 if release else None), release
     if _is_path(pretrained) or Path(pretrained).exists():
         path = Path(pretrained).expanduser()
+        if path.is_dir() and (path / SAFETENSORS).is_file():    # a Hub model folder (convscope export-hub, timm)
+            return path / SAFETENSORS, None
         if not path.is_file():
             raise ValueError(f"no weights file at {path}")
         return path, None
@@ -130,33 +147,46 @@ def resolve(name: str, pretrained: bool | str | os.PathLike) -> tuple[Path, Rele
 
 def _to_our_keys(target: nn.Module, sd: dict[str, torch.Tensor], keys: str) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict in convscope's keys and the convention it was read with: TIMM as it is; OFFICIAL /
-    TRANSFORMERS through the family's converter; "auto" (a file outside the registry) converted only when the
-    official layout fits the model better, as `load_checkpoint(source="auto")` does."""
+    TRANSFORMERS through the family's converter; "auto" (a file outside the registry) read in the convention whose
+    keys fit the model best: timm's (ours) when the file has all of them, else the family's official or
+    transformers converter when its output shares more keys with the model."""
     family = target.card.family
     if keys == TIMM:
         return sd, keys
-    converter = official_converter(family, "official" if keys == "auto" else keys)
     if keys != "auto":
+        converter = official_converter(family, keys)
         if converter is None:
             raise ValueError(f"no {keys}-checkpoint converter for {target.model_name} ({family})")
         return converter(dict(sd), target), keys
     own = set(target.state_dict())
-    if converter is None or own <= set(sd):
-        return sd, TIMM
-    converted = converter(dict(sd), target)
-    better = len(set(converted) & own) > len(set(sd) & own)
-    return (converted, "official") if better else (sd, TIMM)
+    best, best_keys, fit = sd, TIMM, len(set(sd) & own)
+    if own <= set(sd):
+        return best, best_keys
+    for convention in (OFFICIAL, TRANSFORMERS):
+        converter = official_converter(family, convention)
+        if converter is None:
+            continue
+        try:
+            converted = converter(dict(sd), target)
+        except (KeyError, ValueError, IndexError, RuntimeError):   # a converter meeting keys not of its convention
+            continue
+        if len(set(converted) & own) > fit:
+            best, best_keys, fit = converted, convention, len(set(converted) & own)
+    return best, best_keys
 
 
 def _adapt_head(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], heads: tuple[str, ...]) -> list[str]:
     """Drop the classifier tensors that do not fit the model (another number of classes, or no classifier);
-    the model keeps its freshly initialised ones. Returns the dropped keys."""
+    the model keeps its freshly initialised ones, as it does for a classifier layer of which the file has no
+    tensor at all (a release without classifier, num_classes 0). Returns the dropped keys, then the model's
+    classifier keys the file lacks that way (a layer the file has only some tensors of is left to `_check_fit`)."""
+    absent = {h for h in heads if not any(k.rpartition(".")[0] == h for k in sd)}
     dropped = []
     for key in sorted(k for k in sd if k.rpartition(".")[0] in heads):
         if key not in own or own[key].shape != sd[key].shape:
             del sd[key]
             dropped.append(key)
-    return dropped
+    return dropped + sorted(k for k in own if k.rpartition(".")[0] in absent)
 
 
 def _adapt_stem(sd: dict[str, torch.Tensor], own: dict[str, torch.Tensor], convs: tuple[str, ...]) -> list[str]:
@@ -206,13 +236,17 @@ def load_pretrained(model: nn.Module, name: str, pretrained: bool | str | os.Pat
     sd, keys = _to_our_keys(target, read_state_dict(path), release.keys if release else "auto")
     own = target.state_dict()
     convs, heads = transfer_layers(name)
+    in_file = set(sd)
     reset = _adapt_head(sd, own, heads)
     adapted = _adapt_stem(sd, own, convs)
     _check_fit(name, sd, own, reset)
     notes = []
     if reset:
         n = getattr(target, "num_classes", num_classes)
-        notes.append(f"{name}: classifier re-initialised for {n} classes (dropped {', '.join(reset)} from {path.name})")
+        dropped, absent = [k for k in reset if k in in_file], [k for k in reset if k not in in_file]
+        why = ([f"dropped {', '.join(dropped)} from {path.name}"] if dropped else []) + (
+            [f"{path.name} has no {', '.join(absent)}"] if absent else [])
+        notes.append(f"{name}: classifier re-initialised for {n} classes ({'; '.join(why)})")
     if adapted:
         notes.append(f"{name}: input convolution adapted to the model's input channels: {', '.join(adapted)}")
     for note in notes:
@@ -248,4 +282,46 @@ def import_file(path: str | os.PathLike, tag: str) -> Path:
             raise ValueError(f"{path} has SHA-256 {got}; {tag} is published with {release.sha256}")
     sd = read_state_dict(path)
     check_release_keys(release, sd)
+    check_finite(sd, str(path))
     return save_weights(sd, imported_path(release), metadata={"tag": tag, "keys": release.keys})
+
+
+def cached_path(release: Release) -> Path:
+    """The local file of a release without downloading anything: ValueError in one line, saying how to get it, when
+    it is not cached."""
+    previous = remote._offline
+    remote.set_offline(True)
+    try:
+        return fetch(release)
+    except ValueError:
+        if release.source == MANUAL:
+            raise
+        hint = f"`convscope weights download {release.tag}` fetches it"
+        raise ValueError(f"{release.tag} is not cached; {hint}") from None
+    finally:
+        remote.set_offline(previous)
+
+
+def verify_file(path: str | os.PathLike, release: Release) -> list[str]:
+    """Check a weights file against a release: its SHA-256 when the publisher gives one (a file `import_file`
+    cached was checked when imported), its keys and shapes through the family's converter, finite values. The
+    checks passed, one line each; ValueError in one line at the first that fails."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no weights file at {path}")
+    done = []
+    if path == imported_path(release):
+        done.append(f"imported: {path.name} (its SHA-256 was checked when it was imported)")
+    elif release.sha256 is not None:
+        got = sha256_of(path)
+        if got != release.sha256:
+            raise ValueError(f"{path} has SHA-256 {got}; {release.tag} is published with {release.sha256}")
+        done.append(f"SHA-256 {got} as published")
+    else:
+        done.append(f"SHA-256 {sha256_of(path)} (the publisher gives none to compare with)")
+    sd = read_state_dict(path)
+    check_release_keys(release, sd)
+    done.append(f"{len(sd)} tensors fit {release.model} ({release.keys} keys)")
+    check_finite(sd, str(path))
+    done.append("all values finite")
+    return done
