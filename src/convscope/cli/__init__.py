@@ -1,10 +1,10 @@
 """The `convscope` command. Thin: it parses arguments, calls the library and prints.
 
 One module per command group (`models`: list/info; `lab`: hw/profile/compare; `train`: train/eval/predict;
-`deploy`: optimize/prune/deploy; `bench`: bench-mixers; `explain`: explain/erf/probe), each with an
-`add_commands(add)` that declares its commands' options once; the values are parsed by `values` with one set of
-limits. Errors a user can fix (unknown model, bad file, bad value) print one line and exit with status 2, before
-any work.
+`deploy`: optimize/prune/deploy; `bench`: bench-mixers; `explain`: explain/erf/probe; `weights`: weights
+list/download/import/verify and export-hub), each with an `add_commands(add)` that declares its commands' options
+once; the values are parsed by `values` with one set of limits. Errors a user can fix (unknown model, bad file,
+bad value) print one line and exit with status 2, before any work.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Looking inside the models: class activation maps, effective receptive fields, relevance propagation, linear
-probes, filter statistics and exact local linear maps. Floor 4: imports models/, layers/, ops/, utils/ only."""
+probes, filter statistics and exact local linear maps, and their pictures (`page`: heat overlays and one
+self-contained HTML page). Floor 5: imports models/ and the floors below it only."""
 from .cam import CAM, METHODS, class_activation_map
 from .erf import ERF, effective_receptive_field
 from .filters import FilterStats, LayerFilters, filter_stats
