@@ -1,4 +1,4 @@
-"""The optional dependencies (the `lab` extra: matplotlib, rich, Pillow) and the one-line error that names the
+"""The optional dependencies (the `lab` extra: matplotlib, rich, Pillow, PyYAML) and the one-line error that names the
 extra to install when a command needs one that is missing.
 
 A core install (`pip install convscope`: torch, numpy, safetensors) runs every command; what needs an extra either
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-EXTRAS = {"matplotlib": "matplotlib", "rich": "rich", "PIL": "pillow"}
+EXTRAS = {"matplotlib": "matplotlib", "rich": "rich", "PIL": "pillow", "yaml": "pyyaml"}
 INSTALL_HINT = "pip install 'convscope[lab]'"
 
 

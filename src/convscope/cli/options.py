@@ -23,8 +23,10 @@ def add_repeats(p: argparse.ArgumentParser, default: int, help: str = "timed run
     p.add_argument("--repeats", type=values.positive_int, default=default, help=help)
 
 
-def add_checkpoint_device_json(p: argparse.ArgumentParser) -> None:
-    """--checkpoint, --device and --json of the commands that run a trained model."""
-    p.add_argument("--checkpoint", required=True, help="weights file written by train (or its run directory)")
+def add_checkpoint_device_json(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--checkpoint, --device and --json of the commands that run a trained model (`required`: --checkpoint
+    must be on the command line; a command that reads it from --config checks it itself)."""
+    p.add_argument("--checkpoint", required=required, default=None,
+                   help="weights file written by train (or its run directory)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true")

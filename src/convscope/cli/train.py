@@ -9,16 +9,20 @@ from dataclasses import fields
 
 from ..heads import HEADS
 from ..heads.sr import SR_MODELS, SR_SCALES
-from ..train.config import TASKS, TrainConfig
+from ..train.config import TASKS, TRACKERS, TrainConfig
 from . import options, values
+from .config_file import apply_config
 
 
 def _run_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     """The run options of `convscope train`."""
     g.add_argument("--task", choices=TASKS, default=d.task, help="classification; segmentation (--model is the "
                    "backbone, --head the decode head); sr (super-resolution of Fashion-MNIST, --scale the factor)")
-    g.add_argument("--model", required=True, help="registered model name (convscope list); with --task sr: "
-                   + ", ".join(SR_MODELS))
+    g.add_argument("--config", type=values.input_file, default=None, metavar="FILE.yaml|FILE.json",
+                   help="options from a file (keys: the options' names, e.g. batch_size; a run's config.yaml "
+                        "repeats it); flags given here override it")
+    g.add_argument("--model", default=None, help="registered model name (convscope list); with --task sr: "
+                   + ", ".join(SR_MODELS) + " (required, here or in --config)")
     g.add_argument("--head", choices=tuple(HEADS), default=d.head, help="segmentation decode head")
     g.add_argument("--data", default=d.data, help="fashion-mnist, synthetic, or an image-folder directory "
                    "(root/<class>/*.jpg, or root/train and root/val); segmentation: mosaics or a folder of "
@@ -27,6 +31,9 @@ def _run_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
                    help="run directory (checkpoints, metrics.jsonl, curves.png)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--log", type=values.comma_list(TRACKERS), default=d.log, metavar="TRACKER[,...]",
+                   help=f"experiment trackers fed from metrics.jsonl's records, among {', '.join(TRACKERS)} (csv: "
+                        "summary.csv; tensorboard: pip install 'convscope[track]')")
 
 
 def _optimisation_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
@@ -130,6 +137,24 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         add(p.add_argument_group(title), d)
 
 
+def _file_only_settings(p: argparse.ArgumentParser) -> None:
+    """The `convscope train` options plus the TrainConfig fields without a flag, which a --config file may set
+    (a run's config.yaml holds them)."""
+    add_train_arguments(p)
+    d = TrainConfig(model="-")
+    p.add_argument("--betas", type=values.numbers(2), default=d.betas)
+    p.add_argument("--ema-warmup", type=_boolean, default=d.ema_warmup)
+    p.add_argument("--prefetch", type=values.positive_int, default=d.prefetch)
+    p.add_argument("--sr-scale", type=int, choices=SR_SCALES, default=d.sr_scale)
+
+
+def _boolean(s: str) -> bool:
+    """true or false."""
+    if s not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false; got {s!r}")
+    return s == "true"
+
+
 def _scale(s: str) -> tuple[float, ...]:
     """--scale: one number (--task sr's factor) or two (the crop area range); which one the task says."""
     try:
@@ -163,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import summarize, train
 
+    args = apply_config(args, _file_only_settings, required=("model",))
     values.check_distinct({"--out": [args.out]}, {"--data": args.data, "--init-from": args.init_from,
                                                   "--pretrained": args.pretrained})
     result = train(config_from_args(args))
@@ -204,6 +230,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from ..train.parts import checkpoint_task
     from ..train.summary import dumps_confusion
 
+    args = apply_config(args, add_eval_arguments, required=("checkpoint",))
     if args.model is not None:   # a classifier's checkpoint from elsewhere, read as this variant
         if args.window or args.stride:
             raise ValueError("--window and --stride apply to segmentation models, not to --model checkpoints")
@@ -264,14 +291,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """train, eval, predict."""
-    sp = add("train", _cmd_train, "train a model (single process, or DDP under torchrun)")
-    add_train_arguments(sp)
-
-    sp = add("eval", _cmd_eval, "evaluate a trained model: top-1, top-5, loss, confusion matrix; a segmentation "
-             "model: mIoU, per-class IoU, pixel accuracy; a super-resolution model: PSNR, SSIM against bicubic")
-    options.add_checkpoint_device_json(sp)
+def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
+    """The `convscope eval` options (--checkpoint is required, here or in --config)."""
+    options.add_checkpoint_device_json(sp, required=False)
+    sp.add_argument("--config", type=values.input_file, default=None, metavar="FILE.yaml|FILE.json",
+                    help="options from a file (keys: the options' names, e.g. batch_size); flags given here "
+                         "override it")
     sp.add_argument("--model", default=None, metavar="NAME", help="evaluate a checkpoint from elsewhere (timm, the "
                     "official repository, transformers) as this variant, preprocessed as its card says; the data's "
                     "classes, sorted, are the checkpoint's outputs")
@@ -286,6 +311,16 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="segmentation: average the logits of sliding windows of this size (default: whole images)")
     sp.add_argument("--stride", type=values.input_size, default=None, metavar="HxW",
                     help="segmentation: the windows' step (default: the window, no overlap)")
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """train, eval, predict."""
+    sp = add("train", _cmd_train, "train a model (single process, or DDP under torchrun)")
+    add_train_arguments(sp)
+
+    sp = add("eval", _cmd_eval, "evaluate a trained model: top-1, top-5, loss, confusion matrix; a segmentation "
+             "model: mIoU, per-class IoU, pixel accuracy; a super-resolution model: PSNR, SSIM against bicubic")
+    add_eval_arguments(sp)
 
     sp = add("predict", _cmd_predict, "classify image files with a trained model (segment them with a "
              "segmentation model, writing colour overlays)")

@@ -2,7 +2,7 @@
 
 `train` (engine.py) passes them in this order, which is the order they act at each event:
 
-    EMA, FitTimeBudget (budget.py), Evaluation, Checkpointing, Metrics, Progress
+    EMA, FitTimeBudget (budget.py), Evaluation, Checkpointing, Metrics, Trackers (trackers.py), Progress
 
 so at an epoch's end the evaluation runs before the best weights are chosen and the metric files and the
 console line follow. Checkpoints are written once every callback has seen the event (`Loop.after_event`), so they

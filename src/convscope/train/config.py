@@ -7,15 +7,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..files import read_json
+from ..extras import available
+from ..files import atomic_write_json, atomic_write_text, read_json
 from ..limits import MAX_SIDE, MAX_THREADS
 
 # Settings that do not change what a run computes; the rest must match when a run is resumed.
 NON_SEMANTIC = frozenset({"out", "resume", "workers", "quiet", "progress", "threads", "dist_timeout",
-                          "checkpoint_every", "keep_last", "eval_batch_size", "check_images", "prefetch"})
+                          "checkpoint_every", "keep_last", "eval_batch_size", "check_images", "prefetch", "log"})
 
 #: The tasks `convscope train --task` trains.
 TASKS = ("classification", "segmentation", "sr")
+#: The experiment trackers `--log` feeds (train/trackers.py); csv is summary.csv, the others need their extra.
+TRACKERS = ("tensorboard", "csv", "wandb", "mlflow")
 #: Settings only classification uses, with their defaults: a dense task refuses any other value.
 CLASSIFICATION_ONLY = dict(mixup=0.0, cutmix=0.0, randaug_ops=0, msd_samples=0, scale=None, ratio=None,
                            init_from=None, pretrained=None, layer_decay=None, head_lr_scale=1.0)
@@ -94,6 +97,7 @@ class TrainConfig:
     progress: str = "auto"
     dist_timeout: float = 300.0
     time_budget: float | None = None   # seconds for the whole run: the epochs are fitted to the measured speed
+    log: tuple[str, ...] = ()          # experiment trackers fed from the epoch records (TRACKERS)
 
     def __post_init__(self) -> None:
         checks = [
@@ -155,6 +159,7 @@ class TrainConfig:
             (self.head_lr_scale > 0, f"head_lr_scale must be > 0; got {self.head_lr_scale}"),
             (self.pretrained is None or self.init_from is None,
              "pretrained and init_from both give starting weights: pass one of them"),
+            (set(self.log) <= set(TRACKERS), f"log must name trackers among {', '.join(TRACKERS)}; got {self.log}"),
         ]
         import math
         for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad", "drop_path", "drop_rate",
@@ -175,6 +180,7 @@ class TrainConfig:
         self.scale = None if self.scale is None else tuple(self.scale)
         self.ratio = None if self.ratio is None else tuple(self.ratio)
         self.betas = tuple(self.betas)
+        self.log = tuple(self.log)
 
     def _task_checks(self) -> list[tuple[bool, str]]:
         """The task, and the classification-only settings a dense task refuses."""
@@ -203,6 +209,19 @@ class TrainConfig:
         a, b = self.to_dict(), other.to_dict()
         return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in a
                 if k not in NON_SEMANTIC and json.dumps(a[k]) != json.dumps(b[k])]
+
+
+def write_run_config(out: str | Path, cfg: TrainConfig) -> list[Path]:
+    """The resolved settings of a run as `out`/config.json and, when PyYAML is installed, `out`/config.yaml (the
+    same dict, each written atomically); either file given to `convscope train --config` repeats the run. Returns
+    the files written."""
+    settings = json.loads(json.dumps(cfg.to_dict()))   # tuples as lists: the one form both files hold
+    written = [atomic_write_json(Path(out) / "config.json", settings)]
+    if available("yaml"):
+        import yaml
+
+        written.append(atomic_write_text(Path(out) / "config.yaml", yaml.safe_dump(settings, sort_keys=False)))
+    return written
 
 
 def load_run_config(out: str | Path) -> TrainConfig:

@@ -19,13 +19,13 @@ from torch import nn
 
 from ..data.loaders import Loader
 from ..extras import available, missing_message
-from ..files import atomic_write_json, check_output_dir, clean_temp_files
+from ..files import check_output_dir, clean_temp_files
 from ..models import ModelTraits, create_model, model_card, model_traits, resolve_name
 from ..utils import set_threads
 from .budget import FitTimeBudget
 from .callbacks import EMA, Checkpointing, Evaluation, Metrics, Progress
 from .checkpoint import CheckpointManager
-from .config import TrainConfig
+from .config import TrainConfig, write_run_config
 from .distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from .loop import Callback, Loop, steps_per_epoch
 from .parts import RunParts
@@ -35,6 +35,7 @@ from .report import Console, PhaseTimer
 from .state import restore_checkpoint, seed_all
 from .summary import TrainResult, describe_run
 from .task import ClassificationTask, Task
+from .trackers import Trackers, check_trackers
 
 RESERVED_KWARGS = {"num_classes", "in_chans", "drop_path_rate", "drop_rate", "pretrained", "features_only",
                    "out_indices"}
@@ -45,6 +46,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) a training run; rank 0 writes everything under `cfg.out`."""
     t_start = time.perf_counter()
     out = check_output_dir(cfg.out, "--out")
+    check_trackers(cfg.log)
     threads = set_threads(cfg.threads)   # None leaves torch's thread count as it is; restored at the end
     try:
         dist = init_distributed(cfg.device, cfg.dist_timeout)
@@ -131,8 +133,9 @@ def _callbacks(cfg: TrainConfig, task: Task, eval_loader: Loader, ckpts: Checkpo
     checkpointing = Checkpointing(ckpts, evaluation, models[weights], weights or "model", meta, cfg.checkpoint_every,
                                   dict(config=cfg.to_dict()), DIVERGED_HINT)
     metrics = Metrics(ckpts.directory.parent, evaluation, plot, title)
-    return {cb.name: cb for cb in (ema, budget, evaluation, checkpointing, metrics, Progress(console, evaluation))
-            if cb is not None}
+    trackers = Trackers(metrics.out, cfg.log, metrics, evaluation, cfg.to_dict()) if cfg.log else None
+    return {cb.name: cb for cb in (ema, budget, evaluation, checkpointing, metrics, trackers,
+                                   Progress(console, evaluation)) if cb is not None}
 
 
 def _classification_run(cfg: TrainConfig, dist: DistInfo, console: Console) -> RunParts:
@@ -173,6 +176,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
     plot = available("matplotlib")
     if not plot and dist.is_main:
         console.warn(missing_message("matplotlib", "curves.png") + "; the run writes everything else")
+    if not available("yaml") and dist.is_main and not cfg.resume:
+        console.warn(missing_message("yaml", "config.yaml") + "; config.json holds the same settings")
 
     # -- data, model, task -------------------------------------------------------------------------------------
     with timer("setup"):   # reading the data, building the model
@@ -205,7 +210,7 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
         seed_all(cfg.seed + dist.rank)
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "config.json", cfg.to_dict())
+            write_run_config(out, cfg)
     if dist.is_main:
         ckpts.clean_partial()
         clean_temp_files(out)
