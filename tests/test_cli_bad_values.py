@@ -109,6 +109,8 @@ TRAIN = {
     "--time-budget": st.sampled_from(["0", "-1m", "x", "9q", "nan", "1e999", "0s", "m"]),
     "--keep-last": ints_below(1), "--progress": words, "--dist-timeout": floats_outside(0, None),
     "--init-from": "weights",   # a missing file, a text file, a directory, an image
+    "--config": "recipes",   # missing, a directory, not .yaml/.json, a JSON file of unknown keys
+    "--log": st.sampled_from(["", ",", "nope", "tensorboard,nope", "wandb;csv"]),
     "--task": words, "--head": words,
     "--pretrained": "weights", "--layer-decay": floats_outside(0, 1, lo_open=True),
     "--head-lr-scale": floats_outside(0, None, lo_open=True),
@@ -174,7 +176,7 @@ COMMANDS = {
                 ["convnext_atto", "convnext_femto", "--size", "32", "--repeats", "1"]),
     "train": (TRAIN, ["--model", "convnext_atto", "--model-kwargs", TINY, "--data", "synthetic",
                       "--synthetic-size", "64", "--eval-limit", "8", "--epochs", "1", "--progress", "none"]),
-    "eval": ({"--checkpoint": "weights", "--data": st.sampled_from(["/nonexistent", "nope"]),
+    "eval": ({"--checkpoint": "weights", "--config": "recipes", "--data": st.sampled_from(["/nonexistent", "nope"]),
               "--split": st.sampled_from(["a", "b"]), "--batch-size": ints_below(1), "--limit": ints_below(1),
               "--workers": ints_below(0), "--device": words, "--json": None,
               "--window": LAB_SHAPE["--size"], "--stride": LAB_SHAPE["--size"],

@@ -177,10 +177,8 @@ class TrainConfig:
         for ok, msg in checks + self._task_checks():
             if not ok:
                 raise ValueError(msg)
-        self.scale = None if self.scale is None else tuple(self.scale)
-        self.ratio = None if self.ratio is None else tuple(self.ratio)
-        self.betas = tuple(self.betas)
-        self.log = tuple(self.log)
+        self.scale, self.ratio = (None if v is None else tuple(v) for v in (self.scale, self.ratio))
+        self.betas, self.log = tuple(self.betas), tuple(self.log)
 
     def _task_checks(self) -> list[tuple[bool, str]]:
         """The task, and the classification-only settings a dense task refuses."""
