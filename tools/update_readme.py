@@ -29,7 +29,7 @@ OTHER_FOLDERS = [
     ("benchmarks/", "scripts, their index (benchmarks/README.md), and results/ with the machine of each figure"),
     ("tools/", "scripts that regenerate pages from the registry and the recorded runs"),
     ("docs/", "architecture.md (how it is built, how to add a family, operator or transform), conventions.md, "
-              "deploy.md, export.md, operators.md, weights.md, segmentation.md, explain.md"),
+              "deploy.md, export.md, operators.md, weights.md, segmentation.md, explain.md, training.md"),
 ]
 
 
