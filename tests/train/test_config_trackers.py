@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 
 import pytest
 import yaml
@@ -167,3 +168,36 @@ def test_a_missing_tracker_names_its_extra_before_the_run(tracker, extra, tmp_pa
     assert err == [f"convscope: error: --log {tracker} needs {tracker}, which is not installed: "
                    f"pip install 'convscope[{extra}]'"]
     assert not (tmp_path / "o").exists()
+
+
+class _Recorder:
+    """A stand-in for wandb and mlflow that records every call (name, args, kwargs)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs)) or self
+
+
+def test_wandb_and_mlflow_get_the_same_records(tmp_path, monkeypatch):
+    wandb, mlflow = _Recorder(), _Recorder()
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setitem(sys.modules, "mlflow", mlflow)
+    out = tmp_path / "o"
+    assert main(["train", *BASE, "--epochs", "2", "--log", "wandb,mlflow", "--out", str(out)]) == 0
+    history = _history(out)
+    logged = [(kw["step"], args[0]) for name, args, kw in wandb.calls if name == "log"]
+    assert [s for s, _ in logged] == [1, 2, 2, 2]          # two epochs, then the two images at the last epoch
+    assert [values for _, values in logged[:2]] == [{k: v for k, v in h.items() if k not in ("epoch", "step")}
+                                                    for h in history]
+    assert [sorted(values) for _, values in logged[2:]] == [["curves"], ["confusion_matrix"]]
+    assert [name for name, _, _ in wandb.calls if name in ("init", "finish")] == ["init", "finish"]
+    metrics = [(kw["step"], args[0]) for name, args, kw in mlflow.calls if name == "log_metrics"]
+    assert metrics == [(s, v) for s, v in logged[:2]]
+    params = next(args[0] for name, args, _ in mlflow.calls if name == "log_params")
+    assert json.loads(params["batch_size"]) == 16 and json.loads(params["log"]) == ["wandb", "mlflow"]
+    assert [args[1] for name, args, _ in mlflow.calls if name == "log_image"] == ["curves.png", "confusion_matrix.png"]
+    assert mlflow.calls[0][0] == "start_run" and mlflow.calls[-1][0] == "end_run"

@@ -103,8 +103,11 @@ def file_values(path: str | Path, parser: argparse.ArgumentParser) -> dict[str, 
     return parsed
 
 
-def explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """The options `argv` gives explicitly (parsed again with every default suppressed)."""
+def explicit_dests(add_arguments: Callable[[argparse.ArgumentParser], None], argv: Sequence[str]) -> set[str]:
+    """The options `argv` gives explicitly: parsed again by the options of `add_arguments`, every default
+    suppressed."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
     for a in parser._actions:
         a.default, a.required = argparse.SUPPRESS, False
     return set(vars(parser.parse_known_args(list(argv))[0]))
@@ -118,7 +121,7 @@ def apply_config(args: argparse.Namespace, add_arguments: Callable[[argparse.Arg
         parser = argparse.ArgumentParser(add_help=False)
         add_arguments(parser)
         from_file = file_values(args.config, parser)
-        explicit = explicit_dests(parser, args.argv[1:])
+        explicit = explicit_dests(add_arguments, args.argv[1:])
         for dest, value in from_file.items():
             if dest not in explicit:
                 setattr(args, dest, value)
