@@ -15,7 +15,7 @@ import convscope.train
 from convscope import extras
 from convscope.cli import main
 from convscope.train import trackers
-from convscope.train.config import TrainConfig
+from convscope.train.config import TrainConfig, write_run_config
 
 TINY = '{"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}'
 BASE = ["--model", "convnext_atto", "--model-kwargs", TINY, "--data", "synthetic", "--synthetic-size", "64",
@@ -201,3 +201,17 @@ def test_wandb_and_mlflow_get_the_same_records(tmp_path, monkeypatch):
     assert json.loads(params["batch_size"]) == 16 and json.loads(params["log"]) == ["wandb", "mlflow"]
     assert [args[1] for name, args, _ in mlflow.calls if name == "log_image"] == ["curves.png", "confusion_matrix.png"]
     assert mlflow.calls[0][0] == "start_run" and mlflow.calls[-1][0] == "end_run"
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),                                                        # every default, `log: []` among them
+    dict(task="sr", model="espcn", sr_scale=3, time_budget=90.0, threads=2, betas=(0.8, 0.99), ema_warmup=False),
+    dict(scale=(0.3, 1.0), ratio=(0.5, 2.0), mixup=0.8, channels_last=True, model_kwargs={"dims": [8, 16, 24, 32]},
+         warmup_epochs=0.25, min_lr=1e-7, log=("csv",), prefetch=3, input_size=48),
+])
+def test_every_setting_a_run_writes_reads_back(settings, tmp_path, captured):
+    cfg = TrainConfig(**dict(dict(model="convnext_atto", out=str(tmp_path / "o")), **settings))
+    write_run_config(tmp_path, cfg)
+    for name in ("config.yaml", "config.json"):
+        main(["train", "--config", str(tmp_path / name)])
+        assert captured[-1] == cfg

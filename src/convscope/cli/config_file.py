@@ -59,6 +59,8 @@ def _parse(action: argparse.Action, value: Any) -> Any:
         if action.default is None:
             return None
         raise argparse.ArgumentTypeError("expected a value; got null")
+    if isinstance(value, list) and not value and action.default == ():
+        return ()   # an empty list where the default is one (a run's `log: []`)
     if action.nargs == 0:   # a switch (store_true)
         if not isinstance(value, bool):
             raise argparse.ArgumentTypeError(f"expected true or false; got {value!r}")
