@@ -81,15 +81,18 @@ def test_resume_continues_the_trackers_without_repeating_an_epoch(run, tmp_path)
     out = tmp_path / "a"
     shutil.copytree(run, out)
     shutil.rmtree(out / "checkpoints" / "step-00000012")   # as if killed after epoch 3's records, before its save
-    assert main(["train", *BASE, "--epochs", "3", "--keep-last", "3", "--log", "tensorboard,csv", "--out", str(out),
-                 "--resume"]) == 0
+    resume = ["train", *BASE, "--epochs", "3", "--keep-last", "3", "--log", "tensorboard,csv", "--out", str(out),
+              "--resume"]
+    assert main(resume) == 0
+    assert main(resume) == 0   # resumed after its last epoch: nothing to log again
     history = _history(out)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [row["epoch"] for row in csv.DictReader((out / "summary.csv").open())] == ["1", "2", "3"]
-    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     got = events.Scalars("train_loss")
     assert [e.step for e in got] == [1, 2, 3]
+    assert [e.step for e in events.Images("curves")] == [3]
     assert [e.value for e in got] == pytest.approx([h["train_loss"] for h in history], rel=1e-6)
 
 

@@ -158,6 +158,7 @@ class Trackers(Callback):
         self.out, self.names, self.metrics, self.evaluation = Path(out), tuple(names), metrics, evaluation
         self.config = json.loads(json.dumps(dict(config)))
         self.backends: list[Any] = []
+        self.fed = False   # an epoch was logged in this process (a resume after the last epoch logs nothing again)
 
     def on_fit_start(self, loop: Loop) -> None:
         if loop.dist.is_main:
@@ -167,13 +168,15 @@ class Trackers(Callback):
     def on_epoch_end(self, loop: Loop, record: dict[str, Any]) -> None:
         if not loop.dist.is_main:
             return
+        self.fed = True
         for backend in self.backends:
             backend.log(scalars(record), record["epoch"])
         if "csv" in self.names:
             write_summary(self.out / "summary.csv", self.metrics.history)
 
     def on_fit_end(self, loop: Loop) -> None:
-        if not loop.dist.is_main:
+        if not (loop.dist.is_main and self.fed):
+            self._close()
             return
         images = {}
         if (self.out / "curves.png").is_file() and available("PIL"):
