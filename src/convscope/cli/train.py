@@ -131,13 +131,13 @@ TRAIN_GROUPS = (("run", _run_options), ("optimisation", _optimisation_options), 
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """The `convscope train` options; every one maps to the TrainConfig field of the same name."""
+    """The `convscope train` options; every one but --config maps to the TrainConfig field of the same name."""
     d = TrainConfig(model="-")
     for title, add in TRAIN_GROUPS:
         add(p.add_argument_group(title), d)
 
 
-def _file_only_settings(p: argparse.ArgumentParser) -> None:
+def _train_file_arguments(p: argparse.ArgumentParser) -> None:
     """The `convscope train` options plus the TrainConfig fields without a flag, which a --config file may set
     (a run's config.yaml holds them)."""
     add_train_arguments(p)
@@ -188,7 +188,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..train import summarize, train
 
-    args = apply_config(args, _file_only_settings, required=("model",))
+    args = apply_config(args, _train_file_arguments, required=("model",))
     values.check_distinct({"--out": [args.out]}, {"--data": args.data, "--init-from": args.init_from,
                                                   "--pretrained": args.pretrained})
     result = train(config_from_args(args))
