@@ -69,9 +69,7 @@ def _parse(action: argparse.Action, value: Any) -> Any:
     parse = action.type or str
     try:
         parsed = parse(text)
-    except argparse.ArgumentTypeError:
-        raise
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):   # a plain type (int, float); the `values` parsers raise ArgumentTypeError
         raise argparse.ArgumentTypeError(f"invalid {getattr(parse, '__name__', 'value')} value: {text!r}") from None
     if action.choices is not None and parsed not in action.choices:
         raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
