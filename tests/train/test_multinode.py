@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -17,9 +18,11 @@ import torch
 from safetensors.torch import load_file
 
 import convscope.train.callbacks as callbacks
+from convscope.cli import main
 from convscope.data.loaders import BatchedDataset
 from convscope.data.transforms import TrainTransform
 from convscope.train import TrainConfig, train
+from convscope.train.distributed import _warn_shared_store
 
 from .test_distributed import BASE, _env
 
@@ -199,3 +202,29 @@ def test_one_process_resumes_on_two(one_process, monkeypatch, tmp_path):
     r0, r1 = (load_file(str(out / f"rank{r}.safetensors")) for r in range(2))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
     _assert_close_to(r0, one_process)
+
+
+def test_resume_auto_starts_afresh_then_continues(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--model", "convnext_atto", "--model-kwargs", json.dumps(BASE.model_kwargs), "--data",
+            "synthetic", "--synthetic-size", "64", "--epochs", "1", "--batch-size", "32", "--lr", "3e-3",
+            "--threads", "1", "--progress", "plain", "--out", str(out)]
+    assert main([*base, "--resume", "auto"]) == 0   # nothing to resume: a fresh run
+    assert "resumed from" not in capsys.readouterr().out
+    assert main([*base, "--resume", "auto"]) == 0   # a restart continues from the newest checkpoint
+    assert f"resumed from {out / 'checkpoints' / 'step-00000002'}" in capsys.readouterr().out
+    assert main([*base, "--batch-size", "16", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["convscope: error: the global batch (batch size x accum steps x processes) must stay the "
+                   "checkpoint's 32; this run has 16 x 1 x 1 = 16: pass --batch-size 32"], err
+
+
+def test_a_restartable_job_on_the_shared_store_is_warned(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    with pytest.warns(UserWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        _warn_shared_store()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")   # the store of its own: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_shared_store()
