@@ -217,6 +217,8 @@ def test_resume_auto_starts_afresh_then_continues(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["convscope: error: the global batch (batch size x accum steps x processes) must stay the "
                    "checkpoint's 32; this run has 16 x 1 x 1 = 16: pass --batch-size 32"], err
+    with pytest.raises(ValueError, match="resume must be true, false or 'auto'; got 'yes'"):
+        train(dataclasses.replace(BASE, resume="yes", out=str(out)))
 
 
 def test_a_restartable_job_on_the_shared_store_is_warned(monkeypatch):

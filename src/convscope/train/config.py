@@ -106,7 +106,6 @@ class TrainConfig:
              f"warmup_epochs must be >= 0; got {self.warmup_epochs}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0; got {self.weight_decay}"),
             (self.accum_steps >= 1, f"accum_steps must be >= 1; got {self.accum_steps}"),
-            (self.resume in (False, True, "auto"), f"resume must be true, false or 'auto'; got {self.resume!r}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1); got {self.ema_decay}"),
             (self.clip_grad is None or self.clip_grad > 0, f"clip_grad must be > 0; got {self.clip_grad}"),
             (self.msd_samples >= 0, f"msd_samples must be >= 0; got {self.msd_samples}"),

@@ -166,6 +166,8 @@ def _run_parts(cfg: TrainConfig, dist: DistInfo, console: Console) -> RunParts:
 def _resuming(cfg: TrainConfig, ckpts: CheckpointManager, out: Path) -> bool:
     """Whether the run continues the one in `out`: --resume needs a checkpoint there, --resume auto takes one
     when there is one (a torchrun restart continues from it) and starts afresh otherwise."""
+    if cfg.resume not in (False, True, "auto"):
+        raise ValueError(f"resume must be true, false or 'auto'; got {cfg.resume!r}")
     found = ckpts.latest() is not None
     if not cfg.resume and found:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
