@@ -186,14 +186,11 @@ def _resume(cfg: TrainConfig, loop: Loop, ckpts: CheckpointManager, out: Path, c
         raise ValueError(f"--resume with settings that differ from the run in {out}: {'; '.join(diff)}")
     restore_checkpoint(loop, ck)
     console.log(f"resumed from {ck.path} (epoch {loop.epoch + 1}, step {loop.step_in_epoch}/{loop.steps_per_epoch})")
-    saved_world = ck.state["data"]["world_size"]
-    if saved_world != loop.dist.world_size:
-        console.log(f"the checkpoint was written by {saved_world} process(es); this run has {loop.dist.world_size}: "
-                    f"the epoch continues after the {loop.step_in_epoch * _global_batch(cfg, loop)} samples trained")
-
-
-def _global_batch(cfg: TrainConfig, loop: Loop) -> int:
-    return cfg.batch_size * cfg.accum_steps * loop.dist.world_size
+    saved_world, world = ck.state["data"]["world_size"], loop.dist.world_size
+    if saved_world != world:
+        trained = loop.step_in_epoch * cfg.batch_size * cfg.accum_steps * world
+        console.log(f"the checkpoint was written by {saved_world} process(es); this run has {world}: the epoch "
+                    f"continues after the {trained} samples trained")
 
 
 def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> TrainResult:
