@@ -29,7 +29,9 @@ def _run_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
                    "images/ + masks/ (or train/ and val/ that hold them)")
     g.add_argument("--out", type=values.output_dir, default=d.out,
                    help="run directory (checkpoints, metrics.jsonl, curves.png)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    g.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
+                   help="continue the run in --out from its latest checkpoint; --resume auto: when there is one "
+                        "(start afresh otherwise), for torchrun --max-restarts")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--log", type=values.comma_list(TRACKERS), default=d.log, metavar="TRACKER[,...]",
                    help=f"experiment trackers fed from metrics.jsonl's records, among {', '.join(TRACKERS)} (csv: "

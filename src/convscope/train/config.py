@@ -92,7 +92,7 @@ class TrainConfig:
     eval_every: int = 1
     checkpoint_every: int = 0
     keep_last: int = 2
-    resume: bool = False
+    resume: bool | str = False          # True: continue the run in out; "auto": when it has a checkpoint
     quiet: bool = False
     progress: str = "auto"
     dist_timeout: float = 300.0

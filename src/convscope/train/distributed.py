@@ -3,11 +3,13 @@
 `torchrun --nproc_per_node=N -m convscope train ...` starts N processes with RANK / WORLD_SIZE / LOCAL_RANK set;
 `init_distributed` joins them into one group (gloo on CPU, nccl on GPU) with a finite timeout, so that a
 collective waiting on a rank that died fails instead of hanging. torchrun itself watches its workers (every 0.1 s
-by default) and, when one exits abnormally, stops the others and exits non-zero.
+by default) and, when one exits abnormally, stops the others and exits non-zero, or with --max-restarts starts
+them all again (`--resume auto` then continues from the last checkpoint; docs/training.md, "Several machines").
 """
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -57,10 +59,20 @@ def init_distributed(device: str = "auto", timeout_s: float = 300.0) -> DistInfo
         raise ValueError(f"distributed timeout must be > 0 seconds; got {timeout_s}")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    if rank == 0:
+        _warn_shared_store()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s),
                                 device_id=dev if dev.type == "cuda" else None)
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+def _warn_shared_store() -> None:
+    """Warn when torchrun may restart the workers while they share its rendezvous store: restarted workers can
+    then read the previous attempt's addresses and fail to connect (pytorch issue 135712)."""
+    if _env_int("TORCHELASTIC_MAX_RESTARTS", 0) > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        warnings.warn("torchrun --max-restarts with its shared rendezvous store: a restart may fail to connect; "
+                      "set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment", stacklevel=3)
 
 
 def destroy_distributed() -> None:

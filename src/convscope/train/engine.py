@@ -9,6 +9,7 @@ What a checkpoint saves and a resume restores is in state.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -165,12 +166,39 @@ def _run_parts(cfg: TrainConfig, dist: DistInfo, console: Console) -> RunParts:
     return _classification_run(cfg, dist, console)
 
 
+def _resuming(cfg: TrainConfig, ckpts: CheckpointManager, out: Path) -> bool:
+    """Whether the run continues the one in `out`: --resume needs a checkpoint there, --resume auto takes one
+    when there is one (a torchrun restart continues from it) and starts afresh otherwise."""
+    if cfg.resume not in (False, True, "auto"):
+        raise ValueError(f"resume must be true, false or 'auto'; got {cfg.resume!r}")
+    found = ckpts.latest() is not None
+    if not cfg.resume and found:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.resume is True and not found:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpts.directory}")
+    return found
+
+
+def _resume(cfg: TrainConfig, loop: Loop, ckpts: CheckpointManager, out: Path, console: Console) -> None:
+    """Put the newest intact checkpoint back into `loop`. The batch size and accumulation may differ from the
+    run's when the number of processes changed: restore_checkpoint holds the global batch to the checkpoint's."""
+    ck = ckpts.load_newest_intact(console.warn)
+    saved = TrainConfig.from_dict(ck.state["config"])
+    diff = cfg.semantic_diff(dataclasses.replace(saved, batch_size=cfg.batch_size, accum_steps=cfg.accum_steps))
+    if diff:
+        raise ValueError(f"--resume with settings that differ from the run in {out}: {'; '.join(diff)}")
+    restore_checkpoint(loop, ck)
+    console.log(f"resumed from {ck.path} (epoch {loop.epoch + 1}, step {loop.step_in_epoch}/{loop.steps_per_epoch})")
+    saved_world, world = ck.state["data"]["world_size"], loop.dist.world_size
+    if saved_world != world:
+        trained = loop.step_in_epoch * cfg.batch_size * cfg.accum_steps * world
+        console.log(f"the checkpoint was written by {saved_world} process(es); this run has {world}: the epoch "
+                    f"continues after the {trained} samples trained")
+
+
 def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> TrainResult:
     ckpts = CheckpointManager(out / "checkpoints", cfg.keep_last)
-    if not cfg.resume and ckpts.latest() is not None:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if cfg.resume and ckpts.latest() is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpts.directory}")
+    resume = _resuming(cfg, ckpts, out)
     console = Console("none" if cfg.quiet else cfg.progress, enabled=dist.is_main)
     timer = PhaseTimer(dist.device)
     plot = available("matplotlib")
@@ -199,13 +227,8 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
                 accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad, dist=dist, compile=cfg.compile, timer=timer)
 
     # -- fresh start or resume ---------------------------------------------------------------------------------
-    if cfg.resume:
-        ck = ckpts.load_newest_intact(console.warn)
-        diff = cfg.semantic_diff(TrainConfig.from_dict(ck.state["config"]))
-        if diff:
-            raise ValueError(f"--resume with settings that differ from the run in {out}: {'; '.join(diff)}")
-        restore_checkpoint(loop, ck)
-        console.log(f"resumed from {ck.path} (epoch {loop.epoch + 1}, step {loop.step_in_epoch}/{spe})")
+    if resume:
+        _resume(cfg, loop, ckpts, out, console)
     else:
         seed_all(cfg.seed + dist.rank)
         if dist.is_main:

@@ -4,6 +4,16 @@ position and plan, every callback's state, and the random generators.
 The random generators are not the loop's: the model's own randomness (stochastic depth, dropout) draws from
 torch's global generator, so a checkpoint gathers every rank's torch (and CUDA) generator state, with numpy's and
 python's, and a resume sets them again. Batches need none of them (they are seeded by their position).
+
+A checkpoint may resume on another number of processes (torchrun restarted with fewer or more) when the global
+batch (batch size x accum steps x processes) and so the steps per epoch stay the same. The data position maps
+by itself: an epoch's permutation is the same for every number of processes W and rank r takes its positions
+r, r + W, ... (data/loaders.py), so after k optimizer steps every rank has skipped k x accum x batch size of its
+own positions and together they skip the first k x global batch, whatever W is. The epoch's loss so far is saved
+as the sum over every rank. A rank the checkpoint holds no generator state for seeds torch from (seed, epoch,
+step, rank). Weights then equal an uninterrupted run's to float rounding only, and only without randomness in the
+model or the augmentation: the gradients are summed over another number of processes, in another order, and
+each batch's random transforms are seeded by the rank that loads it.
 """
 from __future__ import annotations
 
@@ -16,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.loaders import Loader
+from ..data.loaders import Loader, ResumableDistributedSampler, batch_seed
 from .checkpoint import CheckpointManager, TrainingCheckpoint, rng_state_json, set_rng_state_json
-from .distributed import DistInfo, all_gather_tensors
+from .distributed import DistInfo, all_gather_tensors, all_reduce_sum
 from .loop import Loop
 
 
@@ -39,14 +49,31 @@ def data_description(loop: Loop) -> dict[str, Any]:
                       "(seed, epoch, step, rank)")
 
 
-def _order_digest(loader: Loader, epoch: int) -> str:
-    """A fingerprint of this rank's sample order in `epoch` (checked on resume)."""
-    sampler = loader.batch_sampler.sampler
-    saved = sampler.epoch, sampler.start
-    sampler.set_epoch(epoch, 0)
-    digest = hashlib.sha1(np.asarray(list(iter(sampler)), dtype=np.int64).tobytes()).hexdigest()[:16]
-    sampler.set_epoch(*saved)
-    return digest
+def _order_digest(loader: Loader, epoch: int, world_size: int) -> str:
+    """A fingerprint of rank 0's sample order in `epoch` on `world_size` processes (checked on resume)."""
+    seed = loader.batch_sampler.sampler.seed
+    sampler = ResumableDistributedSampler(loader.dataset, world_size, 0, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return hashlib.sha1(np.asarray(list(iter(sampler)), dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def _global_batch(data: Mapping[str, Any]) -> int:
+    return data["batch_size"] * data["accum_steps"] * data["world_size"]
+
+
+def _data_mismatch(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """Why this run cannot continue the checkpoint's data position (None when it can): the data set, the global
+    batch and the steps per epoch must be the checkpoint's; the number of processes may change."""
+    want, got = _global_batch(saved), _global_batch(now)
+    if want != got:
+        per, rest = divmod(want, now["accum_steps"] * now["world_size"])
+        hint = f"--batch-size {per}" if per and not rest else "a --batch-size and --accum-steps that make it"
+        return (f"the global batch (batch size x accum steps x processes) must stay the checkpoint's {want}; "
+                f"this run has {now['batch_size']} x {now['accum_steps']} x {now['world_size']} = {got}: pass "
+                f"{hint}")
+    diff = [f"{k} {saved[k]!r} -> {now[k]!r}" for k in ("train_size", "steps_per_epoch", "order")
+            if saved[k] != now[k]]
+    return f"the data differs from the checkpoint's: {'; '.join(diff)}" if diff else None
 
 
 def _gather_rng(dist: DistInfo) -> dict[str, torch.Tensor]:
@@ -65,11 +92,14 @@ def save_checkpoint(loop: Loop, manager: CheckpointManager, meta: Mapping[str, A
                     extra: Mapping[str, Any] | None = None) -> Path | None:
     """Checkpoint the run at the loop's position (with `extra` JSON, e.g. the run's config in state.json).
     Every rank must call it; rank 0 writes and returns the checkpoint's directory."""
-    rng = _gather_rng(loop.dist)   # a collective: every rank takes part
+    rng = _gather_rng(loop.dist)   # collectives: every rank takes part
+    loss = all_reduce_sum(torch.stack([loop.loss_sum.double(), torch.tensor(float(loop.seen), dtype=torch.float64,
+                                                                            device=loop.device)]), loop.dist)
     if not loop.dist.is_main:
         return None
     with loop.timer("checkpoint"):
-        order = _order_digest(loop.train_loader, loop.epoch) if loop.epoch < loop.epochs else None
+        world = loop.dist.world_size
+        order = _order_digest(loop.train_loader, loop.epoch, world) if loop.epoch < loop.epochs else None
         callbacks, tensors = {}, {}
         for cb in loop.callbacks:
             state = cb.state_dict()
@@ -77,8 +107,9 @@ def save_checkpoint(loop: Loop, manager: CheckpointManager, meta: Mapping[str, A
             found = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
             if found:
                 tensors[cb.name] = found
-        state = dict(loop.state_dict(), data=dict(data_description(loop), epoch_order=order), rng=rng_state_json(),
-                     callbacks=callbacks, **(extra or {}))
+        state = dict(loop.state_dict(), epoch_loss_sum=float(loss[0]), epoch_seen=int(loss[1]),
+                     data=dict(data_description(loop), epoch_order=order), rng=rng_state_json(), callbacks=callbacks,
+                     **(extra or {}))
         return manager.save(loop.global_step, model=loop.model.state_dict(), optimizer=loop.optimizer.state_dict(),
                             state=state, meta=dict(meta, epoch=loop.epoch, step=loop.global_step), rng=rng,
                             tensors=tensors)
@@ -86,11 +117,11 @@ def save_checkpoint(loop: Loop, manager: CheckpointManager, meta: Mapping[str, A
 
 def restore_checkpoint(loop: Loop, ck: TrainingCheckpoint) -> None:
     """Put a checkpoint back into `loop`: weights, optimizer, plan, position, every callback's state and every
-    generator. ValueError when the data differ from the checkpoint's, or the callbacks with state (a callback
-    without state may come or go)."""
-    data = data_description(loop)
-    if ck.state["data"] != dict(data, epoch_order=ck.state["data"]["epoch_order"]):
-        raise ValueError(f"the data differs from the checkpoint's: {ck.state['data']} vs {data}")
+    generator. ValueError when the data or the global batch differ from the checkpoint's, or the callbacks with
+    state (a callback without state may come or go)."""
+    mismatch = _data_mismatch(ck.state["data"], data_description(loop))
+    if mismatch:
+        raise ValueError(mismatch)
     saved = {n: dict(js, **ck.tensors.get(n, {})) for n, js in ck.state["callbacks"].items()}
     names = {cb.name for cb in loop.callbacks}
     lost = sorted(n for n, st in saved.items() if st and n not in names)
@@ -100,14 +131,29 @@ def restore_checkpoint(loop: Loop, ck: TrainingCheckpoint) -> None:
                          + "; ".join([f"this run has no {lost} to take their state"] * bool(lost)
                                      + [f"it holds no state for {missing}"] * bool(missing)))
     loop.load_state_dict(ck.state)
+    if not loop.dist.is_main:   # the checkpoint's loss so far is every rank's: rank 0 carries it
+        loop.loss_sum, loop.seen = torch.zeros_like(loop.loss_sum), 0
     loop.model.load_state_dict(ck.model)
     loop.optimizer.load_state_dict(ck.optimizer)
     for cb in loop.callbacks:
         if cb.name in saved:
             cb.load_state_dict(saved[cb.name])
-    if loop.epoch < loop.epochs and ck.state["data"]["epoch_order"] != _order_digest(loop.train_loader, loop.epoch):
+    saved_world = ck.state["data"]["world_size"]
+    if loop.epoch < loop.epochs and ck.state["data"]["epoch_order"] != _order_digest(loop.train_loader, loop.epoch,
+                                                                                     saved_world):
         raise ValueError("the training data order differs from the checkpoint's (did the dataset change?)")
-    torch.set_rng_state(ck.rng[f"torch.rank{loop.dist.rank}"])
-    if loop.device.type == "cuda":
-        torch.cuda.set_rng_state(ck.rng[f"cuda.rank{loop.dist.rank}"], loop.device)
+    _restore_rng(loop, ck.rng)
     set_rng_state_json(ck.state["rng"])
+
+
+def _restore_rng(loop: Loop, rng: Mapping[str, torch.Tensor]) -> None:
+    """This rank's torch (and CUDA) generator from the checkpoint; a rank it has none for (the run grew) seeds
+    them from (seed, epoch, step, rank)."""
+    rank = loop.dist.rank
+    if f"torch.rank{rank}" not in rng:
+        seed = batch_seed(loop.train_loader.batch_sampler.sampler.seed, loop.epoch, loop.global_step, rank)
+        torch.manual_seed(seed)   # seeds CUDA's generators too
+        return
+    torch.set_rng_state(rng[f"torch.rank{rank}"])
+    if loop.device.type == "cuda":
+        torch.cuda.set_rng_state(rng[f"cuda.rank{rank}"], loop.device)
