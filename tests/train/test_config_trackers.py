@@ -134,6 +134,7 @@ def test_the_command_line_overrides_the_file(tmp_path, captured, capsys):
     ("ema_warmup: maybe\n", "key 'ema_warmup' (--ema-warmup): expected true or false; got 'maybe'"),
     ("batch_size: 8\nbatch-size: 8\n", "batch_size is given twice"),
     ("config: other.yaml\n", "unknown key 'config'"),
+    ("resume: yes please\n", "key 'resume' (--resume): invalid choice: 'yes please' (choose from auto)"),
     ("- lr\n", "expected a mapping of option names to values; got list"),
     ("lr: [1\n", "is not valid YAML"),
     ("data: synthetic\n", "--model is required: give it on the command line or in the --config file"),
@@ -211,6 +212,7 @@ def test_wandb_and_mlflow_get_the_same_records(tmp_path, monkeypatch):
     dict(task="sr", model="espcn", sr_scale=3, time_budget=90.0, threads=2, betas=(0.8, 0.99), ema_warmup=False),
     dict(scale=(0.3, 1.0), ratio=(0.5, 2.0), mixup=0.8, channels_last=True, model_kwargs={"dims": [8, 16, 24, 32]},
          warmup_epochs=0.25, min_lr=1e-7, log=("csv",), prefetch=3, input_size=48),
+    dict(resume=True), dict(resume="auto"),                      # --resume's optional value, bare and given
 ])
 def test_every_setting_a_run_writes_reads_back(settings, tmp_path, captured):
     cfg = TrainConfig(**dict(dict(model="convnext_atto", out=str(tmp_path / "o")), **settings))

@@ -65,6 +65,8 @@ def _parse(action: argparse.Action, value: Any) -> Any:
         if not isinstance(value, bool):
             raise argparse.ArgumentTypeError(f"expected true or false; got {value!r}")
         return value
+    if action.nargs == "?" and isinstance(value, bool) and value in (action.default, action.const):
+        return value   # an option whose value is optional, given as off or as the bare flag (`resume: false`)
     text = _text(value)
     parse = action.type or str
     try:
