@@ -16,8 +16,10 @@ PYTEST_WORKERS ?= 2
 demo: $(STAMP)/install $(STAMP)/data
 	$(PYTHON) examples/demo.py
 
+# --dist worksteal: a worker that runs out of tests takes queued ones from the other, so a long test late in the
+# run does not leave a core idle.
 test: lint $(STAMP)/data $(STAMP)/chromium
-	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --timeout=1200 tests
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --timeout=1200 tests
 
 # ruff's rule set is in pyproject.toml (pyflakes, pycodestyle, isort, bugbear, pyupgrade); the import contract
 # (the layers' arrows) is tests/test_import_contract.py, run by `make test`.
