@@ -20,6 +20,7 @@ only its own section of the page; the other is kept.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import re
 import statistics
@@ -86,37 +87,77 @@ def _seg_run(backbone: str, head: str, seed: int, train_count: int, eval_count: 
     return f["miou"], f["pixel_acc"], wall
 
 
+def _cached(args: argparse.Namespace) -> dict[tuple[str, str, int], tuple[float, float, float]]:
+    """The runs `--cache` holds for this setting (JSON lines: backbone, head, seed, settings, results)."""
+    if args.cache is None or not args.cache.is_file():
+        return {}
+    settings = [args.seg_train, args.seg_eval, args.seg_epochs, args.threads]
+    lines = (json.loads(line) for line in args.cache.read_text().splitlines() if line.strip())
+    return {tuple(d["key"]): tuple(d["result"]) for d in lines if d.get("settings") == settings}
+
+
 def seg_runs(args: argparse.Namespace) -> dict[tuple[str, str, int], tuple[float, float, float]]:
-    """Every backbone x head x seed run's (mIoU, pixel accuracy, wall s), `--jobs` runs at a time (separate
-    processes started fresh, each on `--threads` threads: a run's numbers do not depend on which process ran it)."""
-    keys = [(b, h, s) for b in args.backbones.split(",") for h in args.heads.split(",") for s in args.seeds]
+    """Every backbone x head x seed run's (mIoU, pixel accuracy, wall s), head by head in `--heads` order, `--jobs`
+    runs at a time (separate processes, each on `--threads` threads: a run's numbers do not depend on which
+    process ran it). Runs in `--cache` are taken from it, and each finished run is appended to it; with
+    `--render-only` nothing is trained."""
+    results = _cached(args)
+    keys = [(b, h, s) for h in args.heads.split(",") for b in args.backbones.split(",") for s in args.seeds]
+    keys = [] if args.render_only else [k for k in keys if k not in results]
     settings = (args.seg_train, args.seg_eval, args.seg_epochs, args.threads)
+
+    def record(key: tuple[str, str, int], result: tuple[float, float, float]) -> None:
+        results[key] = result
+        print(key, result, flush=True)
+        if args.cache is not None:
+            with args.cache.open("a") as f:
+                f.write(json.dumps(dict(key=key, settings=list(settings), result=result)) + "\n")
+
     if args.jobs == 1:
-        results = {}
         for k in keys:
-            results[k] = _seg_run(*k, *settings)
-            print(k, results[k], flush=True)
+            record(k, _seg_run(*k, *settings))
         return results
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_seg_run, *k, *settings): k for k in keys}
         for done in as_completed(futures):
-            print(futures[done], done.result(), flush=True)
-        return {k: fut.result() for fut, k in futures.items()}
+            record(futures[done], done.result())
+    return results
 
 
 def _accuracy_rows(args: argparse.Namespace, runs: dict) -> list[str]:
-    """Per backbone x head: mIoU mean and min-max over the seeds, pixel accuracy, the FCN yardstick's delta."""
+    """Per backbone x head: mIoU mean and min-max over the seeds, pixel accuracy, the FCN yardstick's delta (a
+    model with a seed missing: its row says so)."""
     rows = []
     for b in args.backbones.split(","):
-        fcn = [runs[b, "fcn", s][0] for s in args.seeds]
+        fcn = [runs[b, "fcn", s][0] for s in args.seeds if (b, "fcn", s) in runs]
         for h in args.heads.split(","):
-            miou, acc, wall = (list(v) for v in zip(*(runs[b, h, s] for s in args.seeds), strict=True))
+            done = [runs[b, h, s] for s in args.seeds if (b, h, s) in runs]
+            if len(done) < len(args.seeds) or len(fcn) < len(args.seeds):
+                rows.append(f"| {b} | {h} | not run: {len(done)} of {len(args.seeds)} seeds finished in time "
+                            f"| | | | | | {' '.join(f'{r[0]:.4f}' for r in done)} | |")
+                continue
+            miou, acc, wall = (list(v) for v in zip(*done, strict=True))
             delta = statistics.fmean(miou) - statistics.fmean(fcn)
             apart = "-" if h == "fcn" else ("yes" if min(miou) > max(fcn) else "no")
             rows.append(f"| {b} | {h} | {statistics.fmean(miou):.4f} | {min(miou):.4f}-{max(miou):.4f} "
                         f"| {max(miou) - min(miou):.4f} | {statistics.fmean(acc):.4f} | {delta:+.4f} | {apart} "
                         f"| {' '.join(f'{m:.4f}' for m in miou)} | {statistics.fmean(wall):.0f} |")
     return rows
+
+
+def _all_background(eval_count: int) -> str:
+    """The chance line: mIoU and pixel accuracy of predicting background everywhere on the scored val mosaics."""
+    import torch
+
+    from convscope.train.dense import SegmentationMetrics
+    from convscope.train.segmentation import open_segmentation
+
+    pairs, classes, _ = open_segmentation("mosaics", "val", count=eval_count)
+    metrics = SegmentationMetrics(len(classes))
+    metrics.update(torch.zeros_like(pairs.targets), pairs.targets)
+    r = metrics.compute()
+    return (f"Chance level (every pixel called background) on these {eval_count} val mosaics: mIoU "
+            f"{r['miou']:.4f}, pixel accuracy {r['pixel_acc']:.4f}.")
 
 
 def _efficiency_rows(args: argparse.Namespace) -> list[str]:
@@ -152,9 +193,27 @@ def _efficiency_rows(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def _cost_rows(args: argparse.Namespace) -> list[str]:
+    """The cost table's rows in `--backbones` x `--heads` order: from `--cache` when it holds them for these
+    models and thread count, else measured (and appended to it)."""
+    wanted = [(b, h) for b in args.backbones.split(",") for h in args.heads.split(",")]
+    lines = args.cache.read_text().splitlines() if args.cache is not None and args.cache.is_file() else []
+    found = [d["cost_rows"] for d in map(json.loads, filter(None, lines))
+             if "cost_rows" in d and d["threads"] == args.threads]
+    rows = found[-1] if found else []
+    by_model = {tuple(c.strip() for c in r.split("|")[1:3]): r for r in rows}
+    if not set(wanted) <= set(by_model):
+        found, rows = [], _efficiency_rows(args)
+        by_model = {tuple(c.strip() for c in r.split("|")[1:3]): r for r in rows}
+    if not found and args.cache is not None:
+        with args.cache.open("a") as f:
+            f.write(json.dumps(dict(cost_rows=rows, threads=args.threads)) + "\n")
+    return [by_model[k] for k in wanted]
+
+
 def seg_section(args: argparse.Namespace) -> str:
     t0 = time.perf_counter()
-    eff = _efficiency_rows(args)
+    eff = _cost_rows(args)
     runs = seg_runs(args)
     wall_min = (time.perf_counter() - t0) / 60
     seeds = ",".join(map(str, args.seeds))
@@ -167,9 +226,10 @@ def seg_section(args: argparse.Namespace) -> str:
         f"pixel accuracy: mean over the seeds; vs FCN: mean mIoU minus the FCN yardstick's mean mIoU on the same "
         f"backbone; apart: the head's worst seed beats FCN's best seed (the two seed ranges do not overlap). wall: "
         f"mean seconds per run, {args.jobs} run(s) at a time on {args.threads} thread(s) each.", "",
-        *SEG_NOTES, "",
+        "\n\n".join(SEG_NOTES), "",
         "| backbone | head | mIoU | min-max | spread | pixel acc | vs FCN | apart | per seed | wall (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|", *_accuracy_rows(args, runs), "",
+        "|---|---|---|---|---|---|---|---|---|---|", *_accuracy_rows(args, runs), "", _all_background(args.seg_eval),
+        "",
         "### Cost at 256 x 256", "",
         "Batch 1, one input channel, 11 classes (the trained models), eval mode. Params and MACs from "
         "`convscope.analysis.count` (a module's MACs go to the backbone when it sits under `backbone.`, the rest "
@@ -180,7 +240,8 @@ def seg_section(args: argparse.Namespace) -> str:
         "rounds timed.", "",
         "| backbone | head | backbone params (M) | head params (M) | backbone GMACs | head GMACs | backbone ms "
         "| backbone + head ms | head ms | n |", "|---|---|---|---|---|---|---|---|---|---|", *eff, "",
-        f"Whole section: {wall_min:.0f} min wall. "
+        f"Training runs: {sum(r[2] for r in runs.values()) / 60:.0f} min of process time in all"
+        + ("" if args.render_only else f"; this invocation: {wall_min:.0f} min wall") + ". "
         + _machine(args, f"--part seg --backbones {args.backbones} --heads {args.heads} --seeds {seeds} "
                          f"--seg-train {args.seg_train} --seg-eval {args.seg_eval} --seg-epochs {args.seg_epochs} "
                          f"--jobs {args.jobs}"), ""])
@@ -229,6 +290,8 @@ def main() -> int:
     p.add_argument("--seg-eval", type=int, default=200)
     p.add_argument("--seg-epochs", type=int, default=10)
     p.add_argument("--jobs", type=int, default=1, help="segmentation runs at a time (separate processes)")
+    p.add_argument("--cache", type=Path, help="JSON lines of finished segmentation runs: reused, appended to")
+    p.add_argument("--render-only", action="store_true", help="write the page from --cache without training")
     p.add_argument("--latency-rounds", type=int, default=20)
     p.add_argument("--latency-time", type=float, default=60.0, help="seconds at most per backbone's timing")
     p.add_argument("--threads", type=int, default=1)
