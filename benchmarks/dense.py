@@ -14,8 +14,9 @@ Segmentation: each backbone x head x seed trained on the first `--seg-train` mos
 `--seg-epochs` epochs and scored on the first `--seg-eval` held-out (val) mosaics, `--jobs` runs at a time (each
 in its own process on `--threads` threads; the same seed gives the same numbers whichever process runs it); then a
 table of params, MACs (`convscope.analysis.count`) and latency (`convscope.analysis.measure_interleaved`) of each
-backbone alone and with each head at 256 x 256, measured first, before the training runs start. `--part` rewrites
-only its own section of the page; the other is kept.
+backbone alone and with each head at 256 x 256, measured first, before the training runs start. `--cache FILE`
+keeps each finished run and the cost table (JSON lines) so a stopped sweep resumes where it was; `--render-only`
+writes the page from it. `--part` rewrites only its own section of the page; the other is kept.
 """
 from __future__ import annotations
 
