@@ -45,12 +45,18 @@ def test_the_table_claims_exports_for_the_families_it_ran():
 @pytest.mark.skipif(not HAVE_ONNX, reason=export.EXTRA_HINT)
 @pytest.mark.parametrize("name", _claimed_exportable())
 def test_smallest_variant_exports(name):
-    from convscope.models import create_model
+    # the variant with one block per stage: every kind of block and stage it has, at a fifth of the trace and
+    # ONNX export time of its full depth (tools/export_table.py, which writes docs/export.md, exports every variant
+    # whole)
+    from convscope.models import create_model, family_of, model_arch
     with torch.device("meta"):
         m = create_model(name)
     t = m.traits
     size = t.fixed_input_size or tuple(max(32, s) for s in t.min_input_size)
-    r = export.export_check(name, size=size)
+    spec, arch = family_of(name).spec, model_arch(name)
+    depths, widths = spec.stages(arch)
+    shallow = spec.rebuild(arch, tuple(1 for _ in depths), widths, input_hw=size)
+    r = export.export_check(name, size=size, model_kwargs=shallow)
     assert r.torch_export, r.torch_export_error
     assert r.onnx, r.onnx_error
     assert r.onnx_rel_err <= export.ONNX_TOL

@@ -13,6 +13,7 @@ import contextlib
 import time
 import traceback
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,16 +126,16 @@ class ExportResult:
         return self.torch_export and self.onnx
 
 
-def cheap_random_model(name: str, seed: int = 0) -> nn.Module:
-    """`name` with random weights, skipping the (slow, for the 300M-parameter variants) init: built on the meta
-    device, materialised, weights N(0, 1/fan_in), vectors N(0, 0.1) (BatchNorm variances 1, norm weights 1 +
-    N(0, 0.1)). Models with integer buffers (index tables) are built normally."""
+def cheap_random_model(name: str, seed: int = 0, **kwargs: Any) -> nn.Module:
+    """`name` (built with `kwargs`) with random weights, skipping the (slow, for the 300M-parameter variants) init:
+    built on the meta device, materialised, weights N(0, 1/fan_in), vectors N(0, 0.1) (BatchNorm variances 1, norm
+    weights 1 + N(0, 0.1)). Models with integer buffers (index tables) are built normally."""
     from ..models import create_model
     with torch.device("meta"):
-        model = create_model(name)
+        model = create_model(name, **kwargs)
     if any(not b.is_floating_point() for n, b in model.named_buffers() if "num_batches" not in n):
         torch.manual_seed(seed)
-        return create_model(name).eval()
+        return create_model(name, **kwargs).eval()
     model = model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -154,13 +155,15 @@ def cheap_random_model(name: str, seed: int = 0) -> nn.Module:
 
 
 def export_check(name: str, *, batch: int = 1, size: tuple[int, int] | None = None, deploy_form: bool = True,
-                 seed: int = 0, threads: int | None = None) -> ExportResult:
-    """Build `name` (random init; the inference form when `deploy_form`), and try torch.export and ONNX at
-    (batch, C, H, W) = the card's input size (or `size`); ONNX output checked against PyTorch with onnxruntime."""
+                 seed: int = 0, threads: int | None = None, model_kwargs: Mapping[str, Any] | None = None
+                 ) -> ExportResult:
+    """Build `name` (random init, with `model_kwargs`; the inference form when `deploy_form`), and try torch.export
+    and ONNX at (batch, C, H, W) = the card's input size (or `size`); ONNX output checked against PyTorch with
+    onnxruntime."""
     from ..layers.fold import prepare_for_inference_
     from ..models import model_card
     card = model_card(name)
-    model = cheap_random_model(name, seed)
+    model = cheap_random_model(name, seed, **(model_kwargs or {}))
     if deploy_form:
         prepare_for_inference_(model)
     c, h, w = card.input_size
