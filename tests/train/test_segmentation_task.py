@@ -166,3 +166,20 @@ def test_a_train_folder_without_val_or_test_is_refused_in_one_line(tmp_path, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has train/ but no val/ or test/ to evaluate on" in err[0], err
+
+
+def test_weights_that_do_not_fit_the_described_segmenter_are_one_line(run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src = run / "best.safetensors"
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    state = load_file(str(src))
+    dropped = sorted(k for k in state if k.startswith("head."))[0]
+    del state[dropped]
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata=meta)
+    want = rf"^{bad}: its weights do not fit upernet on convnext_atto: Missing key\(s\) in state_dict: \"{dropped}\""
+    with pytest.raises(ValueError, match=want):   # the file, the model, and torch's reason in one line
+        load_segmenter(bad)

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
+from torch import nn
 
 from ..data.loaders import Loader
-from ..models.source import read_meta, resolve_weights_file
+from ..models.source import check_finite, read_meta, resolve_weights_file
 from .config import TASKS, TrainConfig
 from .distributed import DistInfo
 from .task import Task
@@ -113,3 +115,16 @@ def checkpoint_task(checkpoint: str | os.PathLike) -> str:
     if task not in TASKS:
         raise ValueError(f"{checkpoint}: unknown task {task!r} in its metadata; expected one of {', '.join(TASKS)}")
     return task
+
+
+def load_task_weights(model: nn.Module, path: str | os.PathLike, what: str) -> nn.Module:
+    """A dense task's weights file (safetensors: no pickled code; every tensor finite) loaded into `model`, built
+    from the file's checked description; ValueError naming the file and `what` when the weights do not fit."""
+    state = load_file(str(path))
+    check_finite(state, str(path))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        reason = " ".join(str(e).split()[6:])   # torch's text past "Error(s) in loading state_dict for X:"
+        raise ValueError(f"{path}: its weights do not fit {what}: {reason[:300]}") from None
+    return model

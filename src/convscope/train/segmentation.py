@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,12 +29,12 @@ from ..data.mosaic import IGNORE_INDEX, MOSAIC_CLASSES, SegmentationFolder, make
 from ..files import atomic_write_bytes, check_output_dir
 from ..heads import HEADS, create_segmenter
 from ..models import model_card
-from ..models.source import check_finite, read_meta, resolve_weights_file
+from ..models.source import read_meta, resolve_weights_file
 from ..utils import resolve_device
 from .config import TrainConfig
 from .dense import SegmentationMetrics, predict_logits
 from .distributed import DistInfo, all_reduce_sum
-from .parts import Normalize, PairArrays, RunParts, dense_defaults, pair_loaders
+from .parts import Normalize, PairArrays, RunParts, dense_defaults, load_task_weights, pair_loaders
 
 MOSAIC_SIZE = (96, 128)
 MOSAIC_COUNTS = {"train": 1000, "val": 200, "test": 200}
@@ -258,13 +257,7 @@ def load_segmenter(checkpoint: str | os.PathLike, device: str | torch.device = "
                          f"{', '.join(HEADS)}; got task {meta.get('task')!r}, head {meta.get('head')!r})")
     model = create_segmenter(meta["model"], meta["head"], meta["num_classes"], in_chans=meta["in_chans"],
                              **meta["model_kwargs"])
-    state = load_file(str(path))
-    check_finite(state, str(path))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: its weights do not fit {meta['head']} on {meta['model']}: "
-                         f"{str(e).splitlines()[0]}") from None
+    load_task_weights(model, path, f"{meta['head']} on {meta['model']}")
     return model.to(device).eval(), meta
 
 

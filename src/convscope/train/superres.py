@@ -16,19 +16,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
 from ..data.loaders import Loader
 from ..data.open import open_dataset
 from ..heads.sr import SR_MODELS, SR_SCALES, create_sr_model
-from ..models.source import check_finite, read_meta, resolve_weights_file
+from ..models.source import read_meta, resolve_weights_file
 from ..utils import resolve_device
 from .config import TrainConfig
 from .dense import psnr, ssim
 from .distributed import DistInfo, all_reduce_sum
-from .parts import Normalize, PairArrays, RunParts, dense_defaults, pair_loaders
+from .parts import Normalize, PairArrays, RunParts, dense_defaults, load_task_weights, pair_loaders
 
 
 def downsample_pairs(images: torch.Tensor, scale: int) -> PairArrays:
@@ -157,13 +156,7 @@ def load_sr_model(checkpoint: str | os.PathLike, device: str | torch.device = "c
         raise ValueError(f"{path}: not a super-resolution model (expected task 'sr', a model among "
                          f"{', '.join(SR_MODELS)} and a scale among {SR_SCALES})")
     model = create_sr_model(meta["model"], meta["scale"], meta["in_chans"])
-    state = load_file(str(path))
-    check_finite(state, str(path))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: its weights do not fit {meta['model']} x{meta['scale']}: "
-                         f"{str(e).splitlines()[0]}") from None
+    load_task_weights(model, path, f"{meta['model']} x{meta['scale']}")
     return model.to(device).eval(), meta
 
 
