@@ -31,6 +31,7 @@ from ..heads import HEADS, create_segmenter
 from ..models import model_card
 from ..models.source import read_meta, resolve_weights_file
 from ..utils import resolve_device
+from .callbacks import Evaluation
 from .config import TrainConfig
 from .dense import SegmentationMetrics, predict_logits
 from .distributed import DistInfo, all_reduce_sum
@@ -283,12 +284,7 @@ def evaluate_segmentation(checkpoint: str | os.PathLike, data: str, split: str =
                                              classes=meta["class_names"])
     task = SegmentationTask(model, classes, dev, window=window, stride=stride)
     loader = Loader(pairs, Normalize(meta["mean"], meta["std"]), batch_size, train=False)
-    task.metrics.reset()
-    with torch.inference_mode():
-        for batch in loader:
-            batch = task.to_device(batch)
-            task.metrics.update(task.predict(model, batch), batch)
-    r = task.metrics.compute()
+    r = Evaluation(task, loader, {}).evaluate(model)   # the training loop's own evaluation pass
     return dict(r, checkpoint=str(checkpoint), model=f"{meta['head']} on {meta['model']}", class_names=list(classes),
                 data=desc, window=None if window is None else list(window),
                 stride=None if stride is None else list(stride or window))

@@ -24,6 +24,7 @@ from ..data.open import open_dataset
 from ..heads.sr import SR_MODELS, SR_SCALES, create_sr_model
 from ..models.source import read_meta, resolve_weights_file
 from ..utils import resolve_device
+from .callbacks import Evaluation
 from .config import TrainConfig
 from .dense import psnr, ssim
 from .distributed import DistInfo, all_reduce_sum
@@ -169,9 +170,5 @@ def evaluate_sr(checkpoint: str | os.PathLike, data: str = "fashion-mnist", spli
     pairs = pairs if limit is None else pairs.subset(limit)
     task = SuperResolutionTask(model, meta["scale"], dev)
     loader = Loader(pairs, Normalize(meta["mean"], meta["std"]), batch_size, train=False)
-    task.metrics.reset()
-    with torch.inference_mode():
-        for batch in loader:
-            batch = task.to_device(batch)
-            task.metrics.update(task.predict(model, batch), batch)
-    return dict(task.metrics.compute(), checkpoint=str(checkpoint), model=meta["model"], data=desc)
+    scores = Evaluation(task, loader, {}).evaluate(model)   # the training loop's own evaluation pass
+    return dict(scores, checkpoint=str(checkpoint), model=meta["model"], data=desc)
