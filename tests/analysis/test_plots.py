@@ -13,6 +13,8 @@ from convscope.analysis import plots
 from convscope.analysis.hardware import hardware_peaks
 from convscope.analysis.waterline import profile_layers
 
+from .test_lab_pictures import _assert_inside
+
 
 @pytest.fixture(scope="module")
 def profile():
@@ -43,6 +45,17 @@ def test_roofline_chart(profile, tmp_path):
     # points of both conv kinds are drawn in their colours
     assert _has_colour(img, plots._KIND_COLORS["depthwise conv"])
     assert _has_colour(img, plots._KIND_COLORS["pointwise conv"])
+
+
+def test_roofline_labels_end_inside_the_axes(profile, figures):
+    """The slowest layers' names are drawn inside the plot, even next to the right edge."""
+    plots.roofline_chart(profile, label_top=20)
+    fig = figures[0]
+    ax = fig.axes[0]
+    box = ax.get_window_extent(fig.canvas.get_renderer())
+    ends = [t.get_window_extent(fig.canvas.get_renderer()).x1 for t in ax.texts]
+    assert len(ends) >= 3 and max(ends) <= box.x1 + 0.5
+    _assert_inside(fig)
 
 
 def test_efficiency_gap_and_pareto_charts(profile, tmp_path):

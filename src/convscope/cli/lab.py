@@ -28,6 +28,14 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(["convscope", *args.argv])
 
 
+def _print_ceiling_warnings(peaks: dict, machine: dict) -> None:
+    """A 'warning:' line beside the results for each reason the ceilings they were measured against are wrong."""
+    from ..analysis.ceilings import ceiling_warnings
+
+    for line in ceiling_warnings(peaks, machine.get("logical_cpus")):
+        print(f"warning: {line}")
+
+
 def _cmd_hw(args: argparse.Namespace) -> int:
     from ..analysis.hardware import hardware_peaks
 
@@ -59,6 +67,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
                           device=args.device, repeats=args.repeats, clock=args.clock)
     print(f"\nper-layer waterline (eager inference forward{', without torch.compile' if args.compile else ''}):")
     print(prof.summary())
+    _print_ceiling_warnings(prof.peaks, prof.machine)
     print(f"\n{prof.group_table('kind')}\n\n{prof.table(args.top)}")
     if args.json:
         prof.to_json(args.json)
@@ -66,7 +75,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if args.html:
         from ..analysis.report import profile_report, write_report
 
-        write_report(profile_report(prof, benchmark=bench, command=_command(args)), args.html)
+        write_report(profile_report(prof, benchmark=bench, command=_command(args), top=args.top), args.html)
         print(f"wrote {args.html}")
     return 0
 
@@ -82,6 +91,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     cmp = compare_models(names, sizes.pop(), dtype=args.dtype, channels_last=args.channels_last,
                          threads=args.threads, device=args.device, repeats=args.repeats)
     print(f"{cmp.describe()}\n{cmp.table()}")
+    _print_ceiling_warnings(cmp.peaks, cmp.machine)
     if args.json:
         cmp.to_json(args.json)
         print(f"\nwrote {args.json}")

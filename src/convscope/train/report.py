@@ -8,9 +8,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from ..files import atomic_write_bytes, atomic_write_text
 
@@ -73,19 +76,20 @@ def strict_json(obj: Any) -> Any:
 ACCURACY = {"top1": "top-1", "top5": "top-5"}
 
 
-def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "",
-                scores: Mapping[str, str] = ACCURACY, axis: str = "accuracy (%)",
-                dashed: Mapping[str, str] | None = None) -> None:
-    """Loss and scores per epoch as a PNG (matplotlib, Agg backend): `scores` maps the records' keys to the
-    legend, `dashed` too for scores drawn dashed (an EMA's, default: ema_top1 as "EMA top-1")."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def curves_figure(history: list[dict[str, Any]], title: str = "", scores: Mapping[str, str] = ACCURACY,
+                  axis: str = "accuracy (%)", dashed: Mapping[str, str] | None = None) -> Figure:
+    """Loss and scores per epoch as a matplotlib Figure (Agg canvas, no pyplot state): `scores` maps the
+    records' keys to the legend, `dashed` too for scores drawn dashed (an EMA's, default: ema_top1 as "EMA
+    top-1"). Epoch ticks are whole numbers; a percentage axis ('%' in `axis`) never reaches above 100."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     dashed = {"ema_top1": "EMA top-1"} if dashed is None else dashed
     epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="tight")
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ev = [r for r in history if "eval_loss" in r]
     if ev:
@@ -96,16 +100,26 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
                 ax2.plot([r["epoch"] for r in ev if key in r], [r[key] for r in ev if key in r], style, label=label)
     ax1.set(xlabel="epoch", ylabel="loss", title="loss")
     ax2.set(xlabel="epoch", ylabel=axis, title=axis.split(" (")[0])
+    if "%" in axis:
+        lo, hi = ax2.get_ylim()
+        ax2.set_ylim(max(lo, 0.0), min(hi, 100.0))
     for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:   # no evaluated epoch yet: nothing to label on the accuracy axes
             ax.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    return fig
+
+
+def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "",
+                scores: Mapping[str, str] = ACCURACY, axis: str = "accuracy (%)",
+                dashed: Mapping[str, str] | None = None) -> None:
+    """`curves_figure(...)` written to `path` as a PNG (atomically)."""
+    fig = curves_figure(history, title, scores, axis, dashed)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -33,4 +33,4 @@ def peaks_dict(peaks: HardwarePeaks, llc: int | None) -> dict[str, Any]:
     """The ceilings a profile or comparison was measured against, as stored with it."""
     return dict(compute_gflops=peaks.compute_gflops, bandwidth_gbs=peaks.bandwidth_gbs,
                 cache_bandwidth_gbs=peaks.cache_bandwidth_gbs, llc_bytes=llc, measured_at=peaks.measured_at,
-                probe_gflops=peaks.probe_gflops())
+                probe_gflops=peaks.probe_gflops(), load_average=peaks.details.get("busy", {}).get("load_average"))
