@@ -13,7 +13,7 @@ from convscope.analysis import plots
 from convscope.analysis.hardware import hardware_peaks
 from convscope.analysis.waterline import profile_layers
 
-from .test_lab_pictures import _assert_inside
+from .test_lab_pictures import _assert_inside, _assert_no_overlap
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_roofline_chart(profile, tmp_path):
 
 
 def test_roofline_labels_end_inside_the_axes(profile, figures):
-    """The slowest layers' names are drawn inside the plot, even next to the right edge."""
+    """The slowest layers' names are drawn inside the plot, even next to the right edge, and off the legend."""
     plots.roofline_chart(profile, label_top=20)
     fig = figures[0]
     ax = fig.axes[0]
@@ -56,6 +56,7 @@ def test_roofline_labels_end_inside_the_axes(profile, figures):
     ends = [t.get_window_extent(fig.canvas.get_renderer()).x1 for t in ax.texts]
     assert len(ends) >= 3 and max(ends) <= box.x1 + 0.5
     _assert_inside(fig)
+    _assert_no_overlap(fig)
 
 
 def test_efficiency_gap_and_pareto_charts(profile, tmp_path):

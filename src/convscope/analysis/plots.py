@@ -79,12 +79,25 @@ def _fit_annotations(fig: Figure, ax) -> None:
         ax.set_xlim(lo, hi * 10 ** (math.log10(hi / lo) * (over + 6) / box.width))
 
 
+def _keep_apart(fig: Figure, ax, most: int) -> None:
+    """Keep the first `most` annotations on `ax` that overlap no annotation kept before them (as drawn)."""
+    renderer = fig.canvas.get_renderer()
+    kept: list = []
+    for t in list(ax.texts):
+        box = t.get_window_extent(renderer)
+        if len(kept) == most or any(box.overlaps(k) for k in kept):
+            t.remove()
+        else:
+            kept.append(box)
+
+
 def roofline_figure(profile: LayerProfile, *, title: str | None = None, label_top: int = 6) -> Figure:
     """Each layer as a point (arithmetic intensity, attained GFLOP/s) under the measured roofs: the compute
     peak of the profile's dtype and the DRAM bandwidth slope (and the last-level-cache slope, dashed).
-    Point area is proportional to the layer's share of the time; the `label_top` slowest layers are named (the
-    x axis widened so that every name ends inside the plot). Layers without FLOPs or bytes (pure data movement,
-    glue without work) cannot sit on log axes and are counted in the legend title instead."""
+    Point area is proportional to the layer's share of the time; up to `label_top` of the slowest layers are
+    named, no name over another (the x axis widened so that every name ends inside the plot). Layers without
+    FLOPs or bytes (pure data movement, glue without work) cannot sit on log axes and are counted in the legend
+    title instead."""
     peak = profile.peak_flops / 1e9
     bw = profile.bandwidth / 1e9
     cache_bw = profile.peaks.get("cache_bandwidth_gbs")
@@ -92,7 +105,7 @@ def roofline_figure(profile: LayerProfile, *, title: str | None = None, label_to
     hidden = len(profile.layers) - len(rows)
     total = sum(r.time_s for r in profile.layers) or 1.0
 
-    fig = _figure(8.0, 5.6)
+    fig = _figure(10.5, 5.6)
     ax = fig.add_subplot()
     xs = [r.intensity for r in rows] or [1.0]
     ys = [r.attained_flops / 1e9 for r in rows] or [1.0]
@@ -114,16 +127,9 @@ def roofline_figure(profile: LayerProfile, *, title: str | None = None, label_to
         ax.scatter([r.intensity for r in sel], [r.attained_flops / 1e9 for r in sel],
                    s=[15 + 600 * r.time_s / total for r in sel], color=_color(kind, extra), alpha=0.7,
                    edgecolors="none", label=f"{kind} ({100 * sum(r.time_s for r in sel) / total:.0f}% of time)")
-    placed: list[tuple[float, float]] = []
-    for r in sorted(rows, key=lambda r: r.time_s, reverse=True):
-        if len(placed) == label_top:
-            break
-        at = (math.log10(r.intensity), math.log10(r.attained_flops / 1e9))
-        if any(abs(at[0] - p[0]) < 0.25 and abs(at[1] - p[1]) < 0.1 for p in placed):
-            continue  # a label would overlap one already drawn
-        placed.append(at)
+    for r in sorted(rows, key=lambda r: r.time_s, reverse=True)[:3 * label_top]:  # candidates, slowest first
         ax.annotate(r.name, (r.intensity, r.attained_flops / 1e9), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+                    textcoords="offset points", in_layout=False)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(xlo, xhi)
@@ -132,9 +138,10 @@ def roofline_figure(profile: LayerProfile, *, title: str | None = None, label_to
     ax.set_ylabel("attained GFLOP/s")
     ax.set_title(title or f"Waterline: {profile.describe()}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right",
-              title=f"{hidden} rows without FLOPs or bytes not shown" if hidden else None, title_fontsize=7)
+    fig.legend(fontsize=7, loc="outside right upper",  # beside the axes, where no layer name can run into it
+               title=f"{hidden} rows without FLOPs or bytes\nnot shown" if hidden else None, title_fontsize=7)
     _fit_annotations(fig, ax)
+    _keep_apart(fig, ax, label_top)
     return fig
 
 
@@ -171,7 +178,8 @@ def efficiency_gap_figure(points: Sequence[dict[str, Any]], peak_flops: float, *
                         ha="right", va="top")
     for i, p in enumerate(pts):
         eff = p["flops"] / (p["latency_s"] * peak_flops)
-        ax.scatter([p["flops"]], [p["latency_s"] * 1e3], s=40, zorder=3, **_style(i),
+        style = dict(_style(i), color=_KIND_COLORS[p["label"]]) if p["label"] in _KIND_COLORS else _style(i)
+        ax.scatter([p["flops"]], [p["latency_s"] * 1e3], s=40, zorder=3, **style,
                    label=f"{p['label']} ({100 * eff:.1f}% comp. eff.)")
     ax.set_xscale("log")
     ax.set_yscale("log")
