@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import re
 
+import pytest
 import torch
 from matplotlib.text import Text
 
@@ -141,6 +142,7 @@ def test_ceiling_warnings():
     assert "<p class='note warning'>warning: the last-level-cache bandwidth (10.0 GB/s)" in html
 
 
+@pytest.mark.slow
 def test_profile_html_honours_top_and_warns(tmp_path, monkeypatch, capsys):
     """Through the CLI on a tiny model, against cached ceilings that cannot be right (LLC below DRAM, load 99)."""
     monkeypatch.setenv("CONVSCOPE_CACHE_DIR", str(tmp_path))
