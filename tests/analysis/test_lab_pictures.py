@@ -163,3 +163,6 @@ def test_profile_html_honours_top_and_warns(tmp_path, monkeypatch, capsys):
     table = re.search(r"<h2>Slowest 3 of \d+ modules</h2>\s*<table>.*?<tbody>(.*?)</tbody>", html, re.S)
     assert table and table.group(1).count("<tr>") == 3
     assert html.count("class='note warning'") == 2
+    headers = re.findall(r"<(?:th|h2|td)>([^<]*eff[^<]*)</", html)  # the summary's names are in its first column
+    assert "waterline eff. %" in headers and any(h.startswith("comp. eff. (achieved / peak FLOP/s") for h in headers)
+    assert [h for h in headers if _bare_effs(h)] == []
