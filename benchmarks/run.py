@@ -46,11 +46,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         "--threads 1 --out benchmarks/results/demo_deploy",
         "Fashion-MNIST idx files (`make data`); torchao for int8 (the `deploy` extra)"),
     "dense": Benchmark(
-        "super-resolution (ESPCN x2 and x3 against bicubic: PSNR, SSIM on the 10,000 Fashion-MNIST test images) and "
+        "super-resolution (ESPCN and the large-kernel LargeKernelSR, x2 and x3, against bicubic: PSNR, SSIM on the "
+        "10,000 Fashion-MNIST test images) and "
         "segmentation (every decode head on convnext_atto and the hybrid lsnet_t, trained on the Fashion-MNIST "
         "mosaics: mIoU over seeds against the FCN yardstick, pixel accuracy; params, MACs and latency of backbone "
         "vs head at 256x256), each trained with `convscope train`; one page section per part",
-        "~4 min (--part sr); ~1 h (--part seg as on the page, --jobs 2)", ("dense.md",), "--part sr --threads 1",
+        "~15 min idle, ~25 min under load (--part sr); ~1 h (--part seg as on the page, --jobs 2)", ("dense.md",),
+        "--part sr --threads 1",
         "Fashion-MNIST idx files (`make data`); Pillow for the mosaics"),
     "deploy_speed": Benchmark(
         "inference time of ConvNeXt-T, InceptionNeXt-T, CAFormer-S18 and UniRepLKNet-T, batch 1 and 8: timm eager "

@@ -78,8 +78,8 @@ class Comparison(RunSetting):
                  f"{self.input_size[0] / r.latency_s:.1f}", f"{r.bound_s * 1e3:.3f}", f"{100 * r.efficiency:.1f}",
                  f"{100 * r.computational_efficiency:.1f}", "-" if r.top1 is None else f"{r.top1:.1f}"]
                 for r in sorted(self.rows, key=lambda r: r.latency_s)]
-        head = ("model", "params M", "GMACs", "GFLOPs", "MB", "acts M", "ms", "img/s", "bound ms", "eff %", "comp %",
-                "top-1")
+        head = ("model", "params M", "GMACs", "GFLOPs", "MB", "acts M", "ms", "img/s", "bound ms", "waterline eff %",
+                "comp. eff %", "top-1")
         return (text_table(head, rows) + "\neff: waterline bound / latency; comp: FLOPs / (latency x peak); "
                 "FLOPs = 2 x MACs + element-wise")
 

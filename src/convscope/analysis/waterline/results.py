@@ -195,7 +195,7 @@ class LayerProfile(RunSetting):
             f"  gap (forward time no leaf layer accounts for): {t['gap_s'] * ms:+.2f} ms "
             f"({100 * t['gap_s'] / t['model_s']:+.1f}%)",
             f"  {t['flops'] / 1e9:.3f} GFLOPs, {t['bytes'] / 1e6:.1f} MB moved; waterline bound "
-            f"{t['bound_s'] * ms:.2f} ms -> efficiency {100 * t['efficiency']:.1f}% "
+            f"{t['bound_s'] * ms:.2f} ms -> waterline efficiency {100 * t['efficiency']:.1f}% "
             f"(computational efficiency FLOPs/(latency x peak) {100 * t['computational_efficiency']:.1f}%)",
         ])
 
@@ -209,7 +209,7 @@ class LayerProfile(RunSetting):
                   f"{r.attained_flops / 1e9:.1f}", f"{r.bound_s * 1e3:.3f}", r.limiter,
                   f"{100 * r.efficiency:.1f}" + ("" if r.physical else "*")]
                  for r in sorted(rows, key=lambda r: r.time_s, reverse=True)[:top]]
-        head = ("layer", "kind", "ms", "%", "MFLOPs", "MB", "FLOP/B", "GFLOP/s", "bound ms", "limit", "eff %")
+        head = ("layer", "kind", "ms", "%", "MFLOPs", "MB", "FLOP/B", "GFLOP/s", "bound ms", "limit", "waterline eff %")
         return (text_table(head, cells, align="llrrrrrrrrr") + "\n* memory-bound with traffic under twice the "
                 "last-level cache: the DRAM bound is not a hard limit there")
 
@@ -219,7 +219,7 @@ class LayerProfile(RunSetting):
         cells = [[g.key[:28], g.layers, f"{g.time_s * 1e3:.3f}", f"{100 * g.share:.1f}", f"{g.flops / 1e9:.3f}",
                   f"{g.bytes / 1e6:.2f}", f"{g.intensity:.1f}", f"{g.attained_flops / 1e9:.1f}",
                   f"{100 * g.efficiency:.1f}"] for g in groups]
-        out = text_table((by, "n", "ms", "%", "GFLOPs", "MB", "FLOP/B", "GFLOP/s", "eff %"), cells)
+        out = text_table((by, "n", "ms", "%", "GFLOPs", "MB", "FLOP/B", "GFLOP/s", "waterline eff %"), cells)
         if any(g.efficiency > 1 for g in groups):
-            out += "\nefficiency over 100%: memory-bound layers whose data stays in cache beat the DRAM bound"
+            out += "\nwaterline efficiency over 100%: memory-bound layers whose data stays in cache beat the DRAM bound"
         return out
