@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields
 
+from ..data.datasets import AUTO_CHECK_LIMIT, CHECKS
 from ..heads import HEADS
 from ..heads.sr import SR_MODELS, SR_SCALES
 from ..train.config import TASKS, TRACKERS, TrainConfig
@@ -100,7 +101,9 @@ def _data_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--mix-prob", type=float, default=d.mix_prob)
     g.add_argument("--mix-switch-prob", type=float, default=d.mix_switch_prob)
     g.add_argument("--on-error", choices=("skip", "raise"), default=d.on_error, help="unreadable images")
-    g.add_argument("--check-images", choices=("none", "header", "decode"), default=d.check_images)
+    g.add_argument("--check-images", choices=CHECKS, default=d.check_images, help="open every image file up "
+                   "front (header: verify, decode: decode whole; a pool of threads), reporting unreadable ones; "
+                   f"auto: header for up to {AUTO_CHECK_LIMIT:,} files, none above")
     g.add_argument("--synthetic-size", type=int, default=d.synthetic_size)
     g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes)
     g.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size)

@@ -155,7 +155,7 @@ def _open_folder(facts: DataFacts, split: str, in_chans: int | None, held_out: f
 
 def open_dataset(spec: str | os.PathLike, split: str = "train", *, in_chans: int | None = None,
                  load_size: int | None = None, classes: Sequence[str] | None = None, held_out: float | None = None,
-                 seed: int = 0, on_error: str = "skip", check: str = "header", cache: bool = False,
+                 seed: int = 0, on_error: str = "skip", check: str = "auto", cache: bool = False,
                  report: Callable[[str], None] | None = None, synthetic_options: SyntheticOptions | None = None,
                  facts: DataFacts | None = None) -> OpenedData:
     """`spec` opened for `split` ('train', 'val' or 'test'; Fashion-MNIST's and synthetic data's 'val' is their
