@@ -25,8 +25,9 @@ def _run_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--model", default=None, help="registered model name (convscope list); with --task sr: "
                    + ", ".join(SR_MODELS) + " (required, here or in --config)")
     g.add_argument("--head", choices=tuple(HEADS), default=d.head, help="segmentation decode head")
-    g.add_argument("--data", default=d.data, help="fashion-mnist, synthetic, or an image-folder directory "
-                   "(root/<class>/*.jpg, or root/train and root/val); segmentation: mosaics or a folder of "
+    g.add_argument("--data", default=d.data, help="fashion-mnist, synthetic, an image-folder directory "
+                   "(root/<class>/*.jpg, or root/train and root/val) or a shard directory (convscope data pack); "
+                   "segmentation: mosaics or a folder of "
                    "images/ + masks/ (or train/ and val/ that hold them)")
     g.add_argument("--out", type=values.output_dir, default=d.out,
                    help="run directory (checkpoints, metrics.jsonl, curves.png)")

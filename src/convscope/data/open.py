@@ -1,10 +1,12 @@
 """One data path: the one place where a data spec (`--data`) becomes a dataset for a split.
 
 Specs: 'fashion-mnist' (Debian's idx files), 'synthetic', a directory of Fashion-MNIST (MNIST-format) idx files,
-an image folder `root/<class>/<images>`, or a folder with `train/` and `val/` (or `test/`) subfolders, each
-`<split>/<class>/<images>`. `probe_data` reads what a spec holds without decoding an image (classes, channels,
-native size, how many files); `open_dataset` opens one split, with the checks every caller needs: Pillow for
-folders, the class names a model expects, and unreadable files found up front and reported by path.
+an image folder `root/<class>/<images>`, a folder with `train/` and `val/` (or `test/`) subfolders, each
+`<split>/<class>/<images>`, or a directory of tar shards holding an `index.json` (`convscope data pack`,
+`shards.py`), read as the folder it was packed from. `probe_data` reads what a spec holds without decoding an
+image (classes, channels, native size, how many files); `open_dataset` opens one split, with the checks every
+caller needs: Pillow for folders, the class names a model expects, and unreadable files found up front and
+reported by path.
 """
 from __future__ import annotations
 
