@@ -27,15 +27,12 @@ BATCH = 128
 
 
 def generate(root: Path, n: int, data: str | None) -> None:
-    """n Fashion-MNIST PNGs in root/<class index>_<class name>/ (idempotent: a finished root is kept)."""
+    """n Fashion-MNIST PNGs in root/<class index>_<class name>/, and root/.complete holding n when done."""
     import numpy as np
     from PIL import Image
 
     from convscope.data.datasets import fashion_mnist
 
-    done = root / ".complete"
-    if done.is_file() and done.read_text() == str(n):
-        return
     ds = fashion_mnist(data, "train")
     names = [f"{i}_{c.replace('/', '-').replace(' ', '-')}" for i, c in enumerate(ds.classes)]
     for name in names:
@@ -45,7 +42,7 @@ def generate(root: Path, n: int, data: str | None) -> None:
         k = i % len(labels)
         arr = images[k] if (i // len(labels)) % 2 == 0 else np.ascontiguousarray(images[k][:, ::-1])
         Image.fromarray(arr).save(root / names[labels[k]] / f"{i:06d}.png")
-    done.write_text(str(n))
+    (root / ".complete").write_text(str(n))
 
 
 def rate(make, batches: int) -> float:
@@ -77,7 +74,7 @@ def measure(sources: dict[str, Path], workers: list[int], passes: int, batches: 
     return rates
 
 
-def page(rates: dict, args: argparse.Namespace, timings: dict[str, float]) -> str:
+def page(rates: dict, args: argparse.Namespace, timings: dict[str, str]) -> str:
     import torch
     from common import cpu_name, load_average
 
@@ -92,8 +89,8 @@ Machine: {machine}. Load average at the end: {load_average()}.
 
 {args.images:,} Fashion-MNIST PNGs (28x28, tiled from the training set), decoded at {args.load_size}x{args.load_size}
 with the training transform, batches of {BATCH}; median of {args.passes} passes of {args.batches} batches (after
-each pass's first batch). Generating the PNGs took {timings['generate']:.0f} s, `convscope data pack`
-{timings['pack']:.0f} s.
+each pass's first batch). Generating the PNGs: {timings['generate']}; `convscope data pack`:
+{timings['pack']}.
 
 | source | workers | images/s (median) | passes |
 |---|---|---|---|
@@ -119,14 +116,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
+        timings = dict(generate="reused (--work)", pack="reused (--work)")
         t0 = time.perf_counter()
-        generate(work / "folder", args.images, args.data)
-        t1 = time.perf_counter()
+        done = work / "folder" / ".complete"
+        if done.is_file() and done.read_text() != str(args.images):
+            sys.exit(f"{work} holds {done.read_text()} generated images, not {args.images}: give another --work")
+        if not done.is_file():
+            generate(work / "folder", args.images, args.data)
+            timings["generate"] = f"{time.perf_counter() - t0:.0f} s"
         if not (work / "shards" / "index.json").is_file():
+            t0 = time.perf_counter()
             if convscope(["data", "pack", str(work / "folder"), "--out", str(work / "shards"), "--shard-size",
                           args.shard_size, "--check-images", "none"]) != 0:
                 sys.exit(1)
-        timings = dict(generate=t1 - t0, pack=time.perf_counter() - t1)
+            timings["pack"] = f"{time.perf_counter() - t0:.0f} s"
         rates = measure({"folder": work / "folder", "shards": work / "shards"},
                         [int(w) for w in args.workers.split(",")], args.passes, args.batches, args.load_size)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
