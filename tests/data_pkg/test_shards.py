@@ -33,9 +33,9 @@ def _folder(root, per_class=11, splits=None, bad=True):
     return root
 
 
-def _batches(dataset, rank, world, epoch, start=0):
+def _batches(dataset, rank, world, epoch, start=0, workers=0):
     tf = TrainTransform(12, (0.5,) * 3, (0.25,) * 3, scale=(0.3, 1.0), hflip=0.5)
-    loader = Loader(dataset, tf, 3, train=True, seed=5, rank=rank, world_size=world)
+    loader = Loader(dataset, tf, 3, train=True, seed=5, rank=rank, world_size=world, workers=workers)
     loader.set_epoch(epoch, start)
     return [(x, y) for x, y in loader]
 
@@ -60,6 +60,9 @@ def test_shards_give_the_folders_batches(tmp_path, rank, world):
     for (xa, ya), (xb, yb) in zip(a[1:], resumed, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(a[0][0], _batches(opened[1].dataset, rank, world, 0)[0][0])   # epochs differ
+    if world == 1:   # the shards read in a worker process: the same batches
+        for (xa, ya), (xb, yb) in zip(a, _batches(opened[1].dataset, rank, world, 1, workers=1), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
 def test_pack_is_deterministic_and_webdataset_reads_it(tmp_path):
