@@ -10,9 +10,8 @@ from . import values
 
 def _cmd_pack(args: argparse.Namespace) -> int:
     from ..data.datasets import print_warning
-    from ..data.shards import check_pack_output, pack_shards, read_index
+    from ..data.shards import pack_shards, read_index
 
-    check_pack_output(args.out)
     out = pack_shards(args.source, args.out, args.shard_size, check=args.check_images, report=print_warning)
     for name, entry in read_index(out)["splits"].items():
         print(f"{name}: {len(entry['samples']):,} images in {len(entry['shards'])} shard(s)")

@@ -26,6 +26,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,26 +88,29 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
 
 def _write_split(out: Path, split: str, samples: Iterator[Sample], size: ShardSize) -> dict[str, Any]:
     """Write one split's shards into `out`; its index entry."""
-    shards, rows, tar, key = [], [], None, 0
+    shards, rows, tar = [], [], None
     count = nbytes = 0
-    for s in samples:
-        if tar is None or size.full(count, nbytes, len(s.data)):
-            if tar is not None:
-                tar.close()
-            shards.append(f"{split}-{len(shards):06d}.tar")
-            tar = tarfile.open(out / shards[-1], "w", format=tarfile.USTAR_FORMAT)
-            count = nbytes = 0
-        name = f"{key:09d}"
-        start = tar.offset   # a USTAR header is one block; the bytes follow it
-        tar.addfile(*_member(f"{name}.{s.ext}", s.data))
-        rows.append([len(shards) - 1, start + tarfile.BLOCKSIZE, len(s.data), s.label, s.ext])
-        tar.addfile(*_member(f"{name}.cls", str(s.label).encode()))
-        count, nbytes, key = count + 1, nbytes + len(s.data), key + 1
-    if tar is None:
+    try:
+        for key, s in enumerate(samples):
+            if tar is None or size.full(count, nbytes, len(s.data)):
+                if tar is not None:
+                    tar.close()
+                shards.append(f"{split}-{len(shards):06d}.tar")
+                tar = tarfile.open(out / shards[-1], "w", format=tarfile.USTAR_FORMAT)
+                count = nbytes = 0
+            start = tar.offset   # a USTAR header is one block; the bytes follow it
+            tar.addfile(*_member(f"{key:09d}.{s.ext}", s.data))
+            tar.addfile(*_member(f"{key:09d}.cls", str(s.label).encode()))
+            rows.append([len(shards) - 1, start + tarfile.BLOCKSIZE, len(s.data), s.label, s.ext])
+            count, nbytes = count + 1, nbytes + len(s.data)
+    finally:
+        if tar is not None:
+            tar.close()
+    if not rows:
         raise ValueError(f"no images to pack into the {split!r} split")
-    tar.close()
-    files = [dict(name=n, samples=sum(r[0] == i for r in rows), bytes=(out / n).stat().st_size,
-                  sha256=_sha256(out / n)) for i, n in enumerate(shards)]
+    counts = Counter(r[0] for r in rows)
+    files = [dict(name=n, samples=counts[i], bytes=(out / n).stat().st_size, sha256=_sha256(out / n))
+             for i, n in enumerate(shards)]
     return dict(shards=files, samples=rows)
 
 
