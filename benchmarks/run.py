@@ -38,6 +38,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "training images/s with the loader in the main process or a worker",
         "~2 min", ("data_loading.md", "data_loading.json"), "--rounds 3",
         "Fashion-MNIST idx files (`make data`, or `--data DIR`)"),
+    "loading": Benchmark(
+        "images/s through the batch loader (shuffled, PNG decode, training transform) for an image folder vs the "
+        "same images packed as tar shards (`convscope data pack`), 0/1/2 workers, at 100,000 generated images",
+        "not yet run at 100k (2,000 images: ~1.5 min)", (), "--images 100000 --passes 3 --batches 20",
+        "Fashion-MNIST idx files (`make data`, or `--data DIR`); Pillow"),
     "demo_deploy": Benchmark(
         "the Fashion-MNIST demo model's deploy targets: top-1 of int8 PTQ and of 30% MLP pruning + one epoch of "
         "fine-tuning (--init-from) against fp32 on the 10,000 test images, file sizes, and the pruned / unpruned "

@@ -203,3 +203,23 @@ def test_batch_request_sampler_counts():
     assert [r.step for r in reqs] == [4, 5] and isinstance(reqs[0], BatchRequest)
     with pytest.raises(ValueError, match="smaller than one batch"):
         Loader(ds, EvalTransform(8, (0.0,), (1.0,)), 64, train=True)
+
+
+def test_check_images_auto_opens_every_file_only_up_to_its_limit(tmp_path, monkeypatch):
+    """check="auto" (the default) verifies every header below AUTO_CHECK_LIMIT files (opened by a thread pool,
+    the bad ones reported in folder order); above it, opens none and says so in one line."""
+    import convscope.data.datasets as datasets
+
+    root = _folder(tmp_path, n_per_class=3)
+    for name in ("cat/x.png", "dog/a.png"):
+        (root / name).write_bytes(b"not an image")
+    notes = []
+    ds = ImageFolder(root, load_size=8, report=notes.append)
+    assert len(ds) == 6 and [p for p, _ in ds.skipped] == [str(root / "cat/x.png"), str(root / "dog/a.png")]
+    assert "skipped 2 unreadable image(s)" in notes[0]
+    monkeypatch.setattr(datasets, "AUTO_CHECK_LIMIT", 7)
+    notes.clear()
+    ds = ImageFolder(root, load_size=8, report=notes.append)
+    assert len(ds) == 8 and ds.skipped == [] and len(notes) == 1
+    assert "8 image files, not opened up front (over 7; --check-images header opens them all)" in notes[0]
+    assert len(ImageFolder(root, load_size=8, check="header", report=notes.append)) == 6

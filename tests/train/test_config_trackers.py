@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -220,3 +222,64 @@ def test_every_setting_a_run_writes_reads_back(settings, tmp_path, captured):
     for name in ("config.yaml", "config.json"):
         main(["train", "--config", str(tmp_path / name)])
         assert captured[-1] == cfg
+
+
+def _section_blocks(title: str) -> dict[str, list[str]]:
+    """The fenced blocks of docs/training.md's section `title`, by language: each bash block as its commands
+    (continuation lines joined, comments dropped), each other block as its text."""
+    import re
+
+    text = (Path(__file__).parents[2] / "docs" / "training.md").read_text()
+    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    blocks: dict[str, list[str]] = {}
+    for lang, body in re.findall(r"```(\w+)\n(.*?)```", section, re.S):
+        if lang == "bash":
+            joined = body.replace("\\\n", " ")
+            blocks.setdefault(lang, []).extend(line.split("#", 1)[0].strip() for line in joined.splitlines())
+        else:
+            blocks.setdefault(lang, []).append(body)
+    return {k: [c for c in v if c] for k, v in blocks.items()}
+
+
+@pytest.mark.slow   # three processes start under torchrun (about 25 s of CPU)
+def test_the_shards_section_runs_as_written(tmp_path, monkeypatch):
+    """docs/training.md's '## Shards': pack a toy train/ + val/ folder, train one process from the config file,
+    then two data-parallel processes under torchrun (the endpoint on a free port), both logging to TensorBoard."""
+    import shlex
+    import socket
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from ..conftest import SRC
+
+    blocks = _section_blocks("Shards")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for cls in ("a", "b"):
+            (tmp_path / "photos" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+                    tmp_path / "photos" / split / cls / f"{i}.png")
+    (tmp_path / "run.yaml").write_text(blocks["yaml"][0])
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    for command in blocks["bash"]:
+        words = shlex.split(command.replace(":29400", f":{port}"))
+        if words[0] == "convscope":
+            assert main([*words[1:], "--progress", "none"] if words[1] == "train" else words[1:]) == 0, command
+        else:
+            assert words[0] == "torchrun", command
+            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *words[1:], "--progress", "none"],
+                                  env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["index.json", "train-000000.tar",
+                                                                        "val-000000.tar"]
+    for run in ("one", "two"):
+        history = _history(tmp_path / "runs" / run)
+        assert len(history) == 2 and (tmp_path / "runs" / run / "summary.csv").is_file()
+        assert list((tmp_path / "runs" / run / "tensorboard").glob("events.out.tfevents.*"))

@@ -2,9 +2,9 @@
 
 One module per command group (`models`: list/info; `lab`: hw/profile/compare; `train`: train/eval/predict;
 `deploy`: optimize/prune/deploy; `bench`: bench-mixers; `explain`: explain/erf/probe; `weights`: weights
-list/download/import/verify and export-hub), each with an `add_commands(add)` that declares its commands' options
-once; the values are parsed by `values` with one set of limits. Errors a user can fix (unknown model, bad file,
-bad value) print one line and exit with status 2, before any work.
+list/download/import/verify and export-hub; `data`: data pack), each with an `add_commands(add)` that declares its
+commands' options once; the values are parsed by `values` with one set of limits. Errors a user can fix (unknown
+model, bad file, bad value) print one line and exit with status 2, before any work.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import bench, deploy, explain, lab, models, train, weights
+from . import bench, data, deploy, explain, lab, models, train, weights
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    for group in (models, lab, train, bench, deploy, explain, weights):
+    for group in (models, lab, train, bench, deploy, explain, weights, data):
         group.add_commands(add)
     return p
 

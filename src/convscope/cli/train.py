@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import fields
 
+from ..data.datasets import AUTO_CHECK_LIMIT, CHECKS
 from ..heads import HEADS
 from ..heads.sr import SR_MODELS, SR_SCALES
 from ..train.config import TASKS, TRACKERS, TrainConfig
@@ -24,8 +25,9 @@ def _run_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--model", default=None, help="registered model name (convscope list); with --task sr: "
                    + ", ".join(SR_MODELS) + " (required, here or in --config)")
     g.add_argument("--head", choices=tuple(HEADS), default=d.head, help="segmentation decode head")
-    g.add_argument("--data", default=d.data, help="fashion-mnist, synthetic, or an image-folder directory "
-                   "(root/<class>/*.jpg, or root/train and root/val); segmentation: mosaics or a folder of "
+    g.add_argument("--data", default=d.data, help="fashion-mnist, synthetic, an image-folder directory "
+                   "(root/<class>/*.jpg, or root/train and root/val) or a shard directory (convscope data pack); "
+                   "segmentation: mosaics or a folder of "
                    "images/ + masks/ (or train/ and val/ that hold them)")
     g.add_argument("--out", type=values.output_dir, default=d.out,
                    help="run directory (checkpoints, metrics.jsonl, curves.png)")
@@ -100,7 +102,9 @@ def _data_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--mix-prob", type=float, default=d.mix_prob)
     g.add_argument("--mix-switch-prob", type=float, default=d.mix_switch_prob)
     g.add_argument("--on-error", choices=("skip", "raise"), default=d.on_error, help="unreadable images")
-    g.add_argument("--check-images", choices=("none", "header", "decode"), default=d.check_images)
+    g.add_argument("--check-images", choices=CHECKS, default=d.check_images, help="open every image file up "
+                   "front (header: verify, decode: decode whole; a pool of threads), reporting unreadable ones; "
+                   f"auto: header for up to {AUTO_CHECK_LIMIT:,} files, none above")
     g.add_argument("--synthetic-size", type=int, default=d.synthetic_size)
     g.add_argument("--synthetic-classes", type=int, default=d.synthetic_classes)
     g.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size)

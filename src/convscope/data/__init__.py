@@ -15,12 +15,13 @@ from .datasets import (
 from .loaders import Loader
 from .mixing import MixupCutMix, cutmix, mixup, smooth_one_hot, soft_target_cross_entropy
 from .open import DataFacts, OpenedData, SyntheticOptions, open_dataset, probe_data
+from .shards import ShardImages, pack_shards, shard_size
 from .sizes import decide_input_size
 from .transforms import EvalTransform, RandAugmentLite, TrainTransform
 
 __all__ = [
     "FASHION_MNIST_CLASSES", "DataFacts", "EvalTransform", "ImageFolder", "IndexSubset", "Loader", "MixupCutMix",
-    "OpenedData", "RandAugmentLite", "SyntheticOptions", "TensorImageDataset", "TrainTransform", "cutmix",
-    "decide_input_size", "fashion_mnist", "load_image", "mixup", "open_dataset", "probe_data", "smooth_one_hot",
-    "soft_target_cross_entropy", "synthetic",
+    "OpenedData", "RandAugmentLite", "ShardImages", "SyntheticOptions", "TensorImageDataset", "TrainTransform",
+    "cutmix", "decide_input_size", "fashion_mnist", "load_image", "mixup", "open_dataset", "pack_shards",
+    "probe_data", "shard_size", "smooth_one_hot", "soft_target_cross_entropy", "synthetic",
 ]

@@ -16,6 +16,7 @@ import gzip
 import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,11 +242,29 @@ def load_image(path: str | os.PathLike, mode: str, load_size: int) -> torch.Tens
     return center_crop(resize_shorter(t, load_size), load_size)
 
 
+CHECKS = ("auto", "none", "header", "decode")
+AUTO_CHECK_LIMIT = 50_000   # check="auto" opens every file of a folder up to this many, none above
+CHECK_THREADS = 8           # threads opening the files of a check (the work waits on the disk as much as the CPU)
+
+
+def _open_error(path: str, full: bool) -> Exception | None:
+    """What opening image file `path` (decoding it whole with `full`, else verifying its header) raised, if any."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load() if full else img.verify()
+    except Exception as e:  # PIL raises many types for bad files
+        return e
+    return None
+
+
 class ImageFolder(Dataset):
     """Images in `root/<class name>/*.{jpg,png,...}`, decoded with PIL to uint8 (C, load_size, load_size).
 
-    check: what to verify up front, reporting every bad file by path: "header" (open and verify each file, fast),
-        "decode" (decode every image fully) or "none".
+    check: what to verify up front (files opened by CHECK_THREADS threads), reporting every bad file by path:
+        "header" (open and verify each file, fast), "decode" (decode every image fully), "none", or "auto" (the
+        default: "header" for up to AUTO_CHECK_LIMIT files, above that "none" with a one-line notice).
     on_error: "skip" drops bad files (those found up front, and any that fail to decode later, which are reported
         with the batch they were in), "raise" stops with a ValueError naming the first bad file.
     classes: the class names to expect (e.g. a checkpoint's); by default the sorted subdirectory names.
@@ -255,14 +274,14 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, load_size: int, mode: str = "RGB", on_error: str = "skip",
-                 check: str = "header", classes: Sequence[str] | None = None,
+                 check: str = "auto", classes: Sequence[str] | None = None,
                  report: Callable[[str], None] | None = None, cache: bool = False) -> None:
         if mode not in ("RGB", "L"):
             raise ValueError(f"mode must be 'RGB' or 'L'; got {mode!r}")
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise'; got {on_error!r}")
-        if check not in ("none", "header", "decode"):
-            raise ValueError(f"check must be 'none', 'header' or 'decode'; got {check!r}")
+        if check not in CHECKS:
+            raise ValueError(f"check must be one of {', '.join(CHECKS)}; got {check!r}")
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
@@ -297,8 +316,15 @@ class ImageFolder(Dataset):
             raise ValueError(f"{root} has no image files ({', '.join(IMAGE_EXTENSIONS)}) under its class "
                              "directories")
         self.skipped: list[tuple[str, str]] = []
-        if check != "none":
+        if check == "auto" and len(samples) > AUTO_CHECK_LIMIT:
+            self.report(f"{root}: {len(samples):,} image files, not opened up front (over {AUTO_CHECK_LIMIT:,}; "
+                        "--check-images header opens them all); unreadable ones are skipped as they are met")
+        elif check != "none":
             samples = self._verify(samples, full=check == "decode")
+        self._set_samples(samples, cache)
+
+    def _set_samples(self, samples: list[tuple[str, int]], cache: bool) -> None:
+        """Hold `samples` (name, label) and, with `cache`, the empty decode cache for them."""
         self.samples = samples
         self.labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
         self._cache: torch.Tensor | None = None
@@ -308,17 +334,15 @@ class ImageFolder(Dataset):
             self._cached = torch.zeros(len(samples), dtype=torch.bool)
 
     def _verify(self, samples: list[tuple[str, int]], full: bool) -> list[tuple[str, int]]:
-        from PIL import Image
-
+        """The readable samples, the files opened (and fully decoded with `full`) by a pool of threads."""
+        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+            errors = list(pool.map(lambda s: _open_error(s[0], full), samples))
         good = []
-        for path, label in samples:
-            try:
-                with Image.open(path) as img:
-                    img.load() if full else img.verify()
-            except Exception as e:  # PIL raises many types for bad files
+        for (path, label), e in zip(samples, errors, strict=True):
+            if e is None:
+                good.append((path, label))
+            else:
                 self._bad(path, e)
-                continue
-            good.append((path, label))
         if self.skipped:
             self.report(f"{self.root}: skipped {len(self.skipped)} unreadable image(s): "
                         + "; ".join(f"{p} ({r})" for p, r in self.skipped[:5])
@@ -362,7 +386,7 @@ class ImageFolder(Dataset):
         if self._cached is not None and self._cached[i]:
             return self._cache[i], label
         try:
-            image = load_image(path, self.mode, self.load_size)
+            image = self._decode(i)
         except Exception as e:
             self._bad(path, e)
             return None
@@ -370,6 +394,10 @@ class ImageFolder(Dataset):
             self._cache[i] = image
             self._cached[i] = True
         return image, label
+
+    def _decode(self, i: int) -> torch.Tensor:
+        """Image i decoded from its file."""
+        return load_image(self.samples[i][0], self.mode, self.load_size)
 
     def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
         items, bad = [], []

@@ -1,10 +1,12 @@
 """One data path: the one place where a data spec (`--data`) becomes a dataset for a split.
 
 Specs: 'fashion-mnist' (Debian's idx files), 'synthetic', a directory of Fashion-MNIST (MNIST-format) idx files,
-an image folder `root/<class>/<images>`, or a folder with `train/` and `val/` (or `test/`) subfolders, each
-`<split>/<class>/<images>`. `probe_data` reads what a spec holds without decoding an image (classes, channels,
-native size, how many files); `open_dataset` opens one split, with the checks every caller needs: Pillow for
-folders, the class names a model expects, and unreadable files found up front and reported by path.
+an image folder `root/<class>/<images>`, a folder with `train/` and `val/` (or `test/`) subfolders, each
+`<split>/<class>/<images>`, or a directory of tar shards holding an `index.json` (`convscope data pack`,
+`shards.py`), read as the folder it was packed from. `probe_data` reads what a spec holds without decoding an
+image (classes, channels, native size, how many files); `open_dataset` opens one split, with the checks every
+caller needs: Pillow for folders, the class names a model expects, and unreadable files found up front and
+reported by path.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .datasets import (
     split_indices,
     synthetic,
 )
+from .shards import ShardImages, is_shard_dir, read_index
 
 SPLITS = ("train", "val", "test")
 HELD_OUT_DIRS = ("val", "test")
@@ -46,19 +49,19 @@ class SyntheticOptions:
 class DataFacts:
     """What a data spec holds, read without decoding an image."""
 
-    kind: str                         # 'fashion-mnist', 'idx', 'synthetic' or 'folder'
+    kind: str                         # 'fashion-mnist', 'idx', 'synthetic', 'folder' or 'shards'
     spec: str
     classes: tuple[str, ...]
     native_size: tuple[int, int]      # a folder's: the median over a sample of its files' headers
     gray: bool                        # single-channel images
-    n_images: int = 0                 # a folder's image files (training and held-out), before any check
+    n_images: int = 0                 # a folder's image files or shards' images (training and held-out)
     train_root: Path | None = None    # a folder's training images (the folder itself, or its train/)
     held_out_root: Path | None = None   # a folder's val/ or test/, when it has one
 
     @property
     def in_memory(self) -> bool:
         """Whether the images are held in memory at their native size (not decoded from files)."""
-        return self.kind != "folder"
+        return self.kind not in ("folder", "shards")
 
 
 @dataclass
@@ -99,7 +102,21 @@ def probe_data(spec: str | os.PathLike, synthetic_options: SyntheticOptions | No
                          (o.image_size, o.image_size), False)
     if not path.is_dir():
         raise FileNotFoundError(f"--data {spec!r} is neither 'fashion-mnist', 'synthetic' nor a directory")
+    if is_shard_dir(path):
+        return _shard_facts(spec, path)
     return _folder_facts(spec, path)
+
+
+def _shard_facts(spec: str, path: Path) -> DataFacts:
+    """A shard set's facts, from its index (validated): its training split is 'all' or 'train', its held-out
+    split 'val' or 'test' when it has one."""
+    require("PIL", "reading image shards")
+    index = read_index(path)
+    splits = index["splits"]
+    held = next((path / d for d in HELD_OUT_DIRS if d in splits), None)
+    n = sum(len(e["samples"]) for e in splits.values())
+    return DataFacts("shards", spec, tuple(index["classes"]), tuple(index["native_size"]), index["gray"], n,
+                     path / ("train" if "train" in splits else "all"), held)
 
 
 def _open_in_memory(facts: DataFacts, split: str, in_chans: int | None, held_out: float | None, seed: int,
@@ -122,13 +139,23 @@ def _open_in_memory(facts: DataFacts, split: str, in_chans: int | None, held_out
 
 def _folder_split(facts: DataFacts, split: str) -> Path:
     """The directory holding a folder's `split`: its train/, its val/ or test/ (the one named if both exist),
-    or the folder itself when it has no split subfolders."""
-    if split == "train" or facts.train_root == Path(facts.spec):
+    or the folder itself when it has no split subfolders. A shard set's splits are named as if they were
+    subfolders: `DIR/train`, `DIR/val`, and `DIR/all` for the images of a folder without split subfolders."""
+    whole = facts.train_root == Path(facts.spec) or facts.kind == "shards" and facts.train_root.name == "all"
+    if split == "train" or whole:
         return facts.train_root
     if facts.held_out_root is None:
-        raise ValueError(f"{facts.spec} has train/ but no val/ or test/ subfolder to take the {split!r} split from")
+        raise ValueError(f"{facts.spec} has train/ but no val/ or test/ "
+                         f"{'split' if facts.kind == 'shards' else 'subfolder'} to take the {split!r} split from")
     named = Path(facts.spec) / split
     return named if named.is_dir() else facts.held_out_root
+
+
+def _images(facts: DataFacts, split_root: Path, **kw: Any) -> ImageFolder:
+    """The images of one split: a folder's directory, or a shard set's split (`DIR/<split name>`)."""
+    if facts.kind == "shards":
+        return ShardImages(split_root.parent, split_root.name, **kw)
+    return ImageFolder(split_root, **kw)
 
 
 def _open_folder(facts: DataFacts, split: str, in_chans: int | None, held_out: float | None, seed: int,
@@ -136,26 +163,27 @@ def _open_folder(facts: DataFacts, split: str, in_chans: int | None, held_out: f
     """(split's dataset, held-out dataset or None, channels, description, unreadable files) of an image folder."""
     in_chans = in_chans or (1 if facts.gray else 3)
     kw.update(mode="RGB" if in_chans == 3 else "L", classes=classes)
-    full = ImageFolder(_folder_split(facts, split), **kw)
+    full = _images(facts, _folder_split(facts, split), **kw)
     dataset, held = full, None
     if split == "train" and held_out is not None:
         if facts.held_out_root is not None:
-            held = ImageFolder(facts.held_out_root, **dict(kw, classes=full.classes))
+            held = _images(facts, facts.held_out_root, **dict(kw, classes=full.classes))
         else:
             tr, va = split_indices(len(full), held_out, seed)
             dataset, held = IndexSubset(full, tr), IndexSubset(full, va)
-    folders = [full, held] if isinstance(held, ImageFolder) else [full]
+    folders = [full, held] if isinstance(held, ImageFolder) else [full]   # ShardImages are ImageFolders
     skipped = tuple(p for folder in folders for p, _ in folder.skipped)
     nh, nw = facts.native_size
     counts = f"{len(dataset)} train / {len(held)} eval images" if held is not None else f"{len(dataset)} images"
-    desc = (f"image folder {facts.spec} ({counts}, {nh}x{nw} {'grayscale' if facts.gray else 'colour'}"
+    what = "image shards" if facts.kind == "shards" else "image folder"
+    desc = (f"{what} {facts.spec} ({counts}, {nh}x{nw} {'grayscale' if facts.gray else 'colour'}"
             f"{', decoded once and held in memory' if kw.get('cache') else ''})")
     return dataset, held, in_chans, desc, skipped
 
 
 def open_dataset(spec: str | os.PathLike, split: str = "train", *, in_chans: int | None = None,
                  load_size: int | None = None, classes: Sequence[str] | None = None, held_out: float | None = None,
-                 seed: int = 0, on_error: str = "skip", check: str = "header", cache: bool = False,
+                 seed: int = 0, on_error: str = "skip", check: str = "auto", cache: bool = False,
                  report: Callable[[str], None] | None = None, synthetic_options: SyntheticOptions | None = None,
                  facts: DataFacts | None = None) -> OpenedData:
     """`spec` opened for `split` ('train', 'val' or 'test'; Fashion-MNIST's and synthetic data's 'val' is their
@@ -178,7 +206,7 @@ def open_dataset(spec: str | os.PathLike, split: str = "train", *, in_chans: int
         dataset, held, in_chans, desc = _open_in_memory(facts, split, in_chans, held_out, seed, synthetic_options)
     else:
         if load_size is None or load_size < 1:
-            raise ValueError(f"reading the image folder {facts.spec} needs a load size >= 1; got {load_size}")
+            raise ValueError(f"reading the images of {facts.spec} needs a load size >= 1; got {load_size}")
         dataset, held, in_chans, desc, skipped = _open_folder(
             facts, split, in_chans, held_out, seed, classes, load_size=load_size, on_error=on_error, check=check,
             cache=cache, report=report or print_warning)

@@ -75,7 +75,7 @@ class TrainConfig:
     mix_switch_prob: float = 0.5
     label_smoothing: float = 0.1
     on_error: str = "skip"
-    check_images: str = "header"
+    check_images: str = "auto"
     synthetic_size: int = 512
     synthetic_classes: int = 4
     synthetic_image_size: int = 32
