@@ -13,7 +13,9 @@ Steps, in order, each tried on top of the best form so far (greedy) and kept onl
 
 Each measurement: median latency and throughput at the batch size (convscope.analysis.timing.measure), the peak
 extra memory of a step, and top-1 on the data (when given; otherwise the largest relative output difference from
-the fp32 eager model on random inputs). `Recipe` is the JSON form: the model source, the input, and the chosen
+the fp32 eager model on random inputs); given this machine's ceilings (`peaks`), also the form's roof
+(`convscope.analysis.waterline.form_roof`: each layer priced at the peak of the dtype it runs in) and its
+"% of roof" = roof / measured latency. `Recipe` is the JSON form: the model source, the input, and the chosen
 settings; `apply_recipe` rebuilds the form from it (the `convscope deploy` command).
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis.hardware import HardwarePeaks
 from ..layers.fold import prepare_for_inference_
 from ..limits import MAX_INPUT_ELEMENTS, MAX_SIDE, MAX_THREADS
 from ..models.source import load_source, save_model_file, source_meta
@@ -70,6 +73,14 @@ class Measurement:
     out_rel_err: float | None = None
     build_s: float = 0.0
     note: str = ""
+    roof_ms: float | None = None  # the form's waterline bound on this machine (form_roof), when the peaks are known
+
+    @property
+    def roof_percent(self) -> float | None:
+        """% of roof: roof latency / measured latency x 100 (None without a roof or a measured latency)."""
+        if self.roof_ms is None or not math.isfinite(self.median_ms):
+            return None
+        return 100.0 * self.roof_ms / self.median_ms
 
 
 FORM_DTYPES = ("fp32", "bf16", "int8")
@@ -301,15 +312,17 @@ class StepResult:
         for m in [base] + self.tried:
             gain = base.median_ms / m.median_ms
             drop = None if m.top1 is None or base.top1 is None else base.top1 - m.top1
+            roof = m.roof_percent
             rows.append([m.form.describe(), f"{m.median_ms:.2f}", f"{m.throughput:.1f}",
+                         "-" if roof is None else f"{roof:.1f}",
                          "-" if m.peak_mib is None else f"{m.peak_mib:.0f}",
                          "-" if m.top1 is None else f"{m.top1:.2f}",
                          "-" if m.out_rel_err is None else f"{m.out_rel_err:.1e}",
                          "(current)" if m is base else f"{gain:.2f}x",
                          "" if m is base else ("-" if drop is None else f"{drop:+.2f} pt") +
                          (f", build {m.build_s:.0f} s" if m.build_s >= 1 else "") + (f"; {m.note}" if m.note else "")])
-        return text_table(("form", "median ms", "items/s", "peak MiB", "top-1", "out diff", "gain", "cost"), rows,
-                          "lrrrrrrl", rule="")
+        return text_table(("form", "median ms", "items/s", "% of roof", "peak MiB", "top-1", "out diff", "gain",
+                           "cost"), rows, "lrrrrrrrl", rule="")
 
 
 @dataclass
@@ -321,13 +334,57 @@ class OptimizeResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _roofs(model: nn.Module, size: Sequence[int], peaks: Callable[[int], HardwarePeaks] | None
+           ) -> Callable[[Form], float | None]:
+    """form -> its roof in ms under `peaks(form.threads)` (None without peaks, or when the form's dtype has no
+    measured peak); the model is counted once as trained and once prepared (folded), as the form needs."""
+    counted: dict[bool, Any] = {}
+
+    def roof(form: Form) -> float | None:
+        if peaks is None:
+            return None
+        from ..analysis.counting import count
+        from ..analysis.waterline import form_roof
+        if form.prepare not in counted:
+            m = copy.deepcopy(model).eval()
+            counted[form.prepare] = count(prepare_for_inference_(m) if form.prepare else m, size)
+        try:
+            return 1e3 * form_roof(counted[form.prepare], form, peaks(form.threads))
+        except ValueError:   # no peak measured for this dtype here
+            return None
+    return roof
+
+
+def _candidates(step: str, f: Form, max_threads: int, log: Callable[[str], None]) -> list[Form]:
+    """The forms step `step` tries on top of the current form `f` (none when the step does not apply)."""
+    if step == "prepare" and not f.prepare:
+        return [replace(f, prepare=True)]
+    if step == "channels_last" and not f.channels_last:
+        return [replace(f, channels_last=True)]
+    if step == "bf16" and f.dtype == "fp32":
+        return [replace(f, dtype="bf16")]
+    if step == "compile" and not f.compile:
+        return [replace(f, compile=True)]
+    if step == "int8" and f.dtype != "int8":
+        from .quantize import available
+        if not available():
+            log("int8: skipped (torchao missing: pip install \"convscope[deploy]\")")
+            return []
+        # BatchNorms are folded before quantising, so none stays in float
+        return [replace(f, dtype="int8", compile=True, prepare=True)]
+    if step == "threads":
+        return [replace(f, threads=t) for t in range(1, max_threads + 1) if t != f.threads]
+    return []
+
+
 def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = STEPS, loader: Iterable | None = None,
              calibration: Iterable | None = None, max_drop: float = 1.0, min_gain: float = 1.03,
              max_threads: int | None = None, repeats: int = 10, qat_steps: int = 100,
-             log: Callable[[str], None] = print) -> OptimizeResult:
+             peaks: Callable[[int], HardwarePeaks] | None = None, log: Callable[[str], None] = print) -> OptimizeResult:
     """Greedy search over `steps` (see the module docstring); returns every measurement and the best form. When
     int8 PTQ loses more than `max_drop` and the calibration batches are labelled, int8 with `qat_steps` steps of
-    quantisation-aware fine-tuning is tried next."""
+    quantisation-aware fine-tuning is tried next. peaks: thread count -> this machine's ceilings at it (e.g.
+    `lambda t: hardware_peaks("cpu", threads=t)`); with them every measurement gets its form's roof."""
     unknown = set(steps) - set(STEPS)
     if unknown:
         raise ValueError(f"unknown optimize steps {sorted(unknown)}; expected some of {STEPS}")
@@ -339,13 +396,17 @@ def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = ST
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     max_threads = max_threads or cores
 
+    roof = _roofs(model, size, peaks)
+
     def run(form: Form) -> tuple[Measurement, dict]:
         try:
-            return measure_form(model, form, size, loader=loader, reference=reference, calibration=calibration,
+            m, i = measure_form(model, form, size, loader=loader, reference=reference, calibration=calibration,
                                 repeats=repeats)
         except Exception as e:  # noqa: BLE001 - a form that fails to build is reported, not fatal
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
             return Measurement(form, float("inf"), 0.0, None, note=f"failed: {type(e).__name__}: {first}"), {}
+        m.roof_ms = roof(form)
+        return m, i
 
     best, info = run(Form(threads=1))
     baseline = best
@@ -353,31 +414,12 @@ def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = ST
         f"{best.throughput:.1f} items/s" + (f", top-1 {best.top1:.2f}" if best.top1 is not None else ""))
     results = []
     for step in steps:
-        cands: list[Form] = []
-        f = best.form
-        if step == "prepare" and not f.prepare:
-            cands = [replace(f, prepare=True)]
-        elif step == "channels_last" and not f.channels_last:
-            cands = [replace(f, channels_last=True)]
-        elif step == "bf16" and f.dtype == "fp32":
-            cands = [replace(f, dtype="bf16")]
-        elif step == "compile" and not f.compile:
-            cands = [replace(f, compile=True)]
-        elif step == "int8" and f.dtype != "int8":
-            from .quantize import available
-            if not available():
-                log("int8: skipped (torchao missing: pip install \"convscope[deploy]\")")
-                continue
-            # BatchNorms are folded before quantising, so none stays in float
-            cands = [replace(f, dtype="int8", compile=True, prepare=True)]
-        elif step == "threads":
-            cands = [replace(f, threads=t) for t in range(1, max_threads + 1) if t != f.threads]
+        cands = _candidates(step, best.form, max_threads, log)
         if not cands:
             continue
         before = best
         tried = []
         why = "no candidate was faster"
-        cands = list(cands)
         for c in cands:
             m, i = run(c)
             over = m.top1 is not None and baseline.top1 is not None and baseline.top1 - m.top1 > max_drop
@@ -414,7 +456,7 @@ predict` / `eval` take it)."""
     recipe = Recipe(source=str(source), input_size=tuple(int(s) for s in size), form=asdict(best.form), data=data,
                     measured=dict(median_ms=best.median_ms, throughput=best.throughput, top1=best.top1,
                                   baseline_median_ms=result.baseline.median_ms, baseline_top1=result.baseline.top1,
-                                  speedup=result.baseline.median_ms / best.median_ms),
+                                  speedup=result.baseline.median_ms / best.median_ms, roof_ms=best.roof_ms),
                     machine=dict(isa=result.isa["summary"], capability=result.isa["capability"],
                                  torch=torch.__version__))
     if "quantized" in result.info:
