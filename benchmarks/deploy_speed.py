@@ -9,7 +9,8 @@ The final run (a quiet machine; ~40 min per model on a busy 2-core one, torch.co
 Forms: timm eager fp32 (and timm bf16 autocast + channels_last) where timm has the model, else the ratios are to
 convscope eager fp32 (UniRepLKNet: timm has none), said on the page; convscope eager fp32; prepare
 (re-parameterise + fold BatchNorm); + channels_last; + bf16 autocast; + torch.compile (fp32 over prepare +
-channels_last); int8 (PT2E x86 Inductor, calibrated on random batches, compiled, over prepare + channels_last).
+channels_last); int8 (PT2E x86 Inductor, calibrated on random batches, compiled, over prepare + channels_last);
+with --bf16-freeze also bf16 autocast under torch.compile with Inductor freezing (over prepare + channels_last).
 
 All forms of one model and batch are built first, then timed alternately: every repeat times one call of each
 form in turn (the order reversed every other repeat), so a change in the machine's load hits all forms alike;
@@ -41,7 +42,8 @@ FLOAT_FORMS = ("convscope eager fp32", "prepare", "+channels_last", "+bf16 autoc
 # form -> (priced as the prepared model?, the dtype its layers run in), for its roof
 ROOF_OF = {"timm eager fp32": (False, "fp32"), "timm bf16 + channels_last": (False, "bf16"),
            "convscope eager fp32": (False, "fp32"), "prepare": (True, "fp32"), "+channels_last": (True, "fp32"),
-           "+bf16 autocast": (True, "bf16"), "+torch.compile": (True, "fp32"), "int8 (compiled)": (True, "int8")}
+           "+bf16 autocast": (True, "bf16"), "+torch.compile": (True, "fp32"), "int8 (compiled)": (True, "int8"),
+           "bf16 + compile(freeze)": (True, "bf16")}
 ROOF_DTYPES = ("fp32", "bf16", "int8")
 SKIPPABLE = ("bf16", "compile", "int8")
 
@@ -56,6 +58,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="time cap per form for one model and batch (stops the repeats early, never below 3)")
     p.add_argument("--skip", default="", help=f"comma-separated forms to skip: {','.join(SKIPPABLE)}")
+    p.add_argument("--bf16-freeze", action="store_true",
+                   help="also time bf16 autocast under torch.compile with Inductor freezing (prepare + channels_last)")
     p.add_argument("--waterline", action="store_true", help="profile the layers of each model's fastest float form")
     p.add_argument("--far-below", type=float, default=0.25,
                    help="a layer runs far below its bound under this efficiency (bound / time); default 0.25")
@@ -116,6 +120,9 @@ def build_forms(name, b, args, timm, model):
         forms.append(("+torch.compile", Form(prepare=True, channels_last=True, compile=True)))
     if "int8" not in args.skip:
         forms.append(("int8 (compiled)", Form(prepare=True, channels_last=True, dtype="int8", compile=True)))
+    if args.bf16_freeze:
+        forms.append(("bf16 + compile(freeze)", Form(prepare=True, channels_last=True, dtype="bf16", compile=True,
+                                                     freeze=True)))
     x = torch.randn(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     for label, form in forms:
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import torch
 
 import convscope
 from convscope.cli import main
-from convscope.deploy.optimize import Form, Recipe, _roofs, build_form, optimize
+from convscope.deploy.optimize import STEPS, Form, Recipe, _candidates, _roofs, build_form, optimize
 from convscope.models.source import load_model, save_model_file
 
 from ..conftest import run_cli
@@ -91,6 +91,29 @@ def test_optimize_reports_each_forms_share_of_its_roof():
     assert r.baseline.roof_ms > 0 and r.steps[0].tried[0].roof_ms is None
     assert re.split(r"\s{2,}", r.steps[0].table().splitlines()[2])[3] == "-"
     assert _roofs(model, size, None)(Form()) is None
+
+
+def test_bf16_freeze_form_is_asked_for_and_compiles_with_freezing(monkeypatch):
+    """The form itself is compiled by the lead's benchmark runs only (a cold Inductor build of even a tiny model
+    takes over 30 s here); here: the step, the form's settings and what build_form hands torch.compile."""
+    assert "bf16_freeze" not in STEPS
+    f = Form(prepare=True, channels_last=True, threads=2)
+    assert _candidates("bf16_freeze", f, 2, print) == [Form(prepare=True, channels_last=True, dtype="bf16",
+                                                            compile=True, freeze=True, threads=2)]
+    assert _candidates("bf16_freeze", Form(dtype="int8", compile=True), 1, print) == []
+    frozen = _candidates("bf16_freeze", f, 2, print)[0]
+    assert _candidates("bf16_freeze", frozen, 2, print) == []
+    assert frozen.describe() == "prepared, channels_last, bf16 autocast, torch.compile(freeze), 2 thr"
+    with pytest.raises(ValueError, match="form.freeze .* needs form.compile"):
+        Recipe(**dict(RECIPE, form=dict(freeze=True)))
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: seen.append(kw) or m)
+    model = convscope.create_model("convnext_atto", num_classes=5, depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    run, _ = build_form(model, frozen, x)
+    assert seen == [dict(dynamic=False, options={"freezing": True})]
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), model(x), rtol=0.05, atol=0.02)
 
 
 def test_build_form_matches_eager():

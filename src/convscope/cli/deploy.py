@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..deploy.optimize import STEPS
+from ..deploy.optimize import ALL_STEPS, OPTIONAL_STEPS, STEPS
 from ..deploy.prune import SCOPES
 from ..models import list_models
 from . import options, values
@@ -158,8 +158,9 @@ def _add_optimize(add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="evaluate on the first N images (default 2000)")
     sp.add_argument("--max-drop", type=values.float_range(0), default=1.0,
                     help="top-1 points a step may lose (default 1.0)")
-    sp.add_argument("--steps", type=values.comma_list(STEPS), default=STEPS,
-                    help=f"comma-separated subset of the steps, in order (default: {','.join(STEPS)})")
+    sp.add_argument("--steps", type=values.comma_list(ALL_STEPS), default=STEPS,
+                    help=f"comma-separated subset of the steps, in order (default: {','.join(STEPS)}; also "
+                         f"{','.join(OPTIONAL_STEPS)})")
     sp.add_argument("--max-threads", type=values.threads, default=None,
                     help="largest thread count tried (default: cores)")
     options.add_repeats(sp, 10, help="timed runs per form (medians are reported)")

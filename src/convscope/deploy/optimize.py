@@ -11,6 +11,10 @@ Steps, in order, each tried on top of the best form so far (greedy) and kept onl
     int8           PT2E int8 (torchao x86 Inductor quantizer), calibrated, compiled; replaces bf16
     threads        every intra-op thread count from 1 to the cores this process may use
 
+and, only when asked for (not in the default `STEPS`):
+
+    bf16_freeze    bf16 autocast under torch.compile with Inductor freezing (weights constant-folded to bf16)
+
 Each measurement: median latency and throughput at the batch size (convscope.analysis.timing.measure), the peak
 extra memory of a step, and top-1 on the data (when given; otherwise the largest relative output difference from
 the fp32 eager model on random inputs); given this machine's ceilings (`peaks`), also the form's roof
@@ -42,6 +46,8 @@ from ..utils import text_table, threads_set
 from .machine import cpu_isa
 
 STEPS = ("prepare", "channels_last", "bf16", "compile", "int8", "threads")
+OPTIONAL_STEPS = ("bf16_freeze",)  # tried only when named in `steps`
+ALL_STEPS = STEPS + OPTIONAL_STEPS
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Form:
     channels_last: bool = False
     dtype: str = "fp32"  # fp32 | bf16 (autocast) | int8 (PT2E, compiled)
     compile: bool = False
+    freeze: bool = False  # with compile: Inductor freezing (weights folded as constants; inference only)
     threads: int = 1
     qat_steps: int = 0  # int8 only: quantisation-aware fine-tuning steps before converting (0: PTQ)
 
@@ -59,7 +66,8 @@ class Form:
         parts = ["prepared" if self.prepare else "as trained"] + ["channels_last"] * self.channels_last
         parts += [self.dtype + (" autocast" if self.dtype == "bf16" else "") +
                   (f" QAT {self.qat_steps} steps" if self.qat_steps else "")]
-        parts += ["torch.compile"] * (self.compile and self.dtype != "int8") + [f"{self.threads} thr"]
+        parts += [f"torch.compile{'(freeze)' * self.freeze}"] * (self.compile and self.dtype != "int8")
+        parts += [f"{self.threads} thr"]
         return ", ".join(parts)
 
 
@@ -97,9 +105,11 @@ def _check_form(form: Any) -> None:
     unknown = sorted(set(form) - set(Form.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown form settings {unknown}")
-    for key in ("prepare", "channels_last", "compile"):
+    for key in ("prepare", "channels_last", "compile", "freeze"):
         if not isinstance(form.get(key, False), bool):
             raise ValueError(f"form.{key} must be true or false; got {form[key]!r}")
+    if form.get("freeze", False) and not form.get("compile", False):
+        raise ValueError("form.freeze (Inductor freezing) needs form.compile to be true")
     if form.get("dtype", "fp32") not in FORM_DTYPES:
         raise ValueError(f"form.dtype must be one of {', '.join(FORM_DTYPES)}; got {form['dtype']!r}")
     threads = form.get("threads", 1)
@@ -250,7 +260,7 @@ def build_form(model: nn.Module, form: Form, example: torch.Tensor,
     if form.channels_last:
         m = m.to(memory_format=torch.channels_last)
     info["module"] = m
-    fn = torch.compile(m, dynamic=False) if form.compile else m
+    fn = torch.compile(m, dynamic=False, options={"freezing": True} if form.freeze else None) if form.compile else m
 
     def run(x):
         with torch.inference_mode(), (torch.autocast("cpu", dtype=torch.bfloat16) if form.dtype == "bf16"
@@ -374,6 +384,8 @@ def _candidates(step: str, f: Form, max_threads: int, log: Callable[[str], None]
         return [replace(f, dtype="int8", compile=True, prepare=True)]
     if step == "threads":
         return [replace(f, threads=t) for t in range(1, max_threads + 1) if t != f.threads]
+    if step == "bf16_freeze" and f.dtype != "int8" and not (f.dtype == "bf16" and f.compile and f.freeze):
+        return [replace(f, dtype="bf16", compile=True, freeze=True)]
     return []
 
 
@@ -385,9 +397,9 @@ def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = ST
     int8 PTQ loses more than `max_drop` and the calibration batches are labelled, int8 with `qat_steps` steps of
     quantisation-aware fine-tuning is tried next. peaks: thread count -> this machine's ceilings at it (e.g.
     `lambda t: hardware_peaks("cpu", threads=t)`); with them every measurement gets its form's roof."""
-    unknown = set(steps) - set(STEPS)
+    unknown = set(steps) - set(ALL_STEPS)
     if unknown:
-        raise ValueError(f"unknown optimize steps {sorted(unknown)}; expected some of {STEPS}")
+        raise ValueError(f"unknown optimize steps {sorted(unknown)}; expected some of {ALL_STEPS}")
     isa = cpu_isa()
     g = torch.Generator().manual_seed(1)
     rx = torch.randn(*size, generator=g)
