@@ -347,7 +347,7 @@ class OptimizeResult:
 def _roofs(model: nn.Module, size: Sequence[int], peaks: Callable[[int], HardwarePeaks] | None
            ) -> Callable[[Form], float | None]:
     """form -> its roof in ms under `peaks(form.threads)` (None without peaks, or when the form's dtype has no
-    measured peak); the model is counted once as trained and once prepared (folded), as the form needs."""
+    measured peak there); the model is counted once as trained and once prepared (folded), as the form needs."""
     counted: dict[bool, Any] = {}
 
     def roof(form: Form) -> float | None:
@@ -358,10 +358,10 @@ def _roofs(model: nn.Module, size: Sequence[int], peaks: Callable[[int], Hardwar
         if form.prepare not in counted:
             m = copy.deepcopy(model).eval()
             counted[form.prepare] = count(prepare_for_inference_(m) if form.prepare else m, size)
-        try:
-            return 1e3 * form_roof(counted[form.prepare], form, peaks(form.threads))
-        except ValueError:   # no peak measured for this dtype here
+        ceilings = peaks(form.threads)
+        if form.dtype not in ceilings.compute_gflops:
             return None
+        return 1e3 * form_roof(counted[form.prepare], form, ceilings)
     return roof
 
 
