@@ -9,11 +9,15 @@ The final run (a quiet machine; ~40 min per model on a busy 2-core one, torch.co
 Forms: timm eager fp32 (and timm bf16 autocast + channels_last) where timm has the model, else the ratios are to
 convscope eager fp32 (UniRepLKNet: timm has none), said on the page; convscope eager fp32; prepare
 (re-parameterise + fold BatchNorm); + channels_last; + bf16 autocast; + torch.compile (fp32 over prepare +
-channels_last); int8 (PT2E x86 Inductor, calibrated on random batches, compiled, over prepare + channels_last).
+channels_last); int8 (PT2E x86 Inductor, calibrated on random batches, compiled, over prepare + channels_last);
+with --bf16-freeze also bf16 autocast under torch.compile with Inductor freezing (over prepare + channels_last).
 
 All forms of one model and batch are built first, then timed alternately: every repeat times one call of each
 form in turn (the order reversed every other repeat), so a change in the machine's load hits all forms alike;
-each figure is the median over repeats, each ratio the median of the per-repeat ratios. The load average is
+each figure is the median over repeats, each ratio the median of the per-repeat ratios. Each form's "% of roof" is
+its roof (convscope.analysis.waterline.form_roof: a lower bound on its latency, each layer priced at the peak of
+the dtype it runs in under this machine's `convscope hw` ceilings at --threads) over its median latency; a timm
+row's roof is that of the convscope model as trained (the same network). The load average is
 recorded before and after every model. --waterline profiles the fastest float form of each model per layer
 (convscope.analysis.waterline: measured time against max(FLOPs / peak, bytes / bandwidth) under this machine's
 measured ceilings) and lists the layers with the largest time share that run far below their bound
@@ -35,6 +39,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOAT_FORMS = ("convscope eager fp32", "prepare", "+channels_last", "+bf16 autocast", "+torch.compile")
+# form -> (priced as the prepared model?, the dtype its layers run in), for its roof
+ROOF_OF = {"timm eager fp32": (False, "fp32"), "timm bf16 + channels_last": (False, "bf16"),
+           "convscope eager fp32": (False, "fp32"), "prepare": (True, "fp32"), "+channels_last": (True, "fp32"),
+           "+bf16 autocast": (True, "bf16"), "+torch.compile": (True, "fp32"), "int8 (compiled)": (True, "int8"),
+           "bf16 + compile(freeze)": (True, "bf16")}
+ROOF_DTYPES = ("fp32", "bf16", "int8")
 SKIPPABLE = ("bf16", "compile", "int8")
 
 
@@ -48,6 +58,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=60.0,
                    help="time cap per form for one model and batch (stops the repeats early, never below 3)")
     p.add_argument("--skip", default="", help=f"comma-separated forms to skip: {','.join(SKIPPABLE)}")
+    p.add_argument("--bf16-freeze", action="store_true",
+                   help="also time bf16 autocast under torch.compile with Inductor freezing (prepare + channels_last)")
     p.add_argument("--waterline", action="store_true", help="profile the layers of each model's fastest float form")
     p.add_argument("--far-below", type=float, default=0.25,
                    help="a layer runs far below its bound under this efficiency (bound / time); default 0.25")
@@ -108,6 +120,9 @@ def build_forms(name, b, args, timm, model):
         forms.append(("+torch.compile", Form(prepare=True, channels_last=True, compile=True)))
     if "int8" not in args.skip:
         forms.append(("int8 (compiled)", Form(prepare=True, channels_last=True, dtype="int8", compile=True)))
+    if args.bf16_freeze:
+        forms.append(("bf16 + compile(freeze)", Form(prepare=True, channels_last=True, dtype="bf16", compile=True,
+                                                     freeze=True)))
     x = torch.randn(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     for label, form in forms:
         t0 = time.perf_counter()
@@ -145,7 +160,21 @@ def alternate(runs, x, repeats, max_s, clock="wall"):
     return times
 
 
-def bench_model(name, args, timm):
+def roofs(model, b, args, peaks) -> dict[str, float]:
+    """{form label: its roof in ms} at batch `b` (form_roof of the model as trained or prepared, in the form's
+    dtype); a form whose dtype has no measured peak here is left out."""
+    import copy
+
+    from convscope.analysis.counting import count
+    from convscope.analysis.waterline import form_roof
+    from convscope.deploy import prepare_for_inference
+    size = (b, 3, args.size, args.size)
+    counts = {False: count(model, size), True: count(prepare_for_inference(copy.deepcopy(model)), size)}
+    return {label: 1e3 * form_roof(counts[prepared], dtype, peaks) for label, (prepared, dtype) in ROOF_OF.items()
+            if dtype in peaks.compute_gflops}
+
+
+def bench_model(name, args, timm, peaks):
     import torch
     from common import load_average
 
@@ -155,6 +184,7 @@ def bench_model(name, args, timm):
     rows = {}
     for b in args.batches:
         runs, info, x = build_forms(name, b, args, timm, model)
+        roof = roofs(model, b, args, peaks)
         load_before = load_average()
         times = alternate(runs, x, args.repeats, args.max_seconds, args.clock)
         ref = "timm eager fp32" if "timm eager fp32" in times else "convscope eager fp32"
@@ -165,6 +195,8 @@ def bench_model(name, args, timm):
                 t = times[label]
                 v.update(ms=1e3 * statistics.median(t), repeats=len(t),
                          ratio=statistics.median(a / c for a, c in zip(times[ref], t, strict=False)))
+                if label in roof:
+                    v.update(roof_ms=roof[label], roof_pct=100 * roof[label] / v["ms"])
             r[label] = v
             print(f"  {name} b{b} {label}: {v}", flush=True)
         rows[str(b)] = dict(forms=r, ref=ref, load_before=load_before, load_after=load_average())
@@ -205,6 +237,25 @@ def waterline(name, per_batch, args) -> dict:
                 leaves=len(leaves), efficiency=prof.totals["efficiency"])
 
 
+def form_row(label, v, batch) -> str:
+    """One form's row of a model's table: latency, throughput, ratio, % of roof, repeats, build time (or its
+    error)."""
+    if "ms" not in v:
+        return f"| {label} | - | - | {v['error']} | - | - | - |"
+    roof = f"{v['roof_pct']:.1f}%" if "roof_pct" in v else "-"
+    build = f"{v['build_s']:.0f}" if "build_s" in v else "-"
+    return (f"| {label} | {v['ms']:.1f} | {batch * 1e3 / v['ms']:.1f} | {v['ratio']:.2f}x | {roof} | "
+            f"{v['repeats']} | {build} |")
+
+
+def describe_peaks(p) -> str:
+    """The ceilings the roofs are priced under, in one sentence."""
+    compute = ", ".join(f"{k} {v:.1f} {'GOP/s' if k == 'int8' else 'GFLOP/s'}" for k, v in p["compute_gflops"].items())
+    return (f"Roofs priced under this machine's ceilings at {p['threads']} thread(s) (`convscope hw`, measured "
+            f"{p['measured_at']}): {compute}, DRAM {p['bandwidth_gbs']:.1f} GB/s"
+            + "".join(f"; warning: {w}" for w in p["implausible"]) + ".\n")
+
+
 def render(data) -> str:
     lines = ["# Deploy speed\n", f"Command: `{data['command']}`\n",
              f"Machine: {data['machine']}; ISA: **{data['isa']}**; torch {data['torch']}, timm {data['timm']}; "
@@ -220,22 +271,19 @@ def render(data) -> str:
              "re-parameterise + fold BatchNorm (exact); `+channels_last` and `+bf16 autocast` add to the row "
              "above; `+torch.compile` is fp32 over prepare + channels_last; int8 = PT2E (torchao, x86 Inductor "
              "quantizer) over prepare + channels_last, compiled. Build and compile times are not in the "
-             "latencies.\n"]
+             "latencies. % of roof = the form's roof (a lower bound on its latency: the sum over layers of "
+             "max(compute time, memory time), each layer at the peak and byte width of the dtype it runs in; "
+             "convscope.analysis.waterline.form_roof) / its median latency.\n"]
+    if data.get("peaks"):
+        lines.append(describe_peaks(data["peaks"]))
     for name, per_batch in data["models"].items():
         for b, rb in per_batch.items():
             ref = rb["ref"]
             lines.append(f"\n## {name}, batch {b} (ratios to {ref})\n")
             lines.append(f"Load average {rb['load_before']} before, {rb['load_after']} after.\n")
-            lines.append(f"| form | median ms | items/s | vs {ref} | repeats | build s |")
-            lines.append("|---|---:|---:|---:|---:|---:|")
-            for label, v in rb["forms"].items():
-                if "ms" in v:
-                    lines.append(f"| {label} | {v['ms']:.1f} | {int(b) * 1e3 / v['ms']:.1f} | {v['ratio']:.2f}x | "
-                                 f"{v['repeats']} | {v['build_s']:.0f} |" if "build_s" in v else
-                                 f"| {label} | {v['ms']:.1f} | {int(b) * 1e3 / v['ms']:.1f} | {v['ratio']:.2f}x | "
-                                 f"{v['repeats']} | - |")
-                else:
-                    lines.append(f"| {label} | - | - | {v['error']} | - | - |")
+            lines.append(f"| form | median ms | items/s | vs {ref} | % of roof | repeats | build s |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|")
+            lines += [form_row(label, v, int(b)) for label, v in rb["forms"].items()]
     wl = data.get("waterline") or {}
     if wl:
         lines.append("\n## Per-layer waterline of the optimised float form\n")
@@ -269,6 +317,7 @@ def main(argv=None) -> int:
     import torch
     from common import cpu_name, load_average
 
+    from convscope.analysis.hardware import hardware_peaks
     from convscope.deploy.machine import cpu_isa
     from convscope.files import atomic_write_text
     from convscope.utils import threads_set
@@ -289,11 +338,15 @@ def main(argv=None) -> int:
                 threads=args.threads, size=args.size, command=command, far_below=args.far_below, clock=args.clock)
     data.setdefault("load_before", load_average())
     out.parent.mkdir(parents=True, exist_ok=True)
+    peaks = hardware_peaks("cpu", threads=args.threads, dtypes=ROOF_DTYPES)
+    data["peaks"] = dict(threads=args.threads, bandwidth_gbs=peaks.bandwidth_gbs, measured_at=peaks.measured_at,
+                         compute_gflops={k: v for k, v in peaks.compute_gflops.items() if k in ROOF_DTYPES},
+                         implausible=peaks.implausible())
     with threads_set(args.threads):
         for name in args.models:
             print(name, flush=True)
             if name not in data["models"]:
-                data["models"][name] = bench_model(name, args, timm)
+                data["models"][name] = bench_model(name, args, timm, peaks)
             if args.waterline and name not in data["waterline"]:
                 data["waterline"][name] = waterline(name, data["models"][name], args)
             data["load_after"] = load_average()

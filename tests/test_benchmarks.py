@@ -179,10 +179,16 @@ def test_demo_deploy_smoke(tmp_path):
 
 
 # -- deploy_speed: the cheap form of the final command ------------------------------------------------------------
-def test_deploy_speed_smoke(tmp_path):
-    """A timm model and one timm lacks (ratios to convscope eager then), alternating repeats, the waterline."""
+def test_deploy_speed_smoke(tmp_path, monkeypatch):
+    """A timm model and one timm lacks (ratios to convscope eager then), alternating repeats, % of roof (under
+    given ceilings, so high that every roof is under any measured time), the waterline."""
     import json
 
+    import convscope.analysis.hardware as hw
+
+    ceilings = hw.HardwarePeaks(machine={}, compute_gflops={"fp32": 1e6, "bf16": 2e6, "int8": 4e6},
+                                bandwidth_gbs=1e6, measured_at="then")
+    monkeypatch.setattr(hw, "hardware_peaks", lambda *a, **k: ceilings)
     ds = _load("deploy_speed")
     out = tmp_path / "ds"
     assert ds.main(["--models", "convnext_atto,unireplknet_a", "--size", "32", "--batches", "1", "--skip",
@@ -195,6 +201,10 @@ def test_deploy_speed_smoke(tmp_path):
         assert r["forms"][r["ref"]]["ratio"] == 1.0
         forms = ["convscope eager fp32", "prepare", "+channels_last", "+bf16 autocast"]
         assert all(r["forms"][f]["ms"] > 0 and r["forms"][f]["repeats"] == 2 for f in forms)
+        assert all(0 < v["roof_pct"] <= 100 and v["roof_pct"] == 100 * v["roof_ms"] / v["ms"]
+                   for v in r["forms"].values() if "ms" in v)
+        prepared = r["forms"]["prepare"]["roof_ms"]
+        assert r["forms"]["+channels_last"]["roof_ms"] == prepared > r["forms"]["+bf16 autocast"]["roof_ms"]
         assert "+torch.compile" not in r["forms"] and "int8 (compiled)" not in r["forms"]
     for name in ("convnext_atto", "unireplknet_a"):
         w = d["waterline"][name]
@@ -204,6 +214,11 @@ def test_deploy_speed_smoke(tmp_path):
         assert shares == sorted(shares, reverse=True) and w["far_count"] >= len(shares)
     page = out.with_suffix(".md").read_text()
     assert "## unireplknet_a, batch 1 (ratios to convscope eager fp32)" in page and "ISA: **" in page
+    assert "| form | median ms | items/s | vs timm eager fp32 | % of roof | repeats | build s |" in page
+    assert "(`convscope hw`, measured then): fp32 1000000.0 GFLOP/s, bf16 2000000.0 GFLOP/s, int8 4000000.0 GOP/s" \
+        in page
+    pct = d["models"]["convnext_atto"]["1"]["forms"]["prepare"]["roof_pct"]
+    assert "| prepare | " in page and f"| {pct:.1f}% |" in page
     assert "### convnext_atto: " in page
     assert ds.parse(["--skip", "compile"]).skip == {"compile"}
     with pytest.raises(SystemExit):

@@ -13,6 +13,7 @@ from convscope.analysis.hardware import (
     machine_info,
     measure_conv,
     measure_copy,
+    measure_int8,
     measure_matmul,
 )
 
@@ -81,8 +82,10 @@ def test_json_round_trip_and_errors(cache):
     assert back.to_dict() == peaks.to_dict()
     with pytest.raises(ValueError, match="no fp16 compute peak"):
         peaks.peak_flops("fp16")
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(ValueError, match="no int8 compute peak"):
         peaks.peak_flops("int8")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        peaks.peak_flops("fp64")
     with pytest.raises(ValueError, match="dtypes must be"):
         hardware_peaks("cpu", dtypes=("fp64",))
     with pytest.raises(ValueError, match="device"):
@@ -104,3 +107,47 @@ def test_raw_measurements():
     assert cp["median_gbs"] <= cp["gbs"]
     info = machine_info("cpu")
     assert info["logical_cpus"] >= info["physical_cores"] >= 1
+
+
+def test_int8_peak_through_the_onednn_int8_kernel_and_its_json(cache):
+    q = measure_int8("cpu", sizes=(64, 128), repeats=2, warmup=1, budget_s=5)
+    assert [r["size"] for r in q["runs"]] == [64, 128] and q["runs"][1]["flops"] == 2 * 128 ** 3
+    assert q["gflops"] == max(r["gflops"] for r in q["runs"]) > 0
+    peaks = hardware_peaks("cpu", threads=1, dtypes=("fp32", "int8"), budget_s=0.05, cache=False)
+    assert peaks.compute_gflops["int8"] > 0 and peaks.details["int8"]["kernel"] == "qlinear"
+    assert peaks.peak_flops("int8") == peaks.peak_flops(torch.int8) == peaks.compute_gflops["int8"] * 1e9
+    assert set(peaks.isa) == {"avx512_vnni", "amx_int8", "amx_bf16", "avx512_bf16"}
+    back = HardwarePeaks.from_dict(json.loads(peaks.to_json()))
+    assert back.to_dict() == peaks.to_dict() and back.isa == peaks.isa
+    text = peaks.summary()
+    assert "GOP/s" in text and "ISA: AVX512-VNNI " in text and "AMX-BF16 " in text
+
+
+def _crafted(**kw) -> HardwarePeaks:
+    """Ceilings as given, on a 4-CPU machine with AVX512-VNNI and AMX (nothing measured)."""
+    d = dict(machine=dict(cpu_model="x", physical_cores=4, logical_cpus=4, threads=1, torch_version="t"),
+             compute_gflops={"fp32": 100.0, "bf16": 400.0, "int8": 800.0}, bandwidth_gbs=20.0,
+             cache_bandwidth_gbs=80.0, isa={"avx512_vnni": True, "amx_int8": True, "amx_bf16": True,
+                                             "avx512_bf16": True},
+             details={"bandwidth": {"buffer_bytes": 1 << 20}, "busy": {"load_average": [1.0, 1.0, 1.0]}})
+    d.update(kw)
+    d["details"].update({k: {"matmul": {"gflops": v}} for k, v in d["compute_gflops"].items()})
+    return HardwarePeaks(**d)
+
+
+def test_implausible_ceilings_are_named_one_line_each():
+    assert _crafted().implausible() == []
+    assert "warning" not in _crafted().summary()
+    bad = _crafted(cache_bandwidth_gbs=10.0, compute_gflops={"fp32": 100.0, "bf16": 60.0, "int8": 90.0},
+                   details={"bandwidth": {"buffer_bytes": 1 << 20}, "busy": {"load_average": [6.5, 3.0, 2.0]}})
+    w = bad.implausible()
+    assert len(w) == 4
+    assert "cache bandwidth 10.0 GB/s is below the DRAM bandwidth 20.0 GB/s" in w[0]
+    assert "bf16 peak 60.0 GFLOP/s is below fp32 100.0 on a CPU with AMX-BF16" in w[1]
+    assert "int8 peak 90.0 GOP/s is below fp32 100.0 GFLOP/s on a CPU with AMX-INT8" in w[2]
+    assert "load average was 6.50 on 4 CPUs" in w[3]
+    lines = [line for line in bad.summary().splitlines() if "warning: implausible ceiling" in line]
+    assert len(lines) == 4 and all("--refresh" in line for line in lines)
+    # bf16 below fp32 is no surprise without AMX-BF16, nor int8 below fp32 without VNNI / AMX-INT8
+    plain = _crafted(compute_gflops={"fp32": 100.0, "bf16": 60.0, "int8": 90.0}, isa={})
+    assert plain.implausible() == []

@@ -10,10 +10,11 @@ from torch.profiler import ProfilerActivity, profile
 
 import convscope
 from convscope.analysis.counting import OpRecord, count
-from convscope.analysis.hardware import hardware_peaks
+from convscope.analysis.hardware import HardwarePeaks, hardware_peaks
 from convscope.analysis.waterline import (
     LayerProfile,
     compare_models,
+    form_roof,
     kernel_bound,
     layer_kind,
     profile_layers,
@@ -78,6 +79,37 @@ def test_kernel_bound_is_a_sum_of_maxima():
     bound, comp, mem = kernel_bound(recs, peak_flops=100.0, bandwidth=100.0)
     assert (comp, mem) == pytest.approx((11.0, 5.2))
     assert bound == pytest.approx(10.0 + 5.0)
+
+
+@pytest.mark.parametrize("form, compute_s, memory_s", [
+    # 1x1 conv 8 -> 16 with bias on a 2x8x4x4 input: 2 * 2*16*16*8 = 8192 FLOPs of product, 2*16*16 = 512 of bias
+    # add; bytes at fp32: input 1024 + weight 512 + bias 64 read, output 2048 written = 3648
+    ("fp32", 8192 / 100e9 + 512 / 100e9, 3648 / 10e9),
+    ("bf16", 8192 / 400e9 + 512 / 100e9, 3648 / 2 / 10e9),
+    ("int8", 8192 / 1600e9 + 512 / 100e9, 3648 / 4 / 10e9),
+])
+def test_form_roof_prices_a_layer_at_its_dtype(form, compute_s, memory_s):
+    conv, size = nn.Conv2d(8, 16, 1), (2, 8, 4, 4)
+    gflops = {"fp32": 100.0, "bf16": 400.0, "int8": 1600.0}
+    for scale, want in ((1, max(compute_s, memory_s)), (1e9, compute_s)):  # then bandwidth without limit
+        peaks = HardwarePeaks(machine={}, compute_gflops=gflops, bandwidth_gbs=10.0 * scale)
+        assert form_roof(conv, form, peaks, size) == pytest.approx(want, rel=1e-12)
+    peaks = HardwarePeaks(machine={}, compute_gflops={k: v * 1e9 for k, v in gflops.items()}, bandwidth_gbs=10.0)
+    assert form_roof(count(conv, size), type("Form", (), {"dtype": form})(), peaks) == pytest.approx(
+        memory_s, rel=1e-9)  # counts, a Form-like object, compute without limit
+
+
+def test_form_roof_sums_layers_and_refuses_what_it_cannot_price():
+    peaks = HardwarePeaks(machine={}, compute_gflops={"fp32": 100.0}, bandwidth_gbs=10.0)
+    two = nn.Sequential(nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 1))
+    one = [form_roof(m, "fp32", peaks, (2, c, 4, 4)) for m, c in ((two[0], 8), (two[1], 16))]
+    assert form_roof(two, "fp32", peaks, (2, 8, 4, 4)) == pytest.approx(sum(one), rel=1e-12)
+    with pytest.raises(ValueError, match="no int8 compute peak"):
+        form_roof(two, "int8", peaks, (2, 8, 4, 4))
+    with pytest.raises(ValueError, match="needs its input_size"):
+        form_roof(two, "fp32", peaks)
+    with pytest.raises(ValueError, match="counts made in float32"):
+        form_roof(count(two, (2, 8, 4, 4), dtype=torch.bfloat16), "fp32", peaks)
 
 
 def test_self_times_add_up_in_every_pass():

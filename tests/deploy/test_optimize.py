@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
 
 import convscope
 from convscope.cli import main
-from convscope.deploy.optimize import Form, Recipe, build_form, optimize
+from convscope.deploy.optimize import STEPS, Form, Recipe, _candidates, _roofs, build_form, optimize
 from convscope.models.source import load_model, save_model_file
 
 from ..conftest import run_cli
@@ -55,6 +56,64 @@ def test_optimize_keeps_exact_fold_and_reports_each_step():
     assert all("median ms" in s.table() for s in r.steps)
     assert r.isa["capability"] and "machine:" in logs[0]
     assert r.best.out_rel_err < 1e-4
+
+
+def test_optimize_reports_each_forms_share_of_its_roof():
+    from convscope.analysis.counting import count
+    from convscope.analysis.hardware import HardwarePeaks
+    from convscope.analysis.waterline import form_roof
+    from convscope.deploy import prepare_for_inference
+
+    # ceilings so high that every roof is far under any measured time: the check needs no timing
+    peaks = HardwarePeaks(machine={}, compute_gflops={"fp32": 1e6, "bf16": 2e6}, bandwidth_gbs=1e6)
+    asked = []
+    model = convscope.create_model("unireplknet_a", num_classes=5, depths=(1, 1, 1, 1),
+                                   kernel_sizes=((3,), (13,), (13,), (13,))).eval()
+    size = (1, 3, 32, 32)
+    r = optimize(model, size, steps=("prepare", "bf16"), max_threads=1, repeats=1, log=lambda _: None,
+                 peaks=lambda t: asked.append(t) or peaks)
+    assert set(asked) == {1}
+    measured = [r.baseline] + [m for s in r.steps for m in s.tried]
+    assert [(m.form.prepare, m.form.dtype) for m in measured] == [(False, "fp32"), (True, "fp32"), (True, "bf16")]
+    counts = {False: count(model, size), True: count(prepare_for_inference(model), size)}
+    for m in measured:
+        assert m.roof_ms == pytest.approx(1e3 * form_roof(counts[m.form.prepare], m.form, peaks), rel=1e-12)
+        assert 0 < m.roof_percent <= 100 and m.roof_percent == pytest.approx(100 * m.roof_ms / m.median_ms)
+    assert counts[True].totals.flops < counts[False].totals.flops  # the prepared form is priced as prepared
+    for s in r.steps:
+        header, *rows = s.table().splitlines()
+        assert "% of roof" in header
+        for row, m in zip(rows, [s.before] + s.tried, strict=True):
+            assert re.split(r"\s{2,}", row)[3] == f"{m.roof_percent:.1f}"
+    # no bf16 peak among the given ones: no roof for the bf16 form, "-" in its table; no peaks: no roofs at all
+    fp32_only = HardwarePeaks(machine={}, compute_gflops={"fp32": 1e6}, bandwidth_gbs=1e6)
+    r = optimize(model, size, steps=("bf16",), max_threads=1, repeats=1, log=lambda _: None, peaks=lambda t: fp32_only)
+    assert r.baseline.roof_ms > 0 and r.steps[0].tried[0].roof_ms is None
+    assert re.split(r"\s{2,}", r.steps[0].table().splitlines()[2])[3] == "-"
+    assert _roofs(model, size, None)(Form()) is None
+
+
+def test_bf16_freeze_form_is_asked_for_and_compiles_with_freezing(monkeypatch):
+    """The form itself is compiled by the lead's benchmark runs only (a cold Inductor build of even a tiny model
+    takes over 30 s here); here: the step, the form's settings and what build_form hands torch.compile."""
+    assert "bf16_freeze" not in STEPS
+    f = Form(prepare=True, channels_last=True, threads=2)
+    assert _candidates("bf16_freeze", f, 2, print) == [Form(prepare=True, channels_last=True, dtype="bf16",
+                                                            compile=True, freeze=True, threads=2)]
+    assert _candidates("bf16_freeze", Form(dtype="int8", compile=True), 1, print) == []
+    frozen = _candidates("bf16_freeze", f, 2, print)[0]
+    assert _candidates("bf16_freeze", frozen, 2, print) == []
+    assert frozen.describe() == "prepared, channels_last, bf16 autocast, torch.compile(freeze), 2 thr"
+    with pytest.raises(ValueError, match="form.freeze .* needs form.compile"):
+        Recipe(**dict(RECIPE, form=dict(freeze=True)))
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: seen.append(kw) or m)
+    model = convscope.create_model("convnext_atto", num_classes=5, depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    run, _ = build_form(model, frozen, x)
+    assert seen == [dict(dynamic=False, options={"freezing": True})]
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), model(x), rtol=0.05, atol=0.02)
 
 
 def test_build_form_matches_eager():

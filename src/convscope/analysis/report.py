@@ -77,7 +77,8 @@ def _machine_section(machine: dict[str, Any], peaks: dict[str, Any], dtype: str)
     rows = [["machine", describe_machine(machine)], ["device", machine.get("device_name", machine["device"])],
             ["OS", machine.get("os", "")], ["Python", machine.get("python", "")]]
     for name, g in peaks["compute_gflops"].items():
-        rows.append([f"compute peak {name}", f"{g:.1f} GFLOP/s (matrix product, measured)"])
+        rows.append([f"compute peak {name}", f"{g:.1f} {'GOP/s' if name == 'int8' else 'GFLOP/s'} (matrix product, "
+                                             "measured)"])
     rows.append(["DRAM bandwidth", f"{peaks['bandwidth_gbs']:.1f} GB/s (copy, read + write, measured)"])
     if peaks.get("cache_bandwidth_gbs"):
         llc = peaks.get("llc_bytes") or 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..deploy.optimize import STEPS
+from ..deploy.optimize import ALL_STEPS, OPTIONAL_STEPS, STEPS
 from ..deploy.prune import SCOPES
 from ..models import list_models
 from . import options, values
@@ -19,6 +19,13 @@ from . import options, values
 def _source_path(source: str) -> str:
     """`source` as the recipe stores it: a model name as it is, a path made absolute."""
     return source if source in list_models() or not Path(source).exists() else str(Path(source).resolve())
+
+
+def _roof_peaks(threads: int):
+    """This machine's fp32, bf16 and int8 ceilings at `threads` (cached by `convscope hw`), for % of roof."""
+    from ..analysis.hardware import hardware_peaks
+
+    return hardware_peaks("cpu", threads=threads, dtypes=("fp32", "bf16", "int8"))
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
@@ -41,12 +48,13 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
           (f", top-1 on {args.data} ({sum(len(y) for _, y in loader)} images), budget {args.max_drop} pt"
            if loader else ", no --data: accuracy is not measured (output difference on random inputs instead)"))
     result = optimize(model, size, steps=args.steps, loader=loader, calibration=calibration, max_drop=args.max_drop,
-                      max_threads=args.max_threads, repeats=args.repeats)
+                      max_threads=args.max_threads, repeats=args.repeats, peaks=_roof_peaks)
     b, base = result.best, result.baseline
     if not math.isfinite(b.median_ms):
         raise ValueError(f"nothing was measured ({base.note or 'no form ran'}); no recipe written")
     print(f"\nfastest form within the budget: {b.form.describe()}: {b.median_ms:.2f} ms "
           f"({b.throughput:.1f} items/s), {base.median_ms / b.median_ms:.2f}x the eager fp32 model" +
+          (f", {b.roof_percent:.1f}% of its roof" if b.roof_percent is not None else "") +
           (f"; top-1 {b.top1:.2f} (eager fp32 {base.top1:.2f})" if b.top1 is not None else ""))
     if "quant_report" in result.info:
         print(result.info["quant_report"].summary())
@@ -150,8 +158,9 @@ def _add_optimize(add: Callable[..., argparse.ArgumentParser]) -> None:
                     help="evaluate on the first N images (default 2000)")
     sp.add_argument("--max-drop", type=values.float_range(0), default=1.0,
                     help="top-1 points a step may lose (default 1.0)")
-    sp.add_argument("--steps", type=values.comma_list(STEPS), default=STEPS,
-                    help=f"comma-separated subset of the steps, in order (default: {','.join(STEPS)})")
+    sp.add_argument("--steps", type=values.comma_list(ALL_STEPS), default=STEPS,
+                    help=f"comma-separated subset of the steps, in order (default: {','.join(STEPS)}; also "
+                         f"{','.join(OPTIONAL_STEPS)})")
     sp.add_argument("--max-threads", type=values.threads, default=None,
                     help="largest thread count tried (default: cores)")
     options.add_repeats(sp, 10, help="timed runs per form (medians are reported)")

@@ -125,7 +125,8 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp.add_argument("--refresh", action="store_true", help="measure again instead of reading the cache")
     sp.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when present)")
     options.add_threads(sp, help=None)
-    sp.add_argument("--dtypes", default="fp32,bf16,fp16", help="compute peaks to measure (comma-separated)")
+    sp.add_argument("--dtypes", default="fp32,bf16,fp16,int8", help="compute peaks to measure (comma-separated; "
+                    "int8: the oneDNN int8 product the int8 deploy form runs)")
     sp.add_argument("--json", action="store_true")
 
     sp = add("profile", _cmd_profile, "count and time a model; with --layers, per-layer waterline analysis")

@@ -7,31 +7,19 @@ little or nothing from bf16 matmuls, and int8 then comes from VNNI.
 """
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..analysis.hardware import cpu_flags
+
 _FEATURES = ("amx_tile", "amx_bf16", "amx_int8", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx2", "fma")
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def cpu_isa() -> dict[str, Any]:
     """{'capability': torch's CPU kernel level, 'amx': bool, 'vnni': bool, 'avx512_bf16': bool, 'flags': [...],
     'summary': 'AVX512 (VNNI, BF16; no AMX)'}."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     try:
         cap = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover - very old torch

@@ -11,9 +11,15 @@ Steps, in order, each tried on top of the best form so far (greedy) and kept onl
     int8           PT2E int8 (torchao x86 Inductor quantizer), calibrated, compiled; replaces bf16
     threads        every intra-op thread count from 1 to the cores this process may use
 
+and, only when asked for (not in the default `STEPS`):
+
+    bf16_freeze    bf16 autocast under torch.compile with Inductor freezing (weights constant-folded to bf16)
+
 Each measurement: median latency and throughput at the batch size (convscope.analysis.timing.measure), the peak
 extra memory of a step, and top-1 on the data (when given; otherwise the largest relative output difference from
-the fp32 eager model on random inputs). `Recipe` is the JSON form: the model source, the input, and the chosen
+the fp32 eager model on random inputs); given this machine's ceilings (`peaks`), also the form's roof
+(`convscope.analysis.waterline.form_roof`: each layer priced at the peak of the dtype it runs in) and its
+"% of roof" = roof / measured latency. `Recipe` is the JSON form: the model source, the input, and the chosen
 settings; `apply_recipe` rebuilds the form from it (the `convscope deploy` command).
 """
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis.hardware import HardwarePeaks
 from ..layers.fold import prepare_for_inference_
 from ..limits import MAX_INPUT_ELEMENTS, MAX_SIDE, MAX_THREADS
 from ..models.source import load_source, save_model_file, source_meta
@@ -39,6 +46,8 @@ from ..utils import text_table, threads_set
 from .machine import cpu_isa
 
 STEPS = ("prepare", "channels_last", "bf16", "compile", "int8", "threads")
+OPTIONAL_STEPS = ("bf16_freeze",)  # tried only when named in `steps`
+ALL_STEPS = STEPS + OPTIONAL_STEPS
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class Form:
     channels_last: bool = False
     dtype: str = "fp32"  # fp32 | bf16 (autocast) | int8 (PT2E, compiled)
     compile: bool = False
+    freeze: bool = False  # with compile: Inductor freezing (weights folded as constants; inference only)
     threads: int = 1
     qat_steps: int = 0  # int8 only: quantisation-aware fine-tuning steps before converting (0: PTQ)
 
@@ -56,7 +66,8 @@ class Form:
         parts = ["prepared" if self.prepare else "as trained"] + ["channels_last"] * self.channels_last
         parts += [self.dtype + (" autocast" if self.dtype == "bf16" else "") +
                   (f" QAT {self.qat_steps} steps" if self.qat_steps else "")]
-        parts += ["torch.compile"] * (self.compile and self.dtype != "int8") + [f"{self.threads} thr"]
+        parts += [f"torch.compile{'(freeze)' * self.freeze}"] * (self.compile and self.dtype != "int8")
+        parts += [f"{self.threads} thr"]
         return ", ".join(parts)
 
 
@@ -70,6 +81,14 @@ class Measurement:
     out_rel_err: float | None = None
     build_s: float = 0.0
     note: str = ""
+    roof_ms: float | None = None  # the form's waterline bound on this machine (form_roof), when the peaks are known
+
+    @property
+    def roof_percent(self) -> float | None:
+        """% of roof: roof latency / measured latency x 100 (None without a roof or a measured latency)."""
+        if self.roof_ms is None or not math.isfinite(self.median_ms):
+            return None
+        return 100.0 * self.roof_ms / self.median_ms
 
 
 FORM_DTYPES = ("fp32", "bf16", "int8")
@@ -86,9 +105,11 @@ def _check_form(form: Any) -> None:
     unknown = sorted(set(form) - set(Form.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown form settings {unknown}")
-    for key in ("prepare", "channels_last", "compile"):
+    for key in ("prepare", "channels_last", "compile", "freeze"):
         if not isinstance(form.get(key, False), bool):
             raise ValueError(f"form.{key} must be true or false; got {form[key]!r}")
+    if form.get("freeze", False) and not form.get("compile", False):
+        raise ValueError("form.freeze (Inductor freezing) needs form.compile to be true")
     if form.get("dtype", "fp32") not in FORM_DTYPES:
         raise ValueError(f"form.dtype must be one of {', '.join(FORM_DTYPES)}; got {form['dtype']!r}")
     threads = form.get("threads", 1)
@@ -239,7 +260,7 @@ def build_form(model: nn.Module, form: Form, example: torch.Tensor,
     if form.channels_last:
         m = m.to(memory_format=torch.channels_last)
     info["module"] = m
-    fn = torch.compile(m, dynamic=False) if form.compile else m
+    fn = torch.compile(m, dynamic=False, options={"freezing": True} if form.freeze else None) if form.compile else m
 
     def run(x):
         with torch.inference_mode(), (torch.autocast("cpu", dtype=torch.bfloat16) if form.dtype == "bf16"
@@ -301,15 +322,17 @@ class StepResult:
         for m in [base] + self.tried:
             gain = base.median_ms / m.median_ms
             drop = None if m.top1 is None or base.top1 is None else base.top1 - m.top1
+            roof = m.roof_percent
             rows.append([m.form.describe(), f"{m.median_ms:.2f}", f"{m.throughput:.1f}",
+                         "-" if roof is None else f"{roof:.1f}",
                          "-" if m.peak_mib is None else f"{m.peak_mib:.0f}",
                          "-" if m.top1 is None else f"{m.top1:.2f}",
                          "-" if m.out_rel_err is None else f"{m.out_rel_err:.1e}",
                          "(current)" if m is base else f"{gain:.2f}x",
                          "" if m is base else ("-" if drop is None else f"{drop:+.2f} pt") +
                          (f", build {m.build_s:.0f} s" if m.build_s >= 1 else "") + (f"; {m.note}" if m.note else "")])
-        return text_table(("form", "median ms", "items/s", "peak MiB", "top-1", "out diff", "gain", "cost"), rows,
-                          "lrrrrrrl", rule="")
+        return text_table(("form", "median ms", "items/s", "% of roof", "peak MiB", "top-1", "out diff", "gain",
+                           "cost"), rows, "lrrrrrrrl", rule="")
 
 
 @dataclass
@@ -321,16 +344,62 @@ class OptimizeResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _roofs(model: nn.Module, size: Sequence[int], peaks: Callable[[int], HardwarePeaks] | None
+           ) -> Callable[[Form], float | None]:
+    """form -> its roof in ms under `peaks(form.threads)` (None without peaks, or when the form's dtype has no
+    measured peak there); the model is counted once as trained and once prepared (folded), as the form needs."""
+    counted: dict[bool, Any] = {}
+
+    def roof(form: Form) -> float | None:
+        if peaks is None:
+            return None
+        from ..analysis.counting import count
+        from ..analysis.waterline import form_roof
+        if form.prepare not in counted:
+            m = copy.deepcopy(model).eval()
+            counted[form.prepare] = count(prepare_for_inference_(m) if form.prepare else m, size)
+        ceilings = peaks(form.threads)
+        if form.dtype not in ceilings.compute_gflops:
+            return None
+        return 1e3 * form_roof(counted[form.prepare], form, ceilings)
+    return roof
+
+
+def _candidates(step: str, f: Form, max_threads: int, log: Callable[[str], None]) -> list[Form]:
+    """The forms step `step` tries on top of the current form `f` (none when the step does not apply)."""
+    if step == "prepare" and not f.prepare:
+        return [replace(f, prepare=True)]
+    if step == "channels_last" and not f.channels_last:
+        return [replace(f, channels_last=True)]
+    if step == "bf16" and f.dtype == "fp32":
+        return [replace(f, dtype="bf16")]
+    if step == "compile" and not f.compile:
+        return [replace(f, compile=True)]
+    if step == "int8" and f.dtype != "int8":
+        from .quantize import available
+        if not available():
+            log("int8: skipped (torchao missing: pip install \"convscope[deploy]\")")
+            return []
+        # BatchNorms are folded before quantising, so none stays in float
+        return [replace(f, dtype="int8", compile=True, prepare=True)]
+    if step == "threads":
+        return [replace(f, threads=t) for t in range(1, max_threads + 1) if t != f.threads]
+    if step == "bf16_freeze" and f.dtype != "int8" and not (f.dtype == "bf16" and f.compile and f.freeze):
+        return [replace(f, dtype="bf16", compile=True, freeze=True)]
+    return []
+
+
 def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = STEPS, loader: Iterable | None = None,
              calibration: Iterable | None = None, max_drop: float = 1.0, min_gain: float = 1.03,
              max_threads: int | None = None, repeats: int = 10, qat_steps: int = 100,
-             log: Callable[[str], None] = print) -> OptimizeResult:
+             peaks: Callable[[int], HardwarePeaks] | None = None, log: Callable[[str], None] = print) -> OptimizeResult:
     """Greedy search over `steps` (see the module docstring); returns every measurement and the best form. When
     int8 PTQ loses more than `max_drop` and the calibration batches are labelled, int8 with `qat_steps` steps of
-    quantisation-aware fine-tuning is tried next."""
-    unknown = set(steps) - set(STEPS)
+    quantisation-aware fine-tuning is tried next. peaks: thread count -> this machine's ceilings at it (e.g.
+    `lambda t: hardware_peaks("cpu", threads=t)`); with them every measurement gets its form's roof."""
+    unknown = set(steps) - set(ALL_STEPS)
     if unknown:
-        raise ValueError(f"unknown optimize steps {sorted(unknown)}; expected some of {STEPS}")
+        raise ValueError(f"unknown optimize steps {sorted(unknown)}; expected some of {ALL_STEPS}")
     isa = cpu_isa()
     g = torch.Generator().manual_seed(1)
     rx = torch.randn(*size, generator=g)
@@ -339,13 +408,17 @@ def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = ST
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     max_threads = max_threads or cores
 
+    roof = _roofs(model, size, peaks)
+
     def run(form: Form) -> tuple[Measurement, dict]:
         try:
-            return measure_form(model, form, size, loader=loader, reference=reference, calibration=calibration,
+            m, i = measure_form(model, form, size, loader=loader, reference=reference, calibration=calibration,
                                 repeats=repeats)
         except Exception as e:  # noqa: BLE001 - a form that fails to build is reported, not fatal
             first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
             return Measurement(form, float("inf"), 0.0, None, note=f"failed: {type(e).__name__}: {first}"), {}
+        m.roof_ms = roof(form)
+        return m, i
 
     best, info = run(Form(threads=1))
     baseline = best
@@ -353,31 +426,12 @@ def optimize(model: nn.Module, size: Sequence[int], *, steps: Sequence[str] = ST
         f"{best.throughput:.1f} items/s" + (f", top-1 {best.top1:.2f}" if best.top1 is not None else ""))
     results = []
     for step in steps:
-        cands: list[Form] = []
-        f = best.form
-        if step == "prepare" and not f.prepare:
-            cands = [replace(f, prepare=True)]
-        elif step == "channels_last" and not f.channels_last:
-            cands = [replace(f, channels_last=True)]
-        elif step == "bf16" and f.dtype == "fp32":
-            cands = [replace(f, dtype="bf16")]
-        elif step == "compile" and not f.compile:
-            cands = [replace(f, compile=True)]
-        elif step == "int8" and f.dtype != "int8":
-            from .quantize import available
-            if not available():
-                log("int8: skipped (torchao missing: pip install \"convscope[deploy]\")")
-                continue
-            # BatchNorms are folded before quantising, so none stays in float
-            cands = [replace(f, dtype="int8", compile=True, prepare=True)]
-        elif step == "threads":
-            cands = [replace(f, threads=t) for t in range(1, max_threads + 1) if t != f.threads]
+        cands = _candidates(step, best.form, max_threads, log)
         if not cands:
             continue
         before = best
         tried = []
         why = "no candidate was faster"
-        cands = list(cands)
         for c in cands:
             m, i = run(c)
             over = m.top1 is not None and baseline.top1 is not None and baseline.top1 - m.top1 > max_drop
@@ -414,7 +468,7 @@ predict` / `eval` take it)."""
     recipe = Recipe(source=str(source), input_size=tuple(int(s) for s in size), form=asdict(best.form), data=data,
                     measured=dict(median_ms=best.median_ms, throughput=best.throughput, top1=best.top1,
                                   baseline_median_ms=result.baseline.median_ms, baseline_top1=result.baseline.top1,
-                                  speedup=result.baseline.median_ms / best.median_ms),
+                                  speedup=result.baseline.median_ms / best.median_ms, roof_ms=best.roof_ms),
                     machine=dict(isa=result.isa["summary"], capability=result.isa["capability"],
                                  torch=torch.__version__))
     if "quantized" in result.info:

@@ -1,7 +1,8 @@
-"""This machine described: CPU model, cores and threads, last-level cache, accelerator, torch version, and the
-dtypes the lab measures."""
+"""This machine described: CPU model, cores and threads, last-level cache, the CPU's matrix instructions,
+accelerator, torch version, and the dtypes the lab measures."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -28,7 +29,6 @@ def dtype_name(dtype: torch.dtype | str) -> str:
     return _DTYPE_NAMES[dtype]
 
 
-
 # -- machine description ------------------------------------------------------------------------------------------
 def _cpuinfo() -> tuple[str, int]:
     """(CPU model name, physical core count) from /proc/cpuinfo; platform fallbacks elsewhere."""
@@ -52,6 +52,31 @@ def _cpuinfo() -> tuple[str, int]:
     except OSError:
         pass
     return model or platform.processor() or platform.machine(), len(cores) or (os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo ('flags', or 'Features' on ARM); empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+# the matrix instructions that decide the bf16 and int8 ceilings: /proc/cpuinfo flag -> the name people know
+MATRIX_ISA = {"avx512_vnni": "AVX512-VNNI", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16",
+              "avx512_bf16": "AVX512-BF16"}
+
+
+def matrix_isa(flags: frozenset[str] | None = None) -> dict[str, bool]:
+    """{'avx512_vnni', 'amx_int8', 'amx_bf16', 'avx512_bf16'} -> whether the CPU has it (from `flags`, default
+    this CPU's)."""
+    flags = cpu_flags() if flags is None else flags
+    return {f: f in flags for f in MATRIX_ISA}
 
 
 def last_level_cache_bytes() -> int | None:

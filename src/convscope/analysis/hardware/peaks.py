@@ -1,5 +1,6 @@
 """The measured peaks (`HardwarePeaks`) and their cache: JSON under ~/.cache/convscope (or $CONVSCOPE_CACHE_DIR),
-keyed by the machine, measured once under a file lock and reused unless refreshed."""
+keyed by the machine, measured once under a file lock and reused unless refreshed; and the ceilings that look
+implausible (`HardwarePeaks.implausible`)."""
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +18,17 @@ import torch
 
 from ...files import atomic_write_text
 from ...utils import resolve_device, threads_set
-from .machine import DTYPES, describe_machine, dtype_name, last_level_cache_bytes, machine_info
-from .timers import measure_conv, measure_copy, measure_matmul
+from .machine import DTYPES, MATRIX_ISA, describe_machine, dtype_name, last_level_cache_bytes, machine_info, matrix_isa
+from .timers import measure_conv, measure_copy, measure_int8, measure_matmul
 
-_FORMAT = 2  # bump when the cached JSON layout changes
+_FORMAT = 3  # bump when the cached JSON layout changes
+PEAK_DTYPES = (*DTYPES, "int8")  # the compute peaks `hardware_peaks` can measure
+_PROBES = ("matmul", "conv3x3", "qlinear")
+
+
+def peak_dtype_name(dtype: torch.dtype | str) -> str:
+    """'fp32' / 'bf16' / 'fp16' / 'int8' for a torch dtype or one of those names (ValueError otherwise)."""
+    return "int8" if dtype in ("int8", torch.int8) else dtype_name(dtype)
 
 
 # -- the result ---------------------------------------------------------------------------------------------------
@@ -28,9 +36,11 @@ _FORMAT = 2  # bump when the cached JSON layout changes
 class HardwarePeaks:
     """Measured ceilings of one machine (device + thread count + torch build).
 
-    `compute_gflops` maps 'fp32' / 'bf16' / 'fp16' to the best dense-kernel rate in GFLOP/s (a dtype is absent
-    when the device has no matrix product for it). `bandwidth_gbs` is the DRAM copy bandwidth (read + write) in GB/s;
-    `cache_bandwidth_gbs` the same for a working set that fits in the last-level cache (CPU only).
+    `compute_gflops` maps 'fp32' / 'bf16' / 'fp16' to the best dense-kernel rate in GFLOP/s, and 'int8' to the
+    rate of the oneDNN int8 product the int8 deploy form runs, in GOP/s (a dtype is absent when the device has no
+    matrix product for it). `bandwidth_gbs` is the DRAM copy bandwidth (read + write) in GB/s;
+    `cache_bandwidth_gbs` the same for a working set that fits in the last-level cache (CPU only). `isa`: whether
+    the CPU has each of AVX512-VNNI, AMX-INT8, AMX-BF16 and AVX512-BF16 (/proc/cpuinfo flag -> bool).
     """
 
     machine: dict[str, Any]
@@ -43,18 +53,20 @@ class HardwarePeaks:
     duration_s: float = 0.0
     key: str = ""
     cached: bool = False
+    isa: dict[str, bool] = field(default_factory=dict)
 
     def peak_flops(self, dtype: torch.dtype | str = "fp32") -> float:
-        """Compute ceiling in FLOP/s for `dtype` (ValueError when it was not measured)."""
-        name = dtype_name(dtype)
+        """Compute ceiling in FLOP/s (int8: ops/s) for `dtype` (ValueError when it was not measured)."""
+        name = peak_dtype_name(dtype)
         if name not in self.compute_gflops:
             raise ValueError(f"no {name} compute peak was measured on {self.machine.get('device_name')}; "
                              f"measured: {', '.join(self.compute_gflops)}")
         return self.compute_gflops[name] * 1e9
 
     def probe_gflops(self) -> dict[str, dict[str, float]]:
-        """dtype -> {probe kernel ('matmul', 'conv3x3') -> its best GFLOP/s}; the ceiling is the largest."""
-        return {name: {k: self.details[name][k]["gflops"] for k in ("matmul", "conv3x3") if k in self.details[name]}
+        """dtype -> {probe kernel ('matmul', 'conv3x3', 'qlinear') -> its best GFLOP/s}; the ceiling is the
+        largest."""
+        return {name: {k: self.details[name][k]["gflops"] for k in _PROBES if k in self.details[name]}
                 for name in self.compute_gflops}
 
     @property
@@ -80,13 +92,38 @@ class HardwarePeaks:
             atomic_write_text(path, text)
         return text
 
+    def implausible(self) -> list[str]:
+        """One line per measured ceiling that cannot be right on this machine: cache bandwidth below DRAM's, bf16
+        below fp32 on a CPU with AMX-BF16, int8 below fp32 on one with VNNI or AMX-INT8, and a load average above
+        the CPUs while measuring (other work took the cores: every ceiling is low)."""
+        out, g = [], self.compute_gflops
+        if self.cache_bandwidth_gbs is not None and self.cache_bandwidth_gbs < self.bandwidth_gbs:
+            out.append(f"cache bandwidth {self.cache_bandwidth_gbs:.1f} GB/s is below the DRAM bandwidth "
+                       f"{self.bandwidth_gbs:.1f} GB/s")
+        if self.isa.get("amx_bf16") and "bf16" in g and "fp32" in g and g["bf16"] < g["fp32"]:
+            out.append(f"bf16 peak {g['bf16']:.1f} GFLOP/s is below fp32 {g['fp32']:.1f} on a CPU with AMX-BF16")
+        if (self.isa.get("avx512_vnni") or self.isa.get("amx_int8")) and "int8" in g and "fp32" in g \
+                and g["int8"] < g["fp32"]:
+            out.append(f"int8 peak {g['int8']:.1f} GOP/s is below fp32 {g['fp32']:.1f} GFLOP/s on a CPU with "
+                       f"{'AMX-INT8' if self.isa.get('amx_int8') else 'AVX512-VNNI'}")
+        load = self.details.get("busy", {}).get("load_average")
+        cpus = self.machine.get("logical_cpus")
+        if load and cpus and load[0] > cpus:
+            out.append(f"the load average was {load[0]:.2f} on {cpus} CPUs while measuring")
+        return out
+
     def summary(self) -> str:
         lines = [describe_machine(self.machine)]
+        if self.isa:
+            lines.append("  ISA: " + ", ".join(f"{MATRIX_ISA[f]} {'yes' if self.isa.get(f) else 'no'}"
+                                               for f in MATRIX_ISA))
         for name, g in self.compute_gflops.items():
             d = self.details[name]
-            probes = ", ".join(f"{k} {d[k]['gflops']:.1f}" for k in ("matmul", "conv3x3") if k in d)
-            slow = "fp32" in self.compute_gflops and name != "fp32" and g < 0.1 * self.compute_gflops["fp32"]
-            lines.append(f"  compute {name:>4}: {g:9.1f} GFLOP/s  (best of {probes})"
+            probes = ", ".join(f"{k} {d[k]['gflops']:.1f}" for k in _PROBES if k in d)
+            slow = "fp32" in self.compute_gflops and name not in ("fp32", "int8") \
+                and g < 0.1 * self.compute_gflops["fp32"]
+            unit = "GOP/s  " if name == "int8" else "GFLOP/s"
+            lines.append(f"  compute {name:>4}: {g:9.1f} {unit}  (best of {probes})"
                          + ("  far below fp32: no fast kernels for this dtype here" if slow else ""))
         lines.append(f"  DRAM bandwidth: {self.bandwidth_gbs:7.1f} GB/s   (copy, read + write, "
                      f"{self.details['bandwidth']['buffer_bytes'] / 2 ** 20:.0f} MiB buffers)")
@@ -101,6 +138,8 @@ class HardwarePeaks:
             if busy >= 0.25:
                 when += " (the peaks may be low: `convscope hw --refresh` on an idle machine)"
         lines.append(f"  ({when})")
+        lines += [f"  warning: implausible ceiling: {w} (re-measure on an idle machine: `convscope hw --refresh`)"
+                  for w in self.implausible()]
         return "\n".join(lines)
 
 
@@ -117,19 +156,20 @@ def _cache_key(machine: dict[str, Any]) -> str:
 
 
 def hardware_peaks(device: str | torch.device | None = "auto", *, threads: int | None = None,
-                   dtypes: Sequence[str] = ("fp32", "bf16", "fp16"), refresh: bool = False,
+                   dtypes: Sequence[str] = PEAK_DTYPES, refresh: bool = False,
                    cache: bool = True, budget_s: float = 0.75) -> HardwarePeaks:
     """Measure (or load from the cache) this machine's compute peaks and memory bandwidth.
 
     device: 'auto' (CUDA when present), 'cpu' or 'cuda'. threads: torch intra-op threads for the measurement
     (default: the current setting; part of the cache key). dtypes: which compute peaks to measure; a dtype
-    without a matrix product on this device is left out. budget_s: time allowed per probe. The whole measurement
+    without a matrix product on this device is left out; 'int8' times the oneDNN int8 product the int8 deploy form
+    runs (CPU only). budget_s: time allowed per probe. The whole measurement
     takes a few seconds; later calls read ~/.cache/convscope/hardware-<key>.json unless `refresh`.
     """
     dev = resolve_device(device)
-    unknown = [d for d in dtypes if d not in DTYPES]
+    unknown = [d for d in dtypes if d not in PEAK_DTYPES]
     if unknown or not dtypes:
-        raise ValueError(f"dtypes must be a non-empty subset of {', '.join(DTYPES)}; got {list(dtypes)}")
+        raise ValueError(f"dtypes must be a non-empty subset of {', '.join(PEAK_DTYPES)}; got {list(dtypes)}")
     with threads_set(threads):
         machine = machine_info(dev)
         key = _cache_key(machine)
@@ -219,8 +259,11 @@ def _measure(dev: torch.device, machine: dict[str, Any], dtypes: Sequence[str], 
     details: dict[str, Any] = {"unsupported": []}
     compute = {}
     for name in dtypes:
-        probes = {"matmul": measure_matmul(DTYPES[name], dev, budget_s=budget_s)}
-        if dev.type == "cpu":
+        if name == "int8":
+            probes = {"qlinear": measure_int8(dev, budget_s=budget_s)}
+        else:
+            probes = {"matmul": measure_matmul(DTYPES[name], dev, budget_s=budget_s)}
+        if dev.type == "cpu" and name != "int8":
             probes["conv3x3"] = measure_conv(DTYPES[name], dev, budget_s=budget_s)
         probes = {k: v for k, v in probes.items() if v is not None}
         if not probes:
@@ -244,7 +287,7 @@ def _measure(dev: torch.device, machine: dict[str, Any], dtypes: Sequence[str], 
         cache_bw = cb["gbs"]
     details["busy"] = _busy_during(ticks0, own0, time.perf_counter() - t0)
     return HardwarePeaks(machine=machine, compute_gflops=compute, bandwidth_gbs=bw["gbs"],
-                         cache_bandwidth_gbs=cache_bw, llc_bytes=llc, details=details,
+                         cache_bandwidth_gbs=cache_bw, llc_bytes=llc, details=details, isa=matrix_isa(),
                          measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          duration_s=time.perf_counter() - t0)
 

@@ -1,5 +1,5 @@
 """Timing primitives: a wall timer per device (CUDA events on a GPU), peak extra memory of a piece of code, and
-the probes that time large matrix products, convolutions and copies to find this machine's ceilings."""
+the probes that time large matrix products (float and int8), convolutions and copies to find this machine's ceilings."""
 from __future__ import annotations
 
 import contextlib
@@ -102,6 +102,30 @@ def measure_conv(dtype: torch.dtype, device: str | torch.device = "cpu", *, chan
         return fn, 2.0 * spatial * spatial * c * 9 * c
 
     return _ladder(make, channels, dev, repeats, warmup, budget_s)
+
+
+def measure_int8(device: str | torch.device = "cpu", *, sizes: Sequence[int] | None = None, repeats: int = 5,
+                 warmup: int = 2, budget_s: float = 1.0) -> dict[str, Any] | None:
+    """Peak int8 GOP/s (ops = 2*n^3) of an n x n by n x n product through `torch.ops.onednn.qlinear_pointwise`, the
+    kernel the compiled int8 form runs (uint8 activations per tensor, prepacked int8 weights per channel, uint8
+    out; VNNI or AMX-INT8 where the CPU has them). None off the CPU or where torch has no oneDNN int8 kernels."""
+    dev = resolve_device(device)
+    if dev.type != "cpu" or not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return None
+    sizes = sizes or (256, 512, 1024, 2048)
+
+    def make(n):
+        g = torch.Generator().manual_seed(n)
+        qx = torch.randint(0, 256, (n, n), dtype=torch.uint8, generator=g)
+        w = torch.randint(-127, 128, (n, n), dtype=torch.int8, generator=g)
+        qw = torch.ops.onednn.qlinear_prepack(w, [n, n])
+        w_scale, w_zp = torch.full((n,), 0.01), torch.zeros(n, dtype=torch.int64)
+
+        def fn():
+            torch.ops.onednn.qlinear_pointwise(qx, 0.02, 128, qw, w_scale, w_zp, None, 1.0, 0, None, "none", [], "")
+        return fn, 2.0 * n ** 3
+
+    return _ladder(make, sizes, dev, repeats, warmup, budget_s)
 
 
 def measure_copy(nbytes: int, device: str | torch.device = "cpu", *, repeats: int = 10,

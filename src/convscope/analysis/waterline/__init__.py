@@ -15,14 +15,15 @@ or profiler, and `totals` accounts for it: forward = leaf layers + container glu
 `unattributed_s` is negative when hooks and profiler inflate the layers, and `gap_s` = forward - leaf layers is
 the time no layer accounts for.
 
-The package: `kinds` (what a module computes), `bounds` (the waterline bound), `results` (LayerProfile and its
+The package: `kinds` (what a module computes), `bounds` (the waterline bound; `form_roof`: a deploy form's
+whole-model bound, each layer priced at its dtype's peak), `results` (LayerProfile and its
 rows), `profiler` (timing every module: `profile_layers`), `compare` (whole models: `compare_models`).
 """
-from .bounds import kernel_bound, waterline_bound
+from .bounds import FORM_WIDTHS, form_roof, kernel_bound, waterline_bound
 from .compare import Comparison, ModelRow, compare_models
 from .kinds import layer_kind
 from .profiler import profile_layers
 from .results import GroupRow, LayerProfile, LayerRow
 
-__all__ = ["Comparison", "GroupRow", "LayerProfile", "LayerRow", "ModelRow", "compare_models", "kernel_bound",
-           "layer_kind", "profile_layers", "waterline_bound"]
+__all__ = ["FORM_WIDTHS", "Comparison", "GroupRow", "LayerProfile", "LayerRow", "ModelRow", "compare_models",
+           "form_roof", "kernel_bound", "layer_kind", "profile_layers", "waterline_bound"]
