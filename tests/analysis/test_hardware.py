@@ -142,10 +142,10 @@ def test_implausible_ceilings_are_named_one_line_each():
                    details={"bandwidth": {"buffer_bytes": 1 << 20}, "busy": {"load_average": [6.5, 3.0, 2.0]}})
     w = bad.implausible()
     assert len(w) == 4
-    assert "cache bandwidth 10.0 GB/s is below the DRAM bandwidth 20.0 GB/s" in w[0]
-    assert "bf16 peak 60.0 GFLOP/s is below fp32 100.0 on a CPU with AMX-BF16" in w[1]
-    assert "int8 peak 90.0 GOP/s is below fp32 100.0 GFLOP/s on a CPU with AMX-INT8" in w[2]
-    assert "load average was 6.50 on 4 CPUs" in w[3]
+    assert "last-level-cache bandwidth (10.0 GB/s) is below the DRAM bandwidth (20.0 GB/s)" in w[0]
+    assert "load average of 6.50 on 4 cores" in w[1]
+    assert "bf16 peak 60.0 GFLOP/s is below fp32 100.0 on a CPU with AMX-BF16" in w[2]
+    assert "int8 peak 90.0 GOP/s is below fp32 100.0 GFLOP/s on a CPU with AMX-INT8" in w[3]
     lines = [line for line in bad.summary().splitlines() if "warning: implausible ceiling" in line]
     assert len(lines) == 4 and all("--refresh" in line for line in lines)
     # bf16 below fp32 is no surprise without AMX-BF16, nor int8 below fp32 without VNNI / AMX-INT8

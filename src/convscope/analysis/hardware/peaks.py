@@ -93,24 +93,21 @@ class HardwarePeaks:
         return text
 
     def implausible(self) -> list[str]:
-        """One line per measured ceiling that cannot be right on this machine: cache bandwidth below DRAM's, bf16
-        below fp32 on a CPU with AMX-BF16, int8 below fp32 on one with VNNI or AMX-INT8, and a load average above
-        the CPUs while measuring (other work took the cores: every ceiling is low)."""
+        """One line per measured ceiling that cannot be right on this machine: the checks every stored profile
+        gets (`ceilings.ceiling_warnings`: cache bandwidth below DRAM's, a load average above the CPUs while
+        measuring), then bf16 below fp32 on a CPU with AMX-BF16 and int8 below fp32 on one with VNNI or AMX-INT8."""
+        from ..ceilings import ceiling_warnings
+
         out, g = [], self.compute_gflops
-        if self.cache_bandwidth_gbs is not None and self.cache_bandwidth_gbs < self.bandwidth_gbs:
-            out.append(f"cache bandwidth {self.cache_bandwidth_gbs:.1f} GB/s is below the DRAM bandwidth "
-                       f"{self.bandwidth_gbs:.1f} GB/s")
         if self.isa.get("amx_bf16") and "bf16" in g and "fp32" in g and g["bf16"] < g["fp32"]:
             out.append(f"bf16 peak {g['bf16']:.1f} GFLOP/s is below fp32 {g['fp32']:.1f} on a CPU with AMX-BF16")
         if (self.isa.get("avx512_vnni") or self.isa.get("amx_int8")) and "int8" in g and "fp32" in g \
                 and g["int8"] < g["fp32"]:
             out.append(f"int8 peak {g['int8']:.1f} GOP/s is below fp32 {g['fp32']:.1f} GFLOP/s on a CPU with "
                        f"{'AMX-INT8' if self.isa.get('amx_int8') else 'AVX512-VNNI'}")
-        load = self.details.get("busy", {}).get("load_average")
-        cpus = self.machine.get("logical_cpus")
-        if load and cpus and load[0] > cpus:
-            out.append(f"the load average was {load[0]:.2f} on {cpus} CPUs while measuring")
-        return out
+        stored = dict(bandwidth_gbs=self.bandwidth_gbs, cache_bandwidth_gbs=self.cache_bandwidth_gbs,
+                      load_average=self.details.get("busy", {}).get("load_average"))
+        return ceiling_warnings(stored, self.machine.get("logical_cpus")) + out
 
     def summary(self) -> str:
         lines = [describe_machine(self.machine)]
@@ -138,8 +135,8 @@ class HardwarePeaks:
             if busy >= 0.25:
                 when += " (the peaks may be low: `convscope hw --refresh` on an idle machine)"
         lines.append(f"  ({when})")
-        lines += [f"  warning: implausible ceiling: {w} (re-measure on an idle machine: `convscope hw --refresh`)"
-                  for w in self.implausible()]
+        lines += [f"  warning: implausible ceiling: {w}" + ("" if "--refresh" in w else
+                  " (re-measure on an idle machine: `convscope hw --refresh`)") for w in self.implausible()]
         return "\n".join(lines)
 
 
