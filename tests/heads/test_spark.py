@@ -311,3 +311,16 @@ def test_reconstruct_pastes_visible_patches_and_checks_its_inputs():
         SparK("convnext_atto", input_size=48, depths=(1, 1, 1, 1))
     with pytest.raises(ValueError, match="mask_ratio"):
         SparK("convnext_atto", mask_ratio=1.0)
+
+
+def test_gradient_checkpointing_recomputes_with_the_same_mask():
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        spark = SparK("convnext_atto", input_size=64, depths=(1, 1, 1, 1)).double()
+        randomize_(spark.encoder)
+        spark.encoder.set_grad_checkpointing(checkpointing)
+        spark(torch.randn(B, 3, 64, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64),
+              ACTIVE).backward()
+        grads.append(spark.encoder.model.stem[0].dense.weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)

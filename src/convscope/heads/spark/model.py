@@ -228,17 +228,15 @@ class SparK(nn.Module):
         return active.to(images.device)
 
     def _predict(self, images: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the decoder's prediction, the masked input)."""
+        """(the decoder's prediction, the masked input). The mask stays set after the forward: a backward that
+        recomputes checkpointed blocks (`set_grad_checkpointing`) must see the same one."""
         self.mask.set(active)
-        try:
-            masked = images * self.mask.at(*images.shape[-2:])
-            scales = []
-            for i, fmap in enumerate(reversed(self.encoder(masked))):
-                fmap = self.densify_norms[i](fmap)
-                fmap = torch.where(self.mask.like(fmap), fmap, self.mask_tokens[i].expand_as(fmap))
-                scales.append(self.densify_projs[i](fmap))
-        finally:
-            self.mask.set(None)
+        masked = images * self.mask.at(*images.shape[-2:])
+        scales = []
+        for i, fmap in enumerate(reversed(self.encoder(masked))):
+            fmap = self.densify_norms[i](fmap)
+            fmap = torch.where(self.mask.like(fmap), fmap, self.mask_tokens[i].expand_as(fmap))
+            scales.append(self.densify_projs[i](fmap))
         return self.decoder(scales), masked
 
     def forward(self, images: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -251,7 +249,8 @@ class SparK(nn.Module):
     def reconstruct(self, images: torch.Tensor, active: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(masked input, the prediction de-normalised per patch with the visible patches pasted from the input,
-        the (B, 1, H, W) pixel mask, True where visible), for a reconstruction figure."""
+        the (B, 1, H, W) pixel mask, True where visible), for a reconstruction figure; call it in eval mode, or
+        the batch statistics of this batch are used and the running ones updated."""
         active = self._check(images, active)
         prediction, masked = self._predict(images, active)
         r = self.downsample_ratio
