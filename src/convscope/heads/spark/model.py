@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ...models import create_model, family_of, list_models, model_arch, model_card, resolve_name
+from ...models import create_model, family_of, list_models, model_arch, model_card, model_traits, resolve_name
 from .sparse import SparseBatchNorm, dense_key_map, sparsify
 
 #: the families SparK serves: every operator is a conv, a pool, a norm or position-wise
@@ -171,17 +171,18 @@ class SparK(nn.Module):
         self.input_size = _pair(input_size)
         _check_options(mask_ratio, decoder_width)
         self.model_name, self.in_chans, self.mask_ratio = name, in_chans, float(mask_ratio)
-        self.encoder = create_model(name, features_only=True, in_chans=in_chans, **model_kwargs)
-        self.mask = sparsify(self.encoder)
-        channels, strides = self.encoder.feature_info.channels(), self.encoder.feature_info.reduction()
+        traits = model_traits(name, **model_kwargs)  # the strides and widths, checked before anything is built
+        channels, strides = list(traits.channels), list(traits.reductions)
         self.downsample_ratio = strides[-1]
         self._check_hierarchy(strides)
-        self.fmap = (self.input_size[0] // self.downsample_ratio, self.input_size[1] // self.downsample_ratio)
-        self.len_keep = max(1, round(self.fmap[0] * self.fmap[1] * (1 - self.mask_ratio)))
         width = decoder_width if decoder_width is not None else channels[-1]
         if width < self.downsample_ratio:
             raise ValueError(f"SparK decoder_width must be at least {self.downsample_ratio} (it is halved "
                              f"{round(math.log2(self.downsample_ratio))} times); got {width}")
+        self.fmap = (self.input_size[0] // self.downsample_ratio, self.input_size[1] // self.downsample_ratio)
+        self.len_keep = max(1, round(self.fmap[0] * self.fmap[1] * (1 - self.mask_ratio)))
+        self.encoder = create_model(name, features_only=True, in_chans=in_chans, **model_kwargs)
+        self.mask = sparsify(self.encoder)
         self.decoder = LightDecoder(self.downsample_ratio, width, in_chans)
         self._build_densify(channels[::-1], width)
 
