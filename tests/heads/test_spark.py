@@ -279,6 +279,10 @@ def test_served_family_keeps_masked_positions_zero_trains_and_loads_back(family)
         assert out.masked_select(~masked).abs().sum() > 0, label
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
+    with torch.no_grad():  # the prediction reads visible pixels only: new values at masked ones change nothing
+        pixels = ACTIVE.repeat_interleave(32, 2).repeat_interleave(32, 3)
+        other = torch.where(pixels, images, torch.randn(B, 3, 64, 64))
+        assert torch.equal(spark._predict(other, ACTIVE)[0], spark._predict(images, ACTIVE)[0])
     stem_grads = [p.grad for p in encoder.stem.parameters()]
     assert stem_grads and all(g is not None and torch.isfinite(g).all() for g in stem_grads)
     assert any(g.abs().sum() > 0 for g in stem_grads)
