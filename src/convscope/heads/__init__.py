@@ -8,9 +8,11 @@ from .fpn import FPN, SemanticFPNHead
 from .ocr import OCRHead
 from .segmenter import HEADS, NECKS, Segmenter, create_segmenter
 from .sepc import SEPCNeck
+from .spark import SparK, spark_families, spark_smallest, sparsify
 from .sr import SR_MODELS, SR_SCALES, LargeKernelSR, create_sr_model
 from .uper import PPM, UPerHead
 
 __all__ = ["DILATABLE", "FPN", "HEADS", "NECKS", "OUTPUT_STRIDES", "PPM", "SR_MODELS", "SR_SCALES", "DeepLabV3PlusHead",
-           "FCNHead", "LargeKernelSR", "OCRHead", "SEPCNeck", "Segmenter", "SemanticFPNHead", "StrideFreeConv2d",
-           "UPerHead", "aspp_rates", "create_segmenter", "create_sr_model", "dilate_backbone_"]
+           "FCNHead", "LargeKernelSR", "OCRHead", "SEPCNeck", "Segmenter", "SemanticFPNHead", "SparK",
+           "StrideFreeConv2d", "UPerHead", "aspp_rates", "create_segmenter", "create_sr_model", "dilate_backbone_",
+           "spark_families", "spark_smallest", "sparsify"]
