@@ -56,7 +56,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         "segmentation (every decode head on convnext_atto and the hybrid lsnet_t, trained on the Fashion-MNIST "
         "mosaics: mIoU over seeds against the FCN yardstick, pixel accuracy; params, MACs and latency of backbone "
         "vs head at 256x256), each trained with `convscope train`; one page section per part",
-        "~15 min idle, ~25 min under load (--part sr); ~1 h (--part seg as on the page, --jobs 2)", ("dense.md",),
+        "~25 min at load average 8 on 2 cores (--part sr); ~1 h (--part seg as on the page, --jobs 2)", ("dense.md",),
         "--part sr --threads 1",
         "Fashion-MNIST idx files (`make data`); Pillow for the mosaics"),
     "deploy_speed": Benchmark(
