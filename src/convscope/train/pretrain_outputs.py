@@ -83,7 +83,7 @@ def _draw(path: Path, rows: list[tuple[str, torch.Tensor, list[str]]], title: st
             ax = axes[i][j]
             ax.axis("off")
             if j < images.shape[0]:
-                img = images[j]
+                img = images[j].numpy()
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
                 ax.set_title(captions[j] if j < len(captions) else "", fontsize=7)
         axes[i][0].text(-0.1, 0.5, label, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=8)
