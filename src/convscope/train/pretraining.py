@@ -262,6 +262,11 @@ def _limited(cfg: TrainConfig, spec: DataSpec) -> DataSpec:
 # -- the run -----------------------------------------------------------------------------------------------------
 def _traits(cfg: TrainConfig) -> Any:
     """The variant's traits; for SparK with the input multiple raised to the total stride (the masked cells)."""
+    from .engine import RESERVED_KWARGS
+
+    reserved = sorted(set(cfg.model_kwargs) & RESERVED_KWARGS)
+    if reserved:
+        raise ValueError(f"--model-kwargs may not set {reserved}: the run sets them")
     try:
         traits = model_traits(cfg.model, **cfg.model_kwargs)
     except (TypeError, ValueError) as e:
