@@ -105,8 +105,7 @@ def _spark_config(out: Path, **kw) -> TrainConfig:
 
 def test_spark_task_resumes_bit_exactly_and_writes_its_outputs(tmp_path, stand_in_spark):
     """Run 2 epochs, keep its final weights, go back to the checkpoint of step 2 (mid-epoch 1), resume: the final
-    weights, encoder file and history are byte for byte the uninterrupted run's; the masks came from the batch
-    generator (a global-RNG mask would differ after the resume)."""
+    weights, encoder file and history are byte for byte the uninterrupted run's."""
     out = tmp_path / "run"
     first = train(_spark_config(out))
     assert first.final["recon_loss"] > 0 and first.history[-1]["recon_loss"] == first.final["recon_loss"]
@@ -130,6 +129,25 @@ def test_spark_task_resumes_bit_exactly_and_writes_its_outputs(tmp_path, stand_i
     enc = load_file(str(out / "encoder.safetensors"))
     model = create_model("convnext_atto", num_classes=10, in_chans=3, **TINY)
     assert set(enc) == {k for k in model.state_dict() if not k.startswith("head.fc.")}
+
+
+def test_spark_masks_are_a_function_of_the_batch(tmp_path, stand_in_spark):
+    """The same held-out batch gets the same mask at every evaluation, whatever the global RNG did in between
+    (the masks come from the batch's generator), and different batches get different masks."""
+    from convscope.train.callbacks import Evaluation
+    from convscope.train.distributed import DistInfo
+    from convscope.train.pretraining import build_pretrain_run
+    from convscope.train.report import Console
+
+    parts = build_pretrain_run(_spark_config(tmp_path / "x", eval_batch_size=4), DistInfo(), Console("none"))
+    evaluation = Evaluation(parts.task, parts.eval_loader, {})
+    first = evaluation.evaluate(parts.task.model)
+    torch.rand(100)
+    assert evaluation.evaluate(parts.task.model) == first
+    masks = [parts.task.to_device(b)[1] for b in parts.eval_loader]
+    again = [parts.task.to_device(b)[1] for b in parts.eval_loader]
+    assert len(masks) == 2 and all(torch.equal(a, b) for a, b in zip(masks, again, strict=True))
+    assert not torch.equal(masks[0], masks[1])
 
 
 def test_spark_refuses_an_input_off_the_stride(tmp_path, stand_in_spark):
