@@ -33,11 +33,12 @@ def add_checkpoint_device_json(p: argparse.ArgumentParser, required: bool = True
 
 
 class Only:
-    """An argument group (or parser) that takes only the options whose first flag is in `flags`: how one command
-    shares the option declarations of another (e.g. `convscope pretrain` those of `convscope train`)."""
+    """An argument group (or parser) that takes only the options whose first flag is in `flags` (`keep`), or only
+    those whose first flag is not (`keep=False`): how one command shares the option declarations of another (e.g.
+    `convscope pretrain` those of `convscope train`)."""
 
-    def __init__(self, group: argparse._ActionsContainer, flags: set[str] | frozenset[str]) -> None:
-        self.group, self.flags = group, flags
+    def __init__(self, group: argparse._ActionsContainer, flags: set[str] | frozenset[str], keep: bool = True) -> None:
+        self.group, self.flags, self.keep = group, flags, keep
 
     def add_argument(self, *names: str, **kwargs) -> argparse.Action | None:
-        return self.group.add_argument(*names, **kwargs) if names[0] in self.flags else None
+        return self.group.add_argument(*names, **kwargs) if (names[0] in self.flags) == self.keep else None

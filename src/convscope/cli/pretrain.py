@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ..train.config import PRETRAIN_TASKS, TrainConfig
 from . import options, values
 from .config_file import apply_config
-from .train import TRAIN_GROUPS, _train_file_arguments, config_from_args
+from .train import TRAIN_GROUPS, config_from_args, file_only_arguments
 
 #: The `convscope train` options `convscope pretrain` takes (the others are classification's or a dense task's).
 SHARED = frozenset({
@@ -46,8 +46,11 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
 def _file_arguments(p: argparse.ArgumentParser) -> None:
     """What a --config file may set: every TrainConfig field (a pre-training run's config.yaml holds them all; the
     classification-only ones must keep their defaults), the task among the pre-training methods."""
-    _train_file_arguments(p)
-    _own_options(p, TrainConfig(model="-"))
+    add_pretrain_arguments(p)
+    d = TrainConfig(model="-")
+    for _, add in TRAIN_GROUPS:
+        add(options.Only(p, SHARED | {"--task"}, keep=False), d)
+    file_only_arguments(options.Only(p, {"--mask-ratio", "--ignore-labels"}, keep=False))
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
