@@ -245,7 +245,12 @@ def _data(cfg: TrainConfig, traits: Any, console: Console) -> DataSpec:
     """The run's images as a DataSpec; with --ignore-labels a folder read whatever its layout, labels dropped."""
     if cfg.ignore_labels and Path(cfg.data).is_dir() and not is_idx_dir(cfg.data):
         return _limited(cfg, _unlabelled_folder(cfg, traits, console))
-    spec = build_data(cfg, traits, console)
+    try:
+        spec = build_data(cfg, traits, console)
+    except ValueError as e:
+        if "no class subdirectories" not in str(e) or cfg.ignore_labels:
+            raise
+        raise ValueError(f"{e}; or pass --ignore-labels to read its images without labels") from None
     if cfg.ignore_labels:
         spec = dataclasses.replace(spec, train=Unlabelled(spec.train), eval=Unlabelled(spec.eval))
     return spec
