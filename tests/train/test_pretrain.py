@@ -240,6 +240,7 @@ def test_pretrain_rotnet_survives_sigkill_bit_exactly(tmp_path):
         if victim.poll() is None:
             victim.kill()
     latest = max(ckpts.glob("step-*"))
+    assert json.loads((latest / "state.json").read_text())["global_step"] < 2 * (96 // 8)   # killed before the end
     resumed = _popen([*args, "--out", str(tmp_path / "killed"), "--resume"])
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err[-3000:]
