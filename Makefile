@@ -69,7 +69,7 @@ bench-train: $(STAMP)/install $(STAMP)/data
 # index. Some also need the test extras or the Fashion-MNIST files (tests/test_benchmarks.py keeps these lists
 # in step with benchmarks/run.py).
 BENCH_NEED_TEST := deploy_speed official_parity reparam_equivalence reparam_speed hybrid_latency
-BENCH_NEED_DATA := data_loading loading dense small_data_cnn small_data_defaults small_data_sweep mixer_bench demo_slow_machine demo_deploy erf transfer
+BENCH_NEED_DATA := data_loading loading dense small_data_cnn small_data_defaults small_data_sweep mixer_bench demo_slow_machine demo_deploy erf transfer pretrain
 bench: $(STAMP)/install $(if $(filter $(BENCH_NEED_TEST),$(NAME)),$(STAMP)/install-test) \
 		$(if $(filter $(BENCH_NEED_DATA),$(NAME)),$(STAMP)/data)
 	$(PYTHON) benchmarks/run.py $(if $(NAME),$(NAME) $(ARGS),--list)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convscope.cli import build_parser, main
+from convscope.cli.pretrain import SHARED as PRETRAIN_SHARED
 from convscope.models import create_model
 from convscope.models.source import save_model_file
 
@@ -176,6 +177,10 @@ COMMANDS = {
                 ["convnext_atto", "convnext_femto", "--size", "32", "--repeats", "1"]),
     "train": (TRAIN, ["--model", "convnext_atto", "--model-kwargs", TINY, "--data", "synthetic",
                       "--synthetic-size", "64", "--eval-limit", "8", "--epochs", "1", "--progress", "none"]),
+    "pretrain": ({**{f: s for f, s in TRAIN.items() if f in PRETRAIN_SHARED}, "--method": words,
+                  "--mask-ratio": floats_outside(0, 1), "--ignore-labels": None},
+                 ["--method", "rotnet", "--model", "convnext_atto", "--model-kwargs", TINY, "--data", "synthetic",
+                  "--synthetic-size", "64", "--eval-limit", "8", "--epochs", "1", "--progress", "none"]),
     "eval": ({"--checkpoint": "weights", "--config": "recipes", "--data": st.sampled_from(["/nonexistent", "nope"]),
               "--split": st.sampled_from(["a", "b"]), "--batch-size": ints_below(1), "--limit": ints_below(1),
               "--workers": ints_below(0), "--device": words, "--json": None,

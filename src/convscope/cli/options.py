@@ -30,3 +30,15 @@ def add_checkpoint_device_json(p: argparse.ArgumentParser, required: bool = True
                    help="weights file written by train (or its run directory)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true")
+
+
+class Only:
+    """An argument group (or parser) that takes only the options whose first flag is in `flags` (`keep`), or only
+    those whose first flag is not (`keep=False`): how one command shares the option declarations of another (e.g.
+    `convscope pretrain` those of `convscope train`)."""
+
+    def __init__(self, group: argparse._ActionsContainer, flags: set[str] | frozenset[str], keep: bool = True) -> None:
+        self.group, self.flags, self.keep = group, flags, keep
+
+    def add_argument(self, *names: str, **kwargs) -> argparse.Action | None:
+        return self.group.add_argument(*names, **kwargs) if (names[0] in self.flags) == self.keep else None

@@ -147,11 +147,18 @@ def _train_file_arguments(p: argparse.ArgumentParser) -> None:
     """The `convscope train` options plus the TrainConfig fields without a flag, which a --config file may set
     (a run's config.yaml holds them)."""
     add_train_arguments(p)
+    file_only_arguments(p)
+
+
+def file_only_arguments(p: argparse._ActionsContainer) -> None:
+    """The TrainConfig fields `convscope train` has no flag for (some are `convscope pretrain`'s flags)."""
     d = TrainConfig(model="-")
     p.add_argument("--betas", type=values.numbers(2), default=d.betas)
     p.add_argument("--ema-warmup", type=_boolean, default=d.ema_warmup)
     p.add_argument("--prefetch", type=values.positive_int, default=d.prefetch)
     p.add_argument("--sr-scale", type=int, choices=SR_SCALES, default=d.sr_scale)
+    p.add_argument("--mask-ratio", type=float, default=d.mask_ratio)
+    p.add_argument("--ignore-labels", type=_boolean, default=d.ignore_labels)
 
 
 def _boolean(s: str) -> bool:

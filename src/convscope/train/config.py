@@ -17,6 +17,8 @@ NON_SEMANTIC = frozenset({"out", "resume", "workers", "quiet", "progress", "thre
 
 #: The tasks `convscope train --task` trains.
 TASKS = ("classification", "segmentation", "sr")
+#: The self-supervised pre-training tasks `convscope pretrain --method` trains (train/pretraining.py).
+PRETRAIN_TASKS = ("rotnet", "spark")
 #: The experiment trackers `--log` feeds (train/trackers.py); csv is summary.csv, the others need their extra.
 TRACKERS = ("tensorboard", "csv", "wandb", "mlflow")
 #: Settings only classification uses, with their defaults: a dense task refuses any other value.
@@ -34,6 +36,8 @@ class TrainConfig:
     task: str = "classification"         # or "segmentation" (model = backbone, with `head`) or "sr" (`sr_scale`)
     head: str = "upernet"                # segmentation: the decode head (convscope.heads.HEADS)
     sr_scale: int = 2                    # sr: the upscaling factor
+    mask_ratio: float = 0.6              # spark: the share of the deepest map's cells masked
+    ignore_labels: bool = False          # rotnet / spark: read the data without labels (pretraining.py)
     out: str = "runs/train"
     # schedule and optimizer
     epochs: int = 10
@@ -165,7 +169,7 @@ class TrainConfig:
         for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "clip_grad", "drop_path", "drop_rate",
                      "msd_drop", "label_smoothing", "val_fraction", "crop_pct", "hflip", "randaug_magnitude",
                      "mixup", "cutmix", "mix_prob", "mix_switch_prob", "ema_decay", "dist_timeout", "time_budget",
-                     "layer_decay", "head_lr_scale"):
+                     "layer_decay", "head_lr_scale", "mask_ratio"):
             v = getattr(self, name)
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number; got {v}")
@@ -182,8 +186,12 @@ class TrainConfig:
 
     def _task_checks(self) -> list[tuple[bool, str]]:
         """The task, and the classification-only settings a dense task refuses."""
-        checks = [(self.task in TASKS, f"task must be one of {', '.join(TASKS)}; got {self.task!r}"),
-                  (self.sr_scale in (2, 3, 4), f"sr_scale must be 2, 3 or 4; got {self.sr_scale}")]
+        tasks = TASKS + PRETRAIN_TASKS
+        checks = [(self.task in tasks, f"task must be one of {', '.join(tasks)}; got {self.task!r}"),
+                  (self.sr_scale in (2, 3, 4), f"sr_scale must be 2, 3 or 4; got {self.sr_scale}"),
+                  (0 < self.mask_ratio < 1, f"mask_ratio must be in (0, 1); got {self.mask_ratio}"),
+                  (not self.ignore_labels or self.task in PRETRAIN_TASKS,
+                   f"ignore_labels applies to pre-training ({', '.join(PRETRAIN_TASKS)}); got task {self.task}")]
         if self.task != "classification":
             given = [f"--{k.replace('_', '-')}" for k, default in CLASSIFICATION_ONLY.items()
                      if getattr(self, k) != default]

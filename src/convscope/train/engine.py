@@ -26,7 +26,7 @@ from ..utils import set_threads
 from .budget import FitTimeBudget
 from .callbacks import EMA, Checkpointing, Evaluation, Metrics, Progress
 from .checkpoint import CheckpointManager
-from .config import TrainConfig, write_run_config
+from .config import PRETRAIN_TASKS, TrainConfig, write_run_config
 from .distributed import DistInfo, barrier, destroy_distributed, init_distributed
 from .loop import Callback, Loop, steps_per_epoch
 from .parts import RunParts
@@ -163,6 +163,9 @@ def _run_parts(cfg: TrainConfig, dist: DistInfo, console: Console) -> RunParts:
     if cfg.task == "sr":
         from .superres import build_sr_run
         return build_sr_run(cfg, dist)
+    if cfg.task in PRETRAIN_TASKS:
+        from .pretraining import build_pretrain_run
+        return build_pretrain_run(cfg, dist, console)
     return _classification_run(cfg, dist, console)
 
 
@@ -223,6 +226,9 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
                             total_steps)
     callbacks = _callbacks(cfg, task, parts.eval_loader, ckpts, meta=meta, title=parts.title, plot=plot,
                            console=console, dist=dist, t_start=t_start)
+    if parts.callbacks is not None:   # the task's own outputs (figures, files), given the weights handed out
+        weights = callbacks["ema"].module if "ema" in callbacks else model
+        callbacks.update({cb.name: cb for cb in parts.callbacks(out, weights, console)})
     loop = Loop(task, optimizer, schedule, train_loader, callbacks=list(callbacks.values()),
                 accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad, dist=dist, compile=cfg.compile, timer=timer)
 

@@ -35,6 +35,7 @@ class RunParts:
     defaults_line: str = ""
     final: dict[str, Any] = field(default_factory=dict)
     report: Callable[[Callable[[str], None]], None] | None = None   # warnings after the run, given console.warn
+    callbacks: Callable[..., list] | None = None   # more of the loop's callbacks, given (out, weights, console)
 
 
 class PairArrays:
@@ -78,12 +79,14 @@ class Normalize:
 
 
 def pair_loaders(cfg: TrainConfig, train: PairArrays, held_out: PairArrays, transform: Normalize,
-                 dist: DistInfo) -> tuple[Loader, Loader]:
-    """The training loader (shuffled, seeded) and the evaluation loader of a dense task's pairs."""
+                 dist: DistInfo, eval_transform: Callable | None = None) -> tuple[Loader, Loader]:
+    """The training loader (shuffled, seeded) and the evaluation loader (through `eval_transform` when given) of a
+    dense task's pairs."""
     common = dict(seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, workers=cfg.workers,
                   pin_memory=dist.device.type == "cuda", prefetch_factor=cfg.prefetch)
     return (Loader(train, transform, cfg.batch_size, train=True, **common),
-            Loader(held_out, transform, cfg.eval_batch_size or 2 * cfg.batch_size, train=False, **common))
+            Loader(held_out, eval_transform or transform, cfg.eval_batch_size or 2 * cfg.batch_size, train=False,
+                   **common))
 
 
 def dense_defaults(cfg: TrainConfig, n_train: int, batch: int, lr: float) -> tuple[TrainConfig, str]:

@@ -52,6 +52,12 @@ def _headline(result: TrainResult) -> str:
         return (f"PSNR {f['psnr']:.2f} dB  SSIM {f['ssim']:.4f}  (bicubic {f['bicubic_psnr']:.2f} dB, "
                 f"{f['bicubic_ssim']:.4f}; best PSNR {f['best_psnr']:.2f} dB at epoch {f['best_epoch']}) on "
                 f"{f['n']} images")
+    if task == "rotnet":
+        return (f"rotation accuracy {f['top1']:.2f}%  (best {f['best_top1']:.2f}% at epoch {f['best_epoch']}) on "
+                f"{f['n'] // 4} held-out images x 4 rotations")
+    if task == "spark":
+        return (f"reconstruction loss {f['recon_loss']:.4f}  (best {f['best_recon_loss']:.4f} at epoch "
+                f"{f['best_epoch']}) on {f['n']} held-out images")
     return (f"top-1 {f['top1']:.2f}%  top-5 {f['top5']:.2f}%  (best top-1 {f['best_top1']:.2f}% at epoch "
             f"{f['best_epoch']}) on {f['n']} images")
 

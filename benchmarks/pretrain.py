@@ -1,0 +1,198 @@
+"""Semi-supervised: does self-supervised pre-training (`convscope pretrain`, RotNet and SparK) on unlabelled
+images lift `convscope train` on the small-data folder, and the demo model on full Fashion-MNIST labels?
+
+Part `small`: the 8,000-image, 10-class folder of small_data_defaults.py (`write_folder`, test images
+2,000-9,999 by default). Pre-training reads the Fashion-MNIST training images that the folder does not use (all
+60,000 for the default folder; 8,000-59,999 with `--source train`), written as one flat folder of PNGs and read
+with `--ignore-labels`: their labels are never read. Each method pre-trains convnext_atto once (seed 0) within
+`--pretrain-minutes`; then `convscope train --model convnext_atto --data FOLDER --epochs 10` (the default recipe)
+fine-tunes its encoder (`--init-from encoder.safetensors`) at three seeds, against the same command from scratch
+at the same seeds (a seed fixes the 10% held-out split and the initialisation, so each pair shares its split).
+
+Part `demo`: the demo's recipe (examples/demo.py: 7 epochs, batch 128, lr 2e-3, whole images) on full
+Fashion-MNIST, from scratch and from an encoder pre-trained on the same 60,000 training images with
+`--ignore-labels` (Fashion-MNIST's reader still loads the label file; the run drops the labels), top-1 on the
+10,000 test images.
+
+    PYTHONPATH=src python benchmarks/pretrain.py [--parts small,demo] [--methods rotnet,spark] [--seeds 0,1,2]
+        [--pretrain-minutes 30] [--threads 2] [--out benchmarks/results/pretrain.md]
+    PYTHONPATH=src python benchmarks/pretrain.py --toy      # a few minutes: tiny data, 1 epoch, to check it runs
+
+The page names the machine, the load average and the command; a .json beside it holds every number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "convnext_atto"
+DEMO_RECIPE = ["--epochs", "7", "--batch-size", "128", "--lr", "2e-3", "--warmup-epochs", "0.3", "--scale", "1,1",
+               "--ratio", "1,1"]
+
+
+def write_unused(root: Path, source: str, limit: int | None) -> int:
+    """The Fashion-MNIST training images the small folder of `source` does not use, as root/NNNNN.png (no class
+    subfolders: nothing of the labels is written); returns how many."""
+    from PIL import Image
+    from small_data_defaults import COUNT, SOURCES
+
+    from convscope.data import fashion_mnist
+
+    split, first = SOURCES[source]
+    images = fashion_mnist(split="train").images
+    used = set(range(first, first + COUNT)) if split == "train" else set()
+    keep = [i for i in range(images.shape[0]) if i not in used][:limit]
+    for i in keep:
+        Image.fromarray(images[i, 0].numpy()).save(root / f"{i:05d}.png")
+    return len(keep)
+
+
+def _run(args: list[str], threads: int) -> tuple[float, str]:
+    """`python -m convscope ARGS` (this checkout's src first); (wall seconds, stdout); RuntimeError on failure."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "convscope", *args, "--threads", str(threads), "--progress", "plain"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t0, proc.stdout
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def pretrain(method: str, data: str, out: Path, a: argparse.Namespace) -> dict:
+    """One pre-training run within the budget; its time, epochs and pretext score."""
+    flags = ["pretrain", "--method", method, "--model", MODEL, "--data", data, "--ignore-labels", "--out", str(out),
+             "--epochs", str(a.pretrain_epochs), "--time-budget", f"{a.pretrain_minutes * 60:.0f}s", *a.limit_flags]
+    wall, _ = _run(flags, a.threads)
+    last = _history(out)[-1]
+    score = last.get("top1", last.get("recon_loss"))
+    return dict(method=method, wall_s=wall, epochs=last["epoch"], score=score,
+                score_name="rotation accuracy (%)" if method == "rotnet" else "reconstruction loss")
+
+
+def finetune(data: str, out: Path, seed: int, init: Path | None, extra: list[str], a: argparse.Namespace) -> dict:
+    """One `convscope train` run (from `init`'s encoder, or from scratch); its final top-1 and time."""
+    flags = ["train", "--model", MODEL, "--data", data, "--seed", str(seed), "--out", str(out), *extra,
+             *a.limit_flags]
+    if init is not None:
+        flags += ["--init-from", str(init)]
+    wall, _ = _run(flags, a.threads)
+    return dict(seed=seed, top1=_history(out)[-1]["top1"], wall_s=wall)
+
+
+def run_part(part: str, tmp: Path, a: argparse.Namespace) -> dict:
+    """Pre-train each method, then fine-tune from each encoder and from scratch at every seed."""
+    if part == "small":
+        from small_data_defaults import write_folder
+
+        folder, unlabelled = tmp / "folder", tmp / "unlabelled"
+        folder.mkdir()
+        unlabelled.mkdir()
+        write_folder(folder, a.source)
+        n_unlabelled = write_unused(unlabelled, a.source, a.pretrain_images)
+        data, pre_data, extra = str(folder), str(unlabelled), ["--epochs", str(a.finetune_epochs)]
+    else:
+        data, pre_data, n_unlabelled = "fashion-mnist", "fashion-mnist", a.pretrain_images or 60000
+        extra = DEMO_RECIPE if a.finetune_epochs == 10 else [*DEMO_RECIPE[2:], "--epochs", str(a.finetune_epochs)]
+    arms: dict[str, dict] = {"scratch": dict(pretrain=None, runs=[])}
+    for method in a.methods:
+        arms[method] = dict(pretrain=pretrain(method, pre_data, tmp / f"{part}-pre-{method}", a), runs=[])
+    for seed in a.seeds:
+        for arm, rec in arms.items():
+            init = None if arm == "scratch" else tmp / f"{part}-pre-{arm}" / "encoder.safetensors"
+            rec["runs"].append(finetune(data, tmp / f"{part}-ft-{arm}-{seed}", seed, init, extra, a))
+            print(f"{part} {arm} seed {seed}: top-1 {rec['runs'][-1]['top1']:.2f}%", flush=True)
+    return dict(part=part, unlabelled_images=n_unlabelled, finetune_flags=" ".join(extra), arms=arms)
+
+
+def render(parts: list[dict], a: argparse.Namespace, cpu: str, load: tuple[str, str], total: float) -> str:
+    """The result page: one table per part, a row per arm (its pre-training, each seed's top-1, the mean and the
+    paired difference to scratch)."""
+    lines = ["# Semi-supervised pre-training: RotNet and SparK before `convscope train`", "",
+             f"Machine: {cpu}, {a.threads} torch thread(s); load average {load[0]} before, {load[1]} after; "
+             f"{total / 60:.1f} min in all.", "",
+             f"Command: `PYTHONPATH=src python benchmarks/pretrain.py {' '.join(sys.argv[1:])}`", "",
+             f"Pre-training budget: {a.pretrain_minutes:g} min per method (`--time-budget`, at most "
+             f"{a.pretrain_epochs} epochs), convnext_atto, labels never read.", ""]
+    for p in parts:
+        lines += [f"## {p['part']}", "", f"Pre-training images: {p['unlabelled_images']:,}; fine-tuning: "
+                  f"`convscope train --model {MODEL} {p['finetune_flags']}`.", "",
+                  "| arm | pre-training (time, epochs, pretext score) | " + " | ".join(
+                      f"seed {s}" for s in a.seeds) + " | mean top-1 | vs scratch (paired) |",
+                  "|---|---|" + "---|" * len(a.seeds) + "---|---|"]
+        scratch = [r["top1"] for r in p["arms"]["scratch"]["runs"]]
+        for arm, rec in p["arms"].items():
+            top1 = [r["top1"] for r in rec["runs"]]
+            pre = rec["pretrain"]
+            pre_text = "-" if pre is None else (f"{pre['wall_s'] / 60:.1f} min, {pre['epochs']} ep, "
+                                                f"{pre['score_name']} {pre['score']:.4g}")
+            pairs = zip(top1, scratch, strict=True)
+            diff = "-" if arm == "scratch" else f"{statistics.mean(t - s for t, s in pairs):+.2f}"
+            lines.append(f"| {arm} | {pre_text} | " + " | ".join(f"{t:.2f}%" for t in top1)
+                         + f" | {statistics.mean(top1):.2f}% | {diff} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", default="small,demo", help="small, demo or both (comma-separated)")
+    ap.add_argument("--methods", default="rotnet,spark", help="rotnet, spark or both (comma-separated)")
+    ap.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (comma-separated)")
+    ap.add_argument("--source", default="test", choices=("test", "train"), help="the small folder's images "
+                    "(small_data_defaults.SOURCES)")
+    ap.add_argument("--pretrain-minutes", type=float, default=30.0, help="time budget of each pre-training run")
+    ap.add_argument("--pretrain-epochs", type=int, default=100, help="epochs a pre-training run may take at most")
+    ap.add_argument("--pretrain-images", type=int, default=None, help="only the first N unlabelled images")
+    ap.add_argument("--finetune-epochs", type=int, default=10, help="10: the brief's recipe (demo: its own 7)")
+    ap.add_argument("--limit", type=int, default=None, help="--data-limit and --eval-limit of every run (toy runs)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--toy", action="store_true", help="a check that it runs: 256 images, 1 epoch, 1 seed, "
+                    "small part, 1-minute budget")
+    ap.add_argument("--out", default=None, help="write the result page here (markdown; a .json next to it)")
+    a = ap.parse_args()
+    if a.toy:
+        a.parts, a.seeds, a.pretrain_minutes, a.pretrain_epochs = "small", "0", 1.0, 1
+        a.pretrain_images, a.finetune_epochs, a.limit = 256, 1, 256
+    a.parts, a.methods = a.parts.split(","), [m for m in a.methods.split(",") if m]
+    a.seeds = [int(s) for s in a.seeds.split(",")]
+    a.limit_flags = [] if a.limit is None else ["--data-limit", str(a.limit), "--eval-limit", str(a.limit)]
+    bad = [p for p in a.parts if p not in ("small", "demo")] + [m for m in a.methods if m not in ("rotnet", "spark")]
+    if bad:
+        ap.error(f"unknown part(s) or method(s): {bad}")
+    return a
+
+
+def main() -> int:
+    a = _args()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import cpu_name, load_average
+
+    before, t0 = load_average(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            parts = [run_part(p, Path(tmp), a) for p in a.parts]
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
+    page = render(parts, a, cpu_name(), (before, load_average()), time.perf_counter() - t0)
+    print(page)
+    if a.out:
+        Path(a.out).write_text(page)
+        Path(a.out).with_suffix(".json").write_text(json.dumps(parts, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
