@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import bench, deploy, explain, lab, models, train, weights
+from . import atlas, bench, deploy, explain, lab, models, train, weights
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    for group in (models, lab, train, bench, deploy, explain, weights):
+    for group in (models, lab, train, bench, atlas, deploy, explain, weights):
         group.add_commands(add)
     return p
 
