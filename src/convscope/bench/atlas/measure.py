@@ -143,7 +143,8 @@ def _counts(model: torch.nn.Module, size: tuple[int, ...], s: Settings, peaks: A
     if s.waterline:
         from ...analysis.waterline import profile_layers
 
-        prof = profile_layers(model, size, threads=s.threads, repeats=3, peaks=peaks, counts=counted)
+        prof = profile_layers(model, size, threads=s.threads, repeats=3, model_repeats=1, peaks=peaks,
+                              counts=counted)
         out["bound_s"] = prof.totals["bound_s"]
         out["groups"] = {g.key: dict(time_s=g.time_s, macs=g.macs, flops=g.flops, bytes=g.bytes, bound_s=g.bound_s,
                                      layers=g.layers, efficiency=g.efficiency) for g in prof.by_kind}
@@ -189,8 +190,8 @@ def _time_forms(runs: dict[str, Callable], x: torch.Tensor, s: Settings, left_s:
     return out
 
 
-def _model_rows(name: str, s: Settings, machine: str, forms: dict[int, list[str]], peaks: Any,
-                log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _model_rows(name: str, s: Settings, machine: str, forms: dict[int, list[str]],
+                peaks: Any) -> list[dict[str, Any]]:
     """The rows of model `name` for the (batch -> forms) still to measure, each ok, failed or timeout."""
     from ...models import create_model, model_card
 
@@ -218,8 +219,6 @@ def _model_rows(name: str, s: Settings, machine: str, forms: dict[int, list[str]
                 _batch_rows(model, (b, c, h, w), fs, s, peaks, left, {f: rows[b, f] for f in fs})
     except TimeCap:
         pass
-    for r in rows.values():
-        log(_progress(r))
     return list(rows.values())
 
 
@@ -229,7 +228,12 @@ def _batch_rows(model: torch.nn.Module, size: tuple[int, ...], forms: Sequence[s
     from ...utils import threads_set
 
     with threads_set(s.threads):
-        counts = _counts(model, size, s, peaks)
+        try:
+            counts = _counts(model, size, s, peaks)
+        except Exception as e:  # noqa: BLE001 - an input the model does not take (too small) is a row saying why
+            for r in rows.values():
+                r.update(status="failed", reason=f"count: {_why(e)}")
+            return
         bound_s = counts.pop("bound_s")
         x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
         runs = {}
@@ -260,7 +264,9 @@ def _progress(r: dict[str, Any]) -> str:
 def measure_model(name: str, s: Settings, machine: str, forms: dict[int, list[str]], peaks: Any = None,
                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Measure model `name` for the (batch -> forms) given: its rows, stamped with the time they were made."""
-    rows = _model_rows(name, s, machine, forms, peaks, log)
+    rows = _model_rows(name, s, machine, forms, peaks)
+    for r in rows:
+        log(_progress(r))
     now = time.time()
     return [dict(r, created=now) for r in rows]
 

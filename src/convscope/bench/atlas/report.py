@@ -203,8 +203,9 @@ def _pick_machine(machines: Sequence[dict[str, Any]], wanted: str | None) -> dic
     return found[0]
 
 
-# Writes what the page drew into <body data-...>: plots, the points each form's traces hold in the top-1 chart,
-# the marker paths rendered there, and the machines compared; headless checks read them from the DOM.
+# Writes what the page drew into <body data-...>: plots, the points each form's traces hold in the top-1 chart
+# (data-points-fp, -bf, -int, -best: the form's name without digits), the marker paths rendered there, and the
+# machines compared; headless checks read them from the DOM.
 _COUNT_SCRIPT = """<script>
 (function () {
   var plots = document.querySelectorAll('.js-plotly-plot'), b = document.body;
@@ -214,7 +215,7 @@ _COUNT_SCRIPT = """<script>
     b.setAttribute('data-points-rendered', first.querySelectorAll('.scatterlayer path.point').length);
     first.data.forEach(function (t) {
       if (t.meta && t.meta.kind === 'points') {
-        var k = 'data-points-' + t.meta.form, old = +(b.getAttribute(k) || 0);
+        var k = 'data-points-' + t.meta.form.replace(/[0-9]/g, ''), old = +(b.getAttribute(k) || 0);
         b.setAttribute(k, old + t.x.length);
       }
     });
