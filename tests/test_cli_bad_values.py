@@ -186,6 +186,7 @@ COMMANDS = {
     "predict": ({"--checkpoint": "weights", "images": "images", "--topk": ints_below(1), "--device": words,
                  "--json": None, "--out": None}, ["--checkpoint", "{w}", "{img}"]),
     "weights": ({"weights_command": st.sampled_from(["nope", "lists", ""])}, []),
+    "atlas": ({"atlas_command": st.sampled_from(["nope", "", "convnext_", "zzz*"])}, []),
     "export-hub": ({"run": "weights", "--out": None, "--push": st.sampled_from(["nope", "a/b/c", "/x", "a b/c"]),
                     "--private": None}, ["{data}", "--out", "hub_out"]),
     **DEPLOY,
