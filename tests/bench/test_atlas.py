@@ -3,6 +3,7 @@ time cap is a row, two machines merge and the report draws both (checked in head
 the right models, bad input is one line, and the atlas times a model as `convscope profile` does."""
 from __future__ import annotations
 
+import sqlite3
 from html.parser import HTMLParser
 
 import pytest
@@ -203,6 +204,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     not_db = tmp_path / "notes.db"
     not_db.write_text("hello")
     _seed(tmp_path / "ok.db", this_machine()["id"], [("convnext_atto", "fp32", 4.0, 75.7)])
+    for name, fix in (("odd_row.db", "UPDATE rows SET status = 'maybe'"), ("odd_machine.db", "UPDATE machines SET "
+                      "cores = 0"), ("odd_groups.db", "UPDATE rows SET groups = '[1, 2]'")):
+        _seed(tmp_path / name, this_machine()["id"], [("convnext_atto", "fp32", 4.0, 75.7)])
+        con = sqlite3.connect(tmp_path / name)
+        con.execute(fix)
+        con.commit()
+        con.close()
     cases = [["atlas", "nope_model", "--db", str(tmp_path / "x.db")],
              ["atlas", "zzz*", "--db", str(tmp_path / "x.db")],
              ["atlas", "convnext_atto", "--batches", "1,x"],
@@ -214,12 +222,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
              ["atlas", "report", "--db", str(not_db), "--html", str(tmp_path / "r.html")],
              ["atlas", "report", "--db", str(tmp_path / "ok.db"), "--html", str(tmp_path / "r.html"),
               "--machine", "zz"],
-             ["atlas", "merge", str(tmp_path / "ok.db"), str(not_db), "--out", str(tmp_path / "m.db")]]
+             ["atlas", "merge", str(tmp_path / "ok.db"), str(not_db), "--out", str(tmp_path / "m.db")],
+             *[["atlas", "report", "--db", str(tmp_path / f"odd_{k}.db"), "--html", str(tmp_path / "r.html")]
+               for k in ("row", "machine", "groups")]]
     for args in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("convscope"), (args, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "ok.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "odd_groups.db", "odd_machine.db",
+                                                           "odd_row.db", "ok.db"]
     monkeypatch.setattr(extras, "available", lambda module: module != "plotly")
     assert main(["atlas", "report", "--db", str(tmp_path / "ok.db"), "--html", str(tmp_path / "r.html")]) == 2
     assert "pip install 'convscope[atlas]'" in capsys.readouterr().err

@@ -158,10 +158,17 @@ def read_rows(con: sqlite3.Connection, where: str = "atlas", *, machine: str | N
     return [_checked(dict(zip(COLUMN_NAMES, r, strict=True)), where) for r in cur]
 
 
-def read_machines(con: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every machine, in order of first sighting."""
+def read_machines(con: sqlite3.Connection, where: str = "atlas") -> list[dict[str, Any]]:
+    """Every machine, checked, in order of first sighting."""
     cur = con.execute(f"SELECT {', '.join(MACHINE_COLUMNS)} FROM machines ORDER BY first_seen, id")
-    return [dict(zip(MACHINE_COLUMNS, r, strict=True)) for r in cur]
+    machines = [dict(zip(MACHINE_COLUMNS, r, strict=True)) for r in cur]
+    for m in machines:
+        if not (all(isinstance(m[k], str) and m[k] for k in ("id", "cpu_model", "torch_version"))
+                and isinstance(m["isa"], str) and isinstance(m["cores"], int) and m["cores"] >= 1
+                and isinstance(m["first_seen"], (int, float))):
+            raise ValueError(f"{where}: machine {str(m['id'])[:20]!r} is not a machine record (id, CPU model, ISA "
+                             "flags, cores >= 1, torch version, first seen)")
+    return machines
 
 
 def merge(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[str, int]:
@@ -171,7 +178,7 @@ def merge(sources: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict[
 
     cons = [open_db(s, create=False) for s in sources]
     try:
-        parts = [(read_machines(c), read_rows(c, str(s))) for c, s in zip(cons, sources, strict=True)]
+        parts = [(read_machines(c, str(s)), read_rows(c, str(s))) for c, s in zip(cons, sources, strict=True)]
     finally:
         for c in cons:
             c.close()

@@ -11,7 +11,6 @@ per form) and the dropdown filters families.
 from __future__ import annotations
 
 import html
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -249,7 +248,7 @@ def atlas_report(db: str | os.PathLike, *, machine: str | None = None, batch: in
 
     con = atlas_db.open_db(db, create=False)
     try:
-        machines, rows = atlas_db.read_machines(con), atlas_db.read_rows(con, str(db))
+        machines, rows = atlas_db.read_machines(con, str(db)), atlas_db.read_rows(con, str(db))
     finally:
         con.close()
     base = _pick_machine(machines, machine)
@@ -277,9 +276,3 @@ def write_atlas_report(db: str | os.PathLike, out: str | os.PathLike, **kwargs: 
 
     return atomic_write_text(out, atlas_report(db, **kwargs))
 
-
-def figure_json(page: str) -> list[dict[str, Any]]:
-    """The figures' traces in a page `atlas_report` wrote (for checks): each newPlot call's data array."""
-    import re
-
-    return [json.loads(m) for m in re.findall(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', page, re.S)]
