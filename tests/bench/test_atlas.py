@@ -3,7 +3,12 @@ time cap is a row, two machines merge and the report draws both (checked in head
 the right models, bad input is one line, and the atlas times a model as `convscope profile` does."""
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 
 import pytest
@@ -18,6 +23,7 @@ from convscope.cli import main
 from convscope.models import create_model
 
 from ..analysis.test_report import render
+from ..conftest import SRC, run_cli
 
 TINY = ["convnext_atto", "convnextv2_atto", "inception_next_atto"]
 QUICK = Settings(forms=("fp32",), batches=(1,), size=32, threads=1, repeats=3, waterline=False)
@@ -90,6 +96,42 @@ def test_an_interrupted_run_keeps_the_models_it_finished(tmp_path, monkeypatch):
     assert run_atlas(TINY, QUICK, db, log=lambda _: None)["measured"] == 2
     assert calls == TINY[1:]
     assert len(_rows(db)) == 3
+
+
+@pytest.mark.slow
+def test_a_killed_run_loses_at_most_the_model_in_flight(tmp_path):
+    """SIGKILL a real `convscope atlas` process once its first model's row is committed: that row stays, and the
+    next run measures only the other models."""
+    db = tmp_path / "atlas.db"
+    args = [*TINY, "--size", "32", "--threads", "1", "--repeats", "20", "--no-waterline", "--db", str(db)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "convscope", "atlas", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None and not _committed(db):
+            time.sleep(0.05)
+        proc.kill()
+    finally:
+        proc.wait()
+    kept = {r["model"] for r in _rows(db)}
+    assert proc.returncode == -signal.SIGKILL and kept == {TINY[0]}, (proc.returncode, kept)
+    out = run_cli("atlas", *args, "--repeats", "3", timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"[1/3] {TINY[0]}: all 1 row(s) in the atlas already" in out.stdout
+    assert "2 row(s) measured" in out.stdout and len(_rows(db)) == 3
+
+
+def _committed(db) -> int:
+    """Rows committed to `db` so far (0 before the file has its tables)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT count(*) FROM rows").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
 
 
 def test_failures_and_the_time_cap_are_rows(tmp_path, monkeypatch):
