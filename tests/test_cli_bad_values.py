@@ -192,6 +192,7 @@ COMMANDS = {
                  "--json": None, "--out": None}, ["--checkpoint", "{w}", "{img}"]),
     "weights": ({"weights_command": st.sampled_from(["nope", "lists", ""])}, []),
     "data": ({"data_command": st.sampled_from(["nope", "packs", ""])}, []),
+    "atlas": ({"atlas_command": st.sampled_from(["nope", "", "convnext_", "zzz*"])}, []),
     "export-hub": ({"run": "weights", "--out": None, "--push": st.sampled_from(["nope", "a/b/c", "/x", "a b/c"]),
                     "--private": None}, ["{data}", "--out", "hub_out"]),
     **DEPLOY,

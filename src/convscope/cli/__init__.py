@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import bench, data, deploy, explain, lab, models, pretrain, train, weights
+from . import atlas, bench, data, deploy, explain, lab, models, pretrain, train, weights
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    for group in (models, lab, train, pretrain, bench, deploy, explain, weights, data):
+    for group in (models, lab, train, pretrain, bench, atlas, deploy, explain, weights, data):
         group.add_commands(add)
     return p
 
