@@ -33,6 +33,13 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
+    "atlas": Benchmark(
+        "the recorded atlas of this machine (`convscope atlas`): every variant up to 30 M parameters (and each "
+        "family's smallest) at its card's resolution, batch 1, fp32 and bf16, int8 and `best` for each family's "
+        "smallest; the interactive page, the SQLite database, and the atlas's timing beside `convscope profile`'s",
+        "~40 min for fp32 and bf16 on a quiet machine (estimated from a 2-model run); int8 and best compile, "
+        "several minutes per family", (), "--threads 2 --out benchmarks/results/atlas",
+        "plotly for the page (the `atlas` extra); torchao for int8 (the `deploy` extra)"),
     "data_loading": Benchmark(
         "Fashion-MNIST batches/s of convscope's batched Loader (0-2 workers) vs a per-image DataLoader, and "
         "training images/s with the loader in the main process or a worker",
