@@ -198,6 +198,9 @@ def test_pretrain_rotnet_then_finetune_from_its_encoder(tmp_path, monkeypatch):
     enc = load_file(str(out / "encoder.safetensors"))
     assert not any(k.startswith("head.fc.") for k in enc) and "stem.0.weight" in enc
     assert load_file(str(out / "last.safetensors"))["head.fc.weight"].shape[0] == 4
+    from convscope.train.parts import checkpoint_task  # `convscope eval` of it: one line naming what to do
+    with pytest.raises(ValueError, match="pretrain --method rotnet.*--init-from"):
+        checkpoint_task(out / "best.safetensors")
 
     from convscope.train import engine
     seen = {}

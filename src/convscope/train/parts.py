@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.loaders import Loader
 from ..models.source import check_finite, read_meta, resolve_weights_file
-from .config import TASKS, TrainConfig
+from .config import PRETRAIN_TASKS, TASKS, TrainConfig
 from .distributed import DistInfo
 from .task import Task
 
@@ -115,6 +115,9 @@ def checkpoint_task(checkpoint: str | os.PathLike) -> str:
     names none; ValueError / FileNotFoundError in one line when it is no convscope weights file."""
     meta = read_meta(resolve_weights_file(checkpoint), registered=False)
     task = meta.get("task", "classification")
+    if task in PRETRAIN_TASKS:
+        raise ValueError(f"{checkpoint}: a `convscope pretrain --method {task}` model, which has no classes to "
+                         f"score; fine-tune its encoder.safetensors with `convscope train --init-from` first")
     if task not in TASKS:
         raise ValueError(f"{checkpoint}: unknown task {task!r} in its metadata; expected one of {', '.join(TASKS)}")
     return task
