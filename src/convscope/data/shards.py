@@ -5,8 +5,8 @@ Layout of a shard directory (written by `pack_shards`, `convscope data pack`):
 - `<split>-000000.tar`, ...: tar files whose members are `<key>.<ext>` (the image's bytes as they were stored,
   `png`, `jpg`, ...) followed by `<key>.cls` (the class index as text), the key a zero-padded sample number. This
   is webdataset's format (a member's key is its name up to the first dot), so its readers and other tar tools read
-  the shards; we write and read them with the standard library's `tarfile`, not the webdataset package (sparsely
-  maintained, and one more dependency for a format the standard library handles).
+  the shards; we write and read them with the standard library's `tarfile`, not the webdataset package (one more
+  dependency for a format the standard library handles, and a streaming reader whose order depends on workers).
 - `index.json`: the format and version, class names, native size, and per split its shards (name, samples,
   bytes, SHA-256) and every sample's (shard, offset, size, label, extension). The offsets make the shards a
   map-style dataset: sample i is read at its offset, so the batch loader's shuffling, rank sharding,
