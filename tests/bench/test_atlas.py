@@ -319,3 +319,25 @@ def test_atlas_times_a_model_as_profile_does(tmp_path):
     assert atlas and set(atlas) == set(prof) == {((2, 3, 48, 48), __import__("torch").float32, False, False, False, 1)}
     rows = _rows(tmp_path / "atlas.db")
     assert len(rows) == 1 and rows[0]["n"] == 10 and rows[0]["p10_ms"] <= rows[0]["median_ms"] <= rows[0]["p90_ms"]
+
+
+def test_a_form_is_priced_at_its_own_peaks():
+    """A bf16 or int8 row's bound is the fp32 waterline bound scaled by the form's roof over the fp32 roof
+    (`waterline.form_roof`); fp32 keeps the profile's bound; a dtype without a measured peak has none."""
+    from convscope.analysis.counting import count
+    from convscope.analysis.hardware import HardwarePeaks
+    from convscope.analysis.waterline import form_roof
+
+    machine = dict(cpu_model="x", physical_cores=2, logical_cpus=2, threads=1, torch_version="t")
+    gflops = {"fp32": 100.0, "bf16": 400.0, "int8": 800.0}
+    peaks = HardwarePeaks(machine=machine, compute_gflops=gflops, bandwidth_gbs=20.0,
+                          details={k: {"matmul": {"gflops": v}} for k, v in gflops.items()})
+    counted = count(create_model("convnext_atto"), (1, 3, 64, 64), device="meta")
+    assert atlas_measure._form_bound(0.01, counted, "fp32", peaks) == 0.01
+    for dtype in ("bf16", "int8"):
+        want = 0.01 * form_roof(counted, dtype, peaks) / form_roof(counted, "fp32", peaks)
+        assert atlas_measure._form_bound(0.01, counted, dtype, peaks) == want and want < 0.01
+    only_fp32 = HardwarePeaks(machine=machine, compute_gflops={"fp32": 100.0}, bandwidth_gbs=20.0,
+                              details={"fp32": {"matmul": {"gflops": 100.0}}})
+    assert atlas_measure._form_bound(0.01, counted, "int8", only_fp32) is None
+    assert atlas_measure._form_bound(None, counted, "bf16", peaks) is None

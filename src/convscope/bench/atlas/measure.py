@@ -6,9 +6,10 @@ fp32 eager model's waterline profile (`analysis.waterline.profile_layers`: the w
 operator kind), then every form built (`deploy.optimize.build_form`; its build time, and its first call as the
 compile time where it compiles) and timed with `analysis.timing.measure_interleaved` (each round runs every form
 once, in a rotating order) with the settings `convscope profile` uses (a first call, 2 warm-up calls, `repeats`
-timed calls, at most 10 s per form), then its peak extra memory over two more calls. A row's efficiency is the fp32
-waterline bound over that form's median latency. Failures (a model that does not build, a form that does not
-build or quantise, a missing extra) and the per-model time cap give a row saying why.
+timed calls, at most 10 s per form), then its peak extra memory over two more calls. A row's efficiency is its form's
+waterline bound (the fp32 bound scaled by `waterline.form_roof`'s roof of the form over its fp32 roof: bf16 and
+int8 priced at their own peaks) over that form's median latency. Failures (a model that does not build, a form
+that does not build or quantise, a missing extra) and the per-model time cap give a row saying why.
 """
 from __future__ import annotations
 
@@ -139,7 +140,7 @@ def _counts(model: torch.nn.Module, size: tuple[int, ...], s: Settings, peaks: A
     counted = count(model, size, device="meta")
     t = counted.totals
     out = dict(params=counted.params, macs=t.macs, activations=t.activations, bytes=t.bytes, bound_s=None,
-               groups={})
+               groups={}, counted=counted)
     if s.waterline:
         from ...analysis.waterline import profile_layers
 
@@ -149,6 +150,20 @@ def _counts(model: torch.nn.Module, size: tuple[int, ...], s: Settings, peaks: A
         out["groups"] = {g.key: dict(time_s=g.time_s, macs=g.macs, flops=g.flops, bytes=g.bytes, bound_s=g.bound_s,
                                      layers=g.layers, efficiency=g.efficiency) for g in prof.by_kind}
     return out
+
+
+def _form_bound(bound_s: float | None, counted: Any, dtype: str, peaks: Any) -> float | None:
+    """The waterline bound of `form`: the fp32 profile's bound, scaled by the form's roof over the fp32 roof
+    (`waterline.form_roof`: matrix products at the form dtype's peak, bytes at its width), so a bf16 or int8 row is
+    priced at its own ceilings. None without the waterline or a peak for the form's dtype."""
+    if bound_s is None:
+        return None
+    from ...analysis.waterline import form_roof
+
+    try:
+        return bound_s * form_roof(counted, dtype, peaks) / form_roof(counted, "fp32", peaks)
+    except (ValueError, KeyError):   # no measured peak for this dtype
+        return None
 
 
 def _build(model: torch.nn.Module, form: Any, x: torch.Tensor) -> tuple[Callable, float, float]:
@@ -234,14 +249,14 @@ def _batch_rows(model: torch.nn.Module, size: tuple[int, ...], forms: Sequence[s
             for r in rows.values():
                 r.update(status="failed", reason=f"count: {_why(e)}")
             return
-        bound_s = counts.pop("bound_s")
+        bound_s, counted = counts.pop("bound_s"), counts.pop("counted")
         x = torch.randn(*size, generator=torch.Generator().manual_seed(0))
-        runs = {}
+        runs, dtypes = {}, {}
         for f in forms:
             rows[f].update(counts)
             try:
                 form = _form(f, model, size, s)
-                rows[f]["form_detail"] = form.describe()
+                rows[f]["form_detail"], dtypes[f] = form.describe(), form.dtype
                 runs[f], build_s, first_s = _build(model, form, x)
             except Exception as e:  # noqa: BLE001 - a form that fails to build or quantise is a row saying why
                 rows[f].update(status="failed", reason=_why(e))
@@ -250,8 +265,9 @@ def _batch_rows(model: torch.nn.Module, size: tuple[int, ...], forms: Sequence[s
         if runs:
             timed = _time_forms(runs, x, s, left_s)
             for f, t in timed.items():
-                eff = None if bound_s is None else bound_s / (t["median_ms"] / 1e3)
-                rows[f].update(t, status="ok", reason="", efficiency=eff)
+                bound = _form_bound(bound_s, counted, dtypes[f], peaks)
+                rows[f].update(t, status="ok", reason="", efficiency=None if bound is None else
+                               bound / (t["median_ms"] / 1e3))
 
 
 def _progress(r: dict[str, Any]) -> str:
@@ -294,7 +310,8 @@ def run_atlas(specs: Sequence[str], settings: Settings, db: str | os.PathLike | 
         if settings.waterline and peaks is None:
             from ...analysis.hardware import hardware_peaks
 
-            peaks = hardware_peaks("cpu", threads=settings.threads, dtypes=("fp32",))
+            dtypes = ("fp32", "bf16", "int8") if set(settings.forms) - {"fp32"} else ("fp32",)
+            peaks = hardware_peaks("cpu", threads=settings.threads, dtypes=dtypes)
         return _measure_all(con, names, settings, machine["id"], remeasure, peaks, log)
     finally:
         con.close()

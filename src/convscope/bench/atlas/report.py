@@ -123,7 +123,7 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> Any:
 
 
 def macs_figure(rows: Sequence[dict[str, Any]]) -> Any:
-    """MACs against latency, coloured by the waterline efficiency (fp32 bound / the form's latency)."""
+    """MACs against latency, coloured by the waterline efficiency (the form's bound / its latency)."""
     import plotly.graph_objects as go
 
     rows = [r for r in rows if r["macs"]]
