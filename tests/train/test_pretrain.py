@@ -255,23 +255,15 @@ def test_pretrain_bad_values_are_one_line(tmp_path, capsys):
 def test_pretrain_rotnet_survives_sigkill_bit_exactly(tmp_path):
     """SIGKILL `convscope pretrain --method rotnet` after its first checkpoint, resume it: the final weights, encoder
     file, checkpoint and history are byte for byte those of a run never interrupted (run alongside)."""
-    import signal
 
-    from .test_resume import wait_for
+    from .test_resume import kill_after_a_checkpoint
 
     args = ["pretrain", "--method", "rotnet", *COMMON, "--data", "synthetic", "--synthetic-size", "96",
             "--epochs", "2", "--batch-size", "8", "--checkpoint-every", "3", "--drop-path", "0.1",
             "--ema-decay", "0.9", "--hflip", "0.5"]
     procs = {name: _popen([*args, "--out", str(tmp_path / name)]) for name in ("ref", "killed")}
     victim, ckpts = procs["killed"], tmp_path / "killed" / "checkpoints"
-    try:
-        assert wait_for(lambda: any(ckpts.glob("step-*")), victim, timeout=120), victim.stderr.read()[-2000:]
-        assert victim.poll() is None, "the run ended before it could be killed"
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
+    kill_after_a_checkpoint(victim, ckpts, timeout=120)
     latest = max(ckpts.glob("step-*"))
     assert json.loads((latest / "state.json").read_text())["global_step"] < 2 * (96 // 8)   # killed before the end
     resumed = _popen([*args, "--out", str(tmp_path / "killed"), "--resume"])

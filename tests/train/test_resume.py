@@ -45,6 +45,19 @@ def wait_for(cond, proc: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+def kill_after_a_checkpoint(victim: subprocess.Popen, ckpts: Path, timeout: float) -> None:
+    """SIGKILL `victim` once its first checkpoint (`ckpts`/step-*) is written, while it still runs."""
+    try:
+        assert wait_for(lambda: any(ckpts.glob("step-*")), victim, timeout=timeout), victim.stderr.read()[-2000:]
+        assert victim.poll() is None, "the run ended before it could be killed"
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == -signal.SIGKILL
+
+
 def _tensors(path: Path) -> dict[str, bytes]:
     return {k: v.numpy().tobytes() for k, v in load_file(str(path)).items()}
 
@@ -53,15 +66,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     ref_proc = _start(tmp_path / "ref")                 # the uninterrupted run, alongside
     victim = _start(tmp_path / "killed")
     ckpts = tmp_path / "killed" / "checkpoints"
-    try:
-        assert wait_for(lambda: any(ckpts.glob("step-*")), victim, timeout=240), victim.stderr.read()[-2000:]
-        assert victim.poll() is None, "the run ended before it could be killed"
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-    assert victim.returncode == -signal.SIGKILL
+    kill_after_a_checkpoint(victim, ckpts, timeout=240)
     latest = max(ckpts.glob("step-*"))
     state = json.loads((latest / "state.json").read_text())
     assert state["epoch"] == 0 and 0 < state["step_in_epoch"] < STEPS_PER_EPOCH   # killed mid-epoch

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..mixers import pareto_front
 from . import db as atlas_db
 
 PLOTLY_HINT = "pip install 'convscope[atlas]'"
@@ -28,17 +29,6 @@ def require_plotly() -> None:
 
     if not available("plotly"):
         raise ValueError(f"atlas report needs plotly, which is not installed: {PLOTLY_HINT}")
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (lower x and higher y), by increasing x."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], float("-inf")
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def setting_label(rows: Sequence[dict[str, Any]]) -> str:
