@@ -169,7 +169,7 @@ COMMANDS = {
               "pattern": st.sampled_from(["zzz*", "nothing"])}, []),
     "info": ({"name": st.sampled_from(["nope", "", "convnext"]), "--json": None}, ["convnext_atto"]),
     "hw": ({"--refresh": None, "--device": words, "--threads": ints_below(1),
-            "--dtypes": st.sampled_from(["", "fp64", "fp32,int8", ",", "x"]), "--json": None}, []),
+            "--dtypes": st.sampled_from(["", "fp64", "fp32,int4", ",", "x"]), "--json": None}, []),
     "profile": ({**LAB, "name": st.sampled_from(["nope"]), "--compile": None, "--train": None, "--layers": None,
                  "--top": ints_below(1), "--clock": words, "--channels-last": None},
                 ["convnext_atto", "--size", "32", "--repeats", "1"]),
