@@ -48,7 +48,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "loading": Benchmark(
         "images/s through the batch loader (shuffled, PNG decode, training transform) for an image folder vs the "
         "same images packed as tar shards (`convscope data pack`), 0/1/2 workers, at 100,000 generated images",
-        "not yet run at 100k (2,000 images: ~1.5 min)", (), "--images 100000 --passes 3 --batches 20",
+        "~2 min to generate and pack, ~4 min to measure", ("loading.md",), "--images 100000 --passes 3 --batches 20",
         "Fashion-MNIST idx files (`make data`, or `--data DIR`); Pillow"),
     "demo_deploy": Benchmark(
         "the Fashion-MNIST demo model's deploy targets: top-1 of int8 PTQ and of 30% MLP pruning + one epoch of "
