@@ -15,7 +15,7 @@ Fashion-MNIST, from scratch and from an encoder pre-trained on the same 60,000 t
 10,000 test images.
 
     PYTHONPATH=src python benchmarks/pretrain.py [--parts small,demo] [--methods rotnet,spark] [--seeds 0,1,2]
-        [--pretrain-minutes 30] [--threads 2] [--out benchmarks/results/pretrain.md]
+        [--pretrain-minutes 30] [--threads 2] [--work DIR] [--out benchmarks/results/pretrain.md]
     PYTHONPATH=src python benchmarks/pretrain.py --toy      # a few minutes: tiny data, 1 epoch, to check it runs
 
 The page names the machine, the load average and the command; a .json beside it holds every number.
@@ -23,8 +23,10 @@ The page names the machine, the load average and the command; a .json beside it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,6 +68,21 @@ def _run(args: list[str], threads: int) -> tuple[float, str]:
     return time.perf_counter() - t0, proc.stdout
 
 
+def _reused(run: Path, result: str) -> float | None:
+    """With --work: the wall seconds of `run` if it finished in an earlier invocation (its `result` file and
+    bench.json written), so a stopped benchmark goes on where it was; else None (and any partial run is removed)."""
+    done = run / "bench.json"
+    if done.is_file() and (run / result).is_file():
+        return float(json.loads(done.read_text())["wall_s"])
+    if run.exists():
+        shutil.rmtree(run)
+    return None
+
+
+def _done(run: Path, wall: float) -> None:
+    (run / "bench.json").write_text(json.dumps({"wall_s": wall}))
+
+
 def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -74,7 +91,10 @@ def pretrain(method: str, data: str, out: Path, a: argparse.Namespace) -> dict:
     """One pre-training run within the budget; its time, epochs and pretext score."""
     flags = ["pretrain", "--method", method, "--model", MODEL, "--data", data, "--ignore-labels", "--out", str(out),
              "--epochs", str(a.pretrain_epochs), "--time-budget", f"{a.pretrain_minutes * 60:.0f}s", *a.limit_flags]
-    wall, _ = _run(flags, a.threads)
+    wall = _reused(out, "encoder.safetensors")
+    if wall is None:
+        wall, _ = _run(flags, a.threads)
+        _done(out, wall)
     last = _history(out)[-1]
     score = last.get("top1", last.get("recon_loss"))
     return dict(method=method, wall_s=wall, epochs=last["epoch"], score=score,
@@ -87,7 +107,10 @@ def finetune(data: str, out: Path, seed: int, init: Path | None, extra: list[str
              *a.limit_flags]
     if init is not None:
         flags += ["--init-from", str(init)]
-    wall, _ = _run(flags, a.threads)
+    wall = _reused(out, "last.safetensors")
+    if wall is None:
+        wall, _ = _run(flags, a.threads)
+        _done(out, wall)
     return dict(seed=seed, top1=_history(out)[-1]["top1"], wall_s=wall)
 
 
@@ -97,10 +120,15 @@ def run_part(part: str, tmp: Path, a: argparse.Namespace) -> dict:
         from small_data_defaults import write_folder
 
         folder, unlabelled = tmp / "folder", tmp / "unlabelled"
-        folder.mkdir()
-        unlabelled.mkdir()
-        write_folder(folder, a.source)
-        n_unlabelled = write_unused(unlabelled, a.source, a.pretrain_images)
+        if (tmp / "images.json").is_file():     # written in full by an earlier invocation with the same --work
+            n_unlabelled = json.loads((tmp / "images.json").read_text())["unlabelled"]
+        else:
+            for d in (folder, unlabelled):
+                shutil.rmtree(d, ignore_errors=True)
+                d.mkdir()
+            write_folder(folder, a.source)
+            n_unlabelled = write_unused(unlabelled, a.source, a.pretrain_images)
+            (tmp / "images.json").write_text(json.dumps({"unlabelled": n_unlabelled}))
         data, pre_data, extra = str(folder), str(unlabelled), ["--epochs", str(a.finetune_epochs)]
     else:
         data, pre_data, n_unlabelled = "fashion-mnist", "fashion-mnist", a.pretrain_images or 60000
@@ -161,6 +189,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--toy", action="store_true", help="a check that it runs: 256 images, 1 epoch, 1 seed, "
                     "small part, 1-minute budget")
     ap.add_argument("--out", default=None, help="write the result page here (markdown; a .json next to it)")
+    ap.add_argument("--work", default=None, metavar="DIR", help="keep the images and runs here: run again with the "
+                    "same DIR and settings, a stopped benchmark goes on where it was (default: a temporary dir)")
     a = ap.parse_args()
     if a.toy:
         a.parts, a.seeds, a.pretrain_minutes, a.pretrain_epochs = "small", "0", 1.0, 1
@@ -180,9 +210,11 @@ def main() -> int:
     from common import cpu_name, load_average
 
     before, t0 = load_average(), time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as stack:
+        work = Path(a.work) if a.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
         try:
-            parts = [run_part(p, Path(tmp), a) for p in a.parts]
+            parts = [run_part(p, work, a) for p in a.parts]
         except RuntimeError as e:
             print(e, file=sys.stderr)
             return 1
