@@ -154,9 +154,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         "on the Fashion-MNIST training images the small-data folder does not use, then fine-tuned on that folder "
         "(`--init-from`, default recipe, 10 epochs) vs from scratch, three seeds; the same for the demo recipe on "
         "full Fashion-MNIST",
-        "~4 h estimated (30 min pre-training per method and part; not run yet: no result page)", (),
-        "--threads 2 --out benchmarks/results/pretrain.md",
-        "Fashion-MNIST idx files (`make data`); Pillow; SparK needs convscope.heads.spark"),
+        "~4 h estimated (30 min pre-training per method and part; not run yet: no result page; `--work DIR` lets "
+        "it stop and go on)", (), "--threads 2 --work runs/pretrain-bench --out benchmarks/results/pretrain.md",
+        "Fashion-MNIST idx files (`make data`); Pillow"),
     "transfer": Benchmark(
         "top-1 of convnext_atto fine-tuned on Fashion-MNIST classes 5-9 with 20, 100 and 1,000 images per class from "
         "weights pretrained on classes 0-4 (`--pretrained`, with and without `--layer-decay`) vs from scratch, "
