@@ -161,7 +161,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         "top-1 of convnext_atto fine-tuned on Fashion-MNIST classes 5-9 with 20, 100 and 1,000 images per class from "
         "weights pretrained on classes 0-4 (`--pretrained`, with and without `--layer-decay`) vs from scratch, "
         "three seeds",
-        "~20 min (estimated; not run yet: no result page)", (), "--threads 2 --out benchmarks/results/transfer",
+        "106 min on 1 thread beside other jobs (load average 3 to 8)", ("transfer.md", "transfer.json"),
+        "--threads 1 --out benchmarks/results/transfer",
         "Fashion-MNIST idx files (`make data`); Pillow"),
     "waterline_convnext": Benchmark(
         "per-layer waterline efficiency of ConvNeXt-T's depthwise vs pointwise convs against measured compute "
