@@ -117,3 +117,29 @@ def test_a_dead_rank_ends_the_job_nonzero(tmp_path):
     assert elapsed < 60
     for p in workers:   # no rank left behind
         assert not Path(f"/proc/{p}").exists() or "convscope" not in _cmdline(p)
+
+
+@pytest.mark.parametrize("task", ["rotnet", "spark"])
+def test_pretraining_under_torchrun(tmp_path, task):
+    """`convscope pretrain` under torchrun: every weight ends bit-identical on both ranks; RotNet (nothing random
+    at 32 px without a flip) ends where one process with the global batch does, to float rounding. SparK's masks
+    are drawn per rank, so its one-process run masks other cells and is not compared."""
+    size = 32 if task == "rotnet" else 64   # SparK: a 2 x 2 deepest map to mask
+    base = dataclasses.replace(BASE, task=task, synthetic_size=32, synthetic_image_size=size, epochs=1,
+                               label_smoothing=0.0, scale=None, ratio=None)
+    ddp_cfg = dataclasses.replace(base, batch_size=4, out=str(tmp_path / "ddp"))
+    worker = Path(__file__).with_name("ddp_worker.py")
+    proc = subprocess.run(_torchrun(str(worker), json.dumps(ddp_cfg.to_dict())), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
+    r1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    # every weight bit-identical; BatchNorm running statistics are each rank's own after the last forward (DDP
+    # broadcasts rank 0's buffers at the start of a forward; SparK's decoder has BatchNorms, RotNet's ConvNeXt none)
+    differ = [k for k in r0 if not torch.equal(r0[k], r1[k])]
+    assert r0.keys() == r1.keys() and all(k.endswith(("running_mean", "running_var")) for k in differ)
+    assert bool(differ) == (task == "spark")
+    assert (tmp_path / "ddp" / "encoder.safetensors").is_file()
+    if task == "rotnet":
+        single = train(dataclasses.replace(base, batch_size=8, out=str(tmp_path / "single"))).model.state_dict()
+        assert max((r0[k] - v).abs().max().item() for k, v in single.items()) < 1e-5
