@@ -37,8 +37,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         "the recorded atlas of this machine (`convscope atlas`): every variant up to 30 M parameters (and each "
         "family's smallest) at its card's resolution, batch 1, fp32 and bf16, int8 and `best` for each family's "
         "smallest; the interactive page, the SQLite database, and the atlas's timing beside `convscope profile`'s",
-        "~40 min for fp32 and bf16 on a quiet machine (estimated from a 2-model run); int8 and best compile, "
-        "several minutes per family", (), "--threads 2 --out benchmarks/results/atlas",
+        "fp32 and bf16: 3 min for the 37 variants up to 5 M parameters, ~12 min up to 30 M, on a quiet machine; int8 "
+        "and best compile, minutes per family (not recorded yet)", ("atlas/atlas.md", "atlas/atlas.html",
+                                                                     "atlas/atlas.db"),
+        "--smallest-forms '' --threads 2 --time-cap 120 --check convnext_atto --out benchmarks/results/atlas",
         "plotly for the page (the `atlas` extra); torchao for int8 (the `deploy` extra)"),
     "data_loading": Benchmark(
         "Fashion-MNIST batches/s of convscope's batched Loader (0-2 workers) vs a per-image DataLoader, and "
