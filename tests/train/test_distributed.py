@@ -42,14 +42,18 @@ def _torchrun(*args: str) -> list[str]:
             "--monitor-interval=0.1", *args]
 
 
-def test_two_process_ddp_matches_one_process(tmp_path):
-    ddp_cfg = dataclasses.replace(BASE, batch_size=8, out=str(tmp_path / "ddp"))
+def _ddp_replicas(cfg: TrainConfig) -> tuple[dict, dict]:
+    """Train `cfg` with 2 processes under torchrun; each rank's final weights (ddp_worker.py saves them)."""
     worker = Path(__file__).with_name("ddp_worker.py")
-    proc = subprocess.run(_torchrun(str(worker), json.dumps(ddp_cfg.to_dict())), env=_env(), capture_output=True,
+    proc = subprocess.run(_torchrun(str(worker), json.dumps(cfg.to_dict())), env=_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
-    r1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    return tuple(load_file(str(Path(cfg.out) / f"rank{r}.safetensors")) for r in (0, 1))
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    ddp_cfg = dataclasses.replace(BASE, batch_size=8, out=str(tmp_path / "ddp"))
+    r0, r1 = _ddp_replicas(ddp_cfg)
     single = train(dataclasses.replace(BASE, batch_size=16, out=str(tmp_path / "single")))
     ref = single.model.state_dict()
     assert len(single.history) == 2 and single.history[-1]["step"] == 16   # 2 epochs x 128 / 16
@@ -128,12 +132,7 @@ def test_pretraining_under_torchrun(tmp_path, task):
     base = dataclasses.replace(BASE, task=task, synthetic_size=32, synthetic_image_size=size, epochs=1,
                                label_smoothing=0.0, scale=None, ratio=None)
     ddp_cfg = dataclasses.replace(base, batch_size=4, out=str(tmp_path / "ddp"))
-    worker = Path(__file__).with_name("ddp_worker.py")
-    proc = subprocess.run(_torchrun(str(worker), json.dumps(ddp_cfg.to_dict())), env=_env(), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
-    r1 = load_file(str(tmp_path / "ddp" / "rank1.safetensors"))
+    r0, r1 = _ddp_replicas(ddp_cfg)
     # every weight bit-identical; BatchNorm running statistics are each rank's own after the last forward (DDP
     # broadcasts rank 0's buffers at the start of a forward; SparK's decoder has BatchNorms, RotNet's ConvNeXt none)
     differ = [k for k in r0 if not torch.equal(r0[k], r1[k])]
