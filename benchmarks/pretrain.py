@@ -1,18 +1,23 @@
 """Semi-supervised: does self-supervised pre-training (`convscope pretrain`, RotNet and SparK) on unlabelled
 images lift `convscope train` on the small-data folder, and the demo model on full Fashion-MNIST labels?
 
-Part `small`: the 8,000-image, 10-class folder of small_data_defaults.py (`write_folder`, test images
-2,000-9,999 by default). Pre-training reads the Fashion-MNIST training images that the folder does not use (all
-60,000 for the default folder; 8,000-59,999 with `--source train`), written as one flat folder of PNGs and read
-with `--ignore-labels`: their labels are never read. Each method pre-trains convnext_atto once (seed 0) within
-`--pretrain-minutes`; then `convscope train --model convnext_atto --data FOLDER --epochs 10` (the default recipe)
-fine-tunes its encoder (`--init-from encoder.safetensors`) at three seeds, against the same command from scratch
-at the same seeds (a seed fixes the 10% held-out split and the initialisation, so each pair shares its split).
+Pre-training: each method pre-trains convnext_atto once (seed 0) within `--pretrain-minutes`, on the Fashion-MNIST
+training images that the small folder does not use (all 60,000 for the default folder; 8,000-59,999 with `--source
+train`), written as one flat folder of PNGs and read with `--ignore-labels`: their labels are never read. The folder
+path raises the 28x28 images to 64x64 (two of the model's last strides), so SparK's mask has a 2x2 grid to hide.
+Both parts fine-tune from these two encoders.
 
-Part `demo`: the demo's recipe (examples/demo.py: 7 epochs, batch 128, lr 2e-3, whole images) on full
-Fashion-MNIST, from scratch and from an encoder pre-trained on the same 60,000 training images with
-`--ignore-labels` (Fashion-MNIST's reader still loads the label file; the run drops the labels), top-1 on the
-10,000 test images.
+Part `small`: the 8,000-image, 10-class folder of small_data_defaults.py (`write_folder`, test images 2,000-9,999 by
+default). `convscope train --model convnext_atto --data FOLDER --epochs 10` (the default recipe, 64x64) fine-tunes
+each encoder (`--init-from encoder.safetensors`) at three seeds, against the same command from scratch at the same
+seeds (a seed fixes the 10% held-out split and the initialisation, so each pair shares its split).
+
+Part `demo`: the demo's recipe (examples/demo.py: 7 epochs, batch 128, lr 2e-3, whole 28x28 images in memory) on full
+Fashion-MNIST labels, from scratch and from each encoder, top-1 on the 10,000 test images: does pre-training cost
+anything when labels are plentiful?
+
+The pre-training runs have a time budget, so run them on a quiet machine (`--pretrain-only`); the fine-tuning runs
+have none, so their results do not depend on the load.
 
     PYTHONPATH=src python benchmarks/pretrain.py [--parts small,demo] [--methods rotnet,spark] [--seeds 0,1,2]
         [--pretrain-minutes 30] [--threads 2] [--work DIR] [--out benchmarks/results/pretrain.md]
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,38 +115,61 @@ def finetune(data: str, out: Path, seed: int, init: Path | None, extra: list[str
         flags += ["--init-from", str(init)]
     wall = _reused(out, "last.safetensors")
     if wall is None:
-        wall, _ = _run(flags, a.threads)
+        wall, _ = _run(flags, max(1, a.threads // a.jobs))
         _done(out, wall)
     return dict(seed=seed, top1=_history(out)[-1]["top1"], wall_s=wall)
 
 
-def run_part(part: str, tmp: Path, a: argparse.Namespace) -> dict:
-    """Pre-train each method, then fine-tune from each encoder and from scratch at every seed."""
+def unlabelled(tmp: Path, a: argparse.Namespace) -> tuple[Path, int]:
+    """The unlabelled images of `write_unused` as one flat folder, written once per --work (a finished folder is
+    marked by images.json); the folder and how many images it holds."""
+    folder = tmp / "unlabelled"
+    if (tmp / "images.json").is_file():
+        return folder, json.loads((tmp / "images.json").read_text())["unlabelled"]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    n = write_unused(folder, a.source, a.pretrain_images)
+    (tmp / "images.json").write_text(json.dumps({"unlabelled": n}))
+    return folder, n
+
+
+def pretrain_all(tmp: Path, a: argparse.Namespace) -> tuple[dict[str, dict], int]:
+    """Each method pre-trained once on the unlabelled folder; both parts fine-tune from these encoders (the demo
+    part's unlabelled images are the same Fashion-MNIST training images when the small folder takes its images
+    from the test split, the default)."""
+    pre_data, n = unlabelled(tmp, a)
+    return {m: pretrain(m, str(pre_data), tmp / f"pre-{m}", a) for m in a.methods}, n
+
+
+def run_part(part: str, tmp: Path, pre: dict[str, dict], n_unlabelled: int, a: argparse.Namespace) -> dict:
+    """Fine-tune from each pre-trained encoder and from scratch at every seed."""
     if part == "small":
         from small_data_defaults import write_folder
 
-        folder, unlabelled = tmp / "folder", tmp / "unlabelled"
-        if (tmp / "images.json").is_file():     # written in full by an earlier invocation with the same --work
-            n_unlabelled = json.loads((tmp / "images.json").read_text())["unlabelled"]
-        else:
-            for d in (folder, unlabelled):
-                shutil.rmtree(d, ignore_errors=True)
-                d.mkdir()
+        folder = tmp / "folder"
+        if not (tmp / "folder.json").is_file():     # written in full by an earlier invocation with the same --work
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
             write_folder(folder, a.source)
-            n_unlabelled = write_unused(unlabelled, a.source, a.pretrain_images)
-            (tmp / "images.json").write_text(json.dumps({"unlabelled": n_unlabelled}))
-        data, pre_data, extra = str(folder), str(unlabelled), ["--epochs", str(a.finetune_epochs)]
+            (tmp / "folder.json").write_text(json.dumps({"source": a.source}))
+        data, extra = str(folder), ["--epochs", str(a.finetune_epochs)]
     else:
-        data, pre_data, n_unlabelled = "fashion-mnist", "fashion-mnist", a.pretrain_images or 60000
+        data = "fashion-mnist"
         extra = DEMO_RECIPE if a.finetune_epochs == 10 else [*DEMO_RECIPE[2:], "--epochs", str(a.finetune_epochs)]
     arms: dict[str, dict] = {"scratch": dict(pretrain=None, runs=[])}
-    for method in a.methods:
-        arms[method] = dict(pretrain=pretrain(method, pre_data, tmp / f"{part}-pre-{method}", a), runs=[])
-    for seed in a.seeds:
-        for arm, rec in arms.items():
-            init = None if arm == "scratch" else tmp / f"{part}-pre-{arm}" / "encoder.safetensors"
-            rec["runs"].append(finetune(data, tmp / f"{part}-ft-{arm}-{seed}", seed, init, extra, a))
-            print(f"{part} {arm} seed {seed}: top-1 {rec['runs'][-1]['top1']:.2f}%", flush=True)
+    arms.update({m: dict(pretrain=pre[m], runs=[]) for m in a.methods})
+    todo = [(seed, arm) for seed in a.seeds for arm in arms]      # seed by seed: a stopped run has whole seeds
+
+    def one(job: tuple[int, str]) -> dict:
+        seed, arm = job
+        init = None if arm == "scratch" else tmp / f"pre-{arm}" / "encoder.safetensors"
+        r = finetune(data, tmp / f"{part}-ft-{arm}-{seed}", seed, init, extra, a)
+        print(f"{part} {arm} seed {seed}: top-1 {r['top1']:.2f}%", flush=True)
+        return r
+
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:           # each job is a subprocess
+        for (_, arm), r in zip(todo, pool.map(one, todo), strict=True):
+            arms[arm]["runs"].append(r)
     return dict(part=part, unlabelled_images=n_unlabelled, finetune_flags=" ".join(extra), arms=arms)
 
 
@@ -148,8 +177,9 @@ def render(parts: list[dict], a: argparse.Namespace, cpu: str, load: tuple[str, 
     """The result page: one table per part, a row per arm (its pre-training, each seed's top-1, the mean and the
     paired difference to scratch)."""
     lines = ["# Semi-supervised pre-training: RotNet and SparK before `convscope train`", "",
-             f"Machine: {cpu}, {a.threads} torch thread(s); load average {load[0]} before, {load[1]} after; "
-             f"{total / 60:.1f} min in all.", "",
+             f"Machine: {cpu}; pre-training with {a.threads} torch thread(s), fine-tuning {a.jobs} run(s) at a "
+             f"time with {max(1, a.threads // a.jobs)} each; load average {load[0]} before, {load[1]} after; "
+             f"{total / 60:.1f} min in this invocation.", "",
              f"Command: `PYTHONPATH=src python benchmarks/pretrain.py {' '.join(sys.argv[1:])}`", "",
              f"Pre-training budget: {a.pretrain_minutes:g} min per method (`--time-budget`, at most "
              f"{a.pretrain_epochs} epochs), convnext_atto, labels never read.", ""]
@@ -186,8 +216,12 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--finetune-epochs", type=int, default=10, help="10: the brief's recipe (demo: its own 7)")
     ap.add_argument("--limit", type=int, default=None, help="--data-limit and --eval-limit of every run (toy runs)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--jobs", type=int, default=1, help="fine-tuning runs at once, each with threads / jobs torch "
+                    "threads (pre-training always runs alone, with --threads)")
     ap.add_argument("--toy", action="store_true", help="a check that it runs: 256 images, 1 epoch, 1 seed, "
                     "small part, 1-minute budget")
+    ap.add_argument("--pretrain-only", action="store_true", help="stop after pre-training (with --work, the "
+                    "fine-tuning runs can follow later, on a machine with other work: they have no time budget)")
     ap.add_argument("--out", default=None, help="write the result page here (markdown; a .json next to it)")
     ap.add_argument("--work", default=None, metavar="DIR", help="keep the images and runs here: run again with the "
                     "same DIR and settings, a stopped benchmark goes on where it was (default: a temporary dir)")
@@ -214,7 +248,12 @@ def main() -> int:
         work = Path(a.work) if a.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
         try:
-            parts = [run_part(p, work, a) for p in a.parts]
+            pre, n_unlabelled = pretrain_all(work, a)
+            if a.pretrain_only:
+                for m, r in pre.items():
+                    print(f"{m}: {r['wall_s'] / 60:.1f} min, {r['epochs']} epochs, {r['score_name']} {r['score']:.4g}")
+                return 0
+            parts = [run_part(p, work, pre, n_unlabelled, a) for p in a.parts]
         except RuntimeError as e:
             print(e, file=sys.stderr)
             return 1
