@@ -116,6 +116,8 @@ def _execution_options(g: argparse._ArgumentGroup, d: TrainConfig) -> None:
     g.add_argument("--amp", choices=("fp32", "bf16"), default=d.amp, help="autocast dtype")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm statistics over the whole "
+                   "global batch (every rank's), on CPU (gloo) too; SparK's official recipe does this")
     g.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
     options.add_threads(g, help="torch intra-op threads")
     g.add_argument("--eval-batch-size", type=int, default=None)

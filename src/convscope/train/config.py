@@ -88,6 +88,7 @@ class TrainConfig:
     amp: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False               # under torchrun: BatchNorm statistics over every rank's batch
     workers: int = 0
     prefetch: int = 2
     threads: int | None = None

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..utils import resolve_device
 
@@ -105,3 +106,71 @@ def broadcast_tensor(t: torch.Tensor, info: DistInfo, src: int = 0) -> torch.Ten
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """The sum over the ranks, differentiable: the gradient of each rank's input is the sum of every rank's
+    gradient of the output (each rank's loss depends on every rank's input through the sum)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics span every rank's batch, on any device and backend (gloo on CPU too;
+    torch's nn.SyncBatchNorm runs on GPUs only). The mean comes from one differentiable all-reduce of the count
+    and the sums, the variance from a second of the squared deviations from that mean, so the forward, the
+    gradients and the running statistics (identical on every rank) are those of one process holding the whole
+    batch; ranks may hold different numbers of positions (SparK's visible ones). In eval mode, or without a
+    process group of more than one rank, it is nn.BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        self._check_input_dim(x)
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        dims, shape = (0, 2, 3), (1, -1, 1, 1)
+        total = _AllReduceSum.apply(torch.cat([xf.new_full((1,), x.numel() // x.shape[1]), xf.sum(dims)]))
+        n, mean = total[0], total[1:] / total[0]
+        centred = xf - mean.view(shape)
+        var = _AllReduceSum.apply(centred.square().sum(dims)) / n
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        return y.to(x.dtype)
+
+
+_SYNC_CLASSES: dict[type, type] = {nn.BatchNorm2d: SyncBatchNorm2d}
+
+
+def convert_sync_batchnorm(module: nn.Module) -> int:
+    """Make every BatchNorm2d in `module` synchronise its statistics across the ranks (`--sync-bn`), in place: each
+    keeps its parameters, buffers and keys, and its class becomes one whose BatchNorm2d.forward is
+    SyncBatchNorm2d's (a subclass such as BatchNorm + activation still applies its activation). Returns how many
+    were converted."""
+    n = 0
+    for m in module.modules():
+        cls = type(m)
+        if not isinstance(m, nn.BatchNorm2d) or isinstance(m, SyncBatchNorm2d):
+            continue
+        if cls not in _SYNC_CLASSES:
+            _SYNC_CLASSES[cls] = type(f"Sync{cls.__name__}", (cls, SyncBatchNorm2d), {"__module__": cls.__module__})
+        m.__class__ = _SYNC_CLASSES[cls]
+        n += 1
+    return n

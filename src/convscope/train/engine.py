@@ -27,7 +27,7 @@ from .budget import FitTimeBudget
 from .callbacks import EMA, Checkpointing, Evaluation, Metrics, Progress
 from .checkpoint import CheckpointManager
 from .config import PRETRAIN_TASKS, TrainConfig, write_run_config
-from .distributed import DistInfo, barrier, destroy_distributed, init_distributed
+from .distributed import DistInfo, barrier, convert_sync_batchnorm, destroy_distributed, init_distributed
 from .loop import Callback, Loop, steps_per_epoch
 from .parts import RunParts
 from .pipeline import DataSpec, build_data, make_loaders, resolve_defaults
@@ -215,6 +215,10 @@ def _train(cfg: TrainConfig, dist: DistInfo, t_start: float, out: Path) -> Train
         parts = _run_parts(cfg, dist, console)
     cfg, task, train_loader, meta = parts.cfg, parts.task, parts.train_loader, parts.meta
     model = task.model
+    if cfg.sync_bn and dist.enabled:   # before EMA copies the model and DDP wraps it
+        synced = convert_sync_batchnorm(task.train_module)
+        console.log(f"--sync-bn: {synced} BatchNorm layer(s) take their statistics over all {dist.world_size} ranks"
+                    if synced else "--sync-bn: the model has no BatchNorm2d to synchronise")
 
     # -- optimizer, schedule, callbacks, loop ------------------------------------------------------------------
     layer_decay = cfg.layer_decay if cfg.layer_decay is not None or cfg.head_lr_scale == 1 else 1.0
