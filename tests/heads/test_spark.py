@@ -295,6 +295,20 @@ def test_served_family_keeps_masked_positions_zero_trains_and_loads_back(family)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
+@pytest.mark.parametrize(("family", "kind"), [("convnext", "ln"), ("inception_next", "bn"), ("replknet", "bn")])
+def test_densify_norm_is_the_encoders_own_kind(family, kind):
+    """The official code densifies ConvNeXt's maps with LayerNorm and ResNet's with BatchNorm; an encoder with
+    BatchNorm (InceptionNeXt, RepLKNet) gets sparse BatchNorm, one without gets LayerNorm, which leaves masked
+    positions for the mask token."""
+    name = spark_smallest(family)
+    spark = SparK(name, input_size=64, **_shallow(name))
+    dense = {type(n.dense) for n in spark.densify_norms}
+    assert spark.densify_norm == kind and dense == ({nn.BatchNorm2d} if kind == "bn" else {LayerNorm2d})
+    images, active = torch.randn(B, 3, 64, 64), ACTIVE
+    spark.train()(images, active).backward()
+    assert all(p.grad is not None for p in spark.densify_norms.parameters())
+
+
 def test_reconstruct_pastes_visible_patches_and_checks_its_inputs():
     torch.manual_seed(0)
     spark = SparK("convnext_atto", input_size=64, depths=(1, 1, 1, 1)).eval()

@@ -12,8 +12,9 @@ import math
 import torch
 from torch import nn
 
+from ...layers import LayerNorm2d
 from ...models import create_model, family_of, list_models, model_arch, model_card, model_traits, resolve_name
-from .sparse import SparseBatchNorm, dense_key_map, sparsify
+from .sparse import SparseBatchNorm, SparseLayerNorm, dense_key_map, sparsify
 
 #: the families SparK serves: every operator is a conv, a pool, a norm or position-wise
 SPARK_SERVED = ("convnext", "convnextv2", "inception_next", "unireplknet", "replknet", "hornet", "convformer",
@@ -196,9 +197,15 @@ class SparK(nn.Module):
                              f"got {self.input_size[0]}x{self.input_size[1]}")
 
     def _build_densify(self, channels: list[int], width: int) -> None:
-        """Per scale, deepest first: a sparse BatchNorm, a mask token, and a projection to the decoder's width
-        (identity where the widths agree at the deepest scale, else 1x1 there and 3x3 above)."""
-        self.densify_norms = nn.ModuleList(SparseBatchNorm(nn.BatchNorm2d(c), self.mask) for c in channels)
+        """Per scale, deepest first: a sparse norm of the encoder's own kind (`densify_norm`: BatchNorm when the
+        encoder has one, as the official code gives ResNets; else LayerNorm, as it gives ConvNeXt), a mask token,
+        and a projection to the decoder's width (identity where the widths agree at the deepest scale, else 1x1
+        there and 3x3 above)."""
+        has_bn = any(isinstance(m, nn.BatchNorm2d) for m in self.encoder.modules())
+        self.densify_norm = "bn" if has_bn else "ln"
+        self.densify_norms = nn.ModuleList(
+            SparseBatchNorm(nn.BatchNorm2d(c), self.mask) if has_bn else SparseLayerNorm(LayerNorm2d(c), self.mask)
+            for c in channels)
         self.mask_tokens = nn.ParameterList()
         self.densify_projs = nn.ModuleList()
         for i, c in enumerate(channels):
