@@ -20,7 +20,8 @@ The pre-training runs have a time budget, so run them on a quiet machine (`--pre
 have none, so their results do not depend on the load.
 
     PYTHONPATH=src python benchmarks/pretrain.py [--parts small,demo] [--methods rotnet,spark] [--seeds 0,1,2]
-        [--pretrain-minutes 30] [--threads 2] [--work DIR] [--out benchmarks/results/pretrain.md]
+        [--demo-seeds S] [--pretrain-minutes 30] [--pretrain-only] [--threads 2] [--jobs 1] [--work DIR]
+        [--out benchmarks/results/pretrain.md]
     PYTHONPATH=src python benchmarks/pretrain.py --toy      # a few minutes: tiny data, 1 epoch, to check it runs
 
 The page names the machine, the load average and the command; a .json beside it holds every number.
@@ -158,7 +159,8 @@ def run_part(part: str, tmp: Path, pre: dict[str, dict], n_unlabelled: int, a: a
         extra = DEMO_RECIPE if a.finetune_epochs == 10 else [*DEMO_RECIPE[2:], "--epochs", str(a.finetune_epochs)]
     arms: dict[str, dict] = {"scratch": dict(pretrain=None, runs=[])}
     arms.update({m: dict(pretrain=pre[m], runs=[]) for m in a.methods})
-    todo = [(seed, arm) for seed in a.seeds for arm in arms]      # seed by seed: a stopped run has whole seeds
+    seeds = a.demo_seeds if part == "demo" else a.seeds
+    todo = [(seed, arm) for seed in seeds for arm in arms]      # seed by seed: a stopped run has whole seeds
 
     def one(job: tuple[int, str]) -> dict:
         seed, arm = job
@@ -170,7 +172,8 @@ def run_part(part: str, tmp: Path, pre: dict[str, dict], n_unlabelled: int, a: a
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:           # each job is a subprocess
         for (_, arm), r in zip(todo, pool.map(one, todo), strict=True):
             arms[arm]["runs"].append(r)
-    return dict(part=part, unlabelled_images=n_unlabelled, finetune_flags=" ".join(extra), arms=arms)
+    return dict(part=part, unlabelled_images=n_unlabelled, finetune_flags=" ".join(extra), seeds=seeds,
+                arms=arms)
 
 
 def render(parts: list[dict], a: argparse.Namespace, cpu: str, load: tuple[str, str], total: float) -> str:
@@ -187,8 +190,8 @@ def render(parts: list[dict], a: argparse.Namespace, cpu: str, load: tuple[str, 
         lines += [f"## {p['part']}", "", f"Pre-training images: {p['unlabelled_images']:,}; fine-tuning: "
                   f"`convscope train --model {MODEL} {p['finetune_flags']}`.", "",
                   "| arm | pre-training (time, epochs, pretext score) | " + " | ".join(
-                      f"seed {s}" for s in a.seeds) + " | mean top-1 | vs scratch (paired) |",
-                  "|---|---|" + "---|" * len(a.seeds) + "---|---|"]
+                      f"seed {s}" for s in p["seeds"]) + " | mean top-1 | vs scratch (paired) |",
+                  "|---|---|" + "---|" * len(p["seeds"]) + "---|---|"]
         scratch = [r["top1"] for r in p["arms"]["scratch"]["runs"]]
         for arm, rec in p["arms"].items():
             top1 = [r["top1"] for r in rec["runs"]]
@@ -208,6 +211,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--parts", default="small,demo", help="small, demo or both (comma-separated)")
     ap.add_argument("--methods", default="rotnet,spark", help="rotnet, spark or both (comma-separated)")
     ap.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (comma-separated)")
+    ap.add_argument("--demo-seeds", default=None, help="the demo part's seeds (default: --seeds)")
     ap.add_argument("--source", default="test", choices=("test", "train"), help="the small folder's images "
                     "(small_data_defaults.SOURCES)")
     ap.add_argument("--pretrain-minutes", type=float, default=30.0, help="time budget of each pre-training run")
@@ -231,6 +235,7 @@ def _args() -> argparse.Namespace:
         a.pretrain_images, a.finetune_epochs, a.limit = 256, 1, 256
     a.parts, a.methods = a.parts.split(","), [m for m in a.methods.split(",") if m]
     a.seeds = [int(s) for s in a.seeds.split(",")]
+    a.demo_seeds = a.seeds if a.demo_seeds is None else [int(s) for s in a.demo_seeds.split(",")]
     a.limit_flags = [] if a.limit is None else ["--data-limit", str(a.limit), "--eval-limit", str(a.limit)]
     bad = [p for p in a.parts if p not in ("small", "demo")] + [m for m in a.methods if m not in ("rotnet", "spark")]
     if bad:

@@ -116,7 +116,7 @@ TRAIN = {
     "--pretrained": "weights", "--layer-decay": floats_outside(0, 1, lo_open=True),
     "--head-lr-scale": floats_outside(0, None, lo_open=True),
     "--out": None,  # filled per world: a file, under a file
-    "--resume": words, "--channels-last": None, "--compile": None, "--quiet": None,
+    "--resume": words, "--channels-last": None, "--compile": None, "--sync-bn": None, "--quiet": None,
 }
 LAB_SHAPE = {
     "--batch": ints_below(1), "--size": st.sampled_from(["0", "-3", "x", "224x", "1x2x3", "99999999", "²", "4097",
