@@ -142,38 +142,45 @@ def pretrain_all(tmp: Path, a: argparse.Namespace) -> tuple[dict[str, dict], int
     return {m: pretrain(m, str(pre_data), tmp / f"pre-{m}", a) for m in a.methods}, n
 
 
-def run_part(part: str, tmp: Path, pre: dict[str, dict], n_unlabelled: int, a: argparse.Namespace) -> dict:
-    """Fine-tune from each pre-trained encoder and from scratch at every seed."""
-    if part == "small":
-        from small_data_defaults import write_folder
-
-        folder = tmp / "folder"
-        if not (tmp / "folder.json").is_file():     # written in full by an earlier invocation with the same --work
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            write_folder(folder, a.source)
-            (tmp / "folder.json").write_text(json.dumps({"source": a.source}))
-        data, extra = str(folder), ["--epochs", str(a.finetune_epochs)]
-    else:
-        data = "fashion-mnist"
+def part_data(part: str, tmp: Path, a: argparse.Namespace) -> tuple[str, list[str], list[int]]:
+    """The `--data` of a part's fine-tuning runs (the small folder written once per --work), its recipe flags and
+    its seeds."""
+    if part == "demo":
         extra = DEMO_RECIPE if a.finetune_epochs == 10 else [*DEMO_RECIPE[2:], "--epochs", str(a.finetune_epochs)]
-    arms: dict[str, dict] = {"scratch": dict(pretrain=None, runs=[])}
-    arms.update({m: dict(pretrain=pre[m], runs=[]) for m in a.methods})
-    seeds = a.demo_seeds if part == "demo" else a.seeds
-    todo = [(seed, arm) for seed in seeds for arm in arms]      # seed by seed: a stopped run has whole seeds
+        return "fashion-mnist", extra, a.demo_seeds
+    from small_data_defaults import write_folder
 
-    def one(job: tuple[int, str]) -> dict:
-        seed, arm = job
+    folder = tmp / "folder"
+    if not (tmp / "folder.json").is_file():     # written in full by an earlier invocation with the same --work
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        write_folder(folder, a.source)
+        (tmp / "folder.json").write_text(json.dumps({"source": a.source}))
+    return str(folder), ["--epochs", str(a.finetune_epochs)], a.seeds
+
+
+def run_parts(tmp: Path, pre: dict[str, dict], n_unlabelled: int, a: argparse.Namespace) -> list[dict]:
+    """Fine-tune from each pre-trained encoder and from scratch at every seed of every part: all runs in one queue
+    of `--jobs` workers, part by part and seed by seed (a stopped benchmark has whole seeds)."""
+    setup = {part: part_data(part, tmp, a) for part in a.parts}
+    arms = ["scratch", *a.methods]
+    todo = [(part, seed, arm) for part in a.parts for seed in setup[part][2] for arm in arms]
+
+    def one(job: tuple[str, int, str]) -> dict:
+        part, seed, arm = job
+        data, extra, _ = setup[part]
         init = None if arm == "scratch" else tmp / f"pre-{arm}" / "encoder.safetensors"
         r = finetune(data, tmp / f"{part}-ft-{arm}-{seed}", seed, init, extra, a)
         print(f"{part} {arm} seed {seed}: top-1 {r['top1']:.2f}%", flush=True)
         return r
 
+    out = {part: dict(part=part, unlabelled_images=n_unlabelled, finetune_flags=" ".join(setup[part][1]),
+                      seeds=setup[part][2], arms={arm: dict(pretrain=pre.get(arm), runs=[]) for arm in arms})
+           for part in a.parts}
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:           # each job is a subprocess
-        for (_, arm), r in zip(todo, pool.map(one, todo), strict=True):
-            arms[arm]["runs"].append(r)
-    return dict(part=part, unlabelled_images=n_unlabelled, finetune_flags=" ".join(extra), seeds=seeds,
-                arms=arms)
+        for (part, _, arm), r in zip(todo, pool.map(one, todo), strict=True):
+            out[part]["arms"][arm]["runs"].append(r)
+    return list(out.values())
 
 
 def render(parts: list[dict], a: argparse.Namespace, cpu: str, load: tuple[str, str], total: float) -> str:
@@ -258,7 +265,7 @@ def main() -> int:
                 for m, r in pre.items():
                     print(f"{m}: {r['wall_s'] / 60:.1f} min, {r['epochs']} epochs, {r['score_name']} {r['score']:.4g}")
                 return 0
-            parts = [run_part(p, work, pre, n_unlabelled, a) for p in a.parts]
+            parts = run_parts(work, pre, n_unlabelled, a)
         except RuntimeError as e:
             print(e, file=sys.stderr)
             return 1
