@@ -104,7 +104,8 @@ def pretrain(method: str, data: str, out: Path, a: argparse.Namespace) -> dict:
         _done(out, wall)
     last = _history(out)[-1]
     score = last.get("top1", last.get("recon_loss"))
-    return dict(method=method, wall_s=wall, epochs=last["epoch"], score=score,
+    batch = json.loads((out / "config.json").read_text())["batch_size"]
+    return dict(method=method, wall_s=wall, epochs=last["epoch"], steps=last["step"], batch=batch, score=score,
                 score_name="rotation accuracy (%)" if method == "rotnet" else "reconstruction loss")
 
 
@@ -118,7 +119,8 @@ def finetune(data: str, out: Path, seed: int, init: Path | None, extra: list[str
     if wall is None:
         wall, _ = _run(flags, max(1, a.threads // a.jobs))
         _done(out, wall)
-    return dict(seed=seed, top1=_history(out)[-1]["top1"], wall_s=wall)
+    history = _history(out)
+    return dict(seed=seed, top1=history[-1]["top1"], wall_s=wall, curve=[h["top1"] for h in history])
 
 
 def unlabelled(tmp: Path, a: argparse.Namespace) -> tuple[Path, int]:
@@ -188,27 +190,38 @@ def render(parts: list[dict], a: argparse.Namespace, cpu: str, load: tuple[str, 
     paired difference to scratch)."""
     lines = ["# Semi-supervised pre-training: RotNet and SparK before `convscope train`", "",
              f"Machine: {cpu}; pre-training with {a.threads} torch thread(s), fine-tuning {a.jobs} run(s) at a "
-             f"time with {max(1, a.threads // a.jobs)} each; load average {load[0]} before, {load[1]} after; "
-             f"{total / 60:.1f} min in this invocation.", "",
+             f"time with {max(1, a.threads // a.jobs)} each; load average {load[0]} before, {load[1]} after this "
+             f"invocation ({total / 60:.1f} min; runs finished by an earlier invocation with the same --work are "
+             f"reused, and their own wall clocks are below).", "",
              f"Command: `PYTHONPATH=src python benchmarks/pretrain.py {' '.join(sys.argv[1:])}`", "",
              f"Pre-training budget: {a.pretrain_minutes:g} min per method (`--time-budget`, at most "
              f"{a.pretrain_epochs} epochs), convnext_atto, labels never read.", ""]
     for p in parts:
         lines += [f"## {p['part']}", "", f"Pre-training images: {p['unlabelled_images']:,}; fine-tuning: "
                   f"`convscope train --model {MODEL} {p['finetune_flags']}`.", "",
-                  "| arm | pre-training (time, epochs, pretext score) | " + " | ".join(
+                  "| arm | pre-training (time, steps, pretext score) | " + " | ".join(
                       f"seed {s}" for s in p["seeds"]) + " | mean top-1 | vs scratch (paired) |",
                   "|---|---|" + "---|" * len(p["seeds"]) + "---|---|"]
         scratch = [r["top1"] for r in p["arms"]["scratch"]["runs"]]
         for arm, rec in p["arms"].items():
             top1 = [r["top1"] for r in rec["runs"]]
             pre = rec["pretrain"]
-            pre_text = "-" if pre is None else (f"{pre['wall_s'] / 60:.1f} min, {pre['epochs']} ep, "
-                                                f"{pre['score_name']} {pre['score']:.4g}")
+            pre_text = "-" if pre is None else (
+                f"{pre['wall_s'] / 60:.1f} min, {pre['steps']} steps of {pre['batch']} "
+                f"({pre['steps'] * pre['batch']:,} images), {pre['score_name']} {pre['score']:.4g}")
             pairs = zip(top1, scratch, strict=True)
             diff = "-" if arm == "scratch" else f"{statistics.mean(t - s for t, s in pairs):+.2f}"
             lines.append(f"| {arm} | {pre_text} | " + " | ".join(f"{t:.2f}%" for t in top1)
                          + f" | {statistics.mean(top1):.2f}% | {diff} |")
+        walls = [r["wall_s"] / 60 for rec in p["arms"].values() for r in rec["runs"]]
+        lines += ["", f"Fine-tuning runs: median {statistics.median(walls):.1f} min of wall clock each "
+                  f"({len(walls)} runs, {a.jobs} at a time).", "",
+                  "Top-1 after each fine-tuning epoch, mean over the seeds (the curves):", ""]
+        epochs = min(len(r["curve"]) for rec in p["arms"].values() for r in rec["runs"])
+        lines += ["| arm | " + " | ".join(str(e + 1) for e in range(epochs)) + " |", "|---|" + "---|" * epochs]
+        for arm, rec in p["arms"].items():
+            lines.append(f"| {arm} | " + " | ".join(
+                f"{statistics.mean(r['curve'][e] for r in rec['runs']):.2f}" for e in range(epochs)) + " |")
         lines.append("")
     return "\n".join(lines)
 
