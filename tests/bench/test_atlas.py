@@ -3,6 +3,7 @@ time cap is a row, two machines merge and the report draws both (checked in head
 the right models, bad input is one line, and the atlas times a model as `convscope profile` does."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -164,7 +165,13 @@ def test_failures_and_the_time_cap_are_rows(tmp_path, monkeypatch):
                       time_cap_s=1e-4)
     run_atlas(["inception_next_atto"], capped, db, log=lambda _: None)
     r = next(r for r in _rows(db) if r["model"] == "inception_next_atto")
-    assert r["status"] == "timeout" and "time cap" in r["reason"] and r["median_ms"] is None
+    assert r["status"] == "timeout" and r["reason"] == "time cap 0.0001 s reached" and r["median_ms"] is None
+    # the same cap: the timed-out model is not tried again; a larger one measures it
+    assert run_atlas(["inception_next_atto"], capped, db, log=lambda _: None) == dict(measured=0, kept=1, failed=0)
+    more = dataclasses.replace(capped, time_cap_s=600)
+    assert run_atlas(["inception_next_atto"], more, db, log=lambda _: None) == dict(measured=1, kept=0, failed=0)
+    r = next(r for r in _rows(db) if r["model"] == "inception_next_atto")
+    assert r["status"] == "ok" and r["median_ms"] > 0
 
 
 def _seed(db, machine_id: str, rows: list[tuple[str, str, float, float | None]], batch: int = 1) -> None:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -126,9 +127,21 @@ def _stored(row: dict[str, Any], column: str) -> Any:
     return v
 
 
-def existing_keys(con: sqlite3.Connection, machine: str) -> set[tuple]:
-    """(model, form, batch, size, threads) of every row of `machine`."""
-    return set(con.execute("SELECT model, form, batch, size, threads FROM rows WHERE machine = ?", (machine,)))
+#: the reason of a row whose model ran out of its time cap; `existing_keys` reads the cap back from it
+TIMEOUT_REASON = "time cap {:g} s reached"
+_TIMEOUT = re.compile(r"time cap ([0-9.e+-]+) s reached")
+
+
+def existing_keys(con: sqlite3.Connection, machine: str, time_cap_s: float | None = None) -> set[tuple]:
+    """(model, form, batch, size, threads) of every row of `machine`, less the rows that timed out under a cap
+    smaller than `time_cap_s`: a run given more time measures those again."""
+    keys = set()
+    for *key, status, reason in con.execute("SELECT model, form, batch, size, threads, status, reason FROM rows "
+                                            "WHERE machine = ?", (machine,)):
+        m = _TIMEOUT.fullmatch(reason or "") if status == "timeout" else None
+        if m is None or time_cap_s is None or float(m.group(1)) >= time_cap_s:
+            keys.add(tuple(key))
+    return keys
 
 
 def _checked(row: dict[str, Any], where: str) -> dict[str, Any]:

@@ -217,7 +217,8 @@ def _model_rows(name: str, s: Settings, machine: str, forms: dict[int, list[str]
     base = dict(machine=machine, model=name, family=card.family, size=h, width=w, threads=s.threads,
                 card_size=int((h, w) == tuple(card.input_size[1:])), top1=card.top1, reason="", form_detail="",
                 groups={})
-    rows = {(b, f): dict(base, batch=b, form=f, status="timeout", reason=f"time cap {s.time_cap_s:g} s reached")
+    timeout = atlas_db.TIMEOUT_REASON.format(s.time_cap_s)
+    rows = {(b, f): dict(base, batch=b, form=f, status="timeout", reason=timeout)
             for b, fs in forms.items() for f in fs}
     start = time.perf_counter()
     try:
@@ -319,7 +320,7 @@ def run_atlas(specs: Sequence[str], settings: Settings, db: str | os.PathLike | 
 
 def _measure_all(con: sqlite3.Connection, names: Sequence[str], s: Settings, machine: str, remeasure: bool,
                  peaks: Any, log: Callable[[str], None]) -> dict[str, int]:
-    done = atlas_db.existing_keys(con, machine)
+    done = atlas_db.existing_keys(con, machine, s.time_cap_s)
     tally = dict(measured=0, kept=0, failed=0)
     for i, name in enumerate(names, 1):
         todo = _todo(name, s, done, remeasure)
