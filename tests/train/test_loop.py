@@ -217,6 +217,32 @@ def test_callback_state_survives_a_checkpoint_round_trip(tmp_path):
         restore_checkpoint(bare, cbs["checkpointing"].manager.load(path))
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused_before_anything_is_restored(tmp_path):
+    loop, cbs = _loop(tmp_path, every=0)
+    seed_all(1)
+    loop.fit()
+    manager = cbs["checkpointing"].manager
+    path = save_checkpoint(loop, manager, META)
+    fits, _ = _loop(tmp_path / "fits", every=0)
+    restore_checkpoint(fits, manager.load(path))   # the untouched checkpoint restores
+    assert fits.global_step == 12
+    cases = {   # what is done to the saved weights -> what the refusal says
+        "renamed": (lambda m: m.update({"9.weight": m.pop("0.weight")}),
+                    r"it lacks 0\.weight; it has no place for 9\.weight"),
+        "reshaped": (lambda m: m.update({"3.bias": torch.zeros(2)}),
+                     r"other shapes for 3\.bias \(2,\) \(model \(1,\)\)"),
+    }
+    for case, (change, says) in cases.items():
+        ck = manager.load(path)
+        change(ck.model)
+        fresh, _ = _loop(tmp_path / case, every=0)
+        before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
+        with pytest.raises(ValueError, match="do not fit this run's model: " + says):
+            restore_checkpoint(fresh, ck)
+        assert (fresh.global_step, fresh.epoch) == (0, 0)
+        assert all(torch.equal(v, before[k]) for k, v in fresh.model.state_dict().items())
+
+
 @pytest.mark.parametrize("stop", [1, 3])   # 1: inside the warm-up (2 steps), which the stop shortens
 def test_stop_request_ends_the_run_after_that_step(tmp_path, stop):
     loop, cbs = _loop(tmp_path, StopAt(stop), every=3)

@@ -115,10 +115,23 @@ def save_checkpoint(loop: Loop, manager: CheckpointManager, meta: Mapping[str, A
                             tensors=tensors)
 
 
+def _weights_misfit(own: Mapping[str, torch.Tensor], saved: Mapping[str, torch.Tensor], show: int = 3) -> str:
+    """'' when `saved` has exactly `own`'s names and shapes; else what differs, the first `show` names of each."""
+    def first(names: list[str]) -> str:
+        return ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
+
+    missing, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = sorted(k for k in set(own) & set(saved) if tuple(own[k].shape) != tuple(saved[k].shape))
+    moved = [f"{k} {tuple(saved[k].shape)} (model {tuple(own[k].shape)})" for k in shapes]
+    parts = [f"it lacks {first(missing)}"] * bool(missing) + [f"it has no place for {first(extra)}"] * bool(extra)
+    return "; ".join(parts + [f"other shapes for {first(moved)}"] * bool(moved))
+
+
 def restore_checkpoint(loop: Loop, ck: TrainingCheckpoint) -> None:
     """Put a checkpoint back into `loop`: weights, optimizer, plan, position, every callback's state and every
     generator. ValueError when the data or the global batch differ from the checkpoint's, or the callbacks with
-    state (a callback without state may come or go)."""
+    state (a callback without state may come or go), or the weights' names or shapes (checked before anything is
+    restored)."""
     mismatch = _data_mismatch(ck.state["data"], data_description(loop))
     if mismatch:
         raise ValueError(mismatch)
@@ -130,6 +143,10 @@ def restore_checkpoint(loop: Loop, ck: TrainingCheckpoint) -> None:
         raise ValueError(f"the callbacks differ from the checkpoint's ({ck.path}): "
                          + "; ".join([f"this run has no {lost} to take their state"] * bool(lost)
                                      + [f"it holds no state for {missing}"] * bool(missing)))
+    misfit = _weights_misfit(loop.model.state_dict(), ck.model)
+    if misfit:
+        raise ValueError(f"the checkpoint's weights ({ck.path}) do not fit this run's model: {misfit} (was it written "
+                         "by another model, or by a convscope version that built this one differently?)")
     loop.load_state_dict(ck.state)
     if not loop.dist.is_main:   # the checkpoint's loss so far is every rank's: rank 0 carries it
         loop.loss_sum, loop.seen = torch.zeros_like(loop.loss_sum), 0
