@@ -117,6 +117,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "deploy forms; optionally records the official key layouts (tests/data/official_keys)",
         "~15 min", ("official_parity.md",), "--official-root DIR --out benchmarks/results/official_parity.md",
         "clones of the official repositories (`--help` lists them); timm and pytest (`make install-test`)"),
+    "pixpro_parity": Benchmark(
+        "PixPro's loss, pixel propagation, momentum step and whole forward against the official code's functions "
+        "on the same weights, views and crops (float64)",
+        "~10 s", ("pixpro_parity.md",), "--checkout PATH --out benchmarks/results/pixpro_parity.md",
+        "a clone of github.com/zdaxie/PixPro"),
     "reparam_equivalence": Benchmark(
         "output error of the deploy (re-parameterised) form vs the train form, per model (fp32) and per module "
         "type (fp64)",

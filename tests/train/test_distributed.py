@@ -123,20 +123,22 @@ def test_a_dead_rank_ends_the_job_nonzero(tmp_path):
         assert not Path(f"/proc/{p}").exists() or "convscope" not in _cmdline(p)
 
 
-@pytest.mark.parametrize("task", ["rotnet", "spark"])
+@pytest.mark.parametrize("task", ["rotnet", "spark", "pixpro"])
 def test_pretraining_under_torchrun(tmp_path, task):
     """`convscope pretrain --sync-bn` under torchrun: every weight and buffer ends bit-identical on both ranks
-    (SparK's sparse and decoder BatchNorms take their statistics over both ranks' batches; without --sync-bn each
-    rank keeps its own running statistics after the last forward); RotNet (nothing random at 32 px without a
-    flip; ConvNeXt has no BatchNorm) ends where one process with the global batch does, to float rounding.
+    (SparK's sparse and decoder BatchNorms and PixPro's projector BatchNorms take their statistics over both
+    ranks' batches; without --sync-bn each rank keeps its own running statistics after the last forward; PixPro's
+    momentum branch moves inside each rank's forward, from the same online weights); RotNet (nothing random at 32
+    px without a flip; ConvNeXt has no BatchNorm) ends where one process with the global batch does, to float rounding.
     SparK's masks are drawn per rank, so its one-process run masks other cells and is not compared."""
-    size = 32 if task == "rotnet" else 64   # SparK: a 2 x 2 deepest map to mask
+    size = 32 if task == "rotnet" else 64   # SparK: a 2 x 2 deepest map to mask; PixPro: 2 x 2 cells to pair
     base = dataclasses.replace(BASE, task=task, synthetic_size=32, synthetic_image_size=size, epochs=1,
                                label_smoothing=0.0, scale=None, ratio=None, sync_bn=True)
     ddp_cfg = dataclasses.replace(base, batch_size=4, out=str(tmp_path / "ddp"))
     r0, r1 = _ddp_replicas(ddp_cfg)
     assert r0.keys() == r1.keys() and [k for k in r0 if not torch.equal(r0[k], r1[k])] == []
-    assert any(k.endswith("running_var") for k in r0) == (task == "spark")
+    assert any(k.endswith("running_var") for k in r0) == (task != "rotnet")
+    assert task != "pixpro" or int(r0["updates"]) == 4   # the momentum branch moved once per step (32 / (2 x 4))
     assert (tmp_path / "ddp" / "encoder.safetensors").is_file()
     if task == "rotnet":
         single = train(dataclasses.replace(base, batch_size=8, out=str(tmp_path / "single"))).model.state_dict()

@@ -185,6 +185,46 @@ def test_spark_task_with_the_real_spark_resumes_bit_exactly_and_its_encoder_fine
     assert tuned.final["n"] > 0
 
 
+def test_pixpro_task_resumes_bit_exactly_and_its_encoder_fine_tunes(tmp_path):
+    """`--method pixpro` on convscope.heads.pixpro.PixPro (64 x 64: 2 x 2 cells): 2 epochs, resumed from the step-2
+    checkpoint, end byte for byte as the uninterrupted run (the momentum branch and its step count included); the
+    held-out views are the same at every evaluation; the encoder file is the online encoder and fine-tunes."""
+    from convscope.train.callbacks import Evaluation
+    from convscope.train.distributed import DistInfo
+    from convscope.train.pretraining import build_pretrain_run
+    from convscope.train.report import Console
+
+    out = tmp_path / "run"
+    cfg = dict(task="pixpro", synthetic_size=16, synthetic_image_size=64, batch_size=4)
+    first = train(_spark_config(out, **cfg))
+    assert -4 < first.final["pixpro_loss"] < 0 and json.loads((out / "pixpro.json").read_text())["n"] > 0
+    last = load_file(str(out / "last.safetensors"))
+    assert int(last["updates"]) == 8 and any(k.startswith("encoder_target.") for k in last)   # 2 epochs x 4 steps
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["pixpro_epoch001.png", "pixpro_epoch002.png"]
+    enc = load_file(str(out / "encoder.safetensors"))
+    assert all(torch.equal(v, last["encoder." + ("model." if "encoder.model." + k in last else "") + k])
+               for k, v in enc.items())   # the online encoder, not the momentum one
+    ref = {n: _bytes(out / n) for n in ("last.safetensors", "encoder.safetensors")}
+    for ck in sorted((out / "checkpoints").iterdir())[1:]:
+        for f in ck.iterdir():
+            f.unlink()
+        ck.rmdir()
+    again = train(_spark_config(out, resume=True, **cfg))
+    assert again.resumed_from == 2
+    for n, tensors in ref.items():
+        assert _bytes(out / n) == tensors, n
+    parts = build_pretrain_run(_spark_config(tmp_path / "x", eval_batch_size=4, **cfg), DistInfo(), Console("none"))
+    evaluation = Evaluation(parts.task, parts.eval_loader, {})
+    scores = evaluation.evaluate(parts.task.model)
+    torch.rand(100)
+    assert evaluation.evaluate(parts.task.model) == scores and int(parts.task.model.updates) == 0
+    tuned = train(TrainConfig(model="convnext_atto", model_kwargs=TINY, data="synthetic", synthetic_size=16,
+                              synthetic_image_size=64, synthetic_classes=10, epochs=1, batch_size=8, threads=1,
+                              device="cpu", quiet=True, init_from=str(out / "encoder.safetensors"),
+                              out=str(tmp_path / "ft")))
+    assert tuned.final["n"] > 0
+
+
 # -- convscope pretrain -> convscope train --init-from --------------------------------------------------------------
 def test_pretrain_rotnet_then_finetune_from_its_encoder(tmp_path, monkeypatch):
     """`convscope pretrain --method rotnet` writes encoder.safetensors; `convscope train --init-from` it starts with

@@ -1,4 +1,4 @@
-"""`convscope pretrain --method rotnet|spark`: self-supervised pre-training (convscope.train.pretraining) on the
+"""`convscope pretrain --method rotnet|spark|pixpro`: self-supervised pre-training (convscope.train.pretraining) on the
 training engine, with the options of `convscope train` that apply to it, declared once in `cli.train`."""
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _own_options(p: argparse._ActionsContainer, d: TrainConfig) -> None:
     """The options only `convscope pretrain` has."""
     p.add_argument("--method", dest="task", choices=PRETRAIN_TASKS, default=None,
                    help="rotnet: predict which of 4 rotations each image was turned by; spark: reconstruct masked "
-                        "regions (SparK) (required, here or in --config as task)")
+                        "regions (SparK); pixpro: make the features of the same pixel in two crops agree (PixPro) "
+                        "(required, here or in --config as task)")
     p.add_argument("--mask-ratio", type=float, default=d.mask_ratio, help="spark: the share of the deepest feature "
                    "map's cells masked")
     p.add_argument("--ignore-labels", action="store_true", help="read the data without labels: a folder is one "
@@ -69,6 +70,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     """pretrain."""
-    sp = add("pretrain", _cmd_pretrain, "self-supervised pre-training (RotNet or SparK) of a zoo model's encoder; "
-             "writes encoder.safetensors for convscope train --init-from")
+    sp = add("pretrain", _cmd_pretrain, "self-supervised pre-training (RotNet, SparK or PixPro) of a zoo model's "
+             "encoder; writes encoder.safetensors for convscope train --init-from")
     add_pretrain_arguments(sp)

@@ -18,7 +18,7 @@ NON_SEMANTIC = frozenset({"out", "resume", "workers", "quiet", "progress", "thre
 #: The tasks `convscope train --task` trains.
 TASKS = ("classification", "segmentation", "sr")
 #: The self-supervised pre-training tasks `convscope pretrain --method` trains (train/pretraining.py).
-PRETRAIN_TASKS = ("rotnet", "spark")
+PRETRAIN_TASKS = ("rotnet", "spark", "pixpro")
 #: The experiment trackers `--log` feeds (train/trackers.py); csv is summary.csv, the others need their extra.
 TRACKERS = ("tensorboard", "csv", "wandb", "mlflow")
 #: Settings only classification uses, with their defaults: a dense task refuses any other value.
@@ -37,7 +37,7 @@ class TrainConfig:
     head: str = "upernet"                # segmentation: the decode head (convscope.heads.HEADS)
     sr_scale: int = 2                    # sr: the upscaling factor
     mask_ratio: float = 0.6              # spark: the share of the deepest map's cells masked
-    ignore_labels: bool = False          # rotnet / spark: read the data without labels (pretraining.py)
+    ignore_labels: bool = False          # pre-training: read the data without labels (pretraining.py)
     out: str = "runs/train"
     # schedule and optimizer
     epochs: int = 10

@@ -1,6 +1,7 @@
 """What a pre-training run leaves beside the usual run directory: a figure per epoch (`Figures`: SparK's input,
 masked input and reconstruction of 4 held-out images; RotNet's 4 rotations of 4 held-out images with the predicted
-rotation) under figures/, and `encoder.safetensors` at the end (`EncoderFile`): the encoder's weights without the
+rotation; PixPro's two views of 4 held-out images and the similarity of view 2's cells to view 1's centre cell)
+under figures/, and `encoder.safetensors` at the end (`EncoderFile`): the encoder's weights without the
 classifier, described so that `convscope train --init-from` (and `--pretrained FILE`) fine-tunes them, the
 classifier freshly initialised.
 
@@ -30,9 +31,10 @@ ENCODER_FILE = "encoder.safetensors"
 
 
 def encoder_state_dict(model: nn.Module, task: str, model_name: str) -> dict[str, torch.Tensor]:
-    """The encoder's weights of a pre-training model: SparK's `encoder_state_dict()`, or the RotNet classifier's
+    """The encoder's weights of a pre-training model: SparK's or PixPro's `encoder_state_dict()` (PixPro's online
+    encoder), or the RotNet classifier's
     weights without its classifier layers (those `transfer_layers` names)."""
-    if task == "spark":
+    if task in ("spark", "pixpro"):
         return dict(model.encoder_state_dict())
     heads = set(transfer_layers(model_name)[1])
     return {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in heads}
@@ -116,6 +118,9 @@ class Figures(Callback):
         data = self.loader.dataset
         images, _, _ = data.get_batch(list(range(min(FIGURE_IMAGES, len(data)))))
         x = self.loader.batched.transform(images, torch.Generator().manual_seed(self.seed))
+        if self.task == "pixpro":   # the two views, one after the other, and their crops
+            self.coords = torch.cat(x[2:])
+            return torch.cat(x[:2])
         return x[0] if isinstance(x, tuple) else x
 
     @torch.no_grad()
@@ -127,7 +132,7 @@ class Figures(Callback):
             self.weights.eval()
             try:
                 x = self._images().to(loop.device)
-                rows = self._spark_rows(x) if self.task == "spark" else self._rotnet_rows(x)
+                rows = dict(spark=self._spark_rows, rotnet=self._rotnet_rows, pixpro=self._pixpro_rows)[self.task](x)
             finally:
                 self.weights.train(was_training)
             path = self.out / "figures" / f"{self.task}_epoch{loop.epoch:03d}.png"
@@ -141,6 +146,23 @@ class Figures(Callback):
         m, s = self.meta["mean"], self.meta["std"]
         return [("input", _shown(x, m, s), []), ("masked", _shown(masked, m, s), []),
                 ("prediction", _shown(pred, m, s), [])]
+
+    def _pixpro_rows(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor, list[str]]]:
+        """Both views of the held-out images, and how alike view 2's momentum features are, cell by cell, to
+        view 1's propagated feature at its centre cell (cosine, -1 black to 1 white; the cell that sees the same
+        part of the image should be brightest), captioned with that cell's centre in each view's frame."""
+        from ..heads.pixpro import cell_centres
+
+        n = x.shape[0] // 2
+        v1, v2 = x[:n], x[n:]
+        sim = self.weights.similarity(v1, v2).float().cpu()
+        h, w = sim.shape[-2:]
+        shown = torch.nn.functional.interpolate(((sim + 1) / 2).unsqueeze(1), size=v2.shape[-2:], mode="nearest")
+        centre = cell_centres(self.coords[:n].float(), h, w)[:, (h // 2) * w + w // 2]
+        m, s = self.meta["mean"], self.meta["std"]
+        return [("view 1", _shown(v1, m, s), [f"centre cell at ({a:.2f}, {b:.2f})" for a, b in centre.tolist()]),
+                ("view 2", _shown(v2, m, s), []),
+                ("similarity", shown.clamp(0, 1).permute(0, 2, 3, 1), [f"{h}x{w} cells"] * n)]
 
     def _rotnet_rows(self, x: torch.Tensor) -> list[tuple[str, torch.Tensor, list[str]]]:
         """Each rotation of the held-out images, captioned with the predicted rotation (and whether it is right)."""

@@ -1,8 +1,9 @@
 """Self-supervised pre-training on the training loop: rotation prediction (`RotationTask`, RotNet: Gidaris et
 al., arXiv 1803.07728) and masked image modelling (`SparKTask`, SparK: Tian et al., arXiv 2301.03580, whose model
 is `convscope.heads.spark.SparK`), each with its evaluator, built from a TrainConfig by `build_pretrain_run`
-(`convscope pretrain`). Both run through the same Loop, callbacks, checkpoints, time budget and metric files as
-`convscope train`; the figures and the encoder file the run leaves are in pretrain_outputs.py.
+(`convscope pretrain`), and pixel-level contrast (`PixProTask`, PixPro: Xie et al., arXiv 2011.10043, whose model
+is `convscope.heads.pixpro.PixPro`). All three run through the same Loop, callbacks, checkpoints, time budget and
+metric files as `convscope train`; the figures and the encoder file the run leaves are in pretrain_outputs.py.
 
 RotNet: the model is `create_model(name, num_classes=4, in_chans=C)`. Each batch of N uint8 images is flipped
 (the random horizontal flip, drawn before rotating: a flip after a rotation by 90 degrees looks like a rotation
@@ -17,6 +18,13 @@ seeded per batch from the batch's own generator (seeded by (seed, epoch, step, r
 never from the global RNG: a resumed run masks exactly as an uninterrupted one, and the held-out batches are
 masked the same way at every evaluation. The input size is raised to a multiple of the encoder's total stride
 (the deepest map's cells are what is masked). Scored by the held-out reconstruction loss (lower is better).
+
+PixPro: each batch of N uint8 images becomes two views (`TwoViews`), each a random resized crop with a random
+horizontal flip, brightness and contrast jitter, and (the second view only) solarisation, with each crop's corners
+in the original image's normalised coordinates, which decide the positive pairs of cells. Gaussian blur, colour
+jitter of saturation and hue and random greyscale of the official BYOL-style views are left out (the typical
+images here are small, and often grey). The momentum branch moves once per training forward, over the run's
+forward passes (epochs x micro-steps). Scored by the held-out PixPro loss (lower is better; -4 is perfect).
 
 Data (`--ignore-labels`): without it the data is opened exactly as `convscope train` opens it (a folder needs its
 class subfolders) and the labels are read but never used. With it, the labels are never read from a folder: the
@@ -36,7 +44,18 @@ from torch import nn
 
 from ..data.datasets import ImageFolder, IndexSubset, cache_fits, is_idx_dir, probe_images, split_indices
 from ..data.sizes import decide_input_size
-from ..data.transforms import EvalTransform, TrainTransform, center_crop
+from ..data.transforms import (
+    EvalTransform,
+    TrainTransform,
+    _blend,
+    _gray,
+    center_crop,
+    crop_affine,
+    normalize,
+    random_resized_crop_boxes,
+    to_float,
+    warp,
+)
 from ..models import create_model, model_card, model_traits
 from .config import TrainConfig
 from .distributed import DistInfo, all_reduce_sum
@@ -46,7 +65,7 @@ from .report import Console
 from .task import ClassificationMetrics, ClassificationTask
 
 ROTATIONS = ("0", "90", "180", "270")   # the RotNet classes: degrees counter-clockwise
-DEFAULTS = dict(rotnet=(64, 2e-3), spark=(64, 2e-3))   # (batch size, peak lr) unless given
+DEFAULTS = dict(rotnet=(64, 2e-3), spark=(64, 2e-3), pixpro=(64, 2e-3))   # (batch size, peak lr) unless given
 
 
 # -- RotNet ------------------------------------------------------------------------------------------------------
@@ -190,6 +209,87 @@ def create_spark(cfg: TrainConfig, in_chans: int, input_size: tuple[int, int]) -
     return spark
 
 
+# -- PixPro ------------------------------------------------------------------------------------------------------
+class TwoViews:
+    """uint8 batch -> (view1, view2, coords1, coords2): two random resized crops of each image at `size`, each
+    flipped with probability `hflip`, brightness- and contrast-jittered (factors uniform in 1 +- `jitter`, with
+    probability `jitter_p`), solarised with probability `solarize[k]` for view k, normalised; coords (B, 4) are
+    each crop's (x0, y0, x1, y1) over the image's width and height, x0 and x1 swapped where flipped. Every draw
+    comes from the batch's generator, view 1's first."""
+
+    def __init__(self, size: int | tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
+                 scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 hflip: float = 0.5, jitter: float = 0.4, jitter_p: float = 0.8,
+                 solarize: tuple[float, float] = (0.0, 0.2)) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.mean, self.std, self.scale, self.ratio = tuple(mean), tuple(std), tuple(scale), tuple(ratio)
+        self.hflip, self.jitter, self.jitter_p, self.solarize = hflip, jitter, jitter_p, tuple(solarize)
+
+    def _view(self, x: torch.Tensor, solarize: float, generator: torch.Generator | None) -> tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
+        n, _, h, w = x.shape
+        boxes = random_resized_crop_boxes(n, h, w, self.scale, self.ratio, generator)
+        flip = torch.rand(n, generator=generator) < self.hflip
+        u = torch.rand(n, 4, generator=generator)
+        y = warp(to_float(x), crop_affine(boxes, h, w, self.size, flip), self.size, fill_zero=False)
+        on = (u[:, 0] < self.jitter_p).to(y.dtype)
+        bright = 1 + on * self.jitter * (2 * u[:, 1] - 1)
+        contrast = 1 + on * self.jitter * (2 * u[:, 2] - 1)
+        y = (y * bright.view(-1, 1, 1, 1)).clamp_(0, 1)
+        y = _blend(y, _gray(y).mean((1, 2, 3), keepdim=True).expand_as(y), contrast)
+        y = torch.where((u[:, 3] < solarize).view(-1, 1, 1, 1) & (y >= 0.5), 1 - y, y)
+        x0, y0, bw, bh = boxes.unbind(1)
+        left, right = x0 / w, (x0 + bw) / w
+        coords = torch.stack([torch.where(flip, right, left), y0 / h, torch.where(flip, left, right),
+                              (y0 + bh) / h], 1)
+        return normalize(y, self.mean, self.std), coords
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        v1, c1 = self._view(x, self.solarize[0], generator)
+        v2, c2 = self._view(x, self.solarize[1], generator)
+        return v1, v2, c1, c2
+
+
+class PixProMetrics(ReconstructionMetrics):
+    """The mean PixPro loss over the held-out images (both views' terms), summed over ranks; lower is better."""
+
+    primary = "pixpro_loss"
+    labels = {"pixpro_loss": "PixPro loss"}
+    axis = "PixPro loss"
+
+    def compute(self) -> dict[str, Any]:
+        scores = super().compute()
+        return dict(pixpro_loss=scores.pop("recon_loss"), **scores)
+
+    def files(self, scores: Mapping[str, Any]) -> dict[str, Any]:
+        return {"pixpro.json": dict(pixpro_loss=scores["pixpro_loss"], n=scores["n"])}
+
+
+class PixProTask(SparKTask):
+    """Pixel-level contrast with a PixPro module: batches of ((view1, view2, coords1, coords2), labels) become the
+    four tensors on the device; the loss is the module's (which also moves its momentum branch in training)."""
+
+    def __init__(self, pixpro: nn.Module, device: torch.device, *, dist: DistInfo | None = None,
+                 amp: str = "fp32") -> None:
+        super().__init__(pixpro, device, dist=dist, amp=amp)
+        self.metrics = PixProMetrics(device, dist)
+
+    def to_device(self, batch: tuple[tuple[torch.Tensor, ...], torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(self.device, non_blocking=True) for t in batch[0])
+
+    def _forward(self, module: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+            return module(*batch).float()
+
+
+def create_pixpro(cfg: TrainConfig, in_chans: int, total_steps: int) -> nn.Module:
+    """The PixPro module of `cfg.model` (imported here: heads/pixpro.py), its momentum schedule over
+    `total_steps` forward passes."""
+    from ..heads.pixpro import PixPro
+
+    return PixPro(cfg.model, in_chans=in_chans, total_steps=max(1, total_steps), **cfg.model_kwargs)
+
+
 # -- the data ----------------------------------------------------------------------------------------------------
 class Unlabelled:
     """A dataset's images with every label 0 (the labels are not used; for an in-memory set, dropped)."""
@@ -283,9 +383,15 @@ def _traits(cfg: TrainConfig) -> Any:
 
 def _transforms(cfg: TrainConfig, spec: DataSpec) -> tuple[Any, Any]:
     """The training and evaluation batch transforms: whole images (flips only) for images of 64 pixels or less,
-    else crops of 0.35-1 of the area; RotNet's rotations or SparK's mask seeds around them."""
+    else crops of 0.35-1 of the area; RotNet's rotations or SparK's mask seeds around them. PixPro's two views
+    (`TwoViews`) crop 0.2-1 of the area of small images, 0.08-1 (the official range) of larger ones, in training
+    and evaluation alike (the held-out views are drawn from the same per-batch generators at every evaluation)."""
     small = max(spec.native_size or spec.input_size) <= SMALL_IMAGE
     scale, ratio = ((1.0, 1.0), (1.0, 1.0)) if small else ((0.35, 1.0), (3 / 4, 4 / 3))
+    if cfg.task == "pixpro":   # crops are what makes the pairs: small images are cropped too
+        scale = (0.2, 1.0) if small else (0.08, 1.0)
+        train = TwoViews(spec.input_size, spec.mean, spec.std, scale, (3 / 4, 4 / 3), cfg.hflip)
+        return train, TwoViews(spec.input_size, spec.mean, spec.std, scale, (3 / 4, 4 / 3), cfg.hflip)
     rotnet = cfg.task == "rotnet"
     train_tf = TrainTransform(spec.input_size, spec.mean, spec.std, scale, ratio, 0.0 if rotnet else cfg.hflip)
     eval_tf = EvalTransform(spec.input_size, spec.mean, spec.std, spec.crop_pct)
@@ -294,9 +400,12 @@ def _transforms(cfg: TrainConfig, spec: DataSpec) -> tuple[Any, Any]:
     return MaskSeedTransform(train_tf), MaskSeedTransform(eval_tf)
 
 
-def _task(cfg: TrainConfig, spec: DataSpec, dist: DistInfo) -> tuple[Any, tuple[str, ...]]:
+def _task(cfg: TrainConfig, spec: DataSpec, dist: DistInfo, steps_per_epoch: int = 1) -> tuple[Any, tuple[str, ...]]:
     """The task of `cfg.task` with its model (seeded by cfg.seed) on the run's device, and its class names."""
     torch.manual_seed(cfg.seed)
+    if cfg.task == "pixpro":
+        pixpro = create_pixpro(cfg, spec.in_chans, steps_per_epoch * cfg.epochs).to(dist.device)
+        return PixProTask(pixpro, dist.device, dist=dist, amp=cfg.amp), ("image",)
     if cfg.task == "spark":
         spark = create_spark(cfg, spec.in_chans, spec.input_size).to(dist.device)
         return SparKTask(spark, dist.device, dist=dist, amp=cfg.amp), ("image",)
@@ -320,22 +429,30 @@ def _defaults(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, str]:
 
 
 def build_pretrain_run(cfg: TrainConfig, dist: DistInfo, console: Console) -> RunParts:
-    """`convscope pretrain --method rotnet|spark`: the images, the task and its model, the loaders (batch 64 and
+    """`convscope pretrain --method rotnet|spark|pixpro`: the images, the task and its model, the loaders (batch 64 and
     lr 2e-3 unless given, no warm-up), the description of the weights it writes, and its figure and encoder
     outputs (pretrain_outputs.py)."""
     from .pretrain_outputs import pretrain_callbacks
 
-    spec = _data(cfg, _traits(cfg), console)
+    traits = _traits(cfg)
+    spec = _data(cfg, traits, console)
+    if cfg.task == "pixpro" and traits.reductions:
+        h, w = (side // traits.reductions[-1] for side in spec.input_size)
+        if min(h, w) < 3:
+            console.warn(f"--method pixpro: at input {spec.input_size[0]}x{spec.input_size[1]} the last map of "
+                         f"{cfg.model} is {h}x{w}, too few cells for pixel-level pairs; pass --input-size "
+                         f"{4 * traits.reductions[-1]} or more for a 4x4 map")
     cfg, defaults_line = _defaults(cfg, len(spec.train))
     train_tf, eval_tf = _transforms(cfg, spec)
     train_loader, eval_loader = pair_loaders(cfg, spec.train, spec.eval, train_tf, dist, eval_tf)
-    task, classes = _task(cfg, spec, dist)
+    task, classes = _task(cfg, spec, dist, len(train_loader))
     meta = dict(task=cfg.task, model=model_card(cfg.model).name, model_kwargs=cfg.model_kwargs,
                 num_classes=len(classes), in_chans=spec.in_chans, input_size=list(spec.input_size),
                 load_size=list(spec.load_size), crop_pct=spec.crop_pct, mean=list(spec.mean), std=list(spec.std),
                 class_names=list(classes), data=cfg.data)
     h, w = spec.input_size
-    what = "4 rotations per image" if cfg.task == "rotnet" else f"{cfg.mask_ratio:.0%} masked"
+    what = dict(rotnet="4 rotations per image", spark=f"{cfg.mask_ratio:.0%} masked",
+                pixpro="2 views per image")[cfg.task]
     return RunParts(cfg, task, train_loader, eval_loader, meta, title=f"{meta['model']} {cfg.task} on "
                     f"{spec.description}", shape=f"input {spec.in_chans}x{h}x{w}, {what}",
                     description=spec.description, defaults_line=defaults_line,

@@ -55,6 +55,9 @@ def _headline(result: TrainResult) -> str:
     if task == "rotnet":
         return (f"rotation accuracy {f['top1']:.2f}%  (best {f['best_top1']:.2f}% at epoch {f['best_epoch']}) on "
                 f"{f['n'] // 4} held-out images x 4 rotations")
+    if task == "pixpro":
+        return (f"PixPro loss {f['pixpro_loss']:.4f}  (best {f['best_pixpro_loss']:.4f} at epoch {f['best_epoch']}; "
+                f"-4 is perfect) on {f['n']} held-out images x 2 views")
     if task == "spark":
         return (f"reconstruction loss {f['recon_loss']:.4f}  (best {f['best_recon_loss']:.4f} at epoch "
                 f"{f['best_epoch']}) on {f['n']} held-out images")
