@@ -32,11 +32,13 @@ class TrainResult:
 
 
 def describe_run(cfg: TrainConfig, shape: str, description: str, loop: Loop, name: str) -> str:
-    """The line a run opens with: model, its input (`shape`), the data, schedule, global batch, dtype and
-    device."""
+    """The line a run opens with: model, its parameters (those the optimizer trains; frozen ones, such as PixPro's
+    momentum branch, apart), its input (`shape`), the data, schedule, global batch, dtype and device."""
     dist = loop.dist
-    n_params = sum(p.numel() for p in loop.model.parameters())
-    return (f"{name}: {n_params / 1e6:.3f} M parameters, {shape}; {description}; "
+    trained = sum(p.numel() for p in loop.model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in loop.model.parameters() if not p.requires_grad)
+    return (f"{name}: {trained / 1e6:.3f} M parameters" + (f" (and {frozen / 1e6:.3f} M not trained)" * bool(frozen))
+            + f", {shape}; {description}; "
             f"{loop.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch "
             f"{cfg.batch_size * cfg.accum_steps * dist.world_size}, {cfg.amp}, {loop.device}"
             + (f", {dist.world_size} processes" if dist.enabled else ""))
