@@ -3,7 +3,7 @@ card's resolution, batch 1, fp32 and bf16; int8 and `best` (the form `convscope 
 variant of each family; then the interactive page (`convscope atlas report`) and a markdown summary.
 
     PYTHONPATH=src python benchmarks/atlas.py [--max-params 30] [--threads 2] [--repeats 10] [--time-cap 300]
-        [--smallest-forms int8,best] [--models GLOBS] [--out benchmarks/results/atlas]
+        [--smallest-forms int8,best] [--stop-after MIN] [--models GLOBS] [--out benchmarks/results/atlas]
 
 It writes OUT/atlas.db (the database: rerun the command and it measures only what is missing), OUT/atlas.html
 (the page, plotly embedded) and OUT/atlas.md (machine, command, one row per model and form). The profile check
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -90,6 +91,9 @@ def main() -> int:
     ap.add_argument("--smallest-forms", default="int8,best", help="forms for each family's smallest variant")
     ap.add_argument("--models", default=None, help="only these (names, globs, families; comma-separated), for a check")
     ap.add_argument("--check", default="convnext_atto,lsnet_t", help="models timed by profile beside the atlas")
+    ap.add_argument("--stop-after", type=float, default=None, metavar="MIN",
+                    help="start no family's --smallest-forms rows after MIN minutes (the page names the families "
+                         "not reached; a later run measures them)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "atlas")
     a = ap.parse_args()
     from common import cpu_name
@@ -109,8 +113,12 @@ def main() -> int:
     common = dict(batches=(1,), size=None, threads=a.threads, repeats=a.repeats, time_cap_s=a.time_cap)
     tally = run_atlas(every, Settings(forms=("fp32", "bf16"), **common), db)
     extra = tuple(f for f in a.smallest_forms.split(",") if f)
-    if extra:
-        more = run_atlas(smallest, Settings(forms=extra, **common), db)
+    unreached = []
+    for name in smallest if extra else []:
+        if a.stop_after is not None and time.perf_counter() - t0 > 60 * a.stop_after:
+            unreached.append(name)
+            continue
+        more = run_atlas([name], Settings(forms=extra, **common), db)
         tally = {k: tally[k] + more[k] for k in tally}
     check = _profile_check([n for n in a.check.split(",") if n], db, a.threads, a.repeats) if a.check else []
     write_atlas_report(db, a.out / "atlas.html")
@@ -119,12 +127,16 @@ def main() -> int:
             f"Machine: {cpu_name()}, {a.threads} thread(s); load average {load0[0]:.2f} at the start, "
             f"{os.getloadavg()[0]:.2f} at the end; {minutes:.0f} min ({tally['measured']} rows measured, "
             f"{tally['kept']} already in the database, {tally['failed']} failed).", "",
-            f"Command: `PYTHONPATH=src python benchmarks/atlas.py {' '.join(sys.argv[1:])}`", "",
+            f"Command: `PYTHONPATH=src python benchmarks/atlas.py {shlex.join(sys.argv[1:])}`", "",
             f"{len(every)} variants of at most {a.max_params:g} M parameters (and a family's smallest where none is so "
             f"small) at their card's resolution, batch 1, "
             f"fp32 and bf16; {', '.join(extra) or 'no other form'} for the smallest of each of {len(smallest)} "
             "families. Interactive page: [atlas.html](atlas.html); database: atlas.db (`convscope atlas report "
             "--db atlas.db`, `convscope atlas query --db atlas.db --max-ms 20`).", ""]
+    if unreached:
+        page += [f"Not reached within `--stop-after {a.stop_after:g}` ({len(unreached)} families, no "
+                 f"{', '.join(extra)} rows): {', '.join(unreached)}. The same command measures them, and only "
+                 "them.", ""]
     if check:
         page += ["## The atlas against `convscope profile`", "",
                  "The same model, card resolution, batch 1 and threads, timed alternately three times by each in "
