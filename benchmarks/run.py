@@ -161,11 +161,11 @@ BENCHMARKS: dict[str, Benchmark] = {
         "semi-supervised: convnext_atto pre-trained with RotNet and SparK (`convscope pretrain`, labels never read) "
         "on the 60,000 Fashion-MNIST training images the small-data folder does not use, then fine-tuned on that "
         "folder (`--init-from`, default recipe, 10 epochs) vs from scratch, three seeds; the same encoders with the "
-        "demo recipe on full Fashion-MNIST labels, two seeds",
-        "2 x 15 min of pre-training on a quiet machine (`--pretrain-only` runs it alone), then ~65 min of fine-tuning "
-        "(15 runs, two at a time with one thread each; they have no time budget, so other work only slows them)",
+        "demo recipe on full Fashion-MNIST labels, three seeds",
+        "2 x 15 min of pre-training on a quiet machine (`--pretrain-only` runs it alone), then ~115 min of fine-tuning "
+        "(18 runs, two at a time with one thread each; they have no time budget, so other work only slows them)",
         ("pretrain.md", "pretrain.json"),
-        "--threads 2 --jobs 2 --pretrain-minutes 15 --demo-seeds 0,1 --work runs/pretrain-bench "
+        "--threads 2 --jobs 2 --pretrain-minutes 15 --demo-seeds 0,1,2 --work runs/pretrain-bench "
         "--out benchmarks/results/pretrain.md",
         "Fashion-MNIST idx files (`make data`); Pillow"),
     "transfer": Benchmark(
