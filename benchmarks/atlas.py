@@ -36,6 +36,19 @@ def _models(max_params: float) -> tuple[list[str], list[str]]:
     return every, smallest
 
 
+def _missing(db: Path, names: list[str], forms: tuple[str, ...], threads: int) -> list[str]:
+    """The models of `names` lacking a batch-1 row at their card's size for any of `forms` on this machine."""
+    from convscope.bench.atlas import open_db, read_rows, this_machine
+
+    con = open_db(db)
+    try:
+        have = {(r["model"], r["form"]) for r in read_rows(con, machine=this_machine()["id"])
+                if r["batch"] == 1 and r["threads"] == threads and r["card_size"]}
+    finally:
+        con.close()
+    return [n for n in names if any((n, f) not in have for f in forms)]
+
+
 def _profile_check(names: list[str], db: Path, threads: int, repeats: int) -> list[str]:
     """Atlas fp32 rows beside `convscope profile`'s timing of the same model, input and threads: three rounds,
     alternating, medians of the rounds' medians, each with its spread."""
@@ -113,13 +126,12 @@ def main() -> int:
     common = dict(batches=(1,), size=None, threads=a.threads, repeats=a.repeats, time_cap_s=a.time_cap)
     tally = run_atlas(every, Settings(forms=("fp32", "bf16"), **common), db)
     extra = tuple(f for f in a.smallest_forms.split(",") if f)
-    unreached = []
     for name in smallest if extra else []:
         if a.stop_after is not None and time.perf_counter() - t0 > 60 * a.stop_after:
-            unreached.append(name)
-            continue
+            break
         more = run_atlas([name], Settings(forms=extra, **common), db)
         tally = {k: tally[k] + more[k] for k in tally}
+    unreached = _missing(db, smallest, extra, a.threads)
     check = _profile_check([n for n in a.check.split(",") if n], db, a.threads, a.repeats) if a.check else []
     write_atlas_report(db, a.out / "atlas.html")
     minutes = (time.perf_counter() - t0) / 60
@@ -134,9 +146,10 @@ def main() -> int:
             "families. Interactive page: [atlas.html](atlas.html); database: atlas.db (`convscope atlas report "
             "--db atlas.db`, `convscope atlas query --db atlas.db --max-ms 20`).", ""]
     if unreached:
-        page += [f"Not reached within `--stop-after {a.stop_after:g}` ({len(unreached)} families, no "
-                 f"{', '.join(extra)} rows): {', '.join(unreached)}. The same command measures them, and only "
-                 "them.", ""]
+        families = "family" if len(unreached) == 1 else "families"
+        page += [f"No {', '.join(extra)} rows yet for {len(unreached)} {families}: {', '.join(unreached)} (not reached "
+                 "within `--stop-after`, or the process ended while measuring them). The same command measures "
+                 "them, and only them.", ""]
     if check:
         page += ["## The atlas against `convscope profile`", "",
                  "The same model, card resolution, batch 1 and threads, timed alternately three times by each in "

@@ -38,10 +38,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         "family's smallest) at its card's resolution, batch 1, fp32 and bf16, int8 and `best` for each family's "
         "smallest; the interactive page, the SQLite database, and the atlas's timing beside `convscope profile`'s",
         "fp32 and bf16: 3 min for the 37 variants up to 5 M parameters, ~12 min up to 30 M, on a quiet machine; int8 "
-        "and best (not recorded yet: drop `--smallest-forms ''` and give `--time-cap 600`) compile three times per "
-        "family, over 150 s for the first two tried (biformer_tiny's int8 compile alone took 56 s), so ~2 h",
+        "and best compile three times per family: ~75 min for the 26 families' smallest variants",
         ("atlas/atlas.md", "atlas/atlas.html", "atlas/atlas.db"),
-        "--smallest-forms '' --threads 2 --time-cap 120 --check convnext_atto --out benchmarks/results/atlas",
+        "--threads 2 --time-cap 600 --stop-after 85 --check convnext_atto --out benchmarks/results/atlas",
         "plotly for the page (the `atlas` extra); torchao for int8 (the `deploy` extra)"),
     "data_loading": Benchmark(
         "Fashion-MNIST batches/s of convscope's batched Loader (0-2 workers) vs a per-image DataLoader, and "
