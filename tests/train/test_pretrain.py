@@ -103,6 +103,20 @@ def _spark_config(out: Path, **kw) -> TrainConfig:
     return TrainConfig(**dict(d, **kw))
 
 
+def _resume_from_step_2_ends_the_same(out: Path, cfg: dict) -> None:
+    """Delete every checkpoint of the finished run in `out` but the first (step 2), resume it: the final weights
+    and encoder file end byte for byte as the uninterrupted run's."""
+    ref = {n: _bytes(out / n) for n in ("last.safetensors", "encoder.safetensors")}
+    for ck in sorted((out / "checkpoints").iterdir())[1:]:
+        for f in ck.iterdir():
+            f.unlink()
+        ck.rmdir()
+    again = train(_spark_config(out, resume=True, **cfg))
+    assert again.resumed_from == 2
+    for n, tensors in ref.items():
+        assert _bytes(out / n) == tensors, n
+
+
 def test_spark_task_resumes_bit_exactly_and_writes_its_outputs(tmp_path, stand_in_spark):
     """Run 2 epochs, keep its final weights, go back to the checkpoint of step 2 (mid-epoch 1), resume: the final
     weights, encoder file and history are byte for byte the uninterrupted run's."""
@@ -163,16 +177,8 @@ def test_spark_task_with_the_real_spark_resumes_bit_exactly_and_its_encoder_fine
     cfg = dict(synthetic_size=16, synthetic_image_size=64, batch_size=4)
     first = train(_spark_config(out, **cfg))
     assert first.final["recon_loss"] > 0 and torch.isfinite(torch.tensor(first.final["recon_loss"]))
-    ref = {n: _bytes(out / n) for n in ("last.safetensors", "encoder.safetensors")}
     assert any(".decoder." in k or k.startswith("decoder.") for k in load_file(str(out / "last.safetensors")))
-    for ck in sorted((out / "checkpoints").iterdir())[1:]:
-        for f in ck.iterdir():
-            f.unlink()
-        ck.rmdir()
-    again = train(_spark_config(out, resume=True, **cfg))
-    assert again.resumed_from == 2
-    for n, tensors in ref.items():
-        assert _bytes(out / n) == tensors, n
+    _resume_from_step_2_ends_the_same(out, cfg)
     model = create_model("convnext_atto", num_classes=10, in_chans=3, **TINY)
     missing, unexpected = model.load_state_dict(load_file(str(out / "encoder.safetensors")), strict=False)
     # the head's norm and classifier: SparK's encoder is the features_only model, which ends before the head
@@ -204,15 +210,7 @@ def test_pixpro_task_resumes_bit_exactly_and_its_encoder_fine_tunes(tmp_path):
     enc = load_file(str(out / "encoder.safetensors"))
     assert all(torch.equal(v, last["encoder." + ("model." if "encoder.model." + k in last else "") + k])
                for k, v in enc.items())   # the online encoder, not the momentum one
-    ref = {n: _bytes(out / n) for n in ("last.safetensors", "encoder.safetensors")}
-    for ck in sorted((out / "checkpoints").iterdir())[1:]:
-        for f in ck.iterdir():
-            f.unlink()
-        ck.rmdir()
-    again = train(_spark_config(out, resume=True, **cfg))
-    assert again.resumed_from == 2
-    for n, tensors in ref.items():
-        assert _bytes(out / n) == tensors, n
+    _resume_from_step_2_ends_the_same(out, cfg)
     parts = build_pretrain_run(_spark_config(tmp_path / "x", eval_batch_size=4, **cfg), DistInfo(), Console("none"))
     evaluation = Evaluation(parts.task, parts.eval_loader, {})
     scores = evaluation.evaluate(parts.task.model)
