@@ -223,6 +223,20 @@ def test_pixpro_task_resumes_bit_exactly_and_its_encoder_fine_tunes(tmp_path):
     assert tuned.final["n"] > 0
 
 
+def test_run_header_counts_trained_parameters_and_names_the_momentum_branch_apart():
+    from convscope.heads.pixpro import PixPro
+    from convscope.train.distributed import DistInfo
+    from convscope.train.summary import describe_run
+
+    model = PixPro("convnext_atto", in_chans=1, proj_dim=16, **TINY)
+    trained = sum(p.numel() for p in [*model.encoder.parameters(), *model.projector.parameters(),
+                                      *model.propagation.parameters()])
+    frozen = sum(p.numel() for p in [*model.encoder_target.parameters(), *model.projector_target.parameters()])
+    loop = types.SimpleNamespace(dist=DistInfo(), model=model, steps_per_epoch=4, device="cpu")
+    line = describe_run(_spark_config(Path("unused")), "input", "data", loop, "convnext_atto")
+    assert line.startswith(f"convnext_atto: {trained / 1e6:.3f} M parameters (and {frozen / 1e6:.3f} M not trained)")
+
+
 # -- convscope pretrain -> convscope train --init-from --------------------------------------------------------------
 def test_pretrain_rotnet_then_finetune_from_its_encoder(tmp_path, monkeypatch):
     """`convscope pretrain --method rotnet` writes encoder.safetensors; `convscope train --init-from` it starts with

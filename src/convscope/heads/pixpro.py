@@ -139,10 +139,9 @@ class PixPro(nn.Module):
             for po, pt in zip(online.parameters(), target.parameters(), strict=True):
                 pt.mul_(m).add_(po.detach(), alpha=1 - m)
 
-    def _online(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the projected last map, its propagation normalised)."""
-        proj = self.projector(self.encoder(x)[-1])
-        return proj, F.normalize(self.propagation(proj), dim=1)
+    def _online(self, x: torch.Tensor) -> torch.Tensor:
+        """The propagated projection of the last map, normalised along channels."""
+        return F.normalize(self.propagation(self.projector(self.encoder(x)[-1])), dim=1)
 
     @torch.no_grad()
     def _target(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,8 +159,7 @@ class PixPro(nn.Module):
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, coords1: torch.Tensor,
                 coords2: torch.Tensor) -> torch.Tensor:
         self._check((view1, view2), (coords1, coords2))
-        _, pred1 = self._online(view1)
-        _, pred2 = self._online(view2)
+        pred1, pred2 = self._online(view1), self._online(view2)
         if self.training and torch.is_grad_enabled():
             self.update_target()
         key1, key2 = self._target(view1), self._target(view2)
@@ -174,7 +172,7 @@ class PixPro(nn.Module):
                    ) -> torch.Tensor:
         """(B, h, w): the cosine of view 2's momentum features at every cell with view 1's propagated feature at
         `cell` (its centre cell by default), for a figure of what the features match."""
-        _, pred1 = self._online(view1)
+        pred1 = self._online(view1)
         key2 = self._target(view2)
         h, w = pred1.shape[-2:]
         i, j = cell if cell is not None else (h // 2, w // 2)

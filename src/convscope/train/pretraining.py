@@ -390,8 +390,8 @@ def _transforms(cfg: TrainConfig, spec: DataSpec) -> tuple[Any, Any]:
     scale, ratio = ((1.0, 1.0), (1.0, 1.0)) if small else ((0.35, 1.0), (3 / 4, 4 / 3))
     if cfg.task == "pixpro":   # crops are what makes the pairs: small images are cropped too
         scale = (0.2, 1.0) if small else (0.08, 1.0)
-        train = TwoViews(spec.input_size, spec.mean, spec.std, scale, (3 / 4, 4 / 3), cfg.hflip)
-        return train, TwoViews(spec.input_size, spec.mean, spec.std, scale, (3 / 4, 4 / 3), cfg.hflip)
+        views = TwoViews(spec.input_size, spec.mean, spec.std, scale, (3 / 4, 4 / 3), cfg.hflip)
+        return views, views   # stateless: every draw comes from the batch's generator
     rotnet = cfg.task == "rotnet"
     train_tf = TrainTransform(spec.input_size, spec.mean, spec.std, scale, ratio, 0.0 if rotnet else cfg.hflip)
     eval_tf = EvalTransform(spec.input_size, spec.mean, spec.std, spec.crop_pct)
