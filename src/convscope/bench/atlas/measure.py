@@ -10,14 +10,23 @@ timed calls, at most 10 s per form), then its peak extra memory over two more ca
 waterline bound (the fp32 bound scaled by `waterline.form_roof`'s roof of the form over its fp32 roof: bf16 and
 int8 priced at their own peaks) over that form's median latency. Failures (a model that does not build, a form
 that does not build or quantise, a missing extra) and the per-model time cap give a row saying why.
+
+Each model is measured in a child process (forked from a server that has imported torch once, so a child starts in
+milliseconds): native code that kills its process (a double free in a quantised kernel, a segfault in a compiled
+one) or hangs past the time cap's reach (SIGALRM cannot interrupt native code) costs that child, not the run. A
+child that dies is retried once, one form per child, so that the forms that work keep their rows; a form whose
+child dies again gets a failed row naming the signal and the child's last words on stderr.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
 import os
 import signal
 import sqlite3
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -297,11 +306,132 @@ def _todo(name: str, s: Settings, done: set[tuple], remeasure: bool) -> dict[int
     return {b: fs for b, fs in todo.items() if fs}
 
 
+GRACE_S = 60.0      # how long past its time cap a child may run before it is killed (the cap's alarm missed)
+
+
+def _child(conn: Any, stderr_path: str, measure: Callable, args: tuple) -> None:
+    """In the child: stderr into `stderr_path` (the parent relays it, and keeps its last line should the child
+    die), the log lines and then the rows down `conn`."""
+    err = os.open(stderr_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(err, 2)
+    os.close(err)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)   # noqa: SIM115 - fd 2 lives as long as the process
+    rows = measure(*args, log=lambda line: conn.send(("log", line)))
+    conn.send(("rows", rows))
+    conn.close()
+
+
+def _signal_name(exitcode: int) -> str:
+    if exitcode >= 0:
+        return f"exit status {exitcode}"
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def _last_words(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def _in_child(measure: Callable, name: str, s: Settings, machine: str, forms: dict[int, list[str]], peaks: Any,
+              log: Callable[[str], None], grace_s: float) -> tuple[list[dict[str, Any]] | None, str]:
+    """Run `measure` for one model in a child process: (its rows, '') or (None, why the child died)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", __name__])   # takes effect when the server starts (once per process)
+    recv, send = ctx.Pipe(duplex=False)
+    fd, stderr_path = tempfile.mkstemp(prefix="convscope-atlas-", suffix=".stderr")
+    os.close(fd)
+    proc = ctx.Process(target=_child, args=(send, stderr_path, measure, (name, s, machine, forms, peaks)),
+                       name=f"atlas {name}")
+    rows, why = None, ""
+    try:
+        proc.start()
+        send.close()
+        deadline = time.monotonic() + s.time_cap_s + grace_s
+        while rows is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = "timeout"
+                break
+            if not recv.poll(min(left, 1.0)):
+                if not proc.is_alive() and not recv.poll(0):
+                    break
+                continue
+            try:
+                kind, payload = recv.recv()
+            except EOFError:
+                break
+            if kind == "log":
+                log(payload)
+            else:
+                rows = payload
+    finally:
+        if proc.is_alive() and rows is None:
+            proc.kill()
+        proc.join()
+        recv.close()
+        with open(stderr_path, errors="replace") as f:
+            said = f.read()
+        os.unlink(stderr_path)
+        if said:
+            sys.stderr.write(said)
+    if rows is None and why != "timeout":
+        last = _last_words(said)
+        why = f"the measuring process died ({_signal_name(proc.exitcode)})" + (f": {last}" if last else "")
+    return rows, why
+
+
+def _measure_isolated(name: str, s: Settings, machine: str, forms: dict[int, list[str]], peaks: Any,
+                      log: Callable[[str], None], measure: Callable | None = None,
+                      grace_s: float = GRACE_S) -> list[dict[str, Any]]:
+    """The rows of model `name`, measured in a child process. A child that outlives the time cap by `grace_s` is
+    killed and its rows are timeouts; one that dies is retried once with one form per child, and a form whose
+    child dies again is a failed row saying how."""
+    measure = measure or measure_model
+    rows, why = _in_child(measure, name, s, machine, forms, peaks, log, grace_s)
+    if rows is not None:
+        return rows
+    if why == "timeout":
+        rows = [r for b, fs in forms.items() for f in fs for r in _unmeasured(name, s, machine, b, f, why)]
+        for r in rows:
+            log(_progress(r))
+        return rows
+    log(f"{name}: {why}; measuring again, one form per process")
+    rows = []
+    for b, fs in forms.items():
+        for f in fs:
+            got, why = _in_child(measure, name, s, machine, {b: [f]}, peaks, log, grace_s)
+            if got is None:
+                got = _unmeasured(name, s, machine, b, f, why)
+                log(_progress(got[0]))
+            rows += got
+    return rows
+
+
+def _unmeasured(name: str, s: Settings, machine: str, batch: int, form: str, why: str) -> list[dict[str, Any]]:
+    """The row of a form whose child died or hung: failed (or timeout) with the reason, no counts or timings."""
+    from ...models import model_card
+
+    card = model_card(name)
+    h = s.size if s.size is not None else card.input_size[1]
+    w = s.size if s.size is not None else card.input_size[2]
+    status, reason = (("timeout", atlas_db.TIMEOUT_REASON.format(s.time_cap_s)) if why == "timeout"
+                      else ("failed", f"crashed: {why}"))
+    return [dict(machine=machine, model=name, family=card.family, size=h, width=w, threads=s.threads,
+                 card_size=int((h, w) == tuple(card.input_size[1:])), top1=card.top1, batch=batch, form=form,
+                 status=status, reason=reason, form_detail="", groups={}, created=time.time())]
+
+
 def run_atlas(specs: Sequence[str], settings: Settings, db: str | os.PathLike | None = None, *,
-              remeasure: bool = False, peaks: Any = None, log: Callable[[str], None] = print) -> dict[str, int]:
+              remeasure: bool = False, peaks: Any = None, log: Callable[[str], None] = print,
+              isolate: bool = True) -> dict[str, int]:
     """Measure the models `specs` (names, globs, families) at `settings` into the atlas `db` (default
     `db.default_path()`), committing each model's rows as soon as they are measured; rows already there for this
-    machine are not measured again unless `remeasure`. Returns {'measured': rows, 'kept': rows, 'failed': rows}."""
+    machine are not measured again unless `remeasure`. Each model is measured in a child process unless
+    `isolate` is False (then a crash in native code ends the run). Returns {'measured': rows, 'kept': rows,
+    'failed': rows}."""
     names = resolve_models(specs)
     machine = atlas_db.this_machine()
     con = atlas_db.open_db(db if db is not None else atlas_db.default_path())
@@ -313,13 +443,13 @@ def run_atlas(specs: Sequence[str], settings: Settings, db: str | os.PathLike | 
 
             dtypes = ("fp32", "bf16", "int8") if set(settings.forms) - {"fp32"} else ("fp32",)
             peaks = hardware_peaks("cpu", threads=settings.threads, dtypes=dtypes)
-        return _measure_all(con, names, settings, machine["id"], remeasure, peaks, log)
+        return _measure_all(con, names, settings, machine["id"], remeasure, peaks, log, isolate)
     finally:
         con.close()
 
 
 def _measure_all(con: sqlite3.Connection, names: Sequence[str], s: Settings, machine: str, remeasure: bool,
-                 peaks: Any, log: Callable[[str], None]) -> dict[str, int]:
+                 peaks: Any, log: Callable[[str], None], isolate: bool = True) -> dict[str, int]:
     done = atlas_db.existing_keys(con, machine, s.time_cap_s)
     tally = dict(measured=0, kept=0, failed=0)
     for i, name in enumerate(names, 1):
@@ -329,7 +459,8 @@ def _measure_all(con: sqlite3.Connection, names: Sequence[str], s: Settings, mac
         if not todo:
             log(f"[{i}/{len(names)}] {name}: all {n_all} row(s) in the atlas already")
             continue
-        rows = measure_model(name, s, machine, todo, peaks, log)
+        rows = (_measure_isolated(name, s, machine, todo, peaks, log) if isolate
+                else measure_model(name, s, machine, todo, peaks, log))
         atlas_db.put_rows(con, rows)
         tally["measured"] += len(rows)
         tally["failed"] += sum(r["status"] != "ok" for r in rows)
