@@ -3,14 +3,17 @@ measured in the same run, with the machine's ISA; and the per-layer waterline of
 
 The final run (a quiet machine; ~40 min per model on a busy 2-core one, torch.compile and int8 builds included):
 
-    python benchmarks/deploy_speed.py --models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t \\
-        --batches 1,8 --threads 1 --repeats 15 --waterline --out benchmarks/results/deploy_speed
+    python benchmarks/deploy_speed.py --models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t,\\
+        maxvit_tiny_tf_224 --batches 1,8 --threads 1 --repeats 11 --bf16-freeze --int8-mixed-bf16 --waterline \\
+        --clock thread --out benchmarks/results/deploy_speed
 
 Forms: timm eager fp32 (and timm bf16 autocast + channels_last) where timm has the model, else the ratios are to
 convscope eager fp32 (UniRepLKNet: timm has none), said on the page; convscope eager fp32; prepare
 (re-parameterise + fold BatchNorm); + channels_last; + bf16 autocast; + torch.compile (fp32 over prepare +
 channels_last); int8 (PT2E x86 Inductor, calibrated on random batches, compiled, over prepare + channels_last);
-with --bf16-freeze also bf16 autocast under torch.compile with Inductor freezing (over prepare + channels_last).
+with --bf16-freeze also bf16 autocast under torch.compile with Inductor freezing (over prepare + channels_last); with
+--int8-mixed-bf16 also the int8 form compiled and run under bf16 autocast (torchao's int8-mixed-bf16 recipe: the
+quantised convolutions and linears stay int8, the float ops between them, LayerNorm, GELU, softmax, run in bf16).
 
 All forms of one model and batch are built first, then timed alternately: every repeat times one call of each
 form in turn (the order reversed every other repeat), so a change in the machine's load hits all forms alike;
@@ -43,14 +46,15 @@ FLOAT_FORMS = ("convscope eager fp32", "prepare", "+channels_last", "+bf16 autoc
 ROOF_OF = {"timm eager fp32": (False, "fp32"), "timm bf16 + channels_last": (False, "bf16"),
            "convscope eager fp32": (False, "fp32"), "prepare": (True, "fp32"), "+channels_last": (True, "fp32"),
            "+bf16 autocast": (True, "bf16"), "+torch.compile": (True, "fp32"), "int8 (compiled)": (True, "int8"),
-           "bf16 + compile(freeze)": (True, "bf16")}
+           "bf16 + compile(freeze)": (True, "bf16"), "int8 mixed bf16 (compiled)": (True, "int8")}
 ROOF_DTYPES = ("fp32", "bf16", "int8")
 SKIPPABLE = ("bf16", "compile", "int8")
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t")
+    p.add_argument("--models", default="convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t,"
+                                       "maxvit_tiny_tf_224")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--threads", type=int, default=1)
@@ -60,6 +64,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help=f"comma-separated forms to skip: {','.join(SKIPPABLE)}")
     p.add_argument("--bf16-freeze", action="store_true",
                    help="also time bf16 autocast under torch.compile with Inductor freezing (prepare + channels_last)")
+    p.add_argument("--int8-mixed-bf16", action="store_true",
+                   help="also time the int8 form compiled and run under bf16 autocast (int8-mixed-bf16)")
     p.add_argument("--waterline", action="store_true", help="profile the layers of each model's fastest float form")
     p.add_argument("--far-below", type=float, default=0.25,
                    help="a layer runs far below its bound under this efficiency (bound / time); default 0.25")
@@ -123,11 +129,16 @@ def build_forms(name, b, args, timm, model):
     if args.bf16_freeze:
         forms.append(("bf16 + compile(freeze)", Form(prepare=True, channels_last=True, dtype="bf16", compile=True,
                                                      freeze=True)))
+    if args.int8_mixed_bf16:
+        forms.append(("int8 mixed bf16 (compiled)", Form(prepare=True, channels_last=True, dtype="int8",
+                                                         compile=True)))
     x = torch.randn(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     for label, form in forms:
         t0 = time.perf_counter()
         try:
             run, _ = build_form(model, form, x)
+            if label.startswith("int8 mixed bf16"):
+                run = _under_bf16_autocast(run)
             run(x)   # compiles, where it does
             runs[label] = run
             info[label] = dict(build_s=time.perf_counter() - t0)
@@ -135,6 +146,16 @@ def build_forms(name, b, args, timm, model):
             info[label] = dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}")
         print(f"  {name} b{b} built {label}: {info[label]}", flush=True)
     return runs, info, x
+
+
+def _under_bf16_autocast(run):
+    """`run` called under bf16 autocast (its first call, which compiles, too: the graph is traced under it)."""
+    import torch
+
+    def mixed(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return run(x).float()
+    return mixed
 
 
 def alternate(runs, x, repeats, max_s, clock="wall"):

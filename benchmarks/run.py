@@ -69,13 +69,15 @@ BENCHMARKS: dict[str, Benchmark] = {
         "--part sr --threads 1",
         "Fashion-MNIST idx files (`make data`); Pillow for the mosaics"),
     "deploy_speed": Benchmark(
-        "inference time of ConvNeXt-T, InceptionNeXt-T, CAFormer-S18 and UniRepLKNet-T, batch 1 and 8: timm eager "
-        "fp32 and bf16, convscope eager fp32 and after each deploy step (fold/reparam, channels_last, bf16, "
-        "torch.compile, int8), as ratios to timm eager measured alternately in one run, with the CPU's ISA; the "
-        "layers of each model's fastest float form that run far below their waterline bound",
+        "inference time of ConvNeXt-T, InceptionNeXt-T, CAFormer-S18, UniRepLKNet-T and MaxViT-T, batch 1 and 8: "
+        "timm eager fp32 and bf16, convscope eager fp32 and after each deploy step (fold/reparam, channels_last, "
+        "bf16, torch.compile, int8, bf16 under compile with freezing, int8-mixed-bf16), as ratios to timm eager "
+        "and % of the machine's roof, measured alternately in one run, with the CPU's ISA; the layers of each "
+        "model's fastest float form that run far below their waterline bound",
         "~1 h on a quiet machine (compile and int8 builds)", ("deploy_speed.md", "deploy_speed.json"),
-        "--models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t --batches 1,8 --threads 1 "
-        "--repeats 15 --waterline --out benchmarks/results/deploy_speed",
+        "--models convnext_tiny,inception_next_tiny,caformer_s18,unireplknet_t,maxvit_tiny_tf_224 --batches 1,8 "
+        "--threads 1 --repeats 11 --bf16-freeze --int8-mixed-bf16 --waterline --clock thread "
+        "--out benchmarks/results/deploy_speed",
         "timm and pytest (`make install-test`), torchao for int8 (the `deploy` extra)"),
     "demo_slow_machine": Benchmark(
         "top-1 of `make demo`'s recipe trained for the steps its time budget plans on a slower 2-core machine "

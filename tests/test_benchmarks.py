@@ -226,6 +226,24 @@ def test_deploy_speed_smoke(tmp_path, monkeypatch):
         ds.parse(["--skip", "fp8"])
 
 
+def test_deploy_speed_int8_mixed_bf16_runs_the_form_under_bf16_autocast():
+    """The int8-mixed-bf16 form is the int8 runner called (first call, which compiles, included) under bf16
+    autocast, its output back in fp32; the flag adds it, priced as int8."""
+    import torch
+
+    ds = _load("deploy_speed")
+    seen = []
+
+    def run(x):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return (x @ x).to(torch.bfloat16) if torch.is_autocast_enabled("cpu") else x @ x
+    y = ds._under_bf16_autocast(run)(torch.eye(2))
+    assert seen == [(True, torch.bfloat16)] and y.dtype == torch.float32 and torch.equal(y, torch.eye(2))
+    assert not torch.is_autocast_enabled("cpu")
+    assert ds.parse(["--int8-mixed-bf16"]).int8_mixed_bf16 and not ds.parse([]).int8_mixed_bf16
+    assert ds.ROOF_OF["int8 mixed bf16 (compiled)"] == ds.ROOF_OF["int8 (compiled)"] == (True, "int8")
+
+
 def test_official_parity_merge_replaces_rows_in_place():
     op = _load("official_parity")
     page = "\n".join([
