@@ -368,9 +368,11 @@ def _in_child(measure: Callable, name: str, s: Settings, machine: str, forms: di
             else:
                 rows = payload
     finally:
-        if proc.is_alive() and rows is None:
-            proc.kill()
-        proc.join()
+        if proc.pid is not None:
+            if proc.is_alive() and rows is None:
+                proc.kill()
+            proc.join()
+        send.close()   # closed already once the child started; not when it failed to start
         recv.close()
         with open(stderr_path, errors="replace") as f:
             said = f.read()
