@@ -94,3 +94,15 @@ def test_optimizer_int8_forms_ptq_and_qat(monkeypatch):
     run, info = build_form(model, Form(dtype="int8", compile=True, prepare=True, qat_steps=2), x, labelled)
     assert run(x).shape == (2, 4) and "QAT (2 steps)" in info["quant_report"].method
     assert "QAT 2 steps" in Form(dtype="int8", qat_steps=2).describe()
+
+
+def test_compile_int8_leaves_inductor_freezing_off_for_other_compiles():
+    """Freezing is the int8 compile's own option: a float model compiled later in the process (optimize's compile
+    step after its int8 step, deploy_speed's forms) is not frozen behind its back."""
+    import torch._inductor.config as cfg
+
+    assert cfg.freezing is False
+    fn = quantize.compile_int8(torch.nn.Linear(4, 2).eval())
+    with torch.no_grad():
+        assert fn(torch.ones(1, 4)).shape == (1, 2)
+    assert cfg.freezing is False

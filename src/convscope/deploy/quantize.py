@@ -254,9 +254,10 @@ class Quantized:
 
 
 def compile_int8(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    import torch._inductor.config as cfg
-    cfg.freezing = True  # constant-folds the weight dequantisation so the int8 kernels see int8 weights
-    return torch.compile(module, dynamic=False)
+    """`module` under torch.compile with Inductor freezing, which constant-folds the weight dequantisation so the
+    int8 kernels see int8 weights. Freezing is this compile's option, not a global switch: a float model compiled
+    later in the same process keeps its own settings."""
+    return torch.compile(module, dynamic=False, options={"freezing": True})
 
 
 def strip_unused_(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
