@@ -97,12 +97,18 @@ def test_optimizer_int8_forms_ptq_and_qat(monkeypatch):
 
 
 def test_compile_int8_leaves_inductor_freezing_off_for_other_compiles():
-    """Freezing is the int8 compile's own option: a float model compiled later in the process (optimize's compile
-    step after its int8 step, deploy_speed's forms) is not frozen behind its back."""
+    """Freezing is on while the int8 model compiles and runs (a quantised convolution does not lower without it)
+    and off after: a float model compiled later in the process (optimize's compile step after its int8 step,
+    deploy_speed's forms) is not frozen behind its back."""
     import torch._inductor.config as cfg
 
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(1)).eval()
+    x = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    q = quantize.quantize_int8(model, [x], x)
     assert cfg.freezing is False
-    fn = quantize.compile_int8(torch.nn.Linear(4, 2).eval())
+    fn = quantize.compile_int8(q.module)
     with torch.no_grad():
-        assert fn(torch.ones(1, 4)).shape == (1, 2)
+        y, ref = fn(x), q.module(x)
     assert cfg.freezing is False
+    assert y.shape == (1, 64) and (y - ref).abs().max() < 0.1 * ref.abs().max()

@@ -255,9 +255,18 @@ class Quantized:
 
 def compile_int8(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """`module` under torch.compile with Inductor freezing, which constant-folds the weight dequantisation so the
-    int8 kernels see int8 weights. Freezing is this compile's option, not a global switch: a float model compiled
-    later in the same process keeps its own settings."""
-    return torch.compile(module, dynamic=False, options={"freezing": True})
+    int8 kernels see int8 weights (and without which Inductor cannot lower the prepacked quantised convolutions).
+    Freezing is switched on around each call, where the compile happens, and off again: a float model compiled
+    later in the same process keeps its own settings. (Passing it as the compile's `options` is not the same:
+    Inductor then fails on `onednn.qconv_prepack`.)"""
+    import torch._inductor.config as cfg
+
+    compiled = torch.compile(module, dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with cfg.patch(freezing=True):
+            return compiled(x)
+    return run
 
 
 def strip_unused_(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
