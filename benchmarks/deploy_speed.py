@@ -13,7 +13,9 @@ convscope eager fp32 (UniRepLKNet: timm has none), said on the page; convscope e
 channels_last); int8 (PT2E x86 Inductor, calibrated on random batches, compiled, over prepare + channels_last);
 with --bf16-freeze also bf16 autocast under torch.compile with Inductor freezing (over prepare + channels_last); with
 --int8-mixed-bf16 also the int8 form compiled and run under bf16 autocast (torchao's int8-mixed-bf16 recipe: the
-quantised convolutions and linears stay int8, the float ops between them, LayerNorm, GELU, softmax, run in bf16).
+quantised convolutions and linears stay int8, the float ops between them, LayerNorm, GELU, softmax, run in bf16);
+with --int8-autotune also the int8 form compiled with Inductor's max-autotune (it benchmarks kernel choices,
+including its C++ GEMM templates, while compiling).
 
 All forms of one model and batch are built first, then timed alternately: every repeat times one call of each
 form in turn (the order reversed every other repeat), so a change in the machine's load hits all forms alike;
@@ -33,6 +35,7 @@ compile,int8 --repeats 2. --resume keeps the models an interrupted run with the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import statistics
@@ -46,7 +49,8 @@ FLOAT_FORMS = ("convscope eager fp32", "prepare", "+channels_last", "+bf16 autoc
 ROOF_OF = {"timm eager fp32": (False, "fp32"), "timm bf16 + channels_last": (False, "bf16"),
            "convscope eager fp32": (False, "fp32"), "prepare": (True, "fp32"), "+channels_last": (True, "fp32"),
            "+bf16 autocast": (True, "bf16"), "+torch.compile": (True, "fp32"), "int8 (compiled)": (True, "int8"),
-           "bf16 + compile(freeze)": (True, "bf16"), "int8 mixed bf16 (compiled)": (True, "int8")}
+           "bf16 + compile(freeze)": (True, "bf16"), "int8 mixed bf16 (compiled)": (True, "int8"),
+           "int8 max-autotune (compiled)": (True, "int8")}
 ROOF_DTYPES = ("fp32", "bf16", "int8")
 SKIPPABLE = ("bf16", "compile", "int8")
 
@@ -66,6 +70,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="also time bf16 autocast under torch.compile with Inductor freezing (prepare + channels_last)")
     p.add_argument("--int8-mixed-bf16", action="store_true",
                    help="also time the int8 form compiled and run under bf16 autocast (int8-mixed-bf16)")
+    p.add_argument("--int8-autotune", action="store_true",
+                   help="also time the int8 form compiled with Inductor's max-autotune")
     p.add_argument("--waterline", action="store_true", help="profile the layers of each model's fastest float form")
     p.add_argument("--far-below", type=float, default=0.25,
                    help="a layer runs far below its bound under this efficiency (bound / time); default 0.25")
@@ -132,11 +138,15 @@ def build_forms(name, b, args, timm, model):
     if args.int8_mixed_bf16:
         forms.append(("int8 mixed bf16 (compiled)", Form(prepare=True, channels_last=True, dtype="int8",
                                                          compile=True)))
+    if args.int8_autotune:
+        forms.append(("int8 max-autotune (compiled)", Form(prepare=True, channels_last=True, dtype="int8",
+                                                           compile=True)))
     x = torch.randn(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     for label, form in forms:
         t0 = time.perf_counter()
         try:
-            run, _ = build_form(model, form, x)
+            with _autotuned(label.startswith("int8 max-autotune")):
+                run, _ = build_form(model, form, x)
             if label.startswith("int8 mixed bf16"):
                 run = _under_bf16_autocast(run)
             run(x)   # compiles, where it does
@@ -146,6 +156,24 @@ def build_forms(name, b, args, timm, model):
             info[label] = dict(error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:120]}")
         print(f"  {name} b{b} built {label}: {info[label]}", flush=True)
     return runs, info, x
+
+
+@contextlib.contextmanager
+def _autotuned(on: bool):
+    """While on, the deploy path's int8 compile (quantize.compile_int8, looked up when the form is built) adds
+    Inductor's max_autotune to the settings it switches on around each call of the runner it returns."""
+    import functools
+
+    import convscope.deploy.quantize as quantize
+    if not on:
+        yield
+        return
+    plain = quantize.compile_int8
+    quantize.compile_int8 = functools.partial(plain, max_autotune=True)
+    try:
+        yield
+    finally:
+        quantize.compile_int8 = plain
 
 
 def _under_bf16_autocast(run):

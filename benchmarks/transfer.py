@@ -159,7 +159,34 @@ def page(args: argparse.Namespace, pre: dict, rows: list[dict], wall: float, mac
             spread = statistics.stdev(top1) if len(top1) > 1 else 0.0
             cells.append(f"{statistics.mean(top1):.2f} +- {spread:.2f}")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", "Top-1 in %, mean +- standard deviation over the seeds.", ""])
+    lines += ["", "Top-1 in %, mean +- standard deviation over the seeds.", ""]
+    return "\n".join(lines + gains(args, rows))
+
+
+def gains(args: argparse.Namespace, rows: list[dict]) -> list[str]:
+    """Each pretrained arm against scratch, seed by seed (same seed: same images drawn, same run seed): the
+    paired gain's mean and range, scratch's standard deviation over the seeds (the spread the gain has to exceed)
+    and whether every seed of the arm is above every seed of scratch."""
+    import statistics
+
+    def top1(n: int, arm: str) -> dict[int, float]:
+        return {r["seed"]: r["top1"] for r in rows if r["per_class"] == n and r["arm"] == arm}
+
+    out = ["| images per class | arm | paired gain, mean (min to max) | scratch's std | gain > std | "
+           "every seed above every scratch seed |", "|---|---|---|---|---|---|"]
+    for n in args.sizes:
+        base = top1(n, "scratch")
+        std = statistics.stdev(base.values()) if len(base) > 1 else 0.0
+        for arm in ARMS[1:]:
+            got = top1(n, arm)
+            diff = [got[k] - base[k] for k in sorted(got) if k in base]
+            if not diff:
+                continue
+            mean = statistics.mean(diff)
+            apart = min(got.values()) > max(base.values())
+            out.append(f"| {n} | {arm} | {mean:+.2f} ({min(diff):+.2f} to {max(diff):+.2f}) | {std:.2f} | "
+                       f"{'yes' if mean > std else 'no'} | {'yes' if apart else 'no'} |")
+    return out + ["", "Paired gain: the arm's top-1 minus scratch's at the same seed, in points.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -244,6 +244,46 @@ def test_deploy_speed_int8_mixed_bf16_runs_the_form_under_bf16_autocast():
     assert ds.ROOF_OF["int8 mixed bf16 (compiled)"] == ds.ROOF_OF["int8 (compiled)"] == (True, "int8")
 
 
+def test_deploy_speed_int8_autotune_adds_max_autotune_to_the_int8_compile_only_while_building(monkeypatch):
+    """--int8-autotune's form: while it is built, the deploy path's int8 compile gets max_autotune=True beside
+    freezing (switched on around each call, so the runner keeps it); outside, compile_int8 is the plain one."""
+    import torch._inductor.config as cfg
+
+    import convscope.deploy.quantize as quantize
+
+    ds = _load("deploy_speed")
+    plain = quantize.compile_int8
+    seen = []
+    monkeypatch.setattr(quantize.torch, "compile", lambda m, **kw: lambda x: seen.append(
+        (cfg.freezing, cfg.max_autotune)) or x)
+    with ds._autotuned(True):
+        run = quantize.compile_int8(None)
+    assert quantize.compile_int8 is plain
+    run(1)
+    plain(None)(1)
+    with ds._autotuned(False):
+        assert quantize.compile_int8 is plain
+    assert seen == [(True, True), (True, False)] and not cfg.max_autotune and not cfg.freezing
+    assert ds.parse(["--int8-autotune"]).int8_autotune
+
+
+def test_transfer_gains_pair_each_seed_with_scratch():
+    """The transfer page's second table: each pretrained arm minus scratch at the same seed (not the means' gap),
+    scratch's standard deviation, and whether every seed of the arm clears every scratch seed."""
+    import argparse
+
+    tr = _load("transfer")
+    top1 = {("scratch", 0): 80.0, ("scratch", 1): 82.0, ("scratch", 2): 81.0,
+            ("pretrained", 0): 83.0, ("pretrained", 1): 82.5, ("pretrained", 2): 81.5,
+            ("pretrained + layer decay", 1): 85.0}
+    rows = [dict(per_class=20, arm=arm, seed=seed, top1=v) for (arm, seed), v in top1.items()]
+    lines = tr.gains(argparse.Namespace(sizes=[20]), rows)
+    # paired: +3.0, +0.5, +0.5 -> mean +1.33 > scratch's std 1.00; 81.5 is not above scratch's best 82.0
+    assert "| 20 | pretrained | +1.33 (+0.50 to +3.00) | 1.00 | yes | no |" in lines
+    # only seed 1 ran with layer decay: paired with scratch's seed 1 alone
+    assert "| 20 | pretrained + layer decay | +3.00 (+3.00 to +3.00) | 1.00 | yes | yes |" in lines
+
+
 def test_official_parity_merge_replaces_rows_in_place():
     op = _load("official_parity")
     page = "\n".join([

@@ -253,18 +253,19 @@ class Quantized:
         return compile_int8(self.module)
 
 
-def compile_int8(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def compile_int8(module: nn.Module, **inductor: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """`module` under torch.compile with Inductor freezing, which constant-folds the weight dequantisation so the
     int8 kernels see int8 weights (and without which Inductor cannot lower the prepacked quantised convolutions).
     Freezing is switched on around each call, where the compile happens, and off again: a float model compiled
     later in the same process keeps its own settings. (Passing it as the compile's `options` is not the same:
-    Inductor then fails on `onednn.qconv_prepack`.)"""
+    Inductor then fails on `onednn.qconv_prepack`.) `inductor`: more Inductor settings for the same span (for
+    example max_autotune=True)."""
     import torch._inductor.config as cfg
 
     compiled = torch.compile(module, dynamic=False)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with cfg.patch(freezing=True):
+        with cfg.patch(freezing=True, **inductor):
             return compiled(x)
     return run
 
