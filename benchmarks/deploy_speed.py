@@ -81,6 +81,10 @@ def parse(argv=None) -> argparse.Namespace:
                         "with --threads 1 the work itself without the time other processes held the core, for a "
                         "busy machine)")
     p.add_argument("--resume", action="store_true", help="keep the models OUT.json already holds from this command")
+    p.add_argument("--reprice", action="store_true",
+                   help="time nothing: price OUT.json's forms (written by this command) under the ceilings "
+                        "`convscope hw` holds now and profile the waterline again (for ceilings that were measured "
+                        "under load, once `convscope hw --refresh` has run on an idle machine)")
     p.add_argument("--out", default="benchmarks/results/deploy_speed", help="writes OUT.json and OUT.md")
     args = p.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
@@ -391,6 +395,8 @@ def main(argv=None) -> int:
     data["peaks"] = dict(threads=args.threads, bandwidth_gbs=peaks.bandwidth_gbs, measured_at=peaks.measured_at,
                          compute_gflops={k: v for k, v in peaks.compute_gflops.items() if k in ROOF_DTYPES},
                          implausible=peaks.implausible())
+    if args.reprice:
+        return reprice(args, command, jpath, mpath, peaks, data["peaks"])
     with threads_set(args.threads):
         for name in args.models:
             print(name, flush=True)
@@ -401,6 +407,41 @@ def main(argv=None) -> int:
             data["load_after"] = load_average()
             atomic_write_text(jpath, json.dumps(data, indent=1))
             atomic_write_text(mpath, render(data))
+    print(f"wrote {mpath}")
+    return 0
+
+
+def reprice(args, command, jpath, mpath, peaks, described) -> int:
+    """--reprice: the roofs and % of roof of every timed form in OUT.json under `peaks`, and the waterline profiled
+    again under them; the timings stay as they were measured."""
+    from common import load_average
+
+    from convscope import create_model
+    from convscope.files import atomic_write_text
+    from convscope.utils import threads_set
+    if not jpath.exists():
+        raise SystemExit(f"--reprice: no {jpath} to re-price; run the command without --reprice first")
+    data = json.loads(jpath.read_text())
+    if data.get("command") != command.replace(" --reprice", ""):
+        raise SystemExit(f"--reprice: {jpath} was written by another command ({data.get('command', 'unknown')})")
+    with threads_set(args.threads):
+        for name, per_batch in data["models"].items():
+            model = create_model(name).eval()
+            for b, rb in per_batch.items():
+                roof = roofs(model, int(b), args, peaks)
+                for label, v in rb["forms"].items():
+                    if "ms" in v and label in roof:
+                        v.update(roof_ms=roof[label], roof_pct=100 * roof[label] / v["ms"])
+            if args.waterline:
+                data["waterline"][name] = waterline(name, per_batch, args)
+            print(f"{name}: re-priced", flush=True)
+    data["peaks"] = described
+    data.setdefault("notes", []).append(
+        f"Roofs re-priced and the waterline profiled again by `{command}` under the ceilings measured "
+        f"{described['measured_at']} (load average {load_average()} at the re-pricing); the timings are the "
+        "original run's.")
+    atomic_write_text(jpath, json.dumps(data, indent=1))
+    atomic_write_text(mpath, render(data))
     print(f"wrote {mpath}")
     return 0
 

@@ -224,6 +224,24 @@ def test_deploy_speed_smoke(tmp_path, monkeypatch):
     assert ds.parse(["--skip", "compile"]).skip == {"compile"}
     with pytest.raises(SystemExit):
         ds.parse(["--skip", "fp8"])
+    # --reprice: every ceiling twice as high halves every roof; the timings are kept, the page says so
+    doubled = hw.HardwarePeaks(machine={}, compute_gflops={k: 2 * v for k, v in ceilings.compute_gflops.items()},
+                               bandwidth_gbs=2e6, measured_at="now")
+    monkeypatch.setattr(hw, "hardware_peaks", lambda *a, **k: doubled)
+    argv = ["--models", "convnext_atto,unireplknet_a", "--size", "32", "--batches", "1", "--skip", "compile,int8",
+            "--repeats", "2", "--waterline", "--clock", "thread", "--out", str(out)]
+    assert ds.main([*argv, "--reprice"]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    for name in ("convnext_atto", "unireplknet_a"):
+        for label, v in d["models"][name]["1"]["forms"].items():
+            w = again["models"][name]["1"]["forms"][label]
+            assert w.get("ms") == v.get("ms") and w.get("ratio") == v.get("ratio")
+            if "roof_ms" in v:
+                assert w["roof_ms"] == pytest.approx(v["roof_ms"] / 2, rel=1e-9)
+                assert w["roof_pct"] == pytest.approx(v["roof_pct"] / 2, rel=1e-9)
+    assert again["peaks"]["measured_at"] == "now" and "Roofs re-priced" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="another command"):
+        ds.main([*argv[:-2], "--out", str(out), "--repeats", "3", "--reprice"])
 
 
 def test_deploy_speed_int8_mixed_bf16_runs_the_form_under_bf16_autocast():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -261,3 +262,36 @@ def test_optimize_stores_the_source_absolute_and_deploy_finds_it_from_anywhere(w
     # the form is whichever of "as trained" / "prepared" measured faster: the recipe says which
     form = "prepared" if recipe["form"]["prepare"] else "as trained"
     assert r.stdout.startswith(f"{weights.resolve()}: {form}")
+
+
+def test_int8_mixed_bf16_step_runs_the_int8_form_under_bf16_autocast(monkeypatch):
+    """int8-mixed-bf16: a default step after int8, tried only on an int8 form; the recipe checks its setting;
+    build_form runs the compiled int8 graph (compile stubbed: a real int8 compile is timed by deploy_speed) under
+    bf16 autocast and hands back fp32, while the plain int8 form runs without autocast."""
+    pytest.importorskip("torchao")
+    import convscope.deploy.quantize as quantize
+
+    assert STEPS.index("int8") + 1 == STEPS.index("int8_mixed")
+    int8 = Form(prepare=True, channels_last=True, dtype="int8", compile=True)
+    mixed = _candidates("int8_mixed", int8, 1, print)
+    assert mixed == [replace(int8, mixed_bf16=True)] and _candidates("int8_mixed", mixed[0], 1, print) == []
+    assert _candidates("int8_mixed", Form(dtype="bf16"), 1, print) == []
+    assert mixed[0].describe() == "prepared, channels_last, int8 mixed bf16, 1 thr"
+    with pytest.raises(ValueError, match="form.mixed_bf16 .* needs form.dtype to be int8"):
+        Recipe(**dict(RECIPE, form=dict(dtype="bf16", mixed_bf16=True)))
+    with pytest.raises(ValueError, match="form.mixed_bf16 must be true or false"):
+        Recipe(**dict(RECIPE, form=dict(dtype="int8", mixed_bf16=1)))
+    seen = []
+
+    def eager(module):
+        def run(x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return module(x)
+        return run
+    monkeypatch.setattr(quantize, "compile_int8", eager)
+    model = convscope.create_model("convnext_atto", num_classes=5, depths=[1, 1, 1, 1], dims=[8, 16, 24, 32]).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y_int8 = build_form(model, int8, x)[0](x)
+    y_mixed = build_form(model, mixed[0], x)[0](x)
+    assert seen == [False, True] and y_int8.dtype == y_mixed.dtype == torch.float32
+    assert not torch.equal(y_int8, y_mixed) and torch.allclose(y_int8, y_mixed, atol=0.1 * y_int8.abs().max().item())

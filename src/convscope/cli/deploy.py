@@ -146,8 +146,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 def _add_optimize(add: Callable[..., argparse.ArgumentParser]) -> None:
     sp = add("optimize", _cmd_optimize, "try the inference forms that can help on this machine (fold/reparam, "
-             "channels_last, bf16, torch.compile, int8, threads), measure each, write the fastest within the "
-             "accuracy budget and a recipe")
+             "channels_last, bf16, torch.compile, int8, int8-mixed-bf16, threads), measure each, write the fastest "
+             "within the accuracy budget and a recipe")
     sp.add_argument("source", metavar="MODEL|CHECKPOINT", help="a registered model name, a trained checkpoint or "
                     "a pruned model written by convscope prune")
     options.add_batch(sp)
