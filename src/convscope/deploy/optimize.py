@@ -11,7 +11,8 @@ Steps, in order, each tried on top of the best form so far (greedy) and kept onl
     int8           PT2E int8 (torchao x86 Inductor quantizer), calibrated, compiled; replaces bf16
     int8_mixed     the int8 form compiled and run under bf16 autocast (torchao's int8-mixed-bf16): the quantised
                    convolutions and linears stay int8, the float ops between them (norms, GELU, softmax) run in
-                   bf16; measured, kept only where it pays (at batch 8 on an AVX512-BF16 EPYC, +11% on ConvNeXt-T)
+                   bf16; measured, kept only where it pays (on an AVX512-BF16 EPYC, 1.30x over int8 for
+                   InceptionNeXt-T at batch 8, within noise for ConvNeXt-T, 0.96-1.04x at batch 1)
     threads        every intra-op thread count from 1 to the cores this process may use
 
 and, only when asked for (not in the default `STEPS`):
