@@ -411,6 +411,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def _refuse(line: str) -> int:
+    """One line on stderr and exit status 2, before any work."""
+    print(line, file=sys.stderr)
+    return 2
+
+
 def reprice(args, command, jpath, mpath, peaks, described) -> int:
     """--reprice: the roofs and % of roof of every timed form in OUT.json under `peaks`, and the waterline profiled
     again under them; the timings stay as they were measured."""
@@ -420,10 +426,10 @@ def reprice(args, command, jpath, mpath, peaks, described) -> int:
     from convscope.files import atomic_write_text
     from convscope.utils import threads_set
     if not jpath.exists():
-        raise SystemExit(f"--reprice: no {jpath} to re-price; run the command without --reprice first")
+        return _refuse(f"--reprice: no {jpath} to re-price; run the command without --reprice first")
     data = json.loads(jpath.read_text())
     if data.get("command") != command.replace(" --reprice", ""):
-        raise SystemExit(f"--reprice: {jpath} was written by another command ({data.get('command', 'unknown')})")
+        return _refuse(f"--reprice: {jpath} was written by another command ({data.get('command', 'unknown')})")
     with threads_set(args.threads):
         for name, per_batch in data["models"].items():
             model = create_model(name).eval()

@@ -180,7 +180,7 @@ def test_demo_deploy_smoke(tmp_path):
 
 
 # -- deploy_speed: the cheap form of the final command ------------------------------------------------------------
-def test_deploy_speed_smoke(tmp_path, monkeypatch):
+def test_deploy_speed_smoke(tmp_path, monkeypatch, capsys):
     """A timm model and one timm lacks (ratios to convscope eager then), alternating repeats, % of roof (under
     given ceilings, so high that every roof is under any measured time), the waterline."""
     import json
@@ -240,8 +240,11 @@ def test_deploy_speed_smoke(tmp_path, monkeypatch):
                 assert w["roof_ms"] == pytest.approx(v["roof_ms"] / 2, rel=1e-9)
                 assert w["roof_pct"] == pytest.approx(v["roof_pct"] / 2, rel=1e-9)
     assert again["peaks"]["measured_at"] == "now" and "Roofs re-priced" in out.with_suffix(".md").read_text()
-    with pytest.raises(SystemExit, match="another command"):
-        ds.main([*argv[:-2], "--out", str(out), "--repeats", "3", "--reprice"])
+    capsys.readouterr()
+    assert ds.main([*argv[:-2], "--out", str(out), "--repeats", "3", "--reprice"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert ds.main([*argv[:-2], "--out", str(tmp_path / "none"), "--reprice"]) == 2
+    assert "no " in capsys.readouterr().err and not (tmp_path / "none.md").exists()
 
 
 def test_deploy_speed_int8_mixed_bf16_runs_the_form_under_bf16_autocast():

@@ -214,18 +214,26 @@ def _time_forms(runs: dict[str, Callable], x: torch.Tensor, s: Settings, left_s:
     return out
 
 
-def _model_rows(name: str, s: Settings, machine: str, forms: dict[int, list[str]],
-                peaks: Any) -> list[dict[str, Any]]:
-    """The rows of model `name` for the (batch -> forms) still to measure, each ok, failed or timeout."""
-    from ...models import create_model, model_card
+def _base_row(name: str, s: Settings, machine: str) -> dict[str, Any]:
+    """What every row of model `name` at settings `s` shares (from its card; `channels`: its input channels)."""
+    from ...models import model_card
 
     card = model_card(name)
     c, h, w = card.input_size
     if s.size is not None:
         h = w = s.size
-    base = dict(machine=machine, model=name, family=card.family, size=h, width=w, threads=s.threads,
+    return dict(machine=machine, model=name, family=card.family, size=h, width=w, threads=s.threads,
                 card_size=int((h, w) == tuple(card.input_size[1:])), top1=card.top1, reason="", form_detail="",
-                groups={})
+                groups={}, channels=c)
+
+
+def _model_rows(name: str, s: Settings, machine: str, forms: dict[int, list[str]],
+                peaks: Any) -> list[dict[str, Any]]:
+    """The rows of model `name` for the (batch -> forms) still to measure, each ok, failed or timeout."""
+    from ...models import create_model
+
+    base = _base_row(name, s, machine)
+    c, h, w = base.pop("channels"), base["size"], base["width"]
     timeout = atlas_db.TIMEOUT_REASON.format(s.time_cap_s)
     rows = {(b, f): dict(base, batch=b, form=f, status="timeout", reason=timeout)
             for b, fs in forms.items() for f in fs}
@@ -414,16 +422,11 @@ def _measure_isolated(name: str, s: Settings, machine: str, forms: dict[int, lis
 
 def _unmeasured(name: str, s: Settings, machine: str, batch: int, form: str, why: str) -> list[dict[str, Any]]:
     """The row of a form whose child died or hung: failed (or timeout) with the reason, no counts or timings."""
-    from ...models import model_card
-
-    card = model_card(name)
-    h = s.size if s.size is not None else card.input_size[1]
-    w = s.size if s.size is not None else card.input_size[2]
     status, reason = (("timeout", atlas_db.TIMEOUT_REASON.format(s.time_cap_s)) if why == "timeout"
                       else ("failed", f"crashed: {why}"))
-    return [dict(machine=machine, model=name, family=card.family, size=h, width=w, threads=s.threads,
-                 card_size=int((h, w) == tuple(card.input_size[1:])), top1=card.top1, batch=batch, form=form,
-                 status=status, reason=reason, form_detail="", groups={}, created=time.time())]
+    row = _base_row(name, s, machine)
+    del row["channels"]
+    return [dict(row, batch=batch, form=form, status=status, reason=reason, created=time.time())]
 
 
 def run_atlas(specs: Sequence[str], settings: Settings, db: str | os.PathLike | None = None, *,
